@@ -1,0 +1,413 @@
+//! `/api/v1/agents…`: inventory, labels, restart, deletion.
+
+use super::{ApiError, ApiResult, Operator, Viewer};
+use crate::app::App;
+use crate::auth::insert_audit;
+use crate::opamp::session::Transport;
+use crate::selector::Selector;
+use crate::store::agents::{self, AgentRow, ListQuery};
+use crate::store::{now_ms, rfc3339};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use opamp_proto::api::{self, Agent, ConfigFile, LabelPatch, Page, RemoteConfigState};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    selector: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+pub const MAX_PAGE: usize = 1000;
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    _: Viewer,
+    Query(q): Query<ListParams>,
+) -> ApiResult<Json<Page<Agent>>> {
+    let selector = Selector::parse(q.selector.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("selector: {e}")))?;
+    if let Some(s) = &q.status {
+        if !matches!(s.as_str(), "connected" | "stale" | "disconnected") {
+            return Err(ApiError::bad_request(format!(
+                "status must be connected, stale or disconnected, got {s:?}"
+            )));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    if let Some(c) = &q.cursor {
+        if uuid::Uuid::parse_str(c).is_err() {
+            return Err(ApiError::bad_request(
+                "cursor is not one this server returned: pass next_cursor unchanged",
+            ));
+        }
+    }
+    let query = ListQuery {
+        selector,
+        status: q.status.clone(),
+        limit: limit + 1,
+        after: q.cursor.clone(),
+        stale_before: now_ms() - app.stale_after_ms(),
+    };
+    let (mut rows, total) = app
+        .store
+        .read("agents_list", move |c| agents::list(c, &query))
+        .await?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| r.uid.clone())
+    } else {
+        None
+    };
+    let items = rows.iter().map(|r| to_api(&app, r)).collect();
+    Ok(Json(Page {
+        items,
+        next_cursor,
+        total,
+    }))
+}
+
+fn parse_uid(uid: &str) -> ApiResult<[u8; 16]> {
+    opamp_proto::parse_uid(uid).ok_or_else(|| {
+        ApiError::bad_request(format!("{uid:?} is not an instance uid: expected a UUID like 0190c1e2-7dec-71d0-a765-00a0c91e6bf6"))
+    })
+}
+
+async fn load(app: &Arc<App>, uid: &[u8; 16]) -> ApiResult<AgentRow> {
+    let id = opamp_proto::uid_string(uid);
+    let key = id.clone();
+    app.store
+        .read("agent_get", move |c| agents::get(c, &key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))
+}
+
+pub async fn show(
+    State(app): State<Arc<App>>,
+    _: Viewer,
+    Path(uid): Path<String>,
+) -> ApiResult<Json<Agent>> {
+    let uid = parse_uid(&uid)?;
+    let row = load(&app, &uid).await?;
+    Ok(Json(to_api(&app, &row)))
+}
+
+#[derive(Deserialize)]
+pub struct ForceParam {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn remove(
+    State(app): State<Arc<App>>,
+    Operator(who, addr): Operator,
+    Path(uid): Path<String>,
+    Query(f): Query<ForceParam>,
+) -> ApiResult<StatusCode> {
+    let uid = parse_uid(&uid)?;
+    let id = opamp_proto::uid_string(&uid);
+    let connected = app.fleet.contains(&uid);
+    if connected && !f.force {
+        return Err(ApiError::conflict(format!(
+            "agent {id} is connected: it would come back at its next message; disconnect it first or pass force=true"
+        )));
+    }
+    if let Some(s) = app.fleet.remove(&uid) {
+        if s.transport == Transport::WebSocket {
+            app.fleet.send_to_conn(
+                s.conn_id,
+                crate::fleet::Outgoing::Close(crate::opamp::ws::CLOSE_NORMAL, "agent deleted"),
+            );
+        }
+    }
+    let (actor, key) = (who.name.clone(), id.clone());
+    let deleted = app
+        .store
+        .write("agent_delete", move |c| {
+            let found = agents::delete(c, &key)?;
+            if found {
+                insert_audit(
+                    c,
+                    &actor,
+                    "agent.delete",
+                    Some(&key),
+                    addr.as_deref(),
+                    "ok",
+                    &json!({"force": f.force, "connected": connected}),
+                )?;
+            }
+            Ok(found)
+        })
+        .await?;
+    if !deleted {
+        return Err(ApiError::not_found(format!("no agent {id}")));
+    }
+    tracing::info!(uid = %id, by = %who.name, "agent deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn valid_label_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+}
+
+fn valid_label_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && !v
+            .chars()
+            .any(|c| matches!(c, ',' | '=' | '!') || c.is_control())
+        && v.trim() == v
+}
+
+pub async fn labels(
+    State(app): State<Arc<App>>,
+    Operator(who, addr): Operator,
+    Path(uid): Path<String>,
+    Json(body): Json<LabelPatch>,
+) -> ApiResult<Json<Agent>> {
+    let uid = parse_uid(&uid)?;
+    for (k, v) in &body.labels {
+        if !valid_label_key(k) {
+            return Err(ApiError::bad_request(format!(
+                "label key {k:?}: use 1-128 letters, digits, '.', '_', '-', '/'"
+            )));
+        }
+        if let Some(v) = v {
+            if !valid_label_value(v) {
+                return Err(ApiError::bad_request(format!("label {k}: value {v:?} must be 1-256 characters without ',', '=', '!' or surrounding spaces")));
+            }
+        }
+    }
+    let id = opamp_proto::uid_string(&uid);
+    let (key, changes, actor) = (id.clone(), body.labels.clone(), who.name.clone());
+    let json = app
+        .store
+        .write("agent_labels", move |c| {
+            let Some(json) = agents::patch_labels(c, &key, &changes)? else {
+                return Err(ApiError::not_found(format!("no agent {key}")).into());
+            };
+            insert_audit(
+                c,
+                &actor,
+                "agent.labels",
+                Some(&key),
+                addr.as_deref(),
+                "ok",
+                &json!({"changes": changes}),
+            )?;
+            Ok(json)
+        })
+        .await?;
+    let labels: BTreeMap<String, String> = serde_json::from_str(&json).unwrap_or_default();
+    app.fleet.with(&uid, |s| {
+        s.labels = labels;
+        s.desired_epoch = u64::MAX;
+    });
+    crate::opamp::push_offer(&app, &uid);
+    let row = load(&app, &uid).await?;
+    Ok(Json(to_api(&app, &row)))
+}
+
+pub async fn restart(
+    State(app): State<Arc<App>>,
+    Operator(who, addr): Operator,
+    Path(uid): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let uid = parse_uid(&uid)?;
+    let id = opamp_proto::uid_string(&uid);
+    let row = load(&app, &uid).await?;
+    if row.capabilities & opamp_proto::caps::ACCEPTS_RESTART_COMMAND == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_supported",
+            format!(
+                "agent {id} does not accept restart commands (no AcceptsRestartCommand capability)"
+            ),
+        ));
+    }
+    let delivery = crate::opamp::send_restart(&app, &uid);
+    let Some(delivery) = delivery else {
+        return Err(ApiError::conflict(format!(
+            "agent {id} is not connected; a restart can only be sent to a connected agent"
+        )));
+    };
+    let (actor, key) = (who.name.clone(), id.clone());
+    app.store
+        .write("audit", move |c| {
+            insert_audit(
+                c,
+                &actor,
+                "agent.restart",
+                Some(&key),
+                addr.as_deref(),
+                "ok",
+                &json!({"delivery": delivery}),
+            )
+        })
+        .await?;
+    tracing::info!(uid = %id, by = %who.name, delivery, "restart command sent");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"instance_uid": id, "delivery": delivery})),
+    ))
+}
+
+pub async fn effective_config(
+    State(app): State<Arc<App>>,
+    _: Viewer,
+    Path(uid): Path<String>,
+) -> ApiResult<Json<api::EffectiveConfig>> {
+    let uid = parse_uid(&uid)?;
+    let row = load(&app, &uid).await?;
+    let files: Map<String, Value> = row
+        .effective_config
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    let files = files
+        .into_iter()
+        .map(|(name, f)| {
+            (
+                name,
+                ConfigFile {
+                    content_type: f["content_type"].as_str().unwrap_or("").into(),
+                    body: f["body"].as_str().unwrap_or("").into(),
+                },
+            )
+        })
+        .collect();
+    Ok(Json(api::EffectiveConfig {
+        instance_uid: row.uid,
+        hash: row.effective_config_hash,
+        files,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct EventParams {
+    limit: Option<usize>,
+}
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    _: Viewer,
+    Path(uid): Path<String>,
+    Query(p): Query<EventParams>,
+) -> ApiResult<Json<Value>> {
+    let uid = parse_uid(&uid)?;
+    let id = opamp_proto::uid_string(&uid);
+    let limit = p.limit.unwrap_or(100).min(MAX_PAGE);
+    let rows = app
+        .store
+        .read("agent_events", move |c| agents::events(c, &id, limit))
+        .await?;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(at, event, addr, details)| json!({"at": rfc3339(at), "event": event, "remote_addr": addr, "details": details}))
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+/// The API view of a stored agent, with live facts from the fleet.
+pub fn to_api(app: &App, r: &AgentRow) -> Agent {
+    let uid = opamp_proto::parse_uid(&r.uid).unwrap_or([0; 16]);
+    let live = app
+        .fleet
+        .with(&uid, |s| (s.last_seen, s.transport, s.disconnected));
+    let now = now_ms();
+    let last_seen = live.map_or(r.last_seen, |(seen, _, _)| seen.max(r.last_seen));
+    let connected = match live {
+        Some((_, _, disconnected)) => !disconnected,
+        None => false,
+    };
+    let status = if !connected {
+        "disconnected"
+    } else if now - last_seen > app.stale_after_ms() {
+        "stale"
+    } else {
+        "connected"
+    };
+    let transport = live.map_or(r.transport.as_str(), |(_, t, _)| t.as_str());
+    let obj = |t: &str| -> BTreeMap<String, Value> { serde_json::from_str(t).unwrap_or_default() };
+    let health = r
+        .health
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<api::Health>(t).ok());
+    Agent {
+        instance_uid: r.uid.clone(),
+        status: status.into(),
+        transport: transport.into(),
+        identifying_attributes: obj(&r.identifying),
+        non_identifying_attributes: obj(&r.non_identifying),
+        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
+        capabilities: opamp_proto::caps::agent_capability_names(r.capabilities),
+        health,
+        effective_config_hash: r.effective_config_hash.clone(),
+        remote_config: remote_config_state(r),
+        first_seen: rfc3339(r.first_seen),
+        last_seen: rfc3339(last_seen),
+        remote_addr: r.remote_addr.clone(),
+        sequence_num: r.sequence_num,
+    }
+}
+
+fn remote_config_state(r: &AgentRow) -> RemoteConfigState {
+    let offered: Value = r
+        .offered
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    let reported: Value = r
+        .remote_status
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    let reported_hash = reported["hash"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned);
+    let reported_status = reported["status"].as_str().unwrap_or("unset");
+    let error = reported["error"]
+        .as_str()
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned);
+    let files = offered["files"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = files.iter().filter_map(|f| f["name"].as_str()).collect();
+    let offered_hash = offered["hash"].as_str().map(str::to_owned);
+    let status = match (&offered_hash, &reported_hash) {
+        (Some(o), Some(rh)) if o == rh => reported_status,
+        (Some(_), _) => "pending",
+        (None, _) => reported_status,
+    };
+    RemoteConfigState {
+        name: (!names.is_empty()).then(|| names.join("+")),
+        version: files.first().and_then(|f| f["version"].as_u64()),
+        hash: offered_hash,
+        status: status.into(),
+        error: if status == "failed" { error } else { None },
+        reported_hash,
+        configs: files
+            .iter()
+            .filter_map(|f| {
+                Some(api::ConfigRef {
+                    name: f["name"].as_str()?.into(),
+                    version: f["version"].as_u64()?,
+                })
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,131 @@
+//! Shared state of a running opampd and its background tasks.
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::logring::LogRing;
+use crate::metrics::Metrics;
+use crate::opamp::session::Transport;
+use crate::store::{now_ms, AgentPatch, Store};
+use crate::targeting::Targets;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub fleet: Fleet,
+    pub targets: Targets,
+    pub metrics: Arc<Metrics>,
+    pub auth: Auth,
+    pub logs: LogRing,
+    pub started: Instant,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    /// SHA-256 digests of the accepted agent secrets (replaced on SIGHUP).
+    pub agent_secrets: RwLock<Vec<[u8; 32]>>,
+    /// Woken when an agent reports a new remote config status or a rollout changes.
+    pub rollout_wakeup: Notify,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl App {
+    pub fn stale_after_ms(&self) -> i64 {
+        self.config.opamp.stale_after_seconds as i64 * 1000
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Writes heartbeat times and sequence numbers of live agents every few seconds:
+/// one batch for the whole fleet instead of a transaction per heartbeat.
+pub async fn flush_last_seen(app: Arc<App>) {
+    let every = Duration::from_secs(app.config.database.last_seen_flush_seconds.max(1));
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+        let writer = app.store.writer();
+        app.fleet.for_each_mut(|s| {
+            if s.last_seen > s.persisted_seen {
+                let mut p = AgentPatch::new(&opamp_proto::uid_string(&s.uid));
+                p.last_seen = Some(s.last_seen);
+                p.sequence_num = s.seq;
+                writer.agent(p);
+                s.persisted_seen = s.last_seen;
+            }
+        });
+        if app.is_shutting_down() {
+            return;
+        }
+    }
+}
+
+/// Marks silent plain-HTTP agents disconnected, refreshes the agent gauges and
+/// prunes old connection events.
+pub async fn liveness(app: Arc<App>) {
+    let mut shutdown = app.shutdown.clone();
+    let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = now_ms();
+        let cutoff = now - app.config.opamp.disconnect_after_seconds as i64 * 1000;
+        let mut gone = Vec::new();
+        app.fleet.for_each_mut(|s| {
+            if s.transport == Transport::Http && s.last_seen < cutoff {
+                gone.push(s.uid);
+            }
+        });
+        for uid in gone {
+            crate::opamp::agent_left(
+                &app,
+                &uid,
+                0,
+                "no poll within opamp.disconnect_after_seconds",
+            );
+        }
+        let live = app.fleet.counts(now, app.stale_after_ms());
+        let stale_before = now - app.stale_after_ms();
+        if let Ok((_, _, disconnected)) = app
+            .store
+            .read("agent_counts", move |c| {
+                crate::store::agents::counts(c, stale_before)
+            })
+            .await
+        {
+            let m = &app.metrics.agents;
+            // Live counts come from the fleet (exact); the rest from the store.
+            let disconnected = disconnected as i64;
+            m.connected.store(live.connected as i64, Ordering::Relaxed);
+            m.stale.store(live.stale as i64, Ordering::Relaxed);
+            m.disconnected.store(disconnected, Ordering::Relaxed);
+            m.total.store(
+                live.connected as i64 + live.stale as i64 + disconnected,
+                Ordering::Relaxed,
+            );
+        }
+        if last_prune.elapsed() > Duration::from_secs(3600) {
+            last_prune = Instant::now();
+            let before = now - app.config.database.event_retention_days as i64 * 86_400_000;
+            let _ = app
+                .store
+                .write("event_prune", move |c| {
+                    crate::store::agents::prune_events(c, before)
+                })
+                .await;
+            let _ = app
+                .store
+                .write("jwt_prune", move |c| crate::auth::prune_revoked(c))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! opampd configuration: defaults < YAML file < `OPAMPD_*` environment < flags.
+//!
+//! Every key of the file can also come from the environment: the key path in
+//! upper case joined by `_` after `OPAMPD_` (`database.max_open_conns` is
+//! `OPAMPD_DATABASE_MAX_OPEN_CONNS`); lists are comma-separated. Unknown keys,
+//! in the file or as `OPAMPD_*` variables, stop start-up with the key named.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Operator plane (REST, health, metrics) and, unless `agent_listen` is set, OpAMP too.
+    pub listen: String,
+    /// Optional second listener serving only the OpAMP endpoint (e.g. `0.0.0.0:4320`).
+    pub agent_listen: Option<String>,
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub opamp: OpampConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter directive, e.g. `info` or `opampd=debug,info`.
+    pub level: String,
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    pub format: String,
+    /// Also append logs (JSON lines) to this file.
+    pub file: Option<PathBuf>,
+    /// Lines kept in memory for the log stream endpoint.
+    pub ring_lines: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// PEM bundle of CAs that sign client certificates; enables client-certificate checks.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (else a certificate is optional).
+    pub require_client_cert: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpampConfig {
+    pub path: String,
+    /// Shared secrets agents present as `Authorization: Bearer …` or `Secret-Key`.
+    /// Several may be valid at once, for rotation. Empty = open (warned at start-up).
+    pub agent_secrets: Vec<String>,
+    /// Largest accepted AgentToServer, after decompression (WS close 1009 / HTTP 413).
+    pub max_message_bytes: usize,
+    /// Largest ServerToAgent the server will send.
+    pub max_send_bytes: usize,
+    /// Expected agent heartbeat interval; liveness is derived from it.
+    pub heartbeat_interval_seconds: u64,
+    /// An agent silent this long is `stale`.
+    pub stale_after_seconds: u64,
+    /// A plain-HTTP agent silent this long is `disconnected`.
+    pub disconnect_after_seconds: u64,
+    /// Ping idle WebSocket connections this often.
+    pub ws_ping_interval_seconds: u64,
+    /// Close a WebSocket connection that sent nothing (not even a pong) for this long.
+    pub ws_read_timeout_seconds: u64,
+    /// Agents served at once; past it new agents get 503 + Retry-After. 0 = no limit.
+    pub max_agents: usize,
+    /// Retry-After seconds sent with 429/503.
+    pub retry_after_seconds: u64,
+    /// Send a new instance uid to a second live connection that claims a uid in use.
+    pub reassign_duplicate_uids: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Read pool size (the writer is one more connection).
+    pub max_open_conns: usize,
+    /// Idle read connections kept open (at most `max_open_conns`).
+    pub max_idle_conns: usize,
+    /// Seconds before a pooled read connection is reopened.
+    pub conn_max_lifetime: u64,
+    /// How long the writer gathers changes into one transaction.
+    pub flush_interval_ms: u64,
+    /// How often heartbeat times (last seen) are written.
+    pub last_seen_flush_seconds: u64,
+    pub busy_timeout_ms: u64,
+    /// Connection events older than this are pruned.
+    pub event_retention_days: u64,
+    /// Queries slower than this count as slow.
+    pub slow_query_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the JWT signing key (else `JWT_SECRET_KEY`, else generated in the data dir).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Without a configured key, generate one and keep it in `<data_dir>/jwt.key`
+    /// (always done in the zero-config start, where no config file is given).
+    pub generate_jwt_secret: bool,
+    pub token_ttl_minutes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time allowed for a client to send its request headers.
+    pub header_timeout_seconds: u64,
+    /// Time allowed for a request body to arrive.
+    pub body_timeout_seconds: u64,
+    /// Largest REST request body.
+    pub max_api_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            agent_listen: None,
+            data_dir: PathBuf::from("./data"),
+            log: LogConfig::default(),
+            tls: TlsConfig::default(),
+            opamp: OpampConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "auto".into(),
+            file: None,
+            ring_lines: 5000,
+        }
+    }
+}
+
+impl Default for OpampConfig {
+    fn default() -> Self {
+        OpampConfig {
+            path: "/v1/opamp".into(),
+            agent_secrets: Vec::new(),
+            max_message_bytes: 64 << 20,
+            max_send_bytes: 64 << 20,
+            heartbeat_interval_seconds: 30,
+            stale_after_seconds: 90,
+            disconnect_after_seconds: 300,
+            ws_ping_interval_seconds: 30,
+            ws_read_timeout_seconds: 120,
+            max_agents: 0,
+            retry_after_seconds: 30,
+            reassign_duplicate_uids: true,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            max_open_conns: 4,
+            max_idle_conns: 4,
+            conn_max_lifetime: 3600,
+            flush_interval_ms: 50,
+            last_seen_flush_seconds: 5,
+            busy_timeout_ms: 5000,
+            event_retention_days: 30,
+            slow_query_ms: 100,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret_file: None,
+            generate_jwt_secret: false,
+            token_ttl_minutes: 60,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_seconds: 10,
+            body_timeout_seconds: 30,
+            max_api_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Values given on the command line; `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub agent_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// Environment variables that are not config keys but are read by opampd.
+const EXTRA_ENV: &[&str] = &["OPAMPD_CONFIG"];
+
+impl Config {
+    /// Builds the effective configuration from all layers.
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        flags: &Overrides,
+    ) -> Result<Config> {
+        let mut tree = serde_yaml::to_value(Config::default())?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let file_tree: serde_yaml::Value = if text.trim().is_empty() {
+                serde_yaml::Value::Mapping(Default::default())
+            } else {
+                serde_yaml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            };
+            merge(&mut tree, file_tree, "", path)?;
+        }
+        apply_env(&mut tree, env)?;
+        let mut config: Config = serde_yaml::from_value(tree)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if let Some(v) = &flags.listen {
+            config.listen = v.clone();
+        }
+        if let Some(v) = &flags.agent_listen {
+            config.agent_listen = Some(v.clone());
+        }
+        if let Some(v) = &flags.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &flags.log_level {
+            config.log.level = v.clone();
+        }
+        if let Some(v) = &flags.log_format {
+            config.log.format = v.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot: addresses, ranges, file pairs.
+    pub fn validate(&self) -> Result<()> {
+        parse_addr("listen", &self.listen)?;
+        if let Some(a) = &self.agent_listen {
+            parse_addr("agent_listen", a)?;
+        }
+        if !self.opamp.path.starts_with('/') {
+            bail!("opamp.path must start with '/', got {:?}", self.opamp.path);
+        }
+        if self.opamp.path.starts_with("/api/") || self.opamp.path.starts_with("/health") {
+            bail!(
+                "opamp.path {:?} collides with the REST or health routes",
+                self.opamp.path
+            );
+        }
+        if !matches!(self.log.format.as_str(), "auto" | "text" | "json") {
+            bail!(
+                "log.format must be auto, text or json, got {:?}",
+                self.log.format
+            );
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
+        })?;
+        if self.opamp.max_message_bytes < 1024 {
+            bail!("opamp.max_message_bytes must be at least 1024");
+        }
+        if self.opamp.heartbeat_interval_seconds == 0 {
+            bail!("opamp.heartbeat_interval_seconds must be greater than 0");
+        }
+        if self.opamp.stale_after_seconds == 0
+            || self.opamp.disconnect_after_seconds < self.opamp.stale_after_seconds
+        {
+            bail!("opamp.disconnect_after_seconds must be >= opamp.stale_after_seconds > 0");
+        }
+        if self.opamp.ws_read_timeout_seconds <= self.opamp.ws_ping_interval_seconds {
+            bail!(
+                "opamp.ws_read_timeout_seconds must be greater than opamp.ws_ping_interval_seconds"
+            );
+        }
+        for (i, s) in self.opamp.agent_secrets.iter().enumerate() {
+            if s.len() < 8 {
+                bail!("opamp.agent_secrets[{i}] is shorter than 8 characters: use a long random secret");
+            }
+        }
+        if self.database.max_open_conns == 0 || self.database.max_open_conns > 64 {
+            bail!("database.max_open_conns must be between 1 and 64");
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("tls.cert_file and tls.key_file go together")
+            }
+            _ => {}
+        }
+        if self.tls.client_ca_file.is_some() && self.tls.cert_file.is_none() {
+            bail!("tls.client_ca_file needs tls.cert_file and tls.key_file");
+        }
+        if self.tls.require_client_cert && self.tls.client_ca_file.is_none() {
+            bail!("tls.require_client_cert needs tls.client_ca_file");
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("opamp.db")
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr> {
+    value.parse().with_context(|| {
+        format!("{key} {value:?} is not an address like 127.0.0.1:8080 or [::]:4320")
+    })
+}
+
+/// Merges `over` into `base`, refusing keys `base` does not have.
+fn merge(
+    base: &mut serde_yaml::Value,
+    over: serde_yaml::Value,
+    prefix: &str,
+    file: &Path,
+) -> Result<()> {
+    use serde_yaml::Value;
+    let Value::Mapping(over) = over else {
+        bail!(
+            "config file {}: expected a mapping of keys at {}",
+            file.display(),
+            if prefix.is_empty() {
+                "the top level"
+            } else {
+                prefix
+            }
+        );
+    };
+    let Value::Mapping(base_map) = base else {
+        unreachable!("defaults are a mapping")
+    };
+    for (k, v) in over {
+        let key = k
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{k:?}"));
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match base_map.get_mut(&k) {
+            None => bail!(
+                "config file {}: unknown key `{path}` (see `opampd check-config --print-defaults` for the valid keys)",
+                file.display()
+            ),
+            Some(slot @ Value::Mapping(_)) if matches!(v, Value::Mapping(_)) => merge(slot, v, &path, file)?,
+            Some(slot) => *slot = v,
+        }
+    }
+    Ok(())
+}
+
+/// Applies `OPAMPD_*` variables onto the key tree.
+fn apply_env(tree: &mut serde_yaml::Value, env: &[(String, String)]) -> Result<()> {
+    let mut leaves = Vec::new();
+    collect_leaves(tree, String::new(), &mut leaves);
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("OPAMPD_") else {
+            continue;
+        };
+        if EXTRA_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(path) = leaves
+            .iter()
+            .find(|p| p.replace('.', "_").eq_ignore_ascii_case(rest))
+        else {
+            bail!("environment variable {name} is not a configuration key (unset it, or see `opampd check-config --print-defaults`)");
+        };
+        let parsed =
+            env_value(tree, path, value).with_context(|| format!("environment variable {name}"))?;
+        set_path(tree, path, parsed);
+    }
+    Ok(())
+}
+
+fn collect_leaves(v: &serde_yaml::Value, prefix: String, out: &mut Vec<String>) {
+    if let serde_yaml::Value::Mapping(m) = v {
+        for (k, child) in m {
+            let key = k.as_str().unwrap_or_default();
+            let path = if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if matches!(child, serde_yaml::Value::Mapping(_)) {
+                collect_leaves(child, path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+}
+
+fn get_path<'a>(tree: &'a serde_yaml::Value, path: &str) -> Option<&'a serde_yaml::Value> {
+    path.split('.').try_fold(tree, |v, k| v.get(k))
+}
+
+fn set_path(tree: &mut serde_yaml::Value, path: &str, value: serde_yaml::Value) {
+    let mut cur = tree;
+    for k in path.split('.') {
+        cur = &mut cur[k];
+    }
+    *cur = value;
+}
+
+fn env_value(tree: &serde_yaml::Value, path: &str, raw: &str) -> Result<serde_yaml::Value> {
+    use serde_yaml::Value;
+    Ok(match get_path(tree, path) {
+        Some(Value::Sequence(_)) => Value::Sequence(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
+        ),
+        Some(Value::Bool(_)) => Value::Bool(match raw.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => bail!("expected true or false, got {raw:?}"),
+        }),
+        Some(Value::Number(_)) => Value::Number(
+            raw.trim()
+                .parse::<u64>()
+                .map_err(|_| anyhow::anyhow!("expected a whole number, got {raw:?}"))?
+                .into(),
+        ),
+        _ => Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, env: &[(&str, &str)], flags: Overrides) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, file).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Config::load(Some(&path), &env, &flags)
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let c = Config::load(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.db_path(), PathBuf::from("./data/opamp.db"));
+    }
+
+    #[test]
+    fn precedence_is_flag_env_file_default() {
+        let file = "listen: 127.0.0.1:1000\ndatabase:\n  max_open_conns: 2\n";
+        let c = load(file, &[], Overrides::default()).unwrap();
+        assert_eq!(
+            (c.listen.as_str(), c.database.max_open_conns),
+            ("127.0.0.1:1000", 2)
+        );
+        let c = load(
+            file,
+            &[
+                ("OPAMPD_LISTEN", "127.0.0.1:2000"),
+                ("OPAMPD_DATABASE_MAX_OPEN_CONNS", "3"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.listen.as_str(), c.database.max_open_conns),
+            ("127.0.0.1:2000", 3)
+        );
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3000".into()),
+            ..Default::default()
+        };
+        let c = load(file, &[("OPAMPD_LISTEN", "127.0.0.1:2000")], flags).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let err = load("database:\n  max_open_con: 2\n", &[], Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown key `database.max_open_con`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = load("", &[("OPAMPD_NOPE", "1")], Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("OPAMPD_NOPE"), "{err}");
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated() {
+        let c = load(
+            "",
+            &[("OPAMPD_OPAMP_AGENT_SECRETS", "secret-one-1, secret-two-2")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.opamp.agent_secrets, vec!["secret-one-1", "secret-two-2"]);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = load("listen: nowhere\n", &[], Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen \"nowhere\""), "{err}");
+        let err = load(
+            "",
+            &[("OPAMPD_DATABASE_MAX_OPEN_CONNS", "many")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("expected a whole number"),
+            "{err:#}"
+        );
+        let err = load("tls:\n  cert_file: a.pem\n", &[], Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+    }
+}

@@ -1,0 +1,141 @@
+//! The in-memory registry of live agents and the push channels of their
+//! WebSocket connections.
+//!
+//! Sharded maps (no lock over all agents): a message for one agent locks only
+//! its shard, briefly, and never across an await. This is the only place that
+//! knows which connection carries which agent.
+
+use crate::opamp::session::{Session, Transport};
+use dashmap::DashMap;
+use opamp_proto::pb;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// What a WebSocket connection task is asked to send.
+#[derive(Debug)]
+pub enum Outgoing {
+    Message(Box<pb::ServerToAgent>),
+    /// Close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    sessions: DashMap<[u8; 16], Session>,
+    conns: DashMap<u64, mpsc::Sender<Outgoing>>,
+    next_conn: AtomicU64,
+}
+
+/// Live counts: (connected, stale, websocket sessions).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LiveCounts {
+    pub connected: u64,
+    pub stale: u64,
+}
+
+impl Fleet {
+    pub fn contains(&self, uid: &[u8; 16]) -> bool {
+        self.sessions.contains_key(uid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Inserts a session unless one is already there (another request won the race).
+    pub fn insert_if_absent(&self, session: Session) {
+        self.sessions.entry(session.uid).or_insert(session);
+    }
+
+    /// Runs `f` on the agent's session while holding only its shard.
+    pub fn with<R>(&self, uid: &[u8; 16], f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        self.sessions.get_mut(uid).map(|mut s| f(&mut s))
+    }
+
+    pub fn remove(&self, uid: &[u8; 16]) -> Option<Session> {
+        self.sessions.remove(uid).map(|(_, s)| s)
+    }
+
+    /// Removes the session only if `pred` holds for it (checked under the shard lock).
+    pub fn remove_if(
+        &self,
+        uid: &[u8; 16],
+        pred: impl FnOnce(&Session) -> bool,
+    ) -> Option<Session> {
+        self.sessions.remove_if(uid, |_, s| pred(s)).map(|(_, s)| s)
+    }
+
+    /// Visits every session, one shard at a time.
+    pub fn for_each_mut(&self, mut f: impl FnMut(&mut Session)) {
+        for mut e in self.sessions.iter_mut() {
+            f(e.value_mut());
+        }
+    }
+
+    pub fn uids(&self) -> Vec<[u8; 16]> {
+        self.sessions.iter().map(|e| *e.key()).collect()
+    }
+
+    pub fn register_conn(&self, tx: mpsc::Sender<Outgoing>) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        self.conns.insert(id, tx);
+        id
+    }
+
+    pub fn unregister_conn(&self, id: u64) {
+        self.conns.remove(&id);
+    }
+
+    pub fn conn_open(&self, id: u64) -> bool {
+        id != 0 && self.conns.contains_key(&id)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Queues a message on a connection without waiting; false if it is gone or full.
+    pub fn send_to_conn(&self, conn_id: u64, msg: Outgoing) -> bool {
+        match self.conns.get(&conn_id) {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Asks every connection to close (shutdown).
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for e in self.conns.iter() {
+            let _ = e.value().try_send(Outgoing::Close(code, reason));
+        }
+    }
+
+    /// Counts live sessions by freshness.
+    pub fn counts(&self, now_ms: i64, stale_after_ms: i64) -> LiveCounts {
+        let mut c = LiveCounts::default();
+        for e in self.sessions.iter() {
+            let s = e.value();
+            if s.disconnected {
+                continue;
+            }
+            if now_ms - s.last_seen <= stale_after_ms {
+                c.connected += 1;
+            } else {
+                c.stale += 1;
+            }
+        }
+        c
+    }
+
+    /// Number of agents being served (for the max_agents limit).
+    pub fn live(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn transport_of(&self, uid: &[u8; 16]) -> Option<Transport> {
+        self.sessions.get(uid).map(|s| s.transport)
+    }
+}

@@ -1,0 +1,243 @@
+//! opampd: an OpAMP server with a SQLite inventory and a REST API.
+//!
+//! Layout (data flows down):
+//! - `server`: listeners, TLS, HTTP/1.1 + HTTP/2, graceful drain.
+//! - `opamp/`: the OpAMP endpoint — `ws` and `http` transports, `session` rules.
+//! - `fleet`: live agents and their push channels (sharded, no global lock).
+//! - `targeting`: which configuration each agent should run.
+//! - `store/`: the only code that touches SQLite (batching writer, read pool).
+//! - `api/`: REST handlers, health probes, metrics; `auth`: tokens and roles.
+//! - `config`, `metrics`, `procinfo`, `logring`: cross-cutting pieces.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod fleet;
+pub mod logring;
+pub mod metrics;
+pub mod opamp;
+pub mod procinfo;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod targeting;
+
+use anyhow::{Context, Result};
+use app::App;
+use config::Config;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Listeners opampd serves on.
+pub struct Listeners {
+    pub main: TcpListener,
+    pub agent: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the configured addresses (port 0 picks a free port).
+    pub async fn bind(config: &Config) -> Result<Listeners> {
+        let main = TcpListener::bind(&config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (in use? see `opampctl troubleshoot startup`)",
+                config.listen
+            )
+        })?;
+        let agent = match &config.agent_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on agent_listen {a}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { main, agent })
+    }
+}
+
+/// Options that are not part of the config file.
+pub struct RunOptions {
+    /// No config file was given: a JWT key may be generated.
+    pub zero_config: bool,
+    pub logs: logring::LogRing,
+    /// Flips to true on SIGHUP-style reloads of agent secrets.
+    pub reload: Option<tokio::sync::mpsc::Receiver<Config>>,
+}
+
+/// Runs opampd until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let started = Instant::now();
+    create_data_dir(&config.data_dir)?;
+    let jwt_key = auth::load_jwt_key(&config, opts.zero_config)?;
+    let tls = server::tls_acceptor(&config.tls)?;
+    let metrics = Arc::new(metrics::Metrics::new(Duration::from_millis(
+        config.database.slow_query_ms,
+    )));
+    let store_opts = store::StoreOptions {
+        max_open_conns: config.database.max_open_conns,
+        max_idle_conns: config
+            .database
+            .max_idle_conns
+            .min(config.database.max_open_conns),
+        conn_max_lifetime: Duration::from_secs(config.database.conn_max_lifetime.max(1)),
+        flush_interval: Duration::from_millis(config.database.flush_interval_ms),
+        busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
+    };
+    let db_path = config.db_path();
+    let store = {
+        let metrics = metrics.clone();
+        let path = db_path.clone();
+        tokio::task::spawn_blocking(move || store::Store::open(&path, &store_opts, metrics))
+            .await??
+    };
+    if config.opamp.agent_secrets.is_empty() {
+        tracing::warn!("no opamp.agent_secrets configured: any agent that can reach the OpAMP endpoint is accepted");
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        agent_secrets: RwLock::new(
+            config
+                .opamp
+                .agent_secrets
+                .iter()
+                .map(|s| opamp::secret_digest(s))
+                .collect(),
+        ),
+        auth: auth::Auth::new(jwt_key, config.auth.token_ttl_minutes),
+        config,
+        store,
+        fleet: fleet::Fleet::default(),
+        targets: targeting::Targets::default(),
+        metrics,
+        logs: opts.logs,
+        started,
+        ready: Default::default(),
+        draining: Default::default(),
+        rollout_wakeup: Default::default(),
+        shutdown: shutdown_rx.clone(),
+    });
+    app.auth.bootstrap(&app.store, &app.config.data_dir).await?;
+
+    let header_timeout = Duration::from_secs(app.config.http.header_timeout_seconds);
+    let drain = Duration::from_secs(10);
+    let main_addr = server::local_addr(&listeners.main);
+    let main_router = api::router(app.clone());
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(server::serve(
+        listeners.main,
+        main_router,
+        tls.clone(),
+        header_timeout,
+        shutdown_rx.clone(),
+        drain,
+    ));
+    let agent_addr = listeners.agent.as_ref().map(server::local_addr);
+    if let Some(l) = listeners.agent {
+        servers.spawn(server::serve(
+            l,
+            api::agent_router(app.clone()),
+            tls.clone(),
+            header_timeout,
+            shutdown_rx.clone(),
+            drain,
+        ));
+    }
+    let background = [
+        tokio::spawn(app::flush_last_seen(app.clone())),
+        tokio::spawn(app::liveness(app.clone())),
+    ];
+    if let Some(mut reload) = opts.reload {
+        let app = app.clone();
+        tokio::spawn(async move {
+            while let Some(new) = reload.recv().await {
+                apply_reload(&app, &new);
+            }
+        });
+    }
+    app.ready.store(true, Ordering::Relaxed);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        addr = %main_addr,
+        agent_addr = agent_addr.map(|a| a.to_string()).unwrap_or_default(),
+        url = %format!("{scheme}://{main_addr}"),
+        opamp_path = %app.config.opamp.path,
+        data_dir = %app.config.data_dir.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "opampd listening"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: draining agent connections");
+    app.draining.store(true, Ordering::Relaxed);
+    app.fleet
+        .close_all(opamp::ws::CLOSE_GOING_AWAY, "server shutting down");
+    // Let WebSocket tasks send their close frames and record the disconnects.
+    let wait_until = Instant::now() + Duration::from_secs(5);
+    while app.fleet.connections() > 0 && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = shutdown_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    for t in background {
+        let _ = t.await;
+    }
+    // Persist what the live sessions still hold, then stop the writer.
+    for uid in app.fleet.uids() {
+        opamp::agent_left(
+            &app,
+            &uid,
+            app.fleet.with(&uid, |s| s.conn_id).unwrap_or(0),
+            "server shutdown",
+        );
+    }
+    app.store.writer().flush().await;
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.writer().shutdown()).await?;
+    tracing::info!("opampd stopped");
+    Ok(())
+}
+
+/// Creates the data directory, private to the service user.
+fn create_data_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    }
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "data directory {} is not writable by this user",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn apply_reload(app: &App, new: &Config) {
+    let secrets: Vec<[u8; 32]> = new
+        .opamp
+        .agent_secrets
+        .iter()
+        .map(|s| opamp::secret_digest(s))
+        .collect();
+    let count = secrets.len();
+    *app.agent_secrets.write().unwrap_or_else(|e| e.into_inner()) = secrets;
+    tracing::info!(
+        agent_secrets = count,
+        "reloaded agent secrets; other changes need a restart"
+    );
+}

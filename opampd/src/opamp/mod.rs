@@ -1,0 +1,472 @@
+//! The OpAMP endpoint: one path, two transports.
+//!
+//! A request with `Content-Type: application/x-protobuf` is a plain-HTTP
+//! exchange ([`http`]); an upgrade request starts a WebSocket ([`ws`]).
+//! Agent authentication and the max-agents limit are checked before either,
+//! so a refused agent gets 401 / 503 before any upgrade. Both transports feed
+//! [`process`], which applies [`session`] rules and persists through the
+//! store's batching writer.
+
+pub mod http;
+pub mod session;
+pub mod ws;
+
+use crate::app::App;
+use crate::store::agents::AgentEvent;
+use crate::store::{now_ms, AgentPatch};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use opamp_proto::caps::FLAG_REQUEST_INSTANCE_UID;
+use opamp_proto::pb;
+use session::{Ctx, Outcome, Session, Transport};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub const PROTOBUF: &str = "application/x-protobuf";
+
+/// The `/v1/opamp` handler.
+pub async fn endpoint(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    if !agent_authorized(&app, req.headers()) {
+        tracing::warn!(remote_addr = %remote, "agent refused: missing or wrong agent secret");
+        let mut r = plain(StatusCode::UNAUTHORIZED, "agent authentication failed: send a configured agent secret as 'Authorization: Bearer <secret>'\n");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"opamp\""),
+        );
+        return r;
+    }
+    if app.draining.load(Ordering::Relaxed) {
+        return retry_later(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "opampd is shutting down; reconnect shortly\n",
+        );
+    }
+    let is_protobuf = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(PROTOBUF));
+    if is_protobuf {
+        if *req.method() != axum::http::Method::POST {
+            return plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "plain-HTTP OpAMP uses POST\n",
+            );
+        }
+        return http::exchange(app, remote, req).await;
+    }
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        let msg = if *req.method() == axum::http::Method::POST {
+            "unsupported Content-Type: OpAMP over plain HTTP needs 'Content-Type: application/x-protobuf'\n"
+        } else {
+            "this is the OpAMP endpoint: open a WebSocket, or POST a protobuf AgentToServer with 'Content-Type: application/x-protobuf'\n"
+        };
+        let status = if *req.method() == axum::http::Method::POST {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return plain(status, msg);
+    }
+    if at_capacity(&app) {
+        tracing::warn!(remote_addr = %remote, max_agents = app.config.opamp.max_agents, "WebSocket refused: max agents reached");
+        return retry_later(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "opampd is at its configured maximum of agents; retry later\n",
+        );
+    }
+    match axum::extract::ws::WebSocketUpgrade::from_request(req, &app).await {
+        Ok(upgrade) => ws::upgrade(app, remote, upgrade),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+pub fn plain(status: StatusCode, msg: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
+}
+
+fn retry_later(app: &App, status: StatusCode, msg: &'static str) -> Response {
+    let mut r = plain(status, msg);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(app.config.opamp.retry_after_seconds),
+    );
+    r
+}
+
+pub(crate) fn at_capacity(app: &App) -> bool {
+    let max = app.config.opamp.max_agents;
+    max > 0 && app.fleet.live() >= max
+}
+
+/// Digest of a secret, so comparisons take the same time whatever the lengths.
+pub fn secret_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn agent_authorized(app: &App, headers: &HeaderMap) -> bool {
+    let secrets = app.agent_secrets.read().unwrap_or_else(|e| e.into_inner());
+    if secrets.is_empty() {
+        return true;
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("secret-key").and_then(|v| v.to_str().ok()));
+    let Some(presented) = presented else {
+        return false;
+    };
+    let digest = secret_digest(presented.trim());
+    // Check every secret, without stopping early, in constant time each.
+    let mut ok = subtle::Choice::from(0);
+    for s in secrets.iter() {
+        ok |= subtle::ConstantTimeEq::ct_eq(&digest[..], &s[..]);
+    }
+    bool::from(ok)
+}
+
+/// An error reply for a message that cannot be processed.
+pub fn bad_request(instance_uid: Vec<u8>, message: String) -> pb::ServerToAgent {
+    pb::ServerToAgent {
+        instance_uid,
+        error_response: Some(pb::ServerErrorResponse {
+            r#type: pb::ServerErrorResponseType::BadRequest as i32,
+            error_message: message,
+            details: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Where a message came from.
+pub struct Origin {
+    pub transport: Transport,
+    /// WebSocket connection id; 0 for plain HTTP.
+    pub conn_id: u64,
+    pub remote: SocketAddr,
+}
+
+/// Applies one decoded AgentToServer. `Err` is a BAD_REQUEST reply.
+/// On success returns the outcome and the uid the agent now has.
+pub async fn process(
+    app: &Arc<App>,
+    msg: &pb::AgentToServer,
+    origin: &Origin,
+) -> Result<(Outcome, [u8; 16]), pb::ServerToAgent> {
+    let Ok(uid) = <[u8; 16]>::try_from(msg.instance_uid.as_slice()) else {
+        return Err(bad_request(
+            msg.instance_uid.clone(),
+            format!(
+                "instance_uid must be 16 bytes, got {}",
+                msg.instance_uid.len()
+            ),
+        ));
+    };
+    app.metrics.opamp_messages
+        [crate::metrics::transport_index(origin.transport == Transport::WebSocket)]
+    .fetch_add(1, Ordering::Relaxed);
+    let now = now_ms();
+    let remote = origin.remote.to_string();
+
+    // Duplicate detection: another live connection (or host) is using this uid.
+    if let Some(dup) = app
+        .fleet
+        .with(&uid, |s| is_duplicate(app, s, msg, origin, now))
+    {
+        if dup {
+            return Ok((duplicate_reply(app, uid, msg, origin), uid));
+        }
+    }
+
+    // Which session the message applies to: a new uid if the agent asked for one.
+    let assigned =
+        (msg.flags & FLAG_REQUEST_INSTANCE_UID != 0).then(|| *uuid::Uuid::now_v7().as_bytes());
+    let key = assigned.unwrap_or(uid);
+    if !app.fleet.contains(&key) {
+        let loaded = if assigned.is_some() {
+            None
+        } else {
+            let id = opamp_proto::uid_string(&uid);
+            app.store
+                .read("agent_load", move |c| crate::store::agents::get(c, &id))
+                .await
+                .ok()
+                .flatten()
+        };
+        let mut s = match &loaded {
+            Some(row) => Session::from_row(key, row, origin.transport),
+            None => Session::new(key, origin.transport),
+        };
+        s.disconnected = true; // becomes connected below, with the connect event
+        s.conn_id = origin.conn_id;
+        app.fleet.insert_if_absent(s);
+    }
+    let targets = &app.targets;
+    let result = app.fleet.with(&key, |s| {
+        let connecting =
+            s.disconnected || s.conn_id != origin.conn_id || s.transport != origin.transport;
+        if connecting {
+            s.transport = origin.transport;
+            s.conn_id = origin.conn_id;
+            s.offered_hash = None;
+        }
+        let out = session::handle(
+            s,
+            msg,
+            &Ctx {
+                targets,
+                now_ms: now,
+                remote_addr: Some(&remote),
+                new_uid: assigned,
+            },
+        );
+        (out, connecting)
+    });
+    let Some((mut out, connecting)) = result else {
+        // Removed concurrently (deleted through the API): answer, keep nothing.
+        return Ok((
+            Outcome {
+                reply: pb::ServerToAgent {
+                    instance_uid: msg.instance_uid.clone(),
+                    capabilities: session::SERVER_CAPABILITIES,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            key,
+        ));
+    };
+    let id = opamp_proto::uid_string(&key);
+    if let Some(mut patch) = out.patch.take() {
+        if connecting {
+            patch.status = Some("connected");
+            patch.transport = Some(origin.transport.as_str());
+            patch.remote_addr = Some(remote.clone());
+        }
+        if out.disconnect {
+            patch.status = Some("disconnected");
+        }
+        app.store.writer().agent(patch);
+    }
+    if connecting && !out.disconnect {
+        app.metrics.agent_connects
+            [crate::metrics::transport_index(origin.transport == Transport::WebSocket)]
+        .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(uid = %id, remote_addr = %remote, transport = origin.transport.as_str(), "agent connected");
+        app.store.writer().event(AgentEvent {
+            uid: id.clone(),
+            at: now,
+            event: "connected",
+            remote_addr: Some(remote.clone()),
+            details: Some(origin.transport.as_str().into()),
+        });
+    }
+    if assigned.is_some() {
+        tracing::info!(uid = %opamp_proto::uid_string(&uid), new_uid = %id, "assigned a new instance uid on request");
+    }
+    if out.disconnect {
+        agent_left(app, &key, origin.conn_id, "agent_disconnect");
+    }
+    if out.remote_status_changed {
+        app.rollout_wakeup.notify_one();
+    }
+    Ok((out, key))
+}
+
+/// Whether `msg` comes from a second live agent using a uid already in use.
+fn is_duplicate(
+    app: &App,
+    s: &Session,
+    msg: &pb::AgentToServer,
+    origin: &Origin,
+    now: i64,
+) -> bool {
+    if s.disconnected || !app.config.opamp.reassign_duplicate_uids {
+        return false;
+    }
+    let recent = now - s.last_seen < (app.config.opamp.heartbeat_interval_seconds as i64) * 1000;
+    let continues = s
+        .seq
+        .is_some_and(|p| msg.sequence_num == p + 1 || msg.sequence_num == p);
+    if !recent || continues {
+        return false;
+    }
+    match origin.transport {
+        Transport::WebSocket => s.conn_id != origin.conn_id && app.fleet.conn_open(s.conn_id),
+        Transport::Http => {
+            let ip = |a: &str| a.parse::<SocketAddr>().map(|a| a.ip()).ok();
+            s.transport == Transport::Http
+                && s.remote_addr
+                    .as_deref()
+                    .and_then(ip)
+                    .is_some_and(|prev| prev != origin.remote.ip())
+        }
+    }
+}
+
+fn duplicate_reply(app: &App, uid: [u8; 16], msg: &pb::AgentToServer, origin: &Origin) -> Outcome {
+    let new_uid = *uuid::Uuid::now_v7().as_bytes();
+    let id = opamp_proto::uid_string(&uid);
+    tracing::warn!(uid = %id, remote_addr = %origin.remote, new_uid = %opamp_proto::uid_string(&new_uid),
+        "duplicate instance uid: another live agent uses it; sending this one a new uid");
+    app.store.writer().event(AgentEvent {
+        uid: id,
+        at: now_ms(),
+        event: "duplicate_uid",
+        remote_addr: Some(origin.remote.to_string()),
+        details: Some(format!("assigned {}", opamp_proto::uid_string(&new_uid))),
+    });
+    Outcome {
+        reply: pb::ServerToAgent {
+            instance_uid: msg.instance_uid.clone(),
+            capabilities: session::SERVER_CAPABILITIES,
+            flags: opamp_proto::caps::FLAG_REPORT_FULL_STATE,
+            agent_identification: Some(pb::AgentIdentification {
+                new_instance_uid: new_uid.to_vec(),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// An agent is gone from `conn_id` (0 = plain HTTP): forget its live session,
+/// keep everything stored, record the disconnect.
+pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str) {
+    let Some(s) = app.fleet.remove_if(uid, |s| s.conn_id == conn_id) else {
+        return;
+    };
+    let id = opamp_proto::uid_string(uid);
+    let mut patch = AgentPatch::new(&id);
+    patch.status = Some("disconnected");
+    patch.sequence_num = s.seq;
+    patch.last_seen = Some(s.last_seen);
+    app.store.writer().agent(patch);
+    app.metrics.agent_disconnects
+        [crate::metrics::transport_index(s.transport == Transport::WebSocket)]
+    .fetch_add(1, Ordering::Relaxed);
+    let remote = s.remote_addr.clone().unwrap_or_default();
+    tracing::info!(uid = %id, remote_addr = %remote, transport = s.transport.as_str(), reason, "agent disconnected");
+    app.store.writer().event(AgentEvent {
+        uid: id,
+        at: now_ms(),
+        event: "disconnected",
+        remote_addr: s.remote_addr,
+        details: Some(reason.into()),
+    });
+}
+
+/// Encodes a reply, enforcing `opamp.max_send_bytes`: an oversized remote
+/// config is dropped (and counted) rather than sent.
+pub fn encode_reply(app: &App, mut reply: pb::ServerToAgent) -> Vec<u8> {
+    use prost::Message;
+    if reply.encoded_len() > app.config.opamp.max_send_bytes {
+        app.metrics.outgoing_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            uid = %hex::encode(&reply.instance_uid),
+            bytes = reply.encoded_len(),
+            limit = app.config.opamp.max_send_bytes,
+            "ServerToAgent over opamp.max_send_bytes: not sent; the remote config was dropped"
+        );
+        reply.remote_config = None;
+        reply.packages_available = None;
+    }
+    reply.encode_to_vec()
+}
+
+pub fn body_of(bytes: Vec<u8>) -> Body {
+    Body::from(bytes)
+}
+
+/// Offers an agent its desired configuration now, if it needs it and a
+/// WebSocket carries it (plain-HTTP agents get it at their next poll).
+/// Returns whether a message was queued.
+pub fn push_offer(app: &App, uid: &[u8; 16]) -> bool {
+    let pushed = app.fleet.with(uid, |s| {
+        if s.transport != Transport::WebSocket || s.disconnected {
+            return None;
+        }
+        let rc = s.take_offer(&app.targets)?;
+        let mut patch = AgentPatch::new(&opamp_proto::uid_string(&s.uid));
+        patch.offered = Some(session::offered_json(s).to_string());
+        let msg = pb::ServerToAgent {
+            instance_uid: s.uid.to_vec(),
+            capabilities: session::SERVER_CAPABILITIES,
+            remote_config: Some(rc),
+            ..Default::default()
+        };
+        Some((s.conn_id, msg, patch))
+    });
+    let Some(Some((conn_id, msg, patch))) = pushed else {
+        return false;
+    };
+    app.store.writer().agent(patch);
+    if app
+        .fleet
+        .send_to_conn(conn_id, crate::fleet::Outgoing::Message(Box::new(msg)))
+    {
+        true
+    } else {
+        // The connection is busy or gone: offer again at the next message.
+        app.fleet.with(uid, |s| s.offered_hash = None);
+        false
+    }
+}
+
+/// Sends a restart command to a connected agent: at once over WebSocket, with
+/// the reply to the next poll over plain HTTP. `None` if it is not connected.
+pub fn send_restart(app: &App, uid: &[u8; 16]) -> Option<&'static str> {
+    let target = app.fleet.with(uid, |s| {
+        if s.disconnected {
+            return None;
+        }
+        match s.transport {
+            Transport::WebSocket => Some(Some(s.conn_id)),
+            Transport::Http => {
+                s.restart_pending = true;
+                Some(None)
+            }
+        }
+    })??;
+    match target {
+        Some(conn_id) => {
+            let msg = pb::ServerToAgent {
+                instance_uid: uid.to_vec(),
+                capabilities: session::SERVER_CAPABILITIES,
+                command: Some(pb::ServerToAgentCommand {
+                    r#type: pb::CommandType::Restart as i32,
+                }),
+                ..Default::default()
+            };
+            app.fleet
+                .send_to_conn(conn_id, crate::fleet::Outgoing::Message(Box::new(msg)))
+                .then_some("sent")
+        }
+        None => Some("queued for the next poll"),
+    }
+}

@@ -1,0 +1,690 @@
+//! The per-agent protocol rules, free of I/O.
+//!
+//! [`handle`] takes one AgentToServer and the agent's in-memory [`Session`] and
+//! returns the reply plus what must be persisted. Rules implemented here:
+//! omitted sub-messages mean unchanged; a sequence gap (or unknown agent)
+//! together with omitted fields asks for ReportFullState, never for a full
+//! first report; offers are gated by the agent's current capabilities; a
+//! remote config is offered only when its hash differs from what the agent
+//! reports and was not already offered on this connection; a restart command
+//! goes out alone.
+
+use crate::store::{self, AgentPatch};
+use crate::targeting::{Desired, Targets};
+use opamp_proto::caps::*;
+use opamp_proto::pb;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Server capabilities announced in every reply.
+pub const SERVER_CAPABILITIES: u64 =
+    SERVER_ACCEPTS_STATUS | SERVER_OFFERS_REMOTE_CONFIG | SERVER_ACCEPTS_EFFECTIVE_CONFIG;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Http,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// What the server remembers of a live agent.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub uid: [u8; 16],
+    /// Last sequence number received; `None` when the server holds no state.
+    pub seq: Option<u64>,
+    pub capabilities: u64,
+    pub has_description: bool,
+    pub has_health: bool,
+    pub has_effective_config: bool,
+    pub has_remote_status: bool,
+    /// Labels and string attributes, for selectors.
+    pub attrs: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub identifying_key: u64,
+    pub reported_hash: Vec<u8>,
+    pub reported_status: i32,
+    /// Hash offered on the current connection (reset on reconnect or state loss).
+    pub offered_hash: Option<[u8; 32]>,
+    pub desired: Option<Arc<Desired>>,
+    pub desired_epoch: u64,
+    pub transport: Transport,
+    /// Id of the WebSocket connection that carries this agent (0 for HTTP).
+    pub conn_id: u64,
+    pub remote_addr: Option<String>,
+    pub last_seen: i64,
+    pub persisted_seen: i64,
+    pub restart_pending: bool,
+    pub disconnected: bool,
+}
+
+impl Session {
+    pub fn new(uid: [u8; 16], transport: Transport) -> Session {
+        Session {
+            uid,
+            seq: None,
+            capabilities: 0,
+            has_description: false,
+            has_health: false,
+            has_effective_config: false,
+            has_remote_status: false,
+            attrs: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            identifying_key: 0,
+            reported_hash: Vec::new(),
+            reported_status: 0,
+            offered_hash: None,
+            desired: None,
+            desired_epoch: u64::MAX,
+            transport,
+            conn_id: 0,
+            remote_addr: None,
+            last_seen: 0,
+            persisted_seen: 0,
+            restart_pending: false,
+            disconnected: false,
+        }
+    }
+
+    /// Rebuilds a session from the stored row of a returning agent.
+    pub fn from_row(uid: [u8; 16], row: &store::AgentRow, transport: Transport) -> Session {
+        let mut s = Session::new(uid, transport);
+        s.seq = Some(row.sequence_num);
+        s.capabilities = row.capabilities;
+        let identifying: Map<String, Value> =
+            serde_json::from_str(&row.identifying).unwrap_or_default();
+        let non_identifying: Map<String, Value> =
+            serde_json::from_str(&row.non_identifying).unwrap_or_default();
+        s.has_description = !identifying.is_empty() || !non_identifying.is_empty();
+        s.identifying_key = identity_key(&identifying);
+        s.labels = serde_json::from_str(&row.labels).unwrap_or_default();
+        s.attrs = attr_strings(&identifying, &non_identifying);
+        s.has_health = row.health.is_some();
+        s.has_effective_config = row.effective_config.is_some();
+        if let Some(rs) = row
+            .remote_status
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        {
+            s.has_remote_status = true;
+            s.reported_hash = rs["hash"]
+                .as_str()
+                .and_then(|h| hex::decode(h).ok())
+                .unwrap_or_default();
+            s.reported_status = status_code(rs["status"].as_str().unwrap_or("unset"));
+        }
+        s.persisted_seen = row.last_seen;
+        s
+    }
+
+    /// Selector lookup: labels first, then string attributes.
+    pub fn lookup(&self, key: &str) -> Option<&str> {
+        self.labels
+            .get(key)
+            .or_else(|| self.attrs.get(key))
+            .map(String::as_str)
+    }
+
+    fn selector_view(&self) -> BTreeMap<String, String> {
+        let mut all = self.attrs.clone();
+        all.extend(self.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+
+    /// Recomputes the desired configuration if targets or attributes changed.
+    pub fn refresh_desired(&mut self, targets: &Targets) {
+        let epoch = targets.epoch();
+        if self.desired_epoch != epoch {
+            self.desired = targets.desired_for(&self.uid, &self.selector_view());
+            self.desired_epoch = epoch;
+        }
+    }
+
+    /// The remote config to offer now, if any (and records the offer).
+    pub fn take_offer(&mut self, targets: &Targets) -> Option<pb::AgentRemoteConfig> {
+        if self.capabilities & ACCEPTS_REMOTE_CONFIG == 0 {
+            return None;
+        }
+        self.refresh_desired(targets);
+        let desired = self.desired.clone()?;
+        if self.reported_hash == desired.hash || self.offered_hash == Some(desired.hash) {
+            return None;
+        }
+        self.offered_hash = Some(desired.hash);
+        Some(remote_config(&desired))
+    }
+}
+
+pub fn remote_config(d: &Desired) -> pb::AgentRemoteConfig {
+    pb::AgentRemoteConfig {
+        config: Some(pb::AgentConfigMap {
+            config_map: d
+                .files
+                .iter()
+                .map(|(name, (ct, body, _))| {
+                    (
+                        name.clone(),
+                        pb::AgentConfigFile {
+                            body: body.as_bytes().to_vec(),
+                            content_type: ct.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        config_hash: d.hash.to_vec(),
+    }
+}
+
+/// What handling one message produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub reply: pb::ServerToAgent,
+    /// A separate message to send after the reply (WebSocket): a restart command.
+    pub follow_up: Option<pb::ServerToAgent>,
+    pub patch: Option<AgentPatch>,
+    /// The agent said goodbye.
+    pub disconnect: bool,
+    /// The remote config status changed: (hash hex, status name, error).
+    pub remote_status_changed: bool,
+    /// The agent's new uid, when it asked for one.
+    pub new_uid: Option<[u8; 16]>,
+}
+
+/// Status names of RemoteConfigStatuses.
+pub fn status_name(code: i32) -> &'static str {
+    match code {
+        1 => "applied",
+        2 => "applying",
+        3 => "failed",
+        _ => "unset",
+    }
+}
+
+fn status_code(name: &str) -> i32 {
+    match name {
+        "applied" => 1,
+        "applying" => 2,
+        "failed" => 3,
+        _ => 0,
+    }
+}
+
+/// Context for [`handle`].
+pub struct Ctx<'a> {
+    pub targets: &'a Targets,
+    pub now_ms: i64,
+    pub remote_addr: Option<&'a str>,
+    /// A new instance uid assigned in this reply (the session already uses it).
+    pub new_uid: Option<[u8; 16]>,
+}
+
+/// Applies one AgentToServer to the session. `msg.instance_uid` is valid (16 bytes).
+pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcome {
+    let mut out = Outcome::default();
+    let uid_str = opamp_proto::uid_string(&s.uid);
+    let mut patch = AgentPatch::new(&uid_str);
+    let known = s.seq.is_some();
+    let continues = s
+        .seq
+        .is_some_and(|prev| msg.sequence_num == prev.wrapping_add(1) || msg.sequence_num == prev);
+    s.seq = Some(msg.sequence_num);
+    s.last_seen = ctx.now_ms;
+    if s.disconnected {
+        s.disconnected = false;
+        patch.status = Some("connected");
+    }
+    if s.remote_addr.as_deref() != ctx.remote_addr {
+        s.remote_addr = ctx.remote_addr.map(str::to_owned);
+        patch.remote_addr = s.remote_addr.clone();
+    }
+    if !continues {
+        // Whatever was offered before may not have arrived.
+        s.offered_hash = None;
+    }
+
+    if msg.capabilities != s.capabilities {
+        s.capabilities = msg.capabilities;
+        patch.capabilities = Some(msg.capabilities);
+        // Capabilities gate offers: recompute what to offer.
+        s.offered_hash = None;
+    }
+
+    if let Some(d) = &msg.agent_description {
+        let identifying = attrs_json(&d.identifying_attributes);
+        let non_identifying = attrs_json(&d.non_identifying_attributes);
+        s.attrs = attr_strings(&identifying, &non_identifying);
+        s.identifying_key = identity_key(&identifying);
+        s.has_description = true;
+        s.desired_epoch = u64::MAX;
+        patch.identifying = Some(Value::Object(identifying).to_string());
+        patch.non_identifying = Some(Value::Object(non_identifying).to_string());
+    }
+    if let Some(h) = &msg.health {
+        s.has_health = true;
+        patch.health = Some(health_json(h).to_string());
+    }
+    if let Some(ec) = &msg.effective_config {
+        s.has_effective_config = true;
+        let (json, hash) = effective_config_json(ec);
+        patch.effective_config = Some(json.to_string());
+        patch.effective_config_hash = Some(hash);
+    }
+    if let Some(rs) = &msg.remote_config_status {
+        s.has_remote_status = true;
+        let changed =
+            s.reported_hash != rs.last_remote_config_hash || s.reported_status != rs.status;
+        s.reported_hash = rs.last_remote_config_hash.clone();
+        s.reported_status = rs.status;
+        patch.remote_status = Some(
+            json!({
+                "hash": hex::encode(&rs.last_remote_config_hash),
+                "status": status_name(rs.status),
+                "error": rs.error_message,
+            })
+            .to_string(),
+        );
+        out.remote_status_changed = changed;
+    }
+
+    // Full state: ask when state is missing, never for a complete report.
+    let gated_missing = (s.capabilities & REPORTS_EFFECTIVE_CONFIG != 0
+        && msg.effective_config.is_none()
+        && !s.has_effective_config)
+        || (s.capabilities & REPORTS_HEALTH != 0 && msg.health.is_none() && !s.has_health)
+        || (s.capabilities & REPORTS_REMOTE_CONFIG != 0
+            && msg.remote_config_status.is_none()
+            && !s.has_remote_status
+            && s.offered_hash.is_some())
+        || (s.capabilities & REPORTS_PACKAGE_STATUSES != 0
+            && msg.package_statuses.is_none()
+            && !known);
+    let gap_with_omissions = known
+        && !continues
+        && (msg.agent_description.is_none()
+            || (s.capabilities & REPORTS_EFFECTIVE_CONFIG != 0 && msg.effective_config.is_none())
+            || (s.capabilities & REPORTS_HEALTH != 0 && msg.health.is_none()));
+    let mut flags = 0;
+    if !s.has_description || gated_missing || gap_with_omissions {
+        flags |= FLAG_REPORT_FULL_STATE;
+    }
+    patch.sequence_num = Some(msg.sequence_num);
+    patch.last_seen = Some(ctx.now_ms);
+    s.persisted_seen = ctx.now_ms;
+
+    out.new_uid = ctx.new_uid;
+
+    let mut reply = pb::ServerToAgent {
+        instance_uid: msg.instance_uid.clone(),
+        capabilities: SERVER_CAPABILITIES,
+        flags,
+        ..Default::default()
+    };
+    if let Some(new_uid) = out.new_uid {
+        reply.agent_identification = Some(pb::AgentIdentification {
+            new_instance_uid: new_uid.to_vec(),
+        });
+    }
+    if msg.agent_disconnect.is_some() {
+        out.disconnect = true;
+        s.disconnected = true;
+        patch.status = Some("disconnected");
+    } else if s.restart_pending && s.capabilities & ACCEPTS_RESTART_COMMAND != 0 {
+        s.restart_pending = false;
+        let command = pb::ServerToAgent {
+            instance_uid: msg.instance_uid.clone(),
+            capabilities: SERVER_CAPABILITIES,
+            command: Some(pb::ServerToAgentCommand {
+                r#type: pb::CommandType::Restart as i32,
+            }),
+            ..Default::default()
+        };
+        match s.transport {
+            Transport::WebSocket => out.follow_up = Some(command),
+            // Plain HTTP carries one reply: the command goes alone, the rest waits for the next poll.
+            Transport::Http => {
+                out.reply = command;
+                out.patch = Some(patch);
+                return out;
+            }
+        }
+    } else if let Some(rc) = s.take_offer(ctx.targets) {
+        patch.offered = Some(offered_json(s).to_string());
+        reply.remote_config = Some(rc);
+    }
+    out.reply = reply;
+    out.patch = Some(patch);
+    out
+}
+
+/// JSON record of what was offered, for the API and for restarts.
+pub fn offered_json(s: &Session) -> Value {
+    match &s.desired {
+        Some(d) => json!({
+            "hash": d.hash_hex(),
+            "files": d.parts().into_iter().map(|(n, v)| json!({"name": n, "version": v})).collect::<Vec<_>>(),
+        }),
+        None => Value::Null,
+    }
+}
+
+/// OpAMP attributes as a JSON object (AnyValue mapped to JSON).
+pub fn attrs_json(kvs: &[pb::KeyValue]) -> Map<String, Value> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), any_value(kv.value.as_ref())))
+        .collect()
+}
+
+fn any_value(v: Option<&pb::AnyValue>) -> Value {
+    use pb::any_value::Value as V;
+    match v.and_then(|v| v.value.as_ref()) {
+        None => Value::Null,
+        Some(V::StringValue(s)) => Value::String(s.clone()),
+        Some(V::BoolValue(b)) => Value::Bool(*b),
+        Some(V::IntValue(i)) => json!(i),
+        Some(V::DoubleValue(d)) => json!(d),
+        Some(V::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(|v| any_value(Some(v))).collect())
+        }
+        Some(V::KvlistValue(l)) => Value::Object(attrs_json(&l.values)),
+        Some(V::BytesValue(b)) => Value::String(hex::encode(b)),
+    }
+}
+
+/// String-valued attributes for selectors.
+pub fn attr_strings(
+    identifying: &Map<String, Value>,
+    non_identifying: &Map<String, Value>,
+) -> BTreeMap<String, String> {
+    non_identifying
+        .iter()
+        .chain(identifying.iter())
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect()
+}
+
+fn identity_key(identifying: &Map<String, Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    Value::Object(identifying.clone()).to_string().hash(&mut h);
+    h.finish()
+}
+
+fn nanos_rfc3339(ns: u64) -> Option<String> {
+    (ns > 0).then(|| store::rfc3339((ns / 1_000_000) as i64))
+}
+
+pub fn health_json(h: &pb::ComponentHealth) -> Value {
+    let components: Map<String, Value> = h
+        .component_health_map
+        .iter()
+        .map(|(k, v)| (k.clone(), health_json(v)))
+        .collect();
+    let mut v = json!({
+        "healthy": h.healthy,
+        "status": h.status,
+        "last_error": h.last_error,
+        "start_time": nanos_rfc3339(h.start_time_unix_nano),
+        "status_time": nanos_rfc3339(h.status_time_unix_nano),
+    });
+    if !components.is_empty() {
+        v["components"] = Value::Object(components);
+    }
+    v
+}
+
+/// Effective config as JSON files plus a hash of its content.
+fn effective_config_json(ec: &pb::EffectiveConfig) -> (Value, String) {
+    let files: BTreeMap<String, (String, String)> = ec
+        .config_map
+        .as_ref()
+        .map(|m| {
+            m.config_map
+                .iter()
+                .map(|(k, f)| {
+                    (
+                        k.clone(),
+                        (
+                            f.content_type.clone(),
+                            String::from_utf8_lossy(&f.body).into_owned(),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let hash = crate::targeting::config_map_hash(
+        files
+            .iter()
+            .map(|(n, (ct, b))| (n.as_str(), ct.as_str(), b.as_bytes())),
+    );
+    let json: Map<String, Value> = files
+        .into_iter()
+        .map(|(n, (ct, b))| (n, json!({"content_type": ct, "body": b})))
+        .collect();
+    (Value::Object(json), hex::encode(hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> pb::KeyValue {
+        pb::KeyValue {
+            key: k.into(),
+            value: Some(pb::AnyValue {
+                value: Some(pb::any_value::Value::StringValue(v.into())),
+            }),
+        }
+    }
+
+    fn full(seq: u64, caps: u64) -> pb::AgentToServer {
+        pb::AgentToServer {
+            instance_uid: vec![1; 16],
+            sequence_num: seq,
+            capabilities: caps,
+            agent_description: Some(pb::AgentDescription {
+                identifying_attributes: vec![kv("service.name", "a")],
+                non_identifying_attributes: vec![kv("host.name", "h")],
+            }),
+            health: Some(pb::ComponentHealth {
+                healthy: true,
+                ..Default::default()
+            }),
+            effective_config: Some(pb::EffectiveConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    fn heartbeat(seq: u64, caps: u64) -> pb::AgentToServer {
+        pb::AgentToServer {
+            instance_uid: vec![1; 16],
+            sequence_num: seq,
+            capabilities: caps,
+            ..Default::default()
+        }
+    }
+
+    const CAPS: u64 = REPORTS_STATUS
+        | REPORTS_EFFECTIVE_CONFIG
+        | REPORTS_HEALTH
+        | ACCEPTS_REMOTE_CONFIG
+        | REPORTS_REMOTE_CONFIG;
+
+    fn check(s: &mut Session, msg: pb::AgentToServer, targets: &Targets) -> Outcome {
+        handle(
+            s,
+            &msg,
+            &Ctx {
+                targets,
+                now_ms: 1,
+                remote_addr: Some("127.0.0.1:1"),
+                new_uid: None,
+            },
+        )
+    }
+
+    #[test]
+    fn first_full_report_gets_capabilities_and_no_full_state_request() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let out = check(&mut s, full(0, CAPS), &t);
+        assert_eq!(out.reply.capabilities, SERVER_CAPABILITIES);
+        assert_eq!(out.reply.flags, 0);
+        assert_eq!(out.reply.instance_uid, vec![1; 16]);
+    }
+
+    #[test]
+    fn heartbeat_from_unknown_agent_asks_for_full_state() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::Http);
+        let out = check(&mut s, heartbeat(5, CAPS), &t);
+        assert_eq!(
+            out.reply.flags & FLAG_REPORT_FULL_STATE,
+            FLAG_REPORT_FULL_STATE
+        );
+    }
+
+    #[test]
+    fn heartbeats_in_sequence_do_not_ask_again() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::Http);
+        check(&mut s, full(0, CAPS), &t);
+        assert_eq!(check(&mut s, heartbeat(1, CAPS), &t).reply.flags, 0);
+        assert_eq!(
+            check(&mut s, heartbeat(1, CAPS), &t).reply.flags,
+            0,
+            "a repeated message is not a gap"
+        );
+        assert_eq!(check(&mut s, heartbeat(2, CAPS), &t).reply.flags, 0);
+    }
+
+    #[test]
+    fn a_sequence_gap_with_omitted_fields_asks_for_full_state() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::Http);
+        check(&mut s, full(0, CAPS), &t);
+        assert_eq!(
+            check(&mut s, heartbeat(7, CAPS), &t).reply.flags,
+            FLAG_REPORT_FULL_STATE
+        );
+        assert_eq!(check(&mut s, full(8, CAPS), &t).reply.flags, 0);
+    }
+
+    #[test]
+    fn omitted_description_keeps_attributes() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::Http);
+        check(&mut s, full(0, CAPS), &t);
+        let out = check(&mut s, heartbeat(1, CAPS), &t);
+        assert_eq!(s.lookup("service.name"), Some("a"));
+        assert!(out.patch.unwrap().identifying.is_none());
+    }
+
+    #[test]
+    fn restart_goes_alone_over_http() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::Http);
+        check(&mut s, full(0, CAPS | ACCEPTS_RESTART_COMMAND), &t);
+        s.restart_pending = true;
+        let out = check(&mut s, heartbeat(1, CAPS | ACCEPTS_RESTART_COMMAND), &t);
+        assert!(out.reply.command.is_some());
+        assert!(
+            out.reply.remote_config.is_none()
+                && out.reply.flags == 0
+                && out.reply.error_response.is_none()
+        );
+    }
+
+    #[test]
+    fn an_assigned_uid_is_sent_and_the_reply_echoes_the_received_uid() {
+        let t = Targets::default();
+        let mut s = Session::new([2; 16], Transport::Http);
+        let out = handle(
+            &mut s,
+            &full(0, CAPS),
+            &Ctx {
+                targets: &t,
+                now_ms: 1,
+                remote_addr: None,
+                new_uid: Some([2; 16]),
+            },
+        );
+        assert_eq!(
+            out.reply.agent_identification.unwrap().new_instance_uid,
+            vec![2; 16]
+        );
+        assert_eq!(out.reply.instance_uid, vec![1; 16]);
+        assert_eq!(out.patch.unwrap().uid, opamp_proto::uid_string(&[2; 16]));
+    }
+
+    #[test]
+    fn config_offered_once_and_not_when_agent_has_it() {
+        use crate::targeting::{Target, VersionRef};
+        let t = Targets::default();
+        t.replace(vec![Target {
+            name: "base".into(),
+            selector: crate::selector::Selector::parse("service.name=a").unwrap(),
+            current: VersionRef {
+                version: 1,
+                content_type: "text/yaml".into(),
+                body: "x: 1".into(),
+            },
+            previous: None,
+            held_back: Default::default(),
+        }]);
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let out = check(&mut s, full(0, CAPS), &t);
+        let rc = out.reply.remote_config.expect("offered");
+        assert!(rc.config.unwrap().config_map.contains_key("base"));
+        assert!(
+            check(&mut s, heartbeat(1, CAPS), &t)
+                .reply
+                .remote_config
+                .is_none(),
+            "not offered twice"
+        );
+        let mut applied = heartbeat(2, CAPS);
+        applied.remote_config_status = Some(pb::RemoteConfigStatus {
+            last_remote_config_hash: rc.config_hash.clone(),
+            status: pb::RemoteConfigStatuses::Applied as i32,
+            error_message: String::new(),
+        });
+        check(&mut s, applied, &t);
+        let mut gap = full(9, CAPS);
+        gap.remote_config_status = None;
+        assert!(
+            check(&mut s, gap, &t).reply.remote_config.is_none(),
+            "agent reports the same hash"
+        );
+    }
+
+    #[test]
+    fn no_offer_without_accepts_remote_config() {
+        use crate::targeting::{Target, VersionRef};
+        let t = Targets::default();
+        t.replace(vec![Target {
+            name: "base".into(),
+            selector: Default::default(),
+            current: VersionRef {
+                version: 1,
+                content_type: "text/yaml".into(),
+                body: "x: 1".into(),
+            },
+            previous: None,
+            held_back: Default::default(),
+        }]);
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let out = check(&mut s, full(0, REPORTS_STATUS), &t);
+        assert!(out.reply.remote_config.is_none());
+    }
+}

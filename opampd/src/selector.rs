@@ -1,0 +1,257 @@
+//! Label selectors: `k=v`, `k!=v`, `k` (present), `!k` (absent); comma means and.
+//!
+//! A key matches a server-set label first, then the agent's identifying and
+//! non-identifying attributes (string values only). The empty selector matches
+//! every agent.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Term {
+    Eq(String, String),
+    Ne(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selector {
+    pub terms: Vec<Term>,
+}
+
+/// A selector that does not parse, with the 1-based character position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectorError {
+    pub position: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SelectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bad selector at position {}: {}",
+            self.position, self.message
+        )
+    }
+}
+
+impl std::error::Error for SelectorError {}
+
+fn key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
+}
+
+fn value_char(c: char) -> bool {
+    !matches!(c, ',' | '=' | '!') && !c.is_control()
+}
+
+impl Selector {
+    pub fn parse(input: &str) -> Result<Selector, SelectorError> {
+        let mut terms = Vec::new();
+        if input.trim().is_empty() {
+            return Ok(Selector { terms });
+        }
+        let chars: Vec<char> = input.chars().collect();
+        let mut i = 0;
+        let err = |pos: usize, m: &str| SelectorError {
+            position: pos + 1,
+            message: m.to_string(),
+        };
+        loop {
+            while i < chars.len() && chars[i] == ' ' {
+                i += 1;
+            }
+            let negate = i < chars.len() && chars[i] == '!';
+            if negate {
+                i += 1;
+            }
+            let start = i;
+            while i < chars.len() && key_char(chars[i]) {
+                i += 1;
+            }
+            if i == start {
+                return Err(err(
+                    i,
+                    if i < chars.len() {
+                        "expected a key (letters, digits, '.', '_', '-', '/')"
+                    } else {
+                        "expected a key after ','"
+                    },
+                ));
+            }
+            let key: String = chars[start..i].iter().collect();
+            while i < chars.len() && chars[i] == ' ' {
+                i += 1;
+            }
+            let term = if negate {
+                Term::Absent(key)
+            } else if i < chars.len() && (chars[i] == '=' || chars[i] == '!') {
+                let ne = chars[i] == '!';
+                if ne {
+                    if i + 1 >= chars.len() || chars[i + 1] != '=' {
+                        return Err(err(i, "expected '!='"));
+                    }
+                    i += 1;
+                }
+                i += 1;
+                if i < chars.len() && chars[i] == '=' {
+                    i += 1; // accept '==' as '='
+                }
+                let vstart = i;
+                while i < chars.len() && value_char(chars[i]) {
+                    i += 1;
+                }
+                let value: String = chars[vstart..i]
+                    .iter()
+                    .collect::<String>()
+                    .trim()
+                    .to_string();
+                if value.is_empty() {
+                    return Err(err(vstart, "expected a value"));
+                }
+                if ne {
+                    Term::Ne(key, value)
+                } else {
+                    Term::Eq(key, value)
+                }
+            } else {
+                Term::Exists(key)
+            };
+            terms.push(term);
+            if i >= chars.len() {
+                break;
+            }
+            if chars[i] != ',' {
+                return Err(err(
+                    i,
+                    &format!("unexpected {:?}: terms are separated by ','", chars[i]),
+                ));
+            }
+            i += 1;
+        }
+        Ok(Selector { terms })
+    }
+
+    /// Whether an agent whose key lookup is `get` matches.
+    pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.terms.iter().all(|t| match t {
+            Term::Eq(k, v) => get(k) == Some(v.as_str()),
+            Term::Ne(k, v) => get(k) != Some(v.as_str()),
+            Term::Exists(k) => get(k).is_some(),
+            Term::Absent(k) => get(k).is_none(),
+        })
+    }
+
+    /// A SQL condition over the `agents` columns and its parameters, which
+    /// are numbered from `first_param` (1-based, as `?N`).
+    pub fn to_sql(&self, first_param: usize) -> (String, Vec<String>) {
+        let mut conds = Vec::new();
+        let mut params = Vec::new();
+        for t in &self.terms {
+            let (Term::Eq(k, _) | Term::Ne(k, _) | Term::Exists(k) | Term::Absent(k)) = t;
+            params.push(json_path(k));
+            let p = first_param + params.len() - 1;
+            let value = format!(
+                "COALESCE(json_extract(labels, ?{p}), \
+                 CASE json_type(identifying, ?{p}) WHEN 'text' THEN json_extract(identifying, ?{p}) END, \
+                 CASE json_type(non_identifying, ?{p}) WHEN 'text' THEN json_extract(non_identifying, ?{p}) END)"
+            );
+            conds.push(match t {
+                Term::Eq(_, v) => {
+                    params.push(v.clone());
+                    format!("{value} = ?{}", p + 1)
+                }
+                Term::Ne(_, v) => {
+                    params.push(v.clone());
+                    format!("{value} IS NOT ?{}", p + 1)
+                }
+                Term::Exists(_) => format!("{value} IS NOT NULL"),
+                Term::Absent(_) => format!("{value} IS NULL"),
+            });
+        }
+        (conds.join(" AND "), params)
+    }
+}
+
+fn json_path(key: &str) -> String {
+    format!("$.\"{key}\"")
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .terms
+            .iter()
+            .map(|t| match t {
+                Term::Eq(k, v) => format!("{k}={v}"),
+                Term::Ne(k, v) => format!("{k}!={v}"),
+                Term::Exists(k) => k.clone(),
+                Term::Absent(k) => format!("!{k}"),
+            })
+            .collect();
+        write!(f, "{}", parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: &str) {
+        match Selector::parse(input) {
+            Ok(s) => assert_eq!(s.to_string(), expected, "input {input:?}"),
+            Err(e) => assert_eq!(e.to_string(), expected, "input {input:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_every_term_kind() {
+        check("env=prod", "env=prod");
+        check("env!=prod", "env!=prod");
+        check("gpu", "gpu");
+        check("!gpu", "!gpu");
+        check(
+            " env = prod , service.name=svc-a ,gpu",
+            "env=prod,service.name=svc-a,gpu",
+        );
+        check("env==prod", "env=prod");
+        check("", "");
+    }
+
+    #[test]
+    fn errors_name_the_position() {
+        check("env=", "bad selector at position 5: expected a value");
+        check(
+            "=prod",
+            "bad selector at position 1: expected a key (letters, digits, '.', '_', '-', '/')",
+        );
+        check(
+            "env=prod,",
+            "bad selector at position 10: expected a key after ','",
+        );
+        check(
+            "env=a=b",
+            "bad selector at position 6: unexpected '=': terms are separated by ','",
+        );
+        check("env!prod", "bad selector at position 4: expected '!='");
+        check(
+            "a b",
+            "bad selector at position 3: unexpected 'b': terms are separated by ','",
+        );
+    }
+
+    #[test]
+    fn matching_follows_terms() {
+        let s = Selector::parse("env=prod,team!=b,gpu,!old").unwrap();
+        let agent = |k: &str| match k {
+            "env" => Some("prod"),
+            "gpu" => Some("yes"),
+            _ => None,
+        };
+        assert!(s.matches(agent));
+        assert!(!Selector::parse("env=dev").unwrap().matches(agent));
+        assert!(Selector::parse("").unwrap().matches(agent));
+        assert!(!Selector::parse("!gpu").unwrap().matches(agent));
+    }
+}

@@ -1,0 +1,327 @@
+//! Agent rows: patches from sessions, connection events, and the queries the
+//! API and the session layer need.
+
+use crate::selector::Selector;
+use anyhow::Result;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+
+/// A change to one agent's row. `None` fields are left as they are.
+#[derive(Debug, Default, Clone)]
+pub struct AgentPatch {
+    pub uid: String,
+    pub status: Option<&'static str>,
+    pub transport: Option<&'static str>,
+    pub capabilities: Option<u64>,
+    /// JSON objects.
+    pub identifying: Option<String>,
+    pub non_identifying: Option<String>,
+    pub health: Option<String>,
+    pub effective_config: Option<String>,
+    pub effective_config_hash: Option<String>,
+    pub remote_status: Option<String>,
+    pub sequence_num: Option<u64>,
+    pub last_seen: Option<i64>,
+    pub remote_addr: Option<String>,
+    /// JSON: what the server last offered (name → version, hash).
+    pub offered: Option<String>,
+}
+
+impl AgentPatch {
+    pub fn new(uid: &str) -> Self {
+        AgentPatch {
+            uid: uid.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Folds a newer patch into this one.
+    pub fn merge(&mut self, newer: AgentPatch) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if newer.$f.is_some() { self.$f = newer.$f; } )* };
+        }
+        take!(
+            status,
+            transport,
+            capabilities,
+            identifying,
+            non_identifying,
+            health,
+            effective_config,
+            effective_config_hash,
+            remote_status,
+            sequence_num,
+            remote_addr,
+            offered
+        );
+        self.last_seen = self.last_seen.max(newer.last_seen);
+    }
+
+    /// Whether anything beyond last-seen and sequence number changes.
+    fn changes_state(&self) -> bool {
+        self.status.is_some()
+            || self.transport.is_some()
+            || self.capabilities.is_some()
+            || self.identifying.is_some()
+            || self.non_identifying.is_some()
+            || self.health.is_some()
+            || self.effective_config.is_some()
+            || self.remote_status.is_some()
+            || self.remote_addr.is_some()
+            || self.offered.is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentEvent {
+    pub uid: String,
+    pub at: i64,
+    pub event: &'static str,
+    pub remote_addr: Option<String>,
+    pub details: Option<String>,
+}
+
+pub(super) fn apply_patches<'a>(
+    conn: &Connection,
+    patches: impl Iterator<Item = &'a AgentPatch>,
+) -> rusqlite::Result<()> {
+    let now = super::now_ms();
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO agents (uid, status, transport, capabilities, identifying, non_identifying, health,
+                             effective_config, effective_config_hash, remote_status, sequence_num,
+                             first_seen, last_seen, updated_at, remote_addr, offered)
+         VALUES (?1, COALESCE(?2, 'disconnected'), COALESCE(?3, 'http'), COALESCE(?4, 0), COALESCE(?5, '{}'),
+                 COALESCE(?6, '{}'), ?7, ?8, ?9, ?10, COALESCE(?11, 0), COALESCE(?12, ?16), COALESCE(?12, ?16),
+                 ?16, ?14, ?15)
+         ON CONFLICT(uid) DO UPDATE SET
+            status = COALESCE(?2, status),
+            transport = COALESCE(?3, transport),
+            capabilities = COALESCE(?4, capabilities),
+            identifying = COALESCE(?5, identifying),
+            non_identifying = COALESCE(?6, non_identifying),
+            health = COALESCE(?7, health),
+            effective_config = COALESCE(?8, effective_config),
+            effective_config_hash = COALESCE(?9, effective_config_hash),
+            remote_status = COALESCE(?10, remote_status),
+            sequence_num = COALESCE(?11, sequence_num),
+            last_seen = MAX(last_seen, COALESCE(?12, last_seen)),
+            updated_at = COALESCE(?13, updated_at),
+            remote_addr = COALESCE(?14, remote_addr),
+            offered = COALESCE(?15, offered)",
+    )?;
+    for p in patches {
+        stmt.execute(params![
+            p.uid,
+            p.status,
+            p.transport,
+            p.capabilities.map(|c| c as i64),
+            p.identifying,
+            p.non_identifying,
+            p.health,
+            p.effective_config,
+            p.effective_config_hash,
+            p.remote_status,
+            p.sequence_num.map(|s| s as i64),
+            p.last_seen,
+            p.changes_state().then_some(now),
+            p.remote_addr,
+            p.offered,
+            now,
+        ])?;
+    }
+    Ok(())
+}
+
+pub(super) fn insert_events(conn: &Connection, events: &[AgentEvent]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO agent_events (uid, at, event, remote_addr, details) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for e in events {
+        stmt.execute(params![e.uid, e.at, e.event, e.remote_addr, e.details])?;
+    }
+    Ok(())
+}
+
+/// One agent as stored.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub uid: String,
+    pub status: String,
+    pub transport: String,
+    pub capabilities: u64,
+    pub identifying: String,
+    pub non_identifying: String,
+    pub labels: String,
+    pub health: Option<String>,
+    pub effective_config: Option<String>,
+    pub effective_config_hash: Option<String>,
+    pub remote_status: Option<String>,
+    pub sequence_num: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub updated_at: i64,
+    pub remote_addr: Option<String>,
+    pub offered: Option<String>,
+}
+
+const COLUMNS: &str = "uid, status, transport, capabilities, identifying, non_identifying, labels, health,
+    effective_config, effective_config_hash, remote_status, sequence_num, first_seen, last_seen, updated_at,
+    remote_addr, offered";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow {
+        uid: r.get(0)?,
+        status: r.get(1)?,
+        transport: r.get(2)?,
+        capabilities: r.get::<_, i64>(3)? as u64,
+        identifying: r.get(4)?,
+        non_identifying: r.get(5)?,
+        labels: r.get(6)?,
+        health: r.get(7)?,
+        effective_config: r.get(8)?,
+        effective_config_hash: r.get(9)?,
+        remote_status: r.get(10)?,
+        sequence_num: r.get::<_, i64>(11)? as u64,
+        first_seen: r.get(12)?,
+        last_seen: r.get(13)?,
+        updated_at: r.get(14)?,
+        remote_addr: r.get(15)?,
+        offered: r.get(16)?,
+    })
+}
+
+pub fn get(conn: &Connection, uid: &str) -> Result<Option<AgentRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE uid = ?1"))?;
+    Ok(stmt.query_row([uid], row).optional()?)
+}
+
+/// Which agents a list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub selector: Selector,
+    /// `connected`, `stale` or `disconnected`.
+    pub status: Option<String>,
+    pub limit: usize,
+    /// Exclusive lower bound on uid.
+    pub after: Option<String>,
+    /// Agents silent since before this (ms) count as stale.
+    pub stale_before: i64,
+}
+
+/// One page of agents ordered by uid, and the total matching the filters.
+pub fn list(conn: &Connection, q: &ListQuery) -> Result<(Vec<AgentRow>, u64)> {
+    let (sel_sql, mut params) = q.selector.to_sql(1);
+    let mut conds: Vec<String> = Vec::new();
+    if !sel_sql.is_empty() {
+        conds.push(sel_sql);
+    }
+    if let Some(status) = &q.status {
+        params.push(q.stale_before.to_string());
+        let p = params.len();
+        conds.push(match status.as_str() {
+            "connected" => format!("status = 'connected' AND last_seen >= CAST(?{p} AS INTEGER)"),
+            "stale" => format!("status = 'connected' AND last_seen < CAST(?{p} AS INTEGER)"),
+            _ => format!("status = 'disconnected' AND ?{p} IS NOT NULL"),
+        });
+    }
+    let filter = if conds.is_empty() {
+        "1".to_string()
+    } else {
+        conds.join(" AND ")
+    };
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT COUNT(*) FROM agents WHERE {filter}"))?
+        .query_row(params_from_iter(params.iter()), |r| r.get(0))?;
+    let mut page_params = params.clone();
+    let mut page_filter = filter;
+    if let Some(after) = &q.after {
+        page_params.push(after.clone());
+        page_filter = format!("{page_filter} AND uid > ?{}", page_params.len());
+    }
+    page_params.push(q.limit.to_string());
+    let sql = format!(
+        "SELECT {COLUMNS} FROM agents WHERE {page_filter} ORDER BY uid LIMIT CAST(?{} AS INTEGER)",
+        page_params.len()
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(page_params.iter()), row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((rows, total as u64))
+}
+
+/// Counts by stored status: (connected-and-fresh, stale, disconnected).
+pub fn counts(conn: &Connection, stale_before: i64) -> Result<(u64, u64, u64)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(SUM(status = 'connected' AND last_seen >= ?1), 0),
+                COALESCE(SUM(status = 'connected' AND last_seen < ?1), 0),
+                COALESCE(SUM(status != 'connected'), 0) FROM agents",
+    )?;
+    Ok(stmt.query_row([stale_before], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?)
+}
+
+/// Applies a label patch; `None` removes a key. Returns the new labels JSON.
+pub fn patch_labels(
+    conn: &Connection,
+    uid: &str,
+    changes: &std::collections::BTreeMap<String, Option<String>>,
+) -> Result<Option<String>> {
+    let Some(current): Option<String> = conn
+        .query_row("SELECT labels FROM agents WHERE uid = ?1", [uid], |r| {
+            r.get(0)
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&current).unwrap_or_default();
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                labels.insert(k.clone(), v.clone());
+            }
+            None => {
+                labels.remove(k);
+            }
+        }
+    }
+    let json = serde_json::to_string(&labels)?;
+    conn.execute(
+        "UPDATE agents SET labels = ?2, updated_at = ?3 WHERE uid = ?1",
+        params![uid, json, super::now_ms()],
+    )?;
+    Ok(Some(json))
+}
+
+pub fn delete(conn: &Connection, uid: &str) -> Result<bool> {
+    conn.execute("DELETE FROM agent_events WHERE uid = ?1", [uid])?;
+    Ok(conn.execute("DELETE FROM agents WHERE uid = ?1", [uid])? > 0)
+}
+
+/// Recent connection events of one agent, newest first.
+pub fn events(
+    conn: &Connection,
+    uid: &str,
+    limit: usize,
+) -> Result<Vec<(i64, String, Option<String>, Option<String>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, event, remote_addr, details FROM agent_events WHERE uid = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![uid, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Deletes connection events older than `before` (ms).
+pub fn prune_events(conn: &Connection, before: i64) -> Result<usize> {
+    Ok(conn.execute("DELETE FROM agent_events WHERE at < ?1", [before])?)
+}

@@ -1,0 +1,151 @@
+//! Schema migrations. `PRAGMA user_version` records the applied version.
+//!
+//! Migrations only ever append: a released migration is never edited.
+
+use rusqlite::Connection;
+
+/// Every migration, in order; index + 1 is the schema version it produces.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE agents (
+        uid TEXT PRIMARY KEY,
+        status TEXT NOT NULL DEFAULT 'disconnected',
+        transport TEXT NOT NULL DEFAULT 'http',
+        capabilities INTEGER NOT NULL DEFAULT 0,
+        identifying TEXT NOT NULL DEFAULT '{}',
+        non_identifying TEXT NOT NULL DEFAULT '{}',
+        labels TEXT NOT NULL DEFAULT '{}',
+        health TEXT,
+        effective_config TEXT,
+        effective_config_hash TEXT,
+        remote_status TEXT,
+        sequence_num INTEGER NOT NULL DEFAULT 0,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        remote_addr TEXT,
+        offered TEXT
+    );
+    CREATE INDEX agents_updated_at ON agents(updated_at);
+    CREATE INDEX agents_status ON agents(status);
+
+    CREATE TABLE agent_events (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        remote_addr TEXT,
+        details TEXT
+    );
+    CREATE INDEX agent_events_uid_at ON agent_events(uid, at);
+    CREATE INDEX agent_events_at ON agent_events(at);
+
+    CREATE TABLE configurations (
+        name TEXT PRIMARY KEY,
+        selector TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        content_type TEXT NOT NULL,
+        latest_version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        created_by TEXT
+    );
+    CREATE INDEX configurations_created_at ON configurations(created_at);
+
+    CREATE TABLE config_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        created_by TEXT,
+        note TEXT,
+        PRIMARY KEY (name, version)
+    );
+
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        state TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        max_failures INTEGER NOT NULL,
+        released_batches INTEGER NOT NULL DEFAULT 1,
+        previous_version INTEGER,
+        reason TEXT,
+        started_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        started_by TEXT
+    );
+    CREATE INDEX rollouts_name ON rollouts(name, id);
+
+    CREATE TABLE rollout_agents (
+        rollout_id INTEGER NOT NULL,
+        uid TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        PRIMARY KEY (rollout_id, uid)
+    );
+
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT,
+        remote_addr TEXT,
+        outcome TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_log_at ON audit_log(at);
+
+    CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE revoked_jwts (
+        jti TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Brings the database up to [`SCHEMA_VERSION`]; refuses a newer database.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<u32> {
+    let current = version(conn)?;
+    if current > SCHEMA_VERSION {
+        anyhow::bail!(
+            "database schema version {current} is newer than this opampd supports ({SCHEMA_VERSION}): upgrade opampd or restore an older backup"
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        tx.commit()?;
+    }
+    Ok(SCHEMA_VERSION)
+}

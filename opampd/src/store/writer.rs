@@ -1,0 +1,381 @@
+//! The single batching writer.
+//!
+//! Everything that changes the database goes through here. The thread takes
+//! whatever is queued, coalesces agent patches per agent, and commits it all
+//! in one transaction. Each generic job runs inside its own savepoint, so one
+//! failing job does not undo the others; its caller hears of the result only
+//! after the commit, so a reply means durable.
+
+use super::agents::{self, AgentEvent, AgentPatch};
+use crate::metrics::Metrics;
+use rusqlite::Connection;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+type JobResult = anyhow::Result<Box<dyn Any + Send>>;
+type Job = Box<dyn FnOnce(&Connection) -> JobResult + Send>;
+
+enum Op {
+    Agent(AgentPatch),
+    Event(AgentEvent),
+    Exec {
+        operation: &'static str,
+        job: Job,
+        reply: oneshot::Sender<Result<Box<dyn Any + Send>, WriteError>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The job itself refused (validation, conflict, not found…).
+    #[error("{0:#}")]
+    Job(anyhow::Error),
+    /// The database could not commit (disk full, read-only, I/O).
+    #[error("database write failed: {0}")]
+    Storage(String),
+    #[error("the database writer has stopped")]
+    Stopped,
+}
+
+pub struct Writer {
+    tx: Mutex<Option<Sender<Op>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    queued: AtomicU64,
+    commits: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Writer {
+    pub(super) fn start(
+        conn: Connection,
+        flush_interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("opampd-writer".into())
+            .spawn(move || run(conn, rx, flush_interval, thread_shared, metrics))
+            .expect("spawn writer thread");
+        Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            shared,
+        }
+    }
+
+    fn send(&self, op: Op) -> bool {
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(tx) => {
+                self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                if tx.send(op).is_err() {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    return false;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues an agent state change (coalesced with others for the same agent).
+    pub fn agent(&self, patch: AgentPatch) {
+        self.send(Op::Agent(patch));
+    }
+
+    /// Queues a connection event.
+    pub fn event(&self, event: AgentEvent) {
+        self.send(Op::Event(event));
+    }
+
+    pub async fn exec<T, F>(&self, operation: &'static str, f: F) -> Result<T, WriteError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        // The job runs inside a savepoint of the writer's batch transaction.
+        let job: Job =
+            Box::new(move |conn: &Connection| f(conn).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        if !self.send(Op::Exec {
+            operation,
+            job,
+            reply,
+        }) {
+            return Err(WriteError::Stopped);
+        }
+        match rx.await {
+            Ok(Ok(v)) => Ok(*v.downcast::<T>().expect("job returns T")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(WriteError::Stopped),
+        }
+    }
+
+    /// Waits until everything queued before this call is committed (or failed).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Op::Flush(tx)) {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn queued(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Commits what is queued and stops the thread.
+    pub fn shutdown(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Batch {
+    patches: HashMap<String, AgentPatch>,
+    events: Vec<AgentEvent>,
+    jobs: Vec<(
+        &'static str,
+        Job,
+        oneshot::Sender<Result<Box<dyn Any + Send>, WriteError>>,
+    )>,
+    flushes: Vec<oneshot::Sender<()>>,
+    ops: u64,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            patches: HashMap::new(),
+            events: Vec::new(),
+            jobs: Vec::new(),
+            flushes: Vec::new(),
+            ops: 0,
+        }
+    }
+
+    fn add(&mut self, op: Op) {
+        self.ops += 1;
+        match op {
+            Op::Agent(p) => match self.patches.get_mut(&p.uid) {
+                Some(existing) => existing.merge(p),
+                None => {
+                    self.patches.insert(p.uid.clone(), p);
+                }
+            },
+            Op::Event(e) => self.events.push(e),
+            Op::Exec {
+                operation,
+                job,
+                reply,
+            } => self.jobs.push((operation, job, reply)),
+            Op::Flush(tx) => self.flushes.push(tx),
+        }
+    }
+
+    fn urgent(&self) -> bool {
+        !self.jobs.is_empty() || !self.flushes.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.patches.is_empty()
+            && self.events.is_empty()
+            && self.jobs.is_empty()
+            && self.flushes.is_empty()
+    }
+}
+
+const MAX_BATCH_OPS: u64 = 20_000;
+
+fn run(
+    mut conn: Connection,
+    rx: Receiver<Op>,
+    flush_interval: Duration,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+) {
+    // Patches that failed to commit are retried with the next batch.
+    let mut carry: HashMap<String, AgentPatch> = HashMap::new();
+    let mut open = true;
+    while open || !carry.is_empty() {
+        let mut batch = Batch::new();
+        // Wait for the first op (or retry carried patches after a pause).
+        let first = if carry.is_empty() {
+            rx.recv().ok()
+        } else {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(op) => Some(op),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
+                }
+            }
+        };
+        match first {
+            Some(op) => batch.add(op),
+            None if carry.is_empty() => break,
+            None => {}
+        }
+        let deadline = Instant::now() + flush_interval;
+        while batch.ops < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(op) => batch.add(op),
+                Err(mpsc::TryRecvError::Empty) => {
+                    if batch.urgent() || !open {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    match rx.recv_timeout(deadline - now) {
+                        Ok(op) => batch.add(op),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        shared.queued.fetch_sub(batch.ops, Ordering::Relaxed);
+        for (uid, mut old) in carry.drain() {
+            if let Some(newer) = batch.patches.remove(&uid) {
+                old.merge(newer);
+            }
+            batch.patches.insert(uid, old);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        commit(&mut conn, batch, &shared, &metrics, &mut carry);
+    }
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+fn commit(
+    conn: &mut Connection,
+    batch: Batch,
+    shared: &Shared,
+    metrics: &Metrics,
+    carry: &mut HashMap<String, AgentPatch>,
+) {
+    let start = Instant::now();
+    let Batch {
+        patches,
+        events,
+        jobs,
+        flushes,
+        ..
+    } = batch;
+    let mut replies = Vec::with_capacity(jobs.len());
+    let result: rusqlite::Result<()> = (|| {
+        let mut tx = conn.transaction()?;
+        if !patches.is_empty() {
+            let t = Instant::now();
+            agents::apply_patches(&tx, patches.values())?;
+            metrics.db_query("agent_upsert", t.elapsed());
+        }
+        if !events.is_empty() {
+            agents::insert_events(&tx, &events)?;
+        }
+        for (operation, job, reply) in jobs {
+            let t = Instant::now();
+            let sp = tx.savepoint()?;
+            let out = job(&sp);
+            match out {
+                Ok(v) => {
+                    sp.commit()?;
+                    replies.push((reply, Ok(v)));
+                }
+                Err(e) => {
+                    drop(sp); // rolls back this job only
+                    let storage = e
+                        .downcast_ref::<rusqlite::Error>()
+                        .is_some_and(is_storage_error);
+                    let err = if storage {
+                        WriteError::Storage(format!("{e:#}"))
+                    } else {
+                        WriteError::Job(e)
+                    };
+                    replies.push((reply, Err(err)));
+                }
+            }
+            metrics.db_query(operation, t.elapsed());
+        }
+        tx.commit()
+    })();
+    metrics.db_query("commit", start.elapsed());
+    match result {
+        Ok(()) => {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+            *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            for (reply, r) in replies {
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "database commit failed; agent state will be retried");
+            *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+            for (reply, _) in replies {
+                let _ = reply.send(Err(WriteError::Storage(msg.clone())));
+            }
+            carry.extend(patches);
+        }
+    }
+    for f in flushes {
+        let _ = f.send(());
+    }
+}
+
+fn is_storage_error(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DiskFull
+                | ReadOnly
+                | SystemIoFailure
+                | CannotOpen
+                | DatabaseCorrupt
+                | NotADatabase
+                | DatabaseBusy
+                | DatabaseLocked
+        )
+    )
+}

@@ -1,0 +1,360 @@
+//! REST JSON types of `/api/v1` and `/health`, shared by opampd and opampctl.
+//!
+//! Field names are an API: scripts parse them. Add fields; never rename them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Error body of every non-2xx API reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+    pub total: u64,
+}
+
+/// One agent as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Agent {
+    pub instance_uid: String,
+    /// `connected`, `disconnected` or `stale`.
+    pub status: String,
+    /// `websocket` or `http`.
+    pub transport: String,
+    pub identifying_attributes: BTreeMap<String, serde_json::Value>,
+    pub non_identifying_attributes: BTreeMap<String, serde_json::Value>,
+    pub labels: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub health: Option<Health>,
+    pub effective_config_hash: Option<String>,
+    pub remote_config: RemoteConfigState,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub remote_addr: Option<String>,
+    pub sequence_num: u64,
+}
+
+impl Agent {
+    /// `service.name` from the identifying attributes, if it is a string.
+    pub fn service_name(&self) -> Option<&str> {
+        self.identifying_attributes
+            .get("service.name")
+            .and_then(|v| v.as_str())
+    }
+}
+
+/// Component health as reported by an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Health {
+    pub healthy: bool,
+    pub status: String,
+    pub last_error: String,
+    pub start_time: Option<String>,
+    pub status_time: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, Health>,
+}
+
+/// What the server wants an agent to run and what the agent said about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RemoteConfigState {
+    /// The configuration assigned to the agent, if any.
+    pub name: Option<String>,
+    pub version: Option<u64>,
+    /// Hash of what was offered (hex).
+    pub hash: Option<String>,
+    /// `pending|applying|applied|failed|unset`.
+    pub status: String,
+    pub error: Option<String>,
+    /// Hash the agent last reported (hex).
+    pub reported_hash: Option<String>,
+    /// Every configuration in the offer (one file each), in name order.
+    #[serde(default)]
+    pub configs: Vec<ConfigRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ConfigRef {
+    pub name: String,
+    pub version: u64,
+}
+
+/// `PATCH /agents/{uid}/labels`: keys to set; a `null` value removes the key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LabelPatch {
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+/// `GET /agents/{uid}/effective-config`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EffectiveConfig {
+    pub instance_uid: String,
+    pub hash: Option<String>,
+    pub files: BTreeMap<String, ConfigFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigFile {
+    pub content_type: String,
+    pub body: String,
+}
+
+/// `POST /configurations`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ConfigurationInput {
+    pub name: String,
+    pub body: String,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A configuration with its newest version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Configuration {
+    pub name: String,
+    pub version: u64,
+    pub hash: String,
+    pub content_type: String,
+    pub selector: String,
+    pub description: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub created_by: Option<String>,
+    /// The version being rolled out or last rolled out, if any.
+    pub rolled_out_version: Option<u64>,
+    /// `created`, `updated` or `unchanged` on a write; absent on reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// One immutable version of a configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigVersion {
+    pub name: String,
+    pub version: u64,
+    pub hash: String,
+    pub content_type: String,
+    pub body: String,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    pub note: Option<String>,
+}
+
+/// `GET /configurations/{name}/diff`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigDiff {
+    pub name: String,
+    pub from: u64,
+    pub to: u64,
+    pub diff: String,
+}
+
+/// `POST /configurations/{name}/rollout`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RolloutRequest {
+    #[serde(default)]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub batch_size: Option<u64>,
+    #[serde(default)]
+    pub max_failures: Option<u64>,
+}
+
+/// `POST /configurations/{name}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RollbackRequest {
+    /// The version whose body becomes the new newest version; default: the one before the newest.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// Rollout progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutStatus {
+    pub name: String,
+    pub version: u64,
+    pub hash: String,
+    /// `running|paused|completed|failed`.
+    pub state: String,
+    pub batch_size: u64,
+    pub max_failures: u64,
+    pub total: u64,
+    pub pending: u64,
+    pub applying: u64,
+    pub applied: u64,
+    pub failed: u64,
+    pub started_at: String,
+    pub updated_at: String,
+    pub started_by: Option<String>,
+    #[serde(default)]
+    pub failures: Vec<RolloutFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutFailure {
+    pub instance_uid: String,
+    pub error: String,
+}
+
+/// `POST /auth/login`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoginResponse {
+    pub token: String,
+    pub expires_at: String,
+    pub role: String,
+}
+
+/// `POST /users`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserInput {
+    pub username: String,
+    pub password: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    pub username: String,
+    pub role: String,
+    pub created_at: String,
+}
+
+/// `POST /tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TokenInput {
+    pub name: String,
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Lifetime in days; none = no expiry.
+    #[serde(default)]
+    pub expires_in_days: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub owner: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    /// The secret, shown once when the token is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub remote_addr: Option<String>,
+    pub outcome: String,
+    pub details: serde_json::Value,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HealthReport {
+    /// `ok|degraded|down`.
+    pub status: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub ready: bool,
+    pub draining: bool,
+    pub database: DatabaseCheck,
+    pub agents: AgentCounts,
+    pub pool: PoolUsage,
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseCheck {
+    pub status: String,
+    pub latency_ms: f64,
+    pub schema_version: u32,
+    pub path: String,
+    pub writer_queue: u64,
+    pub last_write_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AgentCounts {
+    pub connected: u64,
+    pub stale: u64,
+    pub disconnected: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PoolUsage {
+    pub max_open: u64,
+    pub open: u64,
+    pub in_use: u64,
+    pub idle: u64,
+    pub waits_total: u64,
+}
+
+/// `GET /api/v1/admin/db/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DbStats {
+    pub path: String,
+    pub schema_version: u32,
+    pub page_size: u64,
+    pub page_count: u64,
+    pub freelist_count: u64,
+    pub size_bytes: u64,
+    pub wal_bytes: u64,
+    pub tables: BTreeMap<String, u64>,
+    pub integrity: Option<String>,
+}
+
+/// `POST /api/v1/admin/db/optimize`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DbOptimizeReport {
+    pub steps: Vec<String>,
+    pub size_before: u64,
+    pub size_after: u64,
+    pub duration_ms: u64,
+}
+
+/// `GET /api/v1/admin/memory`: what holds memory, by subsystem.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct MemoryReport {
+    pub rss_bytes: u64,
+    pub subsystems: BTreeMap<String, u64>,
+    pub allocator: BTreeMap<String, u64>,
+    pub agents_live: u64,
+    pub connections: u64,
+}
