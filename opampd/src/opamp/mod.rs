@@ -310,9 +310,8 @@ fn is_duplicate(
         return false;
     }
     let recent = now - s.last_seen < (app.config.opamp.heartbeat_interval_seconds as i64) * 1000;
-    let continues = s
-        .seq
-        .is_some_and(|p| msg.sequence_num == p + 1 || msg.sequence_num == p);
+    // The next number means the same agent moved (reconnect, new address).
+    let continues = s.seq.is_some_and(|p| msg.sequence_num == p.wrapping_add(1));
     if !recent || continues {
         return false;
     }

@@ -7,6 +7,7 @@
 //! on tokio's blocking threads, never on the async workers.
 
 pub mod agents;
+pub mod maintenance;
 mod pool;
 pub mod schema;
 mod writer;

@@ -30,7 +30,11 @@ enum Op {
         reply: oneshot::Sender<Result<Box<dyn Any + Send>, WriteError>>,
     },
     Flush(oneshot::Sender<()>),
+    /// Runs outside any transaction, after everything queued before it.
+    Exclusive { operation: &'static str, job: ExclusiveJob, reply: oneshot::Sender<anyhow::Result<Box<dyn Any + Send>>> },
 }
+
+type ExclusiveJob = Box<dyn FnOnce(&mut Connection) -> JobResult + Send>;
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +130,24 @@ impl Writer {
         }
     }
 
+    /// Runs `f` on the write connection outside any transaction (VACUUM, restore),
+    /// after everything queued before it has been committed.
+    pub async fn exclusive<T, F>(&self, operation: &'static str, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: ExclusiveJob = Box::new(move |c: &mut Connection| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        if !self.send(Op::Exclusive { operation, job, reply }) {
+            anyhow::bail!(WriteError::Stopped);
+        }
+        match rx.await {
+            Ok(r) => r.map(|v| *v.downcast::<T>().expect("job returns T")),
+            Err(_) => anyhow::bail!(WriteError::Stopped),
+        }
+    }
+
     /// Waits until everything queued before this call is committed (or failed).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -168,6 +190,8 @@ struct Batch {
         oneshot::Sender<Result<Box<dyn Any + Send>, WriteError>>,
     )>,
     flushes: Vec<oneshot::Sender<()>>,
+    /// An exclusive job ends the batch; it runs after the batch commits.
+    exclusive: Option<(&'static str, ExclusiveJob, oneshot::Sender<anyhow::Result<Box<dyn Any + Send>>>)>,
     ops: u64,
 }
 
@@ -178,6 +202,7 @@ impl Batch {
             events: Vec::new(),
             jobs: Vec::new(),
             flushes: Vec::new(),
+            exclusive: None,
             ops: 0,
         }
     }
@@ -198,11 +223,12 @@ impl Batch {
                 reply,
             } => self.jobs.push((operation, job, reply)),
             Op::Flush(tx) => self.flushes.push(tx),
+            Op::Exclusive { operation, job, reply } => self.exclusive = Some((operation, job, reply)),
         }
     }
 
     fn urgent(&self) -> bool {
-        !self.jobs.is_empty() || !self.flushes.is_empty()
+        !self.jobs.is_empty() || !self.flushes.is_empty() || self.exclusive.is_some()
     }
 
     fn is_empty(&self) -> bool {
@@ -246,7 +272,7 @@ fn run(
             None => {}
         }
         let deadline = Instant::now() + flush_interval;
-        while batch.ops < MAX_BATCH_OPS {
+        while batch.ops < MAX_BATCH_OPS && batch.exclusive.is_none() {
             match rx.try_recv() {
                 Ok(op) => batch.add(op),
                 Err(mpsc::TryRecvError::Empty) => {
@@ -279,10 +305,16 @@ fn run(
             }
             batch.patches.insert(uid, old);
         }
-        if batch.is_empty() {
-            continue;
+        let exclusive = batch.exclusive.take();
+        if !batch.is_empty() {
+            commit(&mut conn, batch, &shared, &metrics, &mut carry);
         }
-        commit(&mut conn, batch, &shared, &metrics, &mut carry);
+        if let Some((operation, job, reply)) = exclusive {
+            let t = Instant::now();
+            let r = job(&mut conn);
+            metrics.db_query(operation, t.elapsed());
+            let _ = reply.send(r);
+        }
     }
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
