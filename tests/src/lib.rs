@@ -46,6 +46,20 @@ pub struct Opts {
     pub config: Option<String>,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// Listen address; default `127.0.0.1:0`. Use [`free_addr`] to keep one across restarts.
+    pub listen: Option<String>,
+}
+
+/// A free loopback address (bind port 0, read it, release it).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The Python interpreter of the interop venv (made by scripts/test-deps.sh).
+pub fn interop_python() -> Option<PathBuf> {
+    let p = root().join(".venv/bin/python");
+    p.exists().then_some(p)
 }
 
 pub struct Server {
@@ -89,7 +103,7 @@ impl Server {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(self.opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--log-format")
