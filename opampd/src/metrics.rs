@@ -282,7 +282,11 @@ impl Metrics {
     fn render_agents(&self, out: &mut String) {
         let a = &self.agents;
         for (name, help, v) in [
-            ("agents_total", "Agents known to the server", &a.total),
+            (
+                "agents_known",
+                "Agents known to the server, connected or not (a gauge: `_total` is for counters)",
+                &a.total,
+            ),
             (
                 "agents_connected",
                 "Agents connected and heartbeating",

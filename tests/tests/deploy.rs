@@ -10,7 +10,7 @@
 //! Every metric name used by the alert rules or the dashboard must be one
 //! opampd exports: [`EXPORTED_METRICS`] is the list, and
 //! [`assert_names_exported`] checks names against a real `/metrics` scrape
-//! (here from the file named by `OPAMPD_METRICS_FILE`).
+//! of a running opampd.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,7 +28,7 @@ const EXPORTED_METRICS: &[(&str, bool)] = &[
     ("opamp_platform_http_request_duration_seconds", true),
     ("opamp_platform_http_request_size_bytes", true),
     ("opamp_platform_http_response_size_bytes", true),
-    ("opamp_platform_agents_total", false),
+    ("opamp_platform_agents_known", false),
     ("opamp_platform_agents_connected", false),
     ("opamp_platform_agents_disconnected", false),
     ("opamp_platform_agents_stale", false),
@@ -374,20 +374,52 @@ fn rules_and_dashboard_use_only_exported_metrics() {
     }
 }
 
-/// With `OPAMPD_METRICS_FILE` pointing at a saved `/metrics` scrape of a
-/// running opampd, checks that every name the rules and dashboard use, and
-/// every name of [`EXPORTED_METRICS`], really is exported.
-#[test]
-fn used_metrics_are_in_live_scrape() {
-    let Some(file) = std::env::var_os("OPAMPD_METRICS_FILE") else {
-        notice("SKIPPED (OPAMPD_METRICS_FILE not set: no live scrape to compare with)");
-        return;
-    };
-    let scrape = std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("cannot read OPAMPD_METRICS_FILE {file:?}: {e}"));
+/// Starts a real opampd, gives it agent and API traffic, scrapes `/metrics`
+/// and checks that every name the rules and dashboard use, and every name of
+/// [`EXPORTED_METRICS`], really is exported; then `promtool check metrics`
+/// on the same scrape.
+#[tokio::test]
+async fn used_metrics_are_in_a_live_scrape() {
+    use opamp_tests::client::{full_report, http_exchange, new_uid};
+    let server = opamp_tests::Server::start();
+    http_exchange(&server.opamp_url(), &full_report(new_uid(), 0, "metrics")).await;
+    server.get("/api/v1/agents").await;
+    let scrape = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let mut names: BTreeSet<String> = used_metric_names().into_keys().collect();
     names.extend(EXPORTED_METRICS.iter().map(|(n, _)| n.to_string()));
     assert_names_exported(&names, &scrape);
+    assert!(
+        scrape.contains("path=\"/api/v1/agents\"") && !scrape.contains("path=\"/api/v1/agents/0"),
+        "route templates, never raw paths"
+    );
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------- Prometheus
@@ -644,7 +676,7 @@ fn dashboard_structure() {
     let overview = queries_of("Overview");
     for m in [
         "opamp_platform_agents_connected",
-        "opamp_platform_agents_total",
+        "opamp_platform_agents_known",
         "opamp_platform_agents_disconnected",
         "opamp_platform_agents_stale",
         "opamp_platform_http_requests_total",
