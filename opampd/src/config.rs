@@ -226,13 +226,7 @@ impl Config {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
-            let file_tree: serde_yaml::Value = if text.trim().is_empty() {
-                serde_yaml::Value::Mapping(Default::default())
-            } else {
-                serde_yaml::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
-            };
-            merge(&mut tree, file_tree, "", path)?;
+            merge_file(&mut tree, &text, path)?;
         }
         apply_env(&mut tree, env)?;
         let mut config: Config = serde_yaml::from_value(tree)
@@ -328,6 +322,26 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr> {
     value.parse().with_context(|| {
         format!("{key} {value:?} is not an address like 127.0.0.1:8080 or [::]:4320")
     })
+}
+
+/// Parses a config file's text and merges it onto the defaults.
+pub fn from_yaml(text: &str, origin: &Path) -> Result<Config> {
+    let mut tree = serde_yaml::to_value(Config::default())?;
+    merge_file(&mut tree, text, origin)?;
+    let config: Config =
+        serde_yaml::from_value(tree).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn merge_file(tree: &mut serde_yaml::Value, text: &str, path: &Path) -> Result<()> {
+    let file_tree: serde_yaml::Value = if text.trim().is_empty() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        serde_yaml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+    };
+    merge(tree, file_tree, "", path)
 }
 
 /// Merges `over` into `base`, refusing keys `base` does not have.

@@ -14,6 +14,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod fleet;
+pub mod fuzzing;
 pub mod logring;
 pub mod metrics;
 pub mod opamp;

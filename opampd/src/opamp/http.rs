@@ -62,29 +62,15 @@ pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Respon
             }
             Ok(Ok(b)) => b,
         };
-    let payload = if gzip {
-        match gunzip_limited(&body, limit) {
-            Ok(p) => p,
-            Err(GunzipError::TooLarge) => return too_large(limit),
-            Err(GunzipError::Corrupt(e)) => {
-                return protobuf_reply(
-                    StatusCode::BAD_REQUEST,
-                    bad_request(Vec::new(), format!("request body is not valid gzip: {e}")),
-                    false,
-                )
-            }
-        }
-    } else {
-        body.to_vec()
-    };
-    let msg = match pb::AgentToServer::decode(payload.as_slice()) {
+    let msg = match decode_body(&body, gzip, limit) {
         Ok(m) => m,
+        Err(BodyError::TooLarge) => return too_large(limit),
         Err(e) => {
             return protobuf_reply(
                 StatusCode::BAD_REQUEST,
-                bad_request(Vec::new(), format!("malformed AgentToServer: {e}")),
+                bad_request(Vec::new(), e.to_string()),
                 false,
-            );
+            )
         }
     };
     if !app
@@ -181,6 +167,45 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
 enum GunzipError {
     TooLarge,
     Corrupt(std::io::Error),
+}
+
+/// Why a plain-HTTP body is not an AgentToServer.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    BadGzip(std::io::Error),
+    BadProtobuf(prost::DecodeError),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge => write!(
+                f,
+                "message exceeds opamp.max_message_bytes after decompression"
+            ),
+            BodyError::BadGzip(e) => write!(f, "request body is not valid gzip: {e}"),
+            BodyError::BadProtobuf(e) => write!(f, "malformed AgentToServer: {e}"),
+        }
+    }
+}
+
+/// Decompresses (if `gzip`) within `limit` and decodes a request body.
+pub fn decode_body(body: &[u8], gzip: bool, limit: usize) -> Result<pb::AgentToServer, BodyError> {
+    if body.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    let inflated;
+    let payload = if gzip {
+        inflated = gunzip_limited(body, limit).map_err(|e| match e {
+            GunzipError::TooLarge => BodyError::TooLarge,
+            GunzipError::Corrupt(e) => BodyError::BadGzip(e),
+        })?;
+        inflated.as_slice()
+    } else {
+        body
+    };
+    pb::AgentToServer::decode(payload).map_err(BodyError::BadProtobuf)
 }
 
 /// Decompresses at most `limit` bytes; more is an error (a gzip bomb stops here).

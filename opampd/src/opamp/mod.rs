@@ -293,6 +293,9 @@ pub async fn process(
         agent_left(app, &key, origin.conn_id, "agent_disconnect");
     }
     if out.remote_status_changed {
+        // A remote-config status is acknowledged only once it is durable: an
+        // APPLIED the agent saw answered must survive a crash of the server.
+        app.store.writer().flush().await;
         app.rollout_wakeup.notify_one();
     }
     Ok((out, key))
