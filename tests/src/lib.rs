@@ -46,6 +46,8 @@ pub struct Opts {
     pub config: Option<String>,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// Data directory; default `<temp dir>/data`.
+    pub data_dir: Option<PathBuf>,
     /// Listen address; default `127.0.0.1:0`. Use [`free_addr`] to keep one across restarts.
     pub listen: Option<String>,
 }
@@ -95,7 +97,10 @@ impl Server {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("data"))
     }
 
     fn spawn(&mut self) {
