@@ -124,7 +124,7 @@ pub async fn liveness(app: Arc<App>) {
                 .await;
             let _ = app
                 .store
-                .write("jwt_prune", move |c| crate::auth::prune_revoked(c))
+                .write("jwt_prune", crate::auth::prune_revoked)
                 .await;
         }
     }

@@ -5,6 +5,7 @@
 //! - `opamp/`: the OpAMP endpoint — `ws` and `http` transports, `session` rules.
 //! - `fleet`: live agents and their push channels (sharded, no global lock).
 //! - `targeting`: which configuration each agent should run.
+//! - `configs`, `rollouts`: configuration rules; staged rollouts and their progress.
 //! - `store/`: the only code that touches SQLite (batching writer, read pool).
 //! - `api/`: REST handlers, health probes, metrics; `auth`: tokens and roles.
 //! - `config`, `metrics`, `procinfo`, `logring`: cross-cutting pieces.
@@ -13,12 +14,14 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod configs;
 pub mod fleet;
 pub mod fuzzing;
 pub mod logring;
 pub mod metrics;
 pub mod opamp;
 pub mod procinfo;
+pub mod rollouts;
 pub mod selector;
 pub mod server;
 pub mod store;
@@ -127,6 +130,8 @@ pub async fn run(
         shutdown: shutdown_rx.clone(),
     });
     app.auth.bootstrap(&app.store, &app.config.data_dir).await?;
+    // Agents get their rolled-out configurations from the first message on.
+    rollouts::rebuild_targets(&app).await?;
 
     let header_timeout = Duration::from_secs(app.config.http.header_timeout_seconds);
     let drain = Duration::from_secs(10);
@@ -155,6 +160,7 @@ pub async fn run(
     let background = [
         tokio::spawn(app::flush_last_seen(app.clone())),
         tokio::spawn(app::liveness(app.clone())),
+        tokio::spawn(rollouts::progress(app.clone())),
     ];
     if let Some(mut reload) = opts.reload {
         let app = app.clone();

@@ -208,6 +208,20 @@ pub struct RolloutStatus {
     pub failures: Vec<RolloutFailure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Number of batches (0 when no agent matched at the start).
+    #[serde(default)]
+    pub batches: u64,
+    /// Batches released so far (their agents may receive the version).
+    #[serde(default)]
+    pub released_batches: u64,
+}
+
+/// `POST /configurations/{name}/rollout/resume` (the body is optional).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RolloutResume {
+    /// A new failure allowance, e.g. to go on after failures paused the rollout.
+    #[serde(default)]
+    pub max_failures: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,6 +250,15 @@ pub struct UserInput {
     pub username: String,
     pub password: String,
     pub role: String,
+}
+
+/// `PATCH /users/{name}`: what to change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct UserPatch {
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -357,4 +380,35 @@ pub struct MemoryReport {
     pub allocator: BTreeMap<String, u64>,
     pub agents_live: u64,
     pub connections: u64,
+}
+
+/// The database schema version opampd writes (`PRAGMA user_version`).
+/// opampctl checks backups against it; opampd's tests keep it equal to the
+/// number of its migrations.
+pub const DB_SCHEMA_VERSION: u32 = 1;
+
+/// `POST /api/v1/admin/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RestoreReport {
+    /// Where the database that was replaced is kept.
+    pub kept_aside: String,
+    /// Schema version after the restore (the backup migrated if it was older).
+    pub schema_version: u32,
+    /// Schema version of the backup as uploaded.
+    pub restored_schema_version: u32,
+    pub bytes: u64,
+    /// Live WebSocket agents asked to report their full state at once.
+    pub agents_notified: u64,
+}
+
+/// One line of `GET /api/v1/admin/logs` (`application/x-ndjson`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LogEntry {
+    pub ts: String,
+    pub level: String,
+    #[serde(default)]
+    pub target: String,
+    pub message: String,
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }

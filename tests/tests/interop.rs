@@ -21,7 +21,14 @@ fn python() -> Option<std::path::PathBuf> {
     }
 }
 
-fn spawn_agent(py: &Path, url: &str, name: &str, events: &Path, seconds: f64, extra: &[&str]) -> Child {
+fn spawn_agent(
+    py: &Path,
+    url: &str,
+    name: &str,
+    events: &Path,
+    seconds: f64,
+    extra: &[&str],
+) -> Child {
     Command::new(py)
         .arg(root().join("tests/interop/py_agent.py"))
         .args(["--url", url, "--name", name, "--events"])
@@ -43,52 +50,92 @@ pub fn events(path: &Path) -> Vec<Value> {
 }
 
 async fn listed(s: &Server, name: &str, status: &str) -> Option<Value> {
-    let (code, v) = s.get(&format!("/api/v1/agents?selector=service.name={name}")).await;
+    let (code, v) = s
+        .get(&format!("/api/v1/agents?selector=service.name={name}"))
+        .await;
     if code != 200 {
         return None;
     }
-    v["items"].as_array()?.iter().find(|a| a["status"] == status).cloned()
+    v["items"]
+        .as_array()?
+        .iter()
+        .find(|a| a["status"] == status)
+        .cloned()
 }
 
 #[tokio::test]
 async fn python_agents_connect_are_listed_and_survive_a_restart() {
     let Some(py) = python() else { return };
     let listen = free_addr();
-    let mut s = Server::start_with(Opts { listen: Some(listen.clone()), ..Default::default() });
+    let mut s = Server::start_with(Opts {
+        listen: Some(listen.clone()),
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let ev = dir.path().join("events.jsonl");
-    let mut agents: Vec<Child> =
-        ["py-alpha", "py-beta"].iter().map(|n| spawn_agent(&py, &s.opamp_url(), n, &ev, 14.0, &[])).collect();
+    let mut agents: Vec<Child> = ["py-alpha", "py-beta"]
+        .iter()
+        .map(|n| spawn_agent(&py, &s.opamp_url(), n, &ev, 14.0, &[]))
+        .collect();
     for name in ["py-alpha", "py-beta"] {
-        let a = wait_for(&format!("{name} listed"), Duration::from_secs(20), || listed(&s, name, "connected")).await;
+        let a = wait_for(&format!("{name} listed"), Duration::from_secs(20), || {
+            listed(&s, name, "connected")
+        })
+        .await;
         assert_eq!(a["transport"], "http");
         assert_eq!(a["identifying_attributes"]["service.name"], name);
         assert_eq!(a["non_identifying_attributes"]["host.name"], "interop-host");
         assert_eq!(a["health"]["healthy"], true, "{a}");
-        assert!(a["capabilities"].as_array().unwrap().iter().any(|c| c == "ReportsHeartbeat"));
+        assert!(a["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "ReportsHeartbeat"));
     }
     // Every exchange echoed the uid and carried server capabilities; a full first
     // report was never answered with a full-state request.
     wait_for("a few polls", Duration::from_secs(10), || async {
-        (events(&ev).iter().filter(|e| e["event"] == "exchange").count() >= 6).then_some(())
+        (events(&ev)
+            .iter()
+            .filter(|e| e["event"] == "exchange")
+            .count()
+            >= 6)
+            .then_some(())
     })
     .await;
     let evs = events(&ev);
     let exchanges: Vec<&Value> = evs.iter().filter(|e| e["event"] == "exchange").collect();
     assert!(exchanges.len() >= 4, "{evs:?}");
-    assert!(exchanges.iter().all(|e| e["uid_echoed"] == true && e["capabilities"].as_u64().unwrap() & 1 == 1));
+    assert!(exchanges
+        .iter()
+        .all(|e| e["uid_echoed"] == true && e["capabilities"].as_u64().unwrap() & 1 == 1));
     let needless: Vec<&&Value> = exchanges
         .iter()
-        .filter(|e| e["flags"].as_u64() == Some(1) && e["sent"].as_array().unwrap().iter().any(|f| f == "agent_description"))
+        .filter(|e| {
+            e["flags"].as_u64() == Some(1)
+                && e["sent"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == "agent_description")
+        })
         .collect();
-    assert!(needless.is_empty(), "full state requested after a full report: {needless:?}");
+    assert!(
+        needless.is_empty(),
+        "full state requested after a full report: {needless:?}"
+    );
     assert!(!evs.iter().any(|e| e["event"] == "server_error"), "{evs:?}");
 
     // Restart opampd on the same address while the agents keep polling.
     s.stop();
     s.start_again();
     for name in ["py-alpha", "py-beta"] {
-        let a = wait_for(&format!("{name} back after restart"), Duration::from_secs(20), || listed(&s, name, "connected")).await;
+        let a = wait_for(
+            &format!("{name} back after restart"),
+            Duration::from_secs(20),
+            || listed(&s, name, "connected"),
+        )
+        .await;
         assert_eq!(a["identifying_attributes"]["service.name"], name);
     }
     let (_, all) = s.get("/api/v1/agents").await;
@@ -98,7 +145,12 @@ async fn python_agents_connect_are_listed_and_survive_a_restart() {
     }
     // They said goodbye on exit.
     for name in ["py-alpha", "py-beta"] {
-        wait_for(&format!("{name} disconnected"), Duration::from_secs(10), || listed(&s, name, "disconnected")).await;
+        wait_for(
+            &format!("{name} disconnected"),
+            Duration::from_secs(10),
+            || listed(&s, name, "disconnected"),
+        )
+        .await;
     }
     let _ = listen;
 }

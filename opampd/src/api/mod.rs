@@ -5,8 +5,11 @@
 //! compile into a route by accident; [`ROUTES`] lists every route with its
 //! role and the access-control tests walk it.
 
+pub mod admin;
 pub mod agents;
+pub mod configs;
 pub mod health;
+pub mod users;
 
 use crate::app::App;
 use crate::auth::{AuthError, Principal, Role};
@@ -23,8 +26,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-/// Every API route: method, path template, least role. Health, metrics and
-/// the OpAMP endpoint are open by design and not listed.
+/// Every API route: method, path template, least role. Health, metrics, the
+/// OpAMP endpoint and `POST /api/v1/auth/login` are open by design and not listed.
 pub const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/api/v1/agents", Role::Viewer),
     ("GET", "/api/v1/agents/{uid}", Role::Viewer),
@@ -33,6 +36,57 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/api/v1/agents/{uid}/restart", Role::Operator),
     ("GET", "/api/v1/agents/{uid}/effective-config", Role::Viewer),
     ("GET", "/api/v1/agents/{uid}/events", Role::Viewer),
+    ("GET", "/api/v1/configurations", Role::Viewer),
+    ("POST", "/api/v1/configurations", Role::Operator),
+    ("GET", "/api/v1/configurations/{name}", Role::Viewer),
+    ("DELETE", "/api/v1/configurations/{name}", Role::Operator),
+    (
+        "GET",
+        "/api/v1/configurations/{name}/versions",
+        Role::Viewer,
+    ),
+    (
+        "GET",
+        "/api/v1/configurations/{name}/versions/{n}",
+        Role::Viewer,
+    ),
+    ("GET", "/api/v1/configurations/{name}/diff", Role::Viewer),
+    (
+        "POST",
+        "/api/v1/configurations/{name}/rollback",
+        Role::Operator,
+    ),
+    ("GET", "/api/v1/configurations/{name}/rollout", Role::Viewer),
+    (
+        "POST",
+        "/api/v1/configurations/{name}/rollout",
+        Role::Operator,
+    ),
+    (
+        "POST",
+        "/api/v1/configurations/{name}/rollout/pause",
+        Role::Operator,
+    ),
+    (
+        "POST",
+        "/api/v1/configurations/{name}/rollout/resume",
+        Role::Operator,
+    ),
+    ("POST", "/api/v1/auth/logout", Role::Viewer),
+    ("GET", "/api/v1/tokens", Role::Viewer),
+    ("POST", "/api/v1/tokens", Role::Viewer),
+    ("DELETE", "/api/v1/tokens/{id}", Role::Viewer),
+    ("GET", "/api/v1/users", Role::Admin),
+    ("POST", "/api/v1/users", Role::Admin),
+    ("PATCH", "/api/v1/users/{name}", Role::Admin),
+    ("DELETE", "/api/v1/users/{name}", Role::Admin),
+    ("GET", "/api/v1/audit", Role::Admin),
+    ("GET", "/api/v1/admin/backup", Role::Admin),
+    ("POST", "/api/v1/admin/restore", Role::Admin),
+    ("GET", "/api/v1/admin/logs", Role::Admin),
+    ("GET", "/api/v1/admin/db/stats", Role::Admin),
+    ("POST", "/api/v1/admin/db/optimize", Role::Admin),
+    ("GET", "/api/v1/admin/memory", Role::Admin),
 ];
 
 /// An API error: status, stable code, human message.
@@ -221,6 +275,69 @@ pub fn router(app: Arc<App>) -> Router {
             get(agents::effective_config),
         )
         .route("/api/v1/agents/{uid}/events", get(agents::events))
+        .route(
+            "/api/v1/configurations",
+            get(configs::list).post(configs::create),
+        )
+        .route(
+            "/api/v1/configurations/{name}",
+            get(configs::show).delete(configs::remove),
+        )
+        .route(
+            "/api/v1/configurations/{name}/versions",
+            get(configs::versions),
+        )
+        .route(
+            "/api/v1/configurations/{name}/versions/{n}",
+            get(configs::version),
+        )
+        .route("/api/v1/configurations/{name}/diff", get(configs::diff))
+        .route(
+            "/api/v1/configurations/{name}/rollback",
+            post(configs::rollback),
+        )
+        .route(
+            "/api/v1/configurations/{name}/rollout",
+            get(configs::rollout_show).post(configs::rollout_start),
+        )
+        .route(
+            "/api/v1/configurations/{name}/rollout/pause",
+            post(configs::rollout_pause),
+        )
+        .route(
+            "/api/v1/configurations/{name}/rollout/resume",
+            post(configs::rollout_resume),
+        )
+        .route("/api/v1/auth/login", post(users::login))
+        .route("/api/v1/auth/logout", post(users::logout))
+        .route(
+            "/api/v1/tokens",
+            get(users::tokens_list).post(users::tokens_create),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(users::tokens_revoke),
+        )
+        .route(
+            "/api/v1/users",
+            get(users::users_list).post(users::users_create),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            patch(users::users_update).delete(users::users_delete),
+        )
+        .route("/api/v1/audit", get(users::audit))
+        .route("/api/v1/admin/backup", get(admin::backup))
+        .route(
+            "/api/v1/admin/restore",
+            post(admin::restore).layer(axum::extract::DefaultBodyLimit::max(
+                admin::RESTORE_MAX_BYTES,
+            )),
+        )
+        .route("/api/v1/admin/logs", get(admin::logs))
+        .route("/api/v1/admin/db/stats", get(admin::db_stats))
+        .route("/api/v1/admin/db/optimize", post(admin::db_optimize))
+        .route("/api/v1/admin/memory", get(admin::memory))
         .fallback(api_not_found);
     Router::new()
         .merge(api)

@@ -304,12 +304,15 @@ pub fn delete(conn: &Connection, uid: &str) -> Result<bool> {
     Ok(conn.execute("DELETE FROM agents WHERE uid = ?1", [uid])? > 0)
 }
 
+/// (at ms, event, remote address, details).
+pub type EventRow = (i64, String, Option<String>, Option<String>);
+
 /// Recent connection events of one agent, newest first.
 pub fn events(
     conn: &Connection,
     uid: &str,
     limit: usize,
-) -> Result<Vec<(i64, String, Option<String>, Option<String>)>> {
+) -> Result<Vec<EventRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT at, event, remote_addr, details FROM agent_events WHERE uid = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
     )?;

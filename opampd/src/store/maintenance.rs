@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 /// Checks a database file a restore would bring in: opens, integrity, schema.
 pub fn check_candidate(path: &Path) -> Result<u32> {
-    let conn = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY, Duration::from_secs(5))
-        .with_context(|| format!("{} cannot be opened as a SQLite database", path.display()))?;
+    let conn = open_connection(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+        Duration::from_secs(5),
+    )
+    .with_context(|| format!("{} cannot be opened as a SQLite database", path.display()))?;
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .with_context(|| format!("{} is not a valid SQLite database", path.display()))?;
@@ -25,7 +29,10 @@ pub fn check_candidate(path: &Path) -> Result<u32> {
     }
     let version = schema::version(&conn)?;
     if version == 0 {
-        bail!("{} is not an opampd database (no schema version)", path.display());
+        bail!(
+            "{} is not an opampd database (no schema version)",
+            path.display()
+        );
     }
     if version > schema::SCHEMA_VERSION {
         bail!(
@@ -34,18 +41,29 @@ pub fn check_candidate(path: &Path) -> Result<u32> {
             schema::SCHEMA_VERSION
         );
     }
-    let has_agents: bool = conn
-        .query_row("SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents')", [], |r| r.get(0))?;
+    let has_agents: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents')",
+        [],
+        |r| r.get(0),
+    )?;
     if !has_agents {
-        bail!("{} is not an opampd database (no agents table)", path.display());
+        bail!(
+            "{} is not an opampd database (no agents table)",
+            path.display()
+        );
     }
     Ok(version)
 }
 
 /// Copies the live database to `dest` (a new file) as one consistent snapshot.
 pub fn backup_to(source: &Path, dest: &Path) -> Result<()> {
-    let src = open_connection(source, OpenFlags::SQLITE_OPEN_READ_ONLY, Duration::from_secs(5))?;
-    let mut dst = Connection::open(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let src = open_connection(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+        Duration::from_secs(5),
+    )?;
+    let mut dst =
+        Connection::open(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     {
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
         // One step: the whole copy reads from a single snapshot.
@@ -57,9 +75,21 @@ pub fn backup_to(source: &Path, dest: &Path) -> Result<()> {
 }
 
 pub fn stats(conn: &Connection, path: &Path, integrity: bool) -> Result<DbStats> {
-    let pragma = |name: &str| -> Result<u64> { Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))? as u64) };
+    let pragma = |name: &str| -> Result<u64> {
+        Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))? as u64)
+    };
     let mut tables = std::collections::BTreeMap::new();
-    for t in ["agents", "agent_events", "configurations", "config_versions", "rollouts", "rollout_agents", "audit_log", "users", "api_tokens"] {
+    for t in [
+        "agents",
+        "agent_events",
+        "configurations",
+        "config_versions",
+        "rollouts",
+        "rollout_agents",
+        "audit_log",
+        "users",
+        "api_tokens",
+    ] {
         let n: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))?;
         tables.insert(t.to_string(), n as u64);
     }
@@ -93,7 +123,8 @@ impl Store {
 
     pub async fn stats(&self, integrity: bool) -> Result<DbStats> {
         let path = self.path().to_path_buf();
-        self.read("db_stats", move |c| stats(c, &path, integrity)).await
+        self.read("db_stats", move |c| stats(c, &path, integrity))
+            .await
     }
 
     /// ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint, on the writer.
@@ -102,21 +133,33 @@ impl Store {
         let size = move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let before = size();
         let start = Instant::now();
-        let steps = self.inner.writer.exclusive("db_optimize", |c| {
-            let mut steps = Vec::new();
-            c.execute_batch("ANALYZE")?;
-            steps.push("ANALYZE".to_string());
-            c.execute_batch("PRAGMA optimize")?;
-            steps.push("PRAGMA optimize".to_string());
-            c.execute_batch("VACUUM")?;
-            steps.push("VACUUM".to_string());
-            let (busy, log, done): (i64, i64, i64) =
-                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            steps.push(format!("wal_checkpoint(TRUNCATE): busy={busy} log={log} checkpointed={done}"));
-            Ok(steps)
+        let steps = self
+            .inner
+            .writer
+            .exclusive("db_optimize", |c| {
+                let mut steps = Vec::new();
+                c.execute_batch("ANALYZE")?;
+                steps.push("ANALYZE".to_string());
+                c.execute_batch("PRAGMA optimize")?;
+                steps.push("PRAGMA optimize".to_string());
+                c.execute_batch("VACUUM")?;
+                steps.push("VACUUM".to_string());
+                let (busy, log, done): (i64, i64, i64) =
+                    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+                steps.push(format!(
+                    "wal_checkpoint(TRUNCATE): busy={busy} log={log} checkpointed={done}"
+                ));
+                Ok(steps)
+            })
+            .await?;
+        Ok(DbOptimizeReport {
+            steps,
+            size_before: before,
+            size_after: size(),
+            duration_ms: start.elapsed().as_millis() as u64,
         })
-        .await?;
-        Ok(DbOptimizeReport { steps, size_before: before, size_after: size(), duration_ms: start.elapsed().as_millis() as u64 })
     }
 
     /// Replaces the live database's content with `candidate` (already checked
@@ -129,13 +172,22 @@ impl Store {
             .writer
             .exclusive("db_restore", move |c| {
                 backup_to(&live, &keep_aside).context("saving the current database aside")?;
-                let src = open_connection(&candidate, OpenFlags::SQLITE_OPEN_READ_ONLY, Duration::from_secs(5))?;
+                let src = open_connection(
+                    &candidate,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    Duration::from_secs(5),
+                )?;
                 {
                     let backup = rusqlite::backup::Backup::new(&src, c)?;
-                    backup.step(-1).context("copying the backup into the live database")?;
+                    backup
+                        .step(-1)
+                        .context("copying the backup into the live database")?;
                 }
                 schema::migrate(c)?;
-                c.execute("UPDATE agents SET status = 'disconnected' WHERE status != 'disconnected'", [])?;
+                c.execute(
+                    "UPDATE agents SET status = 'disconnected' WHERE status != 'disconnected'",
+                    [],
+                )?;
                 Ok(())
             })
             .await?;

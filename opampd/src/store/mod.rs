@@ -7,9 +7,11 @@
 //! on tokio's blocking threads, never on the async workers.
 
 pub mod agents;
+pub mod configs;
 pub mod maintenance;
 mod pool;
 pub mod schema;
+pub mod users;
 mod writer;
 
 use crate::metrics::Metrics;

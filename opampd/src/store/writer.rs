@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 type JobResult = anyhow::Result<Box<dyn Any + Send>>;
+type JobReply = oneshot::Sender<Result<Box<dyn Any + Send>, WriteError>>;
+type ExclusiveReply = oneshot::Sender<anyhow::Result<Box<dyn Any + Send>>>;
 type Job = Box<dyn FnOnce(&Connection) -> JobResult + Send>;
 
 enum Op {
@@ -27,11 +29,15 @@ enum Op {
     Exec {
         operation: &'static str,
         job: Job,
-        reply: oneshot::Sender<Result<Box<dyn Any + Send>, WriteError>>,
+        reply: JobReply,
     },
     Flush(oneshot::Sender<()>),
     /// Runs outside any transaction, after everything queued before it.
-    Exclusive { operation: &'static str, job: ExclusiveJob, reply: oneshot::Sender<anyhow::Result<Box<dyn Any + Send>>> },
+    Exclusive {
+        operation: &'static str,
+        job: ExclusiveJob,
+        reply: ExclusiveReply,
+    },
 }
 
 type ExclusiveJob = Box<dyn FnOnce(&mut Connection) -> JobResult + Send>;
@@ -138,8 +144,13 @@ impl Writer {
         F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: ExclusiveJob = Box::new(move |c: &mut Connection| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>));
-        if !self.send(Op::Exclusive { operation, job, reply }) {
+        let job: ExclusiveJob =
+            Box::new(move |c: &mut Connection| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        if !self.send(Op::Exclusive {
+            operation,
+            job,
+            reply,
+        }) {
             anyhow::bail!(WriteError::Stopped);
         }
         match rx.await {
@@ -184,14 +195,10 @@ impl Writer {
 struct Batch {
     patches: HashMap<String, AgentPatch>,
     events: Vec<AgentEvent>,
-    jobs: Vec<(
-        &'static str,
-        Job,
-        oneshot::Sender<Result<Box<dyn Any + Send>, WriteError>>,
-    )>,
+    jobs: Vec<(&'static str, Job, JobReply)>,
     flushes: Vec<oneshot::Sender<()>>,
     /// An exclusive job ends the batch; it runs after the batch commits.
-    exclusive: Option<(&'static str, ExclusiveJob, oneshot::Sender<anyhow::Result<Box<dyn Any + Send>>>)>,
+    exclusive: Option<(&'static str, ExclusiveJob, ExclusiveReply)>,
     ops: u64,
 }
 
@@ -223,7 +230,11 @@ impl Batch {
                 reply,
             } => self.jobs.push((operation, job, reply)),
             Op::Flush(tx) => self.flushes.push(tx),
-            Op::Exclusive { operation, job, reply } => self.exclusive = Some((operation, job, reply)),
+            Op::Exclusive {
+                operation,
+                job,
+                reply,
+            } => self.exclusive = Some((operation, job, reply)),
         }
     }
 

@@ -1,0 +1,474 @@
+//! Rollouts: which version of a configuration goes to which agents, batch by
+//! batch, and when the next batch goes.
+//!
+//! The store holds every rollout and its agents' batch numbers; the agent side
+//! only sees [`Targets`](crate::targeting::Targets), rebuilt from the store
+//! whenever a rollout changes ([`retarget`]). The latest rollout of each
+//! configuration contributes one target: agents matching its selector receive
+//! the rolled-out version, except agents of unreleased batches, which keep the
+//! version of the last completed rollout (or receive nothing from it).
+//!
+//! [`progress`] runs in the background: it is woken whenever an agent reports
+//! a new remote config status (and every second), recomputes each running
+//! rollout from the agents' reports, pauses it when failures exceed its
+//! allowance, and otherwise releases the next batch once every agent of the
+//! released ones has applied (or failed within the allowance).
+
+use crate::app::App;
+use crate::auth::insert_audit;
+use crate::opamp::session::{attr_strings, status_name};
+use crate::selector::Selector;
+use crate::store::configs::{self, RolloutAgent, RolloutRow};
+use crate::store::rfc3339;
+use crate::targeting::{Target, VersionRef};
+use anyhow::Result;
+use opamp_proto::api::{RolloutFailure, RolloutStatus};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serializes "read the store, replace the targets", so an older snapshot can
+/// never replace a newer one. One opampd process serves one store.
+static REBUILD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Rebuilds the targets from the store (start-up and after every rollout change).
+pub async fn rebuild_targets(app: &App) -> Result<()> {
+    let _guard = REBUILD.lock().await;
+    let rows = app.store.read("targets_load", configs::targets).await?;
+    let mut targets = Vec::with_capacity(rows.len());
+    for row in rows {
+        let selector = match Selector::parse(&row.selector) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(configuration = %row.name, error = %e, "stored selector does not parse; configuration not offered");
+                continue;
+            }
+        };
+        let version = |v: configs::VersionRow| VersionRef {
+            version: v.version,
+            content_type: v.content_type,
+            body: v.body.into(),
+        };
+        let held_back: HashSet<[u8; 16]> = row
+            .held_back
+            .iter()
+            .filter_map(|u| opamp_proto::parse_uid(u))
+            .collect();
+        targets.push(Target {
+            name: row.name,
+            selector,
+            current: version(row.current),
+            previous: row.previous.map(version),
+            held_back: Arc::new(held_back),
+        });
+    }
+    app.targets.replace(targets);
+    Ok(())
+}
+
+/// Offers every live agent what it should now run (WebSocket agents at once,
+/// plain-HTTP agents at their next poll).
+pub fn push_all(app: &App) {
+    for uid in app.fleet.uids() {
+        crate::opamp::push_offer(app, &uid);
+    }
+}
+
+/// After a rollout or selector change: new targets, then offers.
+pub async fn retarget(app: &App) -> Result<()> {
+    rebuild_targets(app).await?;
+    push_all(app);
+    app.rollout_wakeup.notify_one();
+    Ok(())
+}
+
+/// Agents that accept remote configuration and match `selector`: stored ones
+/// and live ones not stored yet, ordered by uid.
+pub async fn matching_agents(app: &App, selector: &Selector) -> Result<Vec<String>> {
+    let sel = selector.clone();
+    let mut uids: std::collections::BTreeSet<String> = app
+        .store
+        .read("rollout_agents_match", move |c| {
+            configs::matching_agents(c, &sel)
+        })
+        .await?
+        .into_iter()
+        .collect();
+    for uid in app.fleet.uids() {
+        let matched = app.fleet.with(&uid, |s| {
+            s.capabilities & opamp_proto::caps::ACCEPTS_REMOTE_CONFIG != 0
+                && !s.disconnected
+                && selector.matches(|k| s.lookup(k))
+        });
+        if matched == Some(true) {
+            uids.insert(opamp_proto::uid_string(&uid));
+        }
+    }
+    Ok(uids.into_iter().collect())
+}
+
+/// Batch numbers in uid order: `batch_size` agents per batch, 0 = one batch.
+pub fn assign_batches(uids: Vec<String>, batch_size: u64) -> Vec<(String, u64)> {
+    uids.into_iter()
+        .enumerate()
+        .map(|(i, u)| (u, (i as u64).checked_div(batch_size).unwrap_or(0)))
+        .collect()
+}
+
+/// Where a rollout stands, computed from the agents' reports.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Progress {
+    pub total: u64,
+    pub pending: u64,
+    pub applying: u64,
+    pub applied: u64,
+    pub failed: u64,
+    pub failures: Vec<RolloutFailure>,
+    pub batches: u64,
+    /// Every agent of the released batches has applied or failed.
+    pub released_done: bool,
+}
+
+/// What one agent reports, as the rollout needs it.
+struct Report {
+    view: BTreeMap<String, String>,
+    hash: String,
+    status: String,
+    error: String,
+}
+
+fn stored_report(s: &configs::StoredAgent) -> Report {
+    let obj = |t: &str| -> Map<String, Value> { serde_json::from_str(t).unwrap_or_default() };
+    let mut view = attr_strings(&obj(&s.identifying), &obj(&s.non_identifying));
+    let labels: BTreeMap<String, String> = serde_json::from_str(&s.labels).unwrap_or_default();
+    view.extend(labels);
+    let rs: Value = s
+        .remote_status
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    Report {
+        view,
+        hash: rs["hash"].as_str().unwrap_or("").to_string(),
+        status: rs["status"].as_str().unwrap_or("unset").to_string(),
+        error: rs["error"].as_str().unwrap_or("").to_string(),
+    }
+}
+
+/// The agent's report: the live session's (fresh) where there is one, the
+/// stored row otherwise; `None` for an agent deleted since the start.
+fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
+    let stored = a.stored.as_ref().map(stored_report);
+    let uid = opamp_proto::parse_uid(&a.uid)?;
+    let live = app.fleet.with(&uid, |s| {
+        let mut view = s.attrs.clone();
+        view.extend(s.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        (
+            view,
+            hex::encode(&s.reported_hash),
+            status_name(s.reported_status),
+        )
+    });
+    match (live, stored) {
+        (Some((view, hash, status)), stored) => Some(Report {
+            view,
+            // The stored error may lag the live status by one writer flush.
+            error: stored
+                .filter(|r| r.hash == hash)
+                .map(|r| r.error)
+                .unwrap_or_default(),
+            hash,
+            status: status.to_string(),
+        }),
+        (None, stored) => stored,
+    }
+}
+
+/// Counts a rollout's agents. Agents of unreleased batches are pending; an
+/// agent that no longer matches the selector (or was deleted) has left the
+/// rollout and is not counted.
+pub fn evaluate(
+    app: &App,
+    rollout: &RolloutRow,
+    selector: &Selector,
+    agents: &[RolloutAgent],
+) -> Progress {
+    let mut p = Progress {
+        released_done: true,
+        ..Default::default()
+    };
+    for a in agents {
+        p.batches = p.batches.max(a.batch + 1);
+        let Some(r) = report(app, a) else { continue };
+        if !selector.matches(|k| r.view.get(k).map(String::as_str)) {
+            continue;
+        }
+        p.total += 1;
+        let released = rollout.state == "completed" || a.batch < rollout.released_batches;
+        if !released {
+            p.pending += 1;
+            continue;
+        }
+        let uid = opamp_proto::parse_uid(&a.uid).unwrap_or([0; 16]);
+        let desired = app.targets.desired_for(&uid, &r.view);
+        let current = desired.as_ref().filter(|d| {
+            d.files
+                .get(&rollout.name)
+                .is_some_and(|f| f.2 == rollout.version)
+                && d.hash_hex() == r.hash
+        });
+        match (current, r.status.as_str()) {
+            (Some(_), "applied") => p.applied += 1,
+            (Some(_), "failed") => {
+                p.failed += 1;
+                p.failures.push(RolloutFailure {
+                    instance_uid: a.uid.clone(),
+                    error: if r.error.is_empty() {
+                        "the agent reported FAILED without a message".into()
+                    } else {
+                        r.error
+                    },
+                });
+            }
+            (Some(_), "applying") => {
+                p.applying += 1;
+                p.released_done = false;
+            }
+            _ => {
+                p.pending += 1;
+                p.released_done = false;
+            }
+        }
+    }
+    p
+}
+
+/// A rollout's agents and progress, read now.
+pub async fn progress_of(app: &App, rollout: &RolloutRow, selector: &str) -> Result<Progress> {
+    let id = rollout.id;
+    let agents = app
+        .store
+        .read("rollout_agents", move |c| configs::rollout_agents(c, id))
+        .await?;
+    let selector = Selector::parse(selector).unwrap_or_default();
+    Ok(evaluate(app, rollout, &selector, &agents))
+}
+
+/// The API view of a rollout.
+pub fn to_api(r: &RolloutRow, p: Progress) -> RolloutStatus {
+    RolloutStatus {
+        name: r.name.clone(),
+        version: r.version,
+        hash: r.hash.clone(),
+        state: r.state.clone(),
+        batch_size: r.batch_size,
+        max_failures: r.max_failures,
+        total: p.total,
+        pending: p.pending,
+        applying: p.applying,
+        applied: p.applied,
+        failed: p.failed,
+        started_at: rfc3339(r.started_at),
+        updated_at: rfc3339(r.updated_at),
+        started_by: r.started_by.clone(),
+        failures: p.failures,
+        reason: r.reason.clone(),
+        batches: p.batches,
+        released_batches: if r.state == "completed" {
+            p.batches
+        } else {
+            r.released_batches.min(p.batches)
+        },
+    }
+}
+
+/// The background task that moves running rollouts forward.
+pub async fn progress(app: Arc<App>) {
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = app.rollout_wakeup.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if app.is_shutting_down() {
+            return;
+        }
+        if let Err(e) = step(&app).await {
+            tracing::warn!(error = %format!("{e:#}"), "rollout progress check failed; retrying");
+        }
+    }
+}
+
+/// What the next state of a running rollout is, given its progress.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    Stay,
+    Pause(String),
+    Release(u64),
+    Complete,
+}
+
+pub fn next(r: &RolloutRow, p: &Progress) -> Next {
+    if p.failed > r.max_failures {
+        Next::Pause(format!(
+            "{} failures exceed max_failures {}",
+            p.failed, r.max_failures
+        ))
+    } else if !p.released_done {
+        Next::Stay
+    } else if r.released_batches < p.batches {
+        Next::Release(r.released_batches + 1)
+    } else {
+        Next::Complete
+    }
+}
+
+async fn step(app: &Arc<App>) -> Result<()> {
+    let running = app
+        .store
+        .read("rollouts_running", |c| {
+            let rows = configs::rollouts_in_state(c, "running")?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let selector = configs::get(c, &r.name)?
+                    .map(|c| c.selector)
+                    .unwrap_or_default();
+                out.push((r, selector));
+            }
+            Ok(out)
+        })
+        .await?;
+    let mut changed = false;
+    for (r, selector) in running {
+        let p = progress_of(app, &r, &selector).await?;
+        let decision = next(&r, &p);
+        let (to, released, reason, audit) = match &decision {
+            Next::Stay => continue,
+            Next::Pause(reason) => (
+                "paused",
+                r.released_batches,
+                Some(reason.clone()),
+                Some("rollout.pause"),
+            ),
+            Next::Release(n) => ("running", *n, None, None),
+            Next::Complete => (
+                "completed",
+                r.released_batches,
+                None,
+                Some("rollout.complete"),
+            ),
+        };
+        let row = r.clone();
+        let failed = p.failed;
+        let done = app
+            .store
+            .write("rollout_progress", move |c| {
+                let moved = configs::transition(
+                    c,
+                    row.id,
+                    "running",
+                    to,
+                    released,
+                    row.max_failures,
+                    reason.as_deref(),
+                )?;
+                if moved {
+                    if let Some(action) = audit {
+                        insert_audit(
+                            c,
+                            "system",
+                            action,
+                            Some(&row.name),
+                            None,
+                            "ok",
+                            &json!({"version": row.version, "reason": reason, "automatic": true, "failed": failed}),
+                        )?;
+                    }
+                }
+                Ok(moved)
+            })
+            .await?;
+        if !done {
+            continue;
+        }
+        changed = true;
+        match decision {
+            Next::Pause(reason) => {
+                tracing::warn!(configuration = %r.name, version = r.version, %reason, "rollout paused")
+            }
+            Next::Release(n) => {
+                tracing::info!(configuration = %r.name, version = r.version, batch = n - 1, "rollout: next batch released")
+            }
+            _ => {
+                tracing::info!(configuration = %r.name, version = r.version, applied = p.applied, failed = p.failed, "rollout completed")
+            }
+        }
+    }
+    if changed {
+        retarget(app).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(released: u64, max_failures: u64) -> RolloutRow {
+        RolloutRow {
+            id: 1,
+            name: "c".into(),
+            version: 1,
+            hash: String::new(),
+            state: "running".into(),
+            batch_size: 1,
+            max_failures,
+            released_batches: released,
+            previous_version: None,
+            reason: None,
+            started_at: 0,
+            updated_at: 0,
+            started_by: None,
+        }
+    }
+
+    fn progress(batches: u64, failed: u64, done: bool) -> Progress {
+        Progress {
+            batches,
+            failed,
+            released_done: done,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batches_follow_uid_order() {
+        let uids = vec!["a".into(), "b".into(), "c".into()];
+        assert_eq!(
+            assign_batches(uids.clone(), 2),
+            vec![("a".into(), 0), ("b".into(), 0), ("c".into(), 1)]
+        );
+        assert!(assign_batches(uids, 0).iter().all(|(_, b)| *b == 0));
+    }
+
+    #[test]
+    fn next_step_of_a_running_rollout() {
+        assert_eq!(next(&rollout(1, 0), &progress(3, 0, false)), Next::Stay);
+        assert_eq!(
+            next(&rollout(1, 0), &progress(3, 0, true)),
+            Next::Release(2)
+        );
+        assert_eq!(next(&rollout(3, 0), &progress(3, 0, true)), Next::Complete);
+        assert_eq!(
+            next(&rollout(1, 1), &progress(3, 1, true)),
+            Next::Release(2)
+        );
+        assert_eq!(
+            next(&rollout(1, 0), &progress(3, 1, true)),
+            Next::Pause("1 failures exceed max_failures 0".into())
+        );
+        assert_eq!(next(&rollout(1, 0), &progress(0, 0, true)), Next::Complete);
+    }
+}
