@@ -1,1 +1,5 @@
-fn main() {}
+//! The opampctl binary; everything is in the library.
+
+fn main() -> std::process::ExitCode {
+    opampctl::main()
+}

@@ -6,9 +6,10 @@ driven for opampd's interoperability tests.
                 [--uid HEX] [--header 'K: V'] [--reject-config]
 
 Appends one JSON object per line to --events: started, exchange, config_received,
-config_applied, config_failed, server_error, stopped. Exits 0 after --seconds.
+config_applied, config_failed, server_error, library_error, stopped. Exits 0 after --seconds.
 """
 import argparse
+import logging
 import json
 import sys
 import threading
@@ -29,6 +30,17 @@ class Log:
     def __call__(self, event, **kw):
         with self.lock:
             self.f.write(json.dumps({"t": time.time(), "agent": self.name, "event": event, **kw}, default=str) + "\n")
+
+
+class LibraryErrors(logging.Handler):
+    """Errors the library logs (e.g. exceptions it swallows in callbacks) become events."""
+
+    def __init__(self, log):
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record):
+        self.log("library_error", level=record.levelname, message=record.getMessage()[:500])
 
 
 class Client(OpAMPClient):
@@ -63,9 +75,10 @@ class Callbacks(OpAMPCallbacks):
         self.log("server_error", type=error_response.type, message=error_response.error_message)
 
     def on_message(self, agent, client, message):
-        if not message.HasField("remote_config"):
-            return
+        # The library passes its MessageData: remote_config is None when absent.
         rc = message.remote_config
+        if rc is None:
+            return
         files = {name: f.body.decode() for name, f in rc.config.config_map.items()}
         self.log("config_received", hash=rc.config_hash.hex(), files=files, duplicate=rc.config_hash == self.last)
         if rc.config_hash == self.last:
@@ -94,6 +107,7 @@ def main():
     ap.add_argument("--reject-config", action="store_true")
     a = ap.parse_args()
     log = Log(a.events, a.name)
+    logging.getLogger("opentelemetry._opamp").addHandler(LibraryErrors(log))
     headers = dict((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in a.header))
     client = Client(log, endpoint=a.url, headers=headers,
                     capabilities=_DEFAULT_CAPABILITIES | pb.AgentCapabilities_ReportsHealth,

@@ -124,7 +124,11 @@ async fn python_agents_connect_are_listed_and_survive_a_restart() {
         needless.is_empty(),
         "full state requested after a full report: {needless:?}"
     );
-    assert!(!evs.iter().any(|e| e["event"] == "server_error"), "{evs:?}");
+    assert!(
+        !evs.iter()
+            .any(|e| e["event"] == "server_error" || e["event"] == "library_error"),
+        "{evs:?}"
+    );
 
     // Restart opampd on the same address while the agents keep polling.
     s.stop();
@@ -153,4 +157,106 @@ async fn python_agents_connect_are_listed_and_survive_a_restart() {
         .await;
     }
     let _ = listen;
+}
+
+#[tokio::test]
+async fn python_agent_applies_a_rolled_out_configuration() {
+    let Some(py) = python() else { return };
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("events.jsonl");
+    let mut good = spawn_agent(&py, &s.opamp_url(), "py-apply", &ev, 12.0, &[]);
+    let mut bad = spawn_agent(
+        &py,
+        &s.opamp_url(),
+        "py-reject",
+        &ev,
+        12.0,
+        &["--reject-config"],
+    );
+    for name in ["py-apply", "py-reject"] {
+        wait_for(&format!("{name} listed"), Duration::from_secs(20), || {
+            listed(&s, name, "connected")
+        })
+        .await;
+    }
+    let body = "receivers:\n  otlp:\n    protocols:\n      http: {}\n";
+    let (code, created) = s
+        .send_json(
+            "POST",
+            "/api/v1/configurations",
+            serde_json::json!({"name": "collector-base", "body": body, "content_type": "text/yaml", "selector": "service.name=py-apply"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let (code, started) = s
+        .send_json(
+            "POST",
+            "/api/v1/configurations/collector-base/rollout",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 202, "{started}");
+    let status = wait_for("rollout completed", Duration::from_secs(20), || async {
+        let (_, st) = s.get("/api/v1/configurations/collector-base/rollout").await;
+        (st["state"] == "completed").then_some(st)
+    })
+    .await;
+    assert_eq!(
+        (status["total"].as_u64(), status["applied"].as_u64()),
+        (Some(1), Some(1)),
+        "{status}"
+    );
+    let evs = events(&ev);
+    let received: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["event"] == "config_received" && e["agent"] == "py-apply")
+        .collect();
+    assert_eq!(received.len(), 1, "offered once, never resent: {evs:?}");
+    assert_eq!(
+        received[0]["files"]["collector-base"], body,
+        "a file named after the configuration"
+    );
+    assert!(evs
+        .iter()
+        .any(|e| e["event"] == "config_applied" && e["agent"] == "py-apply"));
+    assert!(
+        !evs.iter()
+            .any(|e| e["event"] == "config_received" && e["agent"] == "py-reject"),
+        "the selector excludes the other agent"
+    );
+    let a = listed(&s, "py-apply", "connected").await.unwrap();
+    assert_eq!(a["remote_config"]["status"], "applied", "{a}");
+    assert_eq!(a["remote_config"]["name"], "collector-base");
+
+    // Retarget to the rejecting agent: it reports FAILED with its message.
+    let (code, _) = s
+        .send_json(
+            "POST",
+            "/api/v1/configurations",
+            serde_json::json!({"name": "collector-base", "body": body, "content_type": "text/yaml", "selector": "service.name=py-reject"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, _) = s
+        .send_json(
+            "POST",
+            "/api/v1/configurations/collector-base/rollout",
+            serde_json::json!({"max_failures": 0}),
+        )
+        .await;
+    assert_eq!(code, 202);
+    let st = wait_for(
+        "rollout paused by the failure",
+        Duration::from_secs(20),
+        || async {
+            let (_, st) = s.get("/api/v1/configurations/collector-base/rollout").await;
+            (st["failed"] == 1).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(st["failures"][0]["error"], "rejected by test agent", "{st}");
+    for a in [&mut good, &mut bad] {
+        assert!(a.wait().unwrap().success());
+    }
 }

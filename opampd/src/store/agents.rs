@@ -308,11 +308,7 @@ pub fn delete(conn: &Connection, uid: &str) -> Result<bool> {
 pub type EventRow = (i64, String, Option<String>, Option<String>);
 
 /// Recent connection events of one agent, newest first.
-pub fn events(
-    conn: &Connection,
-    uid: &str,
-    limit: usize,
-) -> Result<Vec<EventRow>> {
+pub fn events(conn: &Connection, uid: &str, limit: usize) -> Result<Vec<EventRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT at, event, remote_addr, details FROM agent_events WHERE uid = ?1 ORDER BY at DESC, id DESC LIMIT ?2",
     )?;

@@ -1,0 +1,640 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_opampctl_global_optspecs
+    string join \n server= token= token-file= context= o/output= q/quiet no-color ca-file= request-timeout= h/help V/version
+end
+
+function __fish_opampctl_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_opampctl_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_opampctl_using_subcommand
+    set -l cmd (__fish_opampctl_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c opampctl -n "__fish_opampctl_needs_command" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_needs_command" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_needs_command" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_needs_command" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_needs_command" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_needs_command" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_needs_command" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_needs_command" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_needs_command" -s V -l version -d 'Print version'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "health" -d 'Check /health, /health/ready and /health/live; exit 1 unless healthy'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "agents" -d 'Inspect and manage agents'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "configs" -d 'Manage versioned configurations'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "rollout" -d 'Roll a configuration version out to its agents, in batches'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "backup" -d 'Write a consistent, compressed, checksummed backup of the database'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "restore" -d 'Restore the database from a backup (checked before anything is touched)'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "logs" -d 'Show opampd\'s log, from the API or the supervisor\'s log'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "restart" -d 'Restart opampd through its supervisor, then wait for ready and agents'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "doctor" -d 'Run every diagnostic check, each with a verdict and a remedy'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "troubleshoot" -d 'Focused diagnostics for one runbook problem'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "db" -d 'Database statistics and maintenance'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "alerts" -d 'Prometheus alerting rules for opampd'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "man" -d 'Print the man page, or write all man pages to a directory'
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l timeout -d 'How long --wait waits' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l wait -d 'Poll /health/ready until it answers 200 (or --timeout passes)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand health" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "list" -d 'List agents'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "show" -d 'Show one agent'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "label" -d 'Set or remove server-side labels: k=v sets, k- removes'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "delete" -d 'Delete an agent from the inventory'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "restart" -d 'Ask a connected agent to restart'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -s l -l selector -d 'Label selector: k=v, k!=v, k (present); comma means and' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l status -d 'Only agents with this status' -r -f -a "connected\t''
+stale\t''
+disconnected\t''"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l limit -d 'Page size (1-1000)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l all -d 'Follow the pages to the end instead of stopping after the first'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l force -d 'Delete even if the agent is connected (it comes back at its next message)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -f -a "apply" -d 'Create or update a configuration from a file (idempotent)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -f -a "list" -d 'List configurations'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -f -a "show" -d 'Show a configuration\'s newest (or a given) version'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -f -a "history" -d 'List every version of a configuration'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -f -a "diff" -d 'Show what changed between two versions'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -f -a "rollback" -d 'Make an earlier version\'s body the newest version again'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -f -a "delete" -d 'Delete a configuration and its versions'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -s f -l file -d 'The configuration file (- for standard input)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l name -d 'Configuration name [default: the file name without its extension]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l selector -d 'Which agents get it: k=v, k!=v, k; comma means and' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l content-type -d 'Content type [default: from the extension: .yaml/.yml text/yaml, .json application/json, else text/plain]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l description -d 'Description of the configuration' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from apply" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l version -d 'The version to show' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l from -d 'Older version [default: the one before --to]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l to -d 'Newer version [default: the newest]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l to -d 'The version to go back to [default: the one before the newest]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l force -d 'Delete even if it is rolled out to agents'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "start" -d 'Start rolling a version out (the newest by default)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "status" -d 'Show a rollout\'s progress; exit 0 when completed, 1 when failed or paused'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "pause" -d 'Pause a running rollout'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "resume" -d 'Resume a paused rollout'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l version -d 'Version to roll out' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l batch-size -d 'Agents per batch' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l max-failures -d 'Pause the rollout after this many failed agents' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l interval -d 'Poll interval of --watch' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -s w -l watch -d 'Follow the progress until the rollout completes, fails or pauses'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l dir -d 'Directory for the backup files' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l data-dir -d 'Back up the database file in this opampd data directory instead of asking the server' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l verify -d 'Read the written file back: checksum, decompression, SQLite integrity and schema'
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l data-dir -d 'Restore into this data directory of a stopped opampd instead of through the server' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -s y -l yes -d 'Do not ask for confirmation'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restore" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -s n -l lines -d 'Number of recent lines' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l level -d 'Minimum level: error, warn, info, debug or trace' -r -f -a "error\t''
+warn\t''
+info\t''
+debug\t''
+trace\t''"
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l grep -d 'Only lines containing this text' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l via -d 'Read the supervisor\'s log instead of the API stream' -r -f -a "journald\t'journalctl -u opampd'
+compose\t'docker compose logs opamp-server'
+kubernetes\t'kubectl logs deploy/opamp-server'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l unit -d 'systemd unit name' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l compose-file -d 'docker compose file [default: compose\'s own lookup in the current directory]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l namespace -d 'Kubernetes namespace' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -s f -l follow -d 'Keep printing new lines'
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l via -d 'The supervisor that runs opampd' -r -f -a "systemd\t'systemctl restart opampd'
+compose\t'docker compose restart opamp-server'
+kubernetes\t'kubectl rollout restart deploy/opamp-server'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l config -d 'Validate this opampd config file first (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l timeout -d 'How long to wait for ready and for the agents to come back' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l unit -d 'systemd unit name' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l compose-file -d 'docker compose file [default: compose\'s own lookup in the current directory]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l namespace -d 'Kubernetes namespace' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l dry-run -d 'Print the commands without running anything'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-path -d 'Path of the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -f -a "startup" -d 'opampd does not start: config, data directory, database, port'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -f -a "agent-connect" -d 'Agents do not connect: OpAMP over HTTP and WebSocket, TLS, agent secret'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -f -a "db-pool" -d 'Slow API or waits on the database: read pool, slow queries, database size'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -f -a "memory" -d 'Memory grows: RSS trend and the subsystems that hold memory'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-path -d 'Path of the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-path -d 'Path of the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-path -d 'Path of the OpAMP endpoint' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l samples -d 'Number of samples' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l duration -d 'Time over which the samples are spread' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "stats" -d 'Size, pages, WAL and rows per table'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "optimize" -d 'ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l data-dir -d 'Read the database file in this data directory (read-only) instead of asking the server' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l integrity -d 'Also run PRAGMA integrity_check (slow on large databases)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -f -a "rules" -d 'Print the Prometheus alerting rules (rules.yml)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l dir -d 'Write opampctl.1 and one page per subcommand into this directory' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'

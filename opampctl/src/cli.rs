@@ -1,0 +1,612 @@
+//! The command line: one clap definition that produces `--help`, the man
+//! pages and the shell completions, so they cannot drift apart.
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit status, environment and files: the end of `opampctl --help` and the
+/// man pages.
+pub const EXIT_STATUS: &str = "\
+0  success; the server or check is healthy
+1  the operation failed, a check failed, or the server is unhealthy (also 401/403)
+2  usage error: a bad flag, argument, file or value on the command line
+3  the server is unreachable: connection refused, DNS failure or timeout";
+
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "OPAMPCTL_SERVER",
+        "Base URL of opampd, like --server (default http://127.0.0.1:8080).",
+    ),
+    ("OPAMPCTL_TOKEN", "API token, like --token."),
+    (
+        "OPAMPCTL_TOKEN_FILE",
+        "File holding the API token, like --token-file.",
+    ),
+    (
+        "OPAMPCTL_CONTEXT",
+        "Context of the config file to use, like --context.",
+    ),
+    (
+        "OPAMPCTL_CONFIG",
+        "Path of the config file (default ~/.config/opampctl/config.yaml).",
+    ),
+    (
+        "NO_COLOR",
+        "When set and not empty, no colour (like --no-color); so does TERM=dumb.",
+    ),
+];
+
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "~/.config/opampctl/config.yaml",
+        "Named contexts: current-context and contexts: {NAME: {server, token-file, ca-file}}. $XDG_CONFIG_HOME is honoured.",
+    ),
+    (
+        "./data/admin.token, /var/lib/opampd/admin.token",
+        "Admin API token written by opampd at its first start; read when no token is given and the server is on this host.",
+    ),
+    (
+        "opamp_YYYYmmdd_HHMMSS.db.gz, opamp_YYYYmmdd_HHMMSS.db.gz.sha256",
+        "Backups written by opampctl backup, with checksums in sha256sum format.",
+    ),
+    (
+        "DATA_DIR/opamp.db.before-restore-TIMESTAMP",
+        "The database a restore replaced, kept aside.",
+    ),
+];
+
+fn after_help() -> String {
+    let mut s = String::from("Exit status:\n");
+    for l in EXIT_STATUS.lines() {
+        s.push_str("  ");
+        s.push_str(l);
+        s.push('\n');
+    }
+    s.push_str("\nEnvironment:\n");
+    for (k, v) in ENVIRONMENT {
+        s.push_str(&format!("  {k}  {v}\n"));
+    }
+    s.push_str("\nFiles:\n");
+    for (k, v) in FILES {
+        s.push_str(&format!("  {k}\n      {v}\n"));
+    }
+    s
+}
+
+/// Operator CLI for opampd: health, agents, configurations, rollouts, backups, troubleshooting.
+#[derive(Parser, Debug)]
+#[command(
+    name = "opampctl",
+    version,
+    about = "Operator CLI for opampd: health, agents, configurations, rollouts, backups, troubleshooting",
+    long_about = "Operator CLI for opampd, the OpAMP server. Every step of the operations runbook is a \
+subcommand: health checks, agent inventory, configurations and staged rollouts, log tailing, \
+backup and restore with retention, safe restarts, troubleshooting and database maintenance.\n\n\
+Data goes to standard output; progress, logs and errors go to standard error. Tables are for \
+people; -o json and -o yaml are for scripts (their field names are stable), and -q makes the \
+exit code the answer.",
+    after_long_help = after_help(),
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Base URL of opampd [default: http://127.0.0.1:8080]
+    #[arg(long, global = true, env = "OPAMPCTL_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// API token (an admin or operator token, or a login JWT)
+    #[arg(
+        long,
+        global = true,
+        env = "OPAMPCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]
+    #[arg(long, global = true, env = "OPAMPCTL_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Context of the config file to use (server and token file)
+    #[arg(long, global = true, env = "OPAMPCTL_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+    /// Output format
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Format::Table,
+        value_name = "FORMAT"
+    )]
+    pub output: Format,
+    /// Print nothing on success: the exit code is the answer (errors still go to stderr)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// No colour (also with NO_COLOR set or TERM=dumb)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// PEM file of a CA to trust for an https server (besides the built-in roots)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one request to the server, e.g. 10s
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people
+    Table,
+    /// Like table, with more columns
+    Wide,
+    /// JSON: stable field names, for scripts
+    Json,
+    /// YAML, same fields as JSON
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check /health, /health/ready and /health/live; exit 1 unless healthy
+    Health(HealthArgs),
+    /// Inspect and manage agents
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Manage versioned configurations
+    #[command(subcommand)]
+    Configs(ConfigsCmd),
+    /// Roll a configuration version out to its agents, in batches
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+    /// Write a consistent, compressed, checksummed backup of the database
+    #[command(long_about = "Write a consistent snapshot of the database as \
+opamp_YYYYmmdd_HHMMSS.db.gz plus a .sha256 file (sha256sum format), while opampd runs. \
+The snapshot comes from the server (GET /api/v1/admin/backup, admin token), or with \
+--data-dir from the database file through SQLite's online backup API. The file is \
+written under a temporary name, synced and renamed: there is never a partial file under \
+the final name, and on any error (a full disk too) the temporary file is removed and the \
+exit status is not 0.")]
+    Backup(BackupArgs),
+    /// Restore the database from a backup (checked before anything is touched)
+    #[command(
+        long_about = "Restore the database from a backup made by opampctl backup. \
+The checksum (FILE.sha256, when present), SQLite integrity and schema version are checked \
+first; nothing is touched if any check fails. Through the API the running server keeps \
+the current database aside and asks every agent to report its full state; with \
+--data-dir the daemon must be stopped, and the current database is moved aside as \
+opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
+    )]
+    Restore(RestoreArgs),
+    /// Show opampd's log, from the API or the supervisor's log
+    Logs(LogsArgs),
+    /// Restart opampd through its supervisor, then wait for ready and agents
+    Restart(RestartArgs),
+    /// Run every diagnostic check, each with a verdict and a remedy
+    Doctor(DoctorArgs),
+    /// Focused diagnostics for one runbook problem
+    #[command(subcommand)]
+    Troubleshoot(TroubleshootCmd),
+    /// Database statistics and maintenance
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Prometheus alerting rules for opampd
+    #[command(subcommand)]
+    Alerts(AlertsCmd),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+    /// Print the man page, or write all man pages to a directory
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// Poll /health/ready until it answers 200 (or --timeout passes)
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentsCmd {
+    /// List agents
+    List(AgentsListArgs),
+    /// Show one agent
+    Show {
+        /// Instance uid (UUID)
+        uid: String,
+    },
+    /// Set or remove server-side labels: k=v sets, k- removes
+    Label {
+        /// Instance uid (UUID)
+        uid: String,
+        /// k=v to set a label, k- to remove it
+        #[arg(required = true, value_name = "LABEL")]
+        labels: Vec<String>,
+    },
+    /// Delete an agent from the inventory
+    Delete {
+        /// Instance uid (UUID)
+        uid: String,
+        /// Delete even if the agent is connected (it comes back at its next message)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Ask a connected agent to restart
+    Restart {
+        /// Instance uid (UUID)
+        uid: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AgentsListArgs {
+    /// Label selector: k=v, k!=v, k (present); comma means and
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Only agents with this status
+    #[arg(long, value_enum)]
+    pub status: Option<AgentStatus>,
+    /// Page size (1-1000)
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub limit: usize,
+    /// Follow the pages to the end instead of stopping after the first
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentStatus {
+    Connected,
+    Stale,
+    Disconnected,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Connected => "connected",
+            AgentStatus::Stale => "stale",
+            AgentStatus::Disconnected => "disconnected",
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigsCmd {
+    /// Create or update a configuration from a file (idempotent)
+    Apply(ConfigsApplyArgs),
+    /// List configurations
+    List,
+    /// Show a configuration's newest (or a given) version
+    Show {
+        name: String,
+        /// The version to show
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+    },
+    /// List every version of a configuration
+    History { name: String },
+    /// Show what changed between two versions
+    Diff {
+        name: String,
+        /// Older version [default: the one before --to]
+        #[arg(long, value_name = "N")]
+        from: Option<u64>,
+        /// Newer version [default: the newest]
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+    },
+    /// Make an earlier version's body the newest version again
+    Rollback {
+        name: String,
+        /// The version to go back to [default: the one before the newest]
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+    },
+    /// Delete a configuration and its versions
+    Delete {
+        name: String,
+        /// Delete even if it is rolled out to agents
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigsApplyArgs {
+    /// The configuration file (- for standard input)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Configuration name [default: the file name without its extension]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Which agents get it: k=v, k!=v, k; comma means and
+    #[arg(long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Content type [default: from the extension: .yaml/.yml text/yaml, .json application/json, else text/plain]
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Description of the configuration
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCmd {
+    /// Start rolling a version out (the newest by default)
+    Start {
+        name: String,
+        /// Version to roll out
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+        /// Agents per batch
+        #[arg(long, value_name = "N")]
+        batch_size: Option<u64>,
+        /// Pause the rollout after this many failed agents
+        #[arg(long, value_name = "N")]
+        max_failures: Option<u64>,
+    },
+    /// Show a rollout's progress; exit 0 when completed, 1 when failed or paused
+    Status {
+        name: String,
+        /// Follow the progress until the rollout completes, fails or pauses
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Poll interval of --watch
+        #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+        interval: Duration,
+    },
+    /// Pause a running rollout
+    Pause { name: String },
+    /// Resume a paused rollout
+    Resume { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Directory for the backup files
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Delete backups in --dir older than N days (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)
+    #[arg(long, value_name = "N")]
+    pub retention_days: Option<u64>,
+    /// Read the written file back: checksum, decompression, SQLite integrity and schema
+    #[arg(long)]
+    pub verify: bool,
+    /// Back up the database file in this opampd data directory instead of asking the server
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Backup file: opamp_*.db.gz (or an uncompressed .db)
+    pub file: PathBuf,
+    /// Restore into this data directory of a stopped opampd instead of through the server
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Number of recent lines
+    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
+    pub lines: usize,
+    /// Keep printing new lines
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Minimum level: error, warn, info, debug or trace
+    #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub level: Option<String>,
+    /// Only lines containing this text
+    #[arg(long, value_name = "TEXT")]
+    pub grep: Option<String>,
+    /// Read the supervisor's log instead of the API stream
+    #[arg(long, value_enum, value_name = "SUPERVISOR")]
+    pub via: Option<LogSource>,
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSource {
+    /// journalctl -u opampd
+    Journald,
+    /// docker compose logs opamp-server
+    Compose,
+    /// kubectl logs deploy/opamp-server
+    Kubernetes,
+}
+
+/// Where the supervisor keeps opampd.
+#[derive(Args, Debug, Clone)]
+pub struct SupervisorArgs {
+    /// systemd unit name
+    #[arg(long, default_value = "opampd", value_name = "UNIT")]
+    pub unit: String,
+    /// docker compose file [default: compose's own lookup in the current directory]
+    #[arg(long, value_name = "FILE")]
+    pub compose_file: Option<PathBuf>,
+    /// Kubernetes namespace
+    #[arg(long, default_value = "opamp-platform", value_name = "NS")]
+    pub namespace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// The supervisor that runs opampd
+    #[arg(long, value_enum, default_value_t = Supervisor::Systemd, value_name = "SUPERVISOR")]
+    pub via: Supervisor,
+    /// Print the commands without running anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Validate this opampd config file first (opampd check-config)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// How long to wait for ready and for the agents to come back
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervisor {
+    /// systemctl restart opampd
+    Systemd,
+    /// docker compose restart opamp-server
+    Compose,
+    /// kubectl rollout restart deploy/opamp-server
+    Kubernetes,
+}
+
+/// What the diagnostic checks may look at besides the server.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DoctorArgs {
+    /// opampd config file to validate (opampd check-config)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// opampd data directory on this host: permissions and database (opened read-only)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TLS certificate file (PEM) to check [default: the server's, for an https URL]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// An agent secret to test against the OpAMP endpoint
+    #[arg(
+        long,
+        env = "OPAMPCTL_AGENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub agent_secret: Option<String>,
+    /// Path of the OpAMP endpoint
+    #[arg(long, default_value = "/v1/opamp", value_name = "PATH")]
+    pub opamp_path: String,
+    /// OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp
+    #[arg(long, value_name = "URL")]
+    pub opamp_url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TroubleshootCmd {
+    /// opampd does not start: config, data directory, database, port
+    Startup(DoctorArgs),
+    /// Agents do not connect: OpAMP over HTTP and WebSocket, TLS, agent secret
+    AgentConnect(DoctorArgs),
+    /// Slow API or waits on the database: read pool, slow queries, database size
+    DbPool(DoctorArgs),
+    /// Memory grows: RSS trend and the subsystems that hold memory
+    Memory(MemoryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    /// Number of samples
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    pub samples: u32,
+    /// Time over which the samples are spread
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCmd {
+    /// Size, pages, WAL and rows per table
+    Stats {
+        /// Also run PRAGMA integrity_check (slow on large databases)
+        #[arg(long)]
+        integrity: bool,
+        /// Read the database file in this data directory (read-only) instead of asking the server
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server)
+    Optimize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlertsCmd {
+    /// Print the Prometheus alerting rules (rules.yml)
+    Rules,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// Shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write opampctl.1 and one page per subcommand into this directory
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The clap command: the single source of help, man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Parses `30s`, `5m`, `1h`, `500ms` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 5m, 1h or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit {unit:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+    }
+}

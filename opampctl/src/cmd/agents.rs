@@ -1,0 +1,331 @@
+//! `opampctl agents list|show|label|delete|restart`.
+
+use crate::cli::{AgentsCmd, AgentsListArgs};
+use crate::client::{enc, Client};
+use crate::context::Settings;
+use crate::error::{CtlError, Result};
+use crate::output::{self, status_cell};
+use comfy_table::Cell;
+use opamp_proto::api::{Agent, LabelPatch, Page};
+use reqwest::Method;
+use std::collections::BTreeMap;
+
+pub async fn run(s: &Settings, c: &Client, cmd: AgentsCmd) -> Result<()> {
+    match cmd {
+        AgentsCmd::List(a) => list(s, c, &a).await,
+        AgentsCmd::Show { uid } => show(s, c, &uid).await,
+        AgentsCmd::Label { uid, labels } => label(s, c, &uid, &labels).await,
+        AgentsCmd::Delete { uid, force } => delete(s, c, &uid, force).await,
+        AgentsCmd::Restart { uid } => restart(s, c, &uid).await,
+    }
+}
+
+fn path_uid(uid: &str) -> Result<String> {
+    let u = uid.trim();
+    if u.is_empty() {
+        return Err(CtlError::usage("the agent uid is empty"));
+    }
+    Ok(enc(u))
+}
+
+/// Fetches agents: one page, or every page with `all`.
+pub async fn fetch(
+    c: &Client,
+    selector: Option<&str>,
+    status: Option<&str>,
+    limit: usize,
+    all: bool,
+) -> Result<Page<Agent>> {
+    if limit == 0 || limit > 1000 {
+        return Err(CtlError::usage(format!(
+            "--limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = format!("/api/v1/agents?limit={limit}");
+        if let Some(sel) = selector {
+            q.push_str(&format!("&selector={}", enc(sel)));
+        }
+        if let Some(st) = status {
+            q.push_str(&format!("&status={st}"));
+        }
+        if let Some(cur) = &cursor {
+            q.push_str(&format!("&cursor={}", enc(cur)));
+        }
+        let page: Page<Agent> = c.get(&q).await?;
+        items.extend(page.items);
+        if !all || page.next_cursor.is_none() {
+            return Ok(Page {
+                items,
+                next_cursor: page.next_cursor,
+                total: page.total,
+            });
+        }
+        cursor = page.next_cursor;
+    }
+}
+
+fn attr(a: &Agent, key: &str) -> String {
+    a.identifying_attributes
+        .get(key)
+        .or_else(|| a.non_identifying_attributes.get(key))
+        .map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+fn config_of(a: &Agent) -> String {
+    let rc = &a.remote_config;
+    match (&rc.name, rc.version) {
+        (Some(n), Some(v)) => format!("{n}@{v} {}", rc.status),
+        (Some(n), None) => format!("{n} {}", rc.status),
+        _ => "-".into(),
+    }
+}
+
+fn labels_text(l: &BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn list_table(s: &Settings, agents: &[Agent], wide: bool) -> String {
+    let mut header = vec![
+        "INSTANCE UID",
+        "SERVICE",
+        "STATUS",
+        "TRANSPORT",
+        "CONFIG",
+        "LAST SEEN",
+    ];
+    if wide {
+        header.extend(["VERSION", "HOST", "HEALTH", "LABELS", "REMOTE ADDR"]);
+    }
+    let mut t = output::table(s, &header);
+    for a in agents {
+        let mut row = vec![
+            Cell::new(&a.instance_uid),
+            Cell::new(a.service_name().unwrap_or("-")),
+            status_cell(s, &a.status),
+            Cell::new(&a.transport),
+            Cell::new(config_of(a)),
+            Cell::new(output::age(&a.last_seen)),
+        ];
+        if wide {
+            let health = match &a.health {
+                Some(h) if h.healthy => "healthy".to_string(),
+                Some(h) => format!("unhealthy: {}", h.last_error),
+                None => "-".into(),
+            };
+            row.extend([
+                Cell::new(attr(a, "service.version")),
+                Cell::new(attr(a, "host.name")),
+                Cell::new(health),
+                Cell::new(labels_text(&a.labels)),
+                Cell::new(a.remote_addr.as_deref().unwrap_or("-")),
+            ]);
+        }
+        t.add_row(row);
+    }
+    output::render(&t)
+}
+
+async fn list(s: &Settings, c: &Client, a: &AgentsListArgs) -> Result<()> {
+    let page = fetch(
+        c,
+        a.selector.as_deref(),
+        a.status.map(|st| st.as_str()),
+        a.limit,
+        a.all,
+    )
+    .await?;
+    output::show(s, &page, |wide| {
+        if page.items.is_empty() {
+            return String::new();
+        }
+        list_table(s, &page.items, wide)
+    })?;
+    if s.human() {
+        if page.items.is_empty() {
+            output::info(s, "no agents match");
+        } else if page.next_cursor.is_some() {
+            output::info(
+                s,
+                format!(
+                    "showing {} of {} agents: pass --all for every page, or --limit",
+                    page.items.len(),
+                    page.total
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn show_text(a: &Agent) -> String {
+    let mut lines = vec![
+        format!("instance_uid:  {}", a.instance_uid),
+        format!("status:        {}", a.status),
+        format!("transport:     {}", a.transport),
+        format!("remote_addr:   {}", a.remote_addr.as_deref().unwrap_or("-")),
+        format!("first_seen:    {}", a.first_seen),
+        format!(
+            "last_seen:     {} ({})",
+            a.last_seen,
+            output::age(&a.last_seen)
+        ),
+        format!("sequence_num:  {}", a.sequence_num),
+        format!("labels:        {}", labels_text(&a.labels)),
+        "identifying_attributes:".to_string(),
+    ];
+    for (k, v) in &a.identifying_attributes {
+        lines.push(format!(
+            "  {k}: {}",
+            v.as_str().map_or(v.to_string(), str::to_owned)
+        ));
+    }
+    lines.push("non_identifying_attributes:".into());
+    for (k, v) in &a.non_identifying_attributes {
+        lines.push(format!(
+            "  {k}: {}",
+            v.as_str().map_or(v.to_string(), str::to_owned)
+        ));
+    }
+    lines.push(format!("capabilities:  {}", a.capabilities.join(", ")));
+    match &a.health {
+        Some(h) => lines.push(format!(
+            "health:        {} {}{}",
+            if h.healthy { "healthy" } else { "unhealthy" },
+            h.status,
+            if h.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" (last error: {})", h.last_error)
+            }
+        )),
+        None => lines.push("health:        -".into()),
+    }
+    lines.push(format!(
+        "effective_config_hash: {}",
+        a.effective_config_hash.as_deref().unwrap_or("-")
+    ));
+    let rc = &a.remote_config;
+    lines.push(format!(
+        "remote_config: {} status={}{}",
+        config_of(a),
+        rc.status,
+        rc.error
+            .as_deref()
+            .map(|e| format!(" error={e}"))
+            .unwrap_or_default()
+    ));
+    lines.join("\n")
+}
+
+async fn show(s: &Settings, c: &Client, uid: &str) -> Result<()> {
+    let a: Agent = c.get(&format!("/api/v1/agents/{}", path_uid(uid)?)).await?;
+    output::show(s, &a, |_| show_text(&a))
+}
+
+/// Parses `k=v` (set) and `k-` (remove) arguments.
+pub fn parse_labels(args: &[String]) -> Result<LabelPatch> {
+    let mut labels = BTreeMap::new();
+    for a in args {
+        if let Some((k, v)) = a.split_once('=') {
+            if k.trim().is_empty() {
+                return Err(CtlError::usage(format!(
+                    "label {a:?} has no key: use key=value to set, key- to remove"
+                )));
+            }
+            labels.insert(k.trim().to_string(), Some(v.to_string()));
+        } else if let Some(k) = a.strip_suffix('-').filter(|k| !k.is_empty()) {
+            labels.insert(k.trim().to_string(), None);
+        } else {
+            return Err(CtlError::usage(format!(
+                "label {a:?} is neither key=value (set) nor key- (remove)"
+            )));
+        }
+    }
+    Ok(LabelPatch { labels })
+}
+
+async fn label(s: &Settings, c: &Client, uid: &str, args: &[String]) -> Result<()> {
+    let patch = parse_labels(args)?;
+    let (_, a): (_, Agent) = c
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/agents/{}/labels", path_uid(uid)?),
+            &patch,
+        )
+        .await?;
+    if s.human() {
+        output::info(
+            s,
+            format!(
+                "agent {} labeled: {}",
+                a.instance_uid,
+                labels_text(&a.labels)
+            ),
+        );
+        Ok(())
+    } else {
+        output::machine(s, &a)
+    }
+}
+
+async fn delete(s: &Settings, c: &Client, uid: &str, force: bool) -> Result<()> {
+    let mut path = format!("/api/v1/agents/{}", path_uid(uid)?);
+    if force {
+        path.push_str("?force=true");
+    }
+    c.call(Method::DELETE, &path).await?;
+    if s.human() {
+        output::info(s, format!("agent {uid} deleted"));
+        Ok(())
+    } else {
+        output::machine(
+            s,
+            &serde_json::json!({"instance_uid": uid, "deleted": true}),
+        )
+    }
+}
+
+async fn restart(s: &Settings, c: &Client, uid: &str) -> Result<()> {
+    let v = c
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{}/restart", path_uid(uid)?),
+        )
+        .await?;
+    if s.human() {
+        let delivery = v["delivery"].as_str().unwrap_or("sent");
+        output::info(s, format!("restart of agent {uid}: {delivery}"));
+        Ok(())
+    } else {
+        output::machine(s, &v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_arguments() {
+        let p = parse_labels(&["env=prod".into(), "team-".into(), "x=".into()]).unwrap();
+        assert_eq!(p.labels["env"], Some("prod".into()));
+        assert_eq!(p.labels["team"], None);
+        assert_eq!(p.labels["x"], Some(String::new()));
+        assert!(parse_labels(&["bare".into()]).is_err());
+        assert!(parse_labels(&["=v".into()]).is_err());
+        assert!(parse_labels(&["-".into()]).is_err());
+    }
+}

@@ -1,0 +1,451 @@
+//! `opampctl backup [--dir DIR] [--retention-days N] [--verify] [--data-dir DIR]`.
+//!
+//! The backup is `opamp_YYYYmmdd_HHMMSS.db.gz` (UTC) plus
+//! `opamp_YYYYmmdd_HHMMSS.db.gz.sha256` in sha256sum format. Both are written
+//! under hidden temporary names in the same directory, synced, then renamed:
+//! a file under a final name is always complete. Any error removes the
+//! temporary files and exits non-zero.
+
+use crate::cli::BackupArgs;
+use crate::client::Client;
+use crate::context::Settings;
+use crate::error::{CtlError, Result};
+use crate::localdb;
+use crate::output;
+use flate2::write::GzEncoder;
+use reqwest::Method;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Result of a backup; the JSON of `-o json`.
+#[derive(Debug, Serialize)]
+pub struct BackupReport {
+    pub file: String,
+    pub sha256_file: String,
+    pub sha256: String,
+    /// Size of the compressed file.
+    pub bytes: u64,
+    /// Size of the database snapshot before compression.
+    pub database_bytes: u64,
+    pub schema_version: Option<u32>,
+    /// `server` (through the API) or `local` (--data-dir).
+    pub source: String,
+    pub verified: bool,
+    pub pruned: Vec<String>,
+}
+
+/// Removes the listed files when dropped, unless disarmed.
+pub struct Cleanup(pub Vec<PathBuf>);
+
+impl Cleanup {
+    pub fn disarm(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A writer that hashes and counts what passes through.
+struct Hashing<W: Write> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The gzip file being written and its checksum.
+struct GzOut {
+    enc: GzEncoder<Hashing<std::fs::File>>,
+    raw: u64,
+    head: Vec<u8>,
+}
+
+impl GzOut {
+    fn create(path: &Path) -> std::io::Result<GzOut> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(GzOut {
+            enc: GzEncoder::new(
+                Hashing {
+                    inner: f,
+                    hash: Sha256::new(),
+                    bytes: 0,
+                },
+                flate2::Compression::default(),
+            ),
+            raw: 0,
+            head: Vec::with_capacity(16),
+        })
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if self.head.len() < 16 {
+            let take = (16 - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
+        self.raw += chunk.len() as u64;
+        self.enc.write_all(chunk)
+    }
+
+    /// Finishes the stream and syncs the file; returns (sha256 hex, compressed bytes).
+    fn finish(self) -> std::io::Result<(String, u64, u64, Vec<u8>)> {
+        let mut h = self.enc.finish()?;
+        h.flush()?;
+        h.inner.sync_all()?;
+        Ok((hex::encode(h.hash.finalize()), h.bytes, self.raw, self.head))
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> CtlError {
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => {
+            " (the disk or the file size limit is full: free space or choose another --dir)"
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            " (no permission: run as the user that owns the directory, or choose another --dir)"
+        }
+        _ => "",
+    };
+    CtlError::failed(format!("{what} {} failed: {e}{hint}", path.display()))
+}
+
+/// Syncs a directory, so renames in it survive a crash.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Whether `name` is a backup file name (or its checksum) this tool writes;
+/// returns the timestamp in it.
+pub fn backup_time(name: &str) -> Option<chrono::NaiveDateTime> {
+    let stem = name
+        .strip_suffix(".sha256")
+        .unwrap_or(name)
+        .strip_prefix("opamp_")?
+        .strip_suffix(".db.gz")?;
+    let bytes = stem.as_bytes();
+    if bytes.len() != 15
+        || bytes[8] != b'_'
+        || !bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 8 || b.is_ascii_digit())
+    {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%d_%H%M%S").ok()
+}
+
+/// Deletes backups (and their .sha256) in `dir` older than `days`, judged
+/// by the time in their names; never `keep`.
+pub fn prune(dir: &Path, days: u64, keep: &[&str]) -> Result<Vec<String>> {
+    let cutoff = chrono::Utc::now().naive_utc() - chrono::Duration::days(days as i64);
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for name in names {
+        if keep.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(t) = backup_time(&name) else {
+            continue;
+        };
+        if t < cutoff {
+            let p = dir.join(&name);
+            std::fs::remove_file(&p).map_err(|e| io_err("removing old backup", &p, e))?;
+            removed.push(p.display().to_string());
+        }
+    }
+    Ok(removed)
+}
+
+/// Checks a written backup: checksum, decompression, integrity, schema.
+pub fn verify(file: &Path, expected_sha: &str, scratch_dir: &Path) -> Result<u32> {
+    let mut f = std::fs::File::open(file).map_err(|e| io_err("reading", file, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err("reading", file, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got = hex::encode(h.finalize());
+    if got != expected_sha {
+        return Err(CtlError::failed(format!(
+            "verification of {} failed: its sha256 is {got}, expected {expected_sha}",
+            file.display()
+        )));
+    }
+    let tmp = scratch_dir.join(format!(".opampctl-verify-{}.db", std::process::id()));
+    let _cleanup = Cleanup(vec![tmp.clone()]);
+    gunzip_to(file, &tmp)?;
+    localdb::check_db(&tmp)
+        .map_err(|e| CtlError::failed(format!("verification of {} failed: {e}", file.display())))
+}
+
+/// Decompresses a .gz file to `dest` (a new file).
+pub fn gunzip_to(src: &Path, dest: &Path) -> Result<u64> {
+    let f = std::fs::File::open(src).map_err(|e| io_err("reading", src, e))?;
+    let mut dec = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| io_err("creating", dest, e))?;
+    let n = std::io::copy(&mut dec, &mut out).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput
+            || e.kind() == std::io::ErrorKind::InvalidData
+            || e.kind() == std::io::ErrorKind::UnexpectedEof
+        {
+            CtlError::failed(format!(
+                "{} is not a complete gzip file ({e}): it is truncated or damaged",
+                src.display()
+            ))
+        } else {
+            io_err("decompressing to", dest, e)
+        }
+    })?;
+    out.sync_all().map_err(|e| io_err("writing", dest, e))?;
+    Ok(n)
+}
+
+pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
+    let dir = &a.dir;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("creating --dir", dir, e))?;
+    } else if !dir.is_dir() {
+        return Err(CtlError::usage(format!(
+            "--dir {} is not a directory",
+            dir.display()
+        )));
+    }
+    // A backup in the same second as the previous one waits for the next second.
+    let mut tries = 0;
+    let (stamp, name, final_path, sha_name, sha_path) = loop {
+        let stamp = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
+        let name = format!("opamp_{stamp}.db.gz");
+        let final_path = dir.join(&name);
+        let sha_name = format!("{name}.sha256");
+        let sha_path = dir.join(&sha_name);
+        if !final_path.exists() && !sha_path.exists() {
+            break (stamp, name, final_path, sha_name, sha_path);
+        }
+        tries += 1;
+        if tries > 3 {
+            return Err(CtlError::failed(format!(
+                "{} already exists: is another backup writing to {}?",
+                final_path.display(),
+                dir.display()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    };
+    let pid = std::process::id();
+    let tmp = dir.join(format!(".{name}.tmp-{pid}"));
+    let sha_tmp = dir.join(format!(".{sha_name}.tmp-{pid}"));
+    let raw_tmp = dir.join(format!(".opamp_{stamp}.db.tmp-{pid}"));
+    let mut cleanup = Cleanup(vec![tmp.clone(), sha_tmp.clone(), raw_tmp.clone()]);
+
+    let mut out = GzOut::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+    let (source, server_schema) = match &a.data_dir {
+        Some(data_dir) => {
+            let db = data_dir.join("opamp.db");
+            localdb::online_backup(&db, &raw_tmp).map_err(CtlError::failed)?;
+            let mut f =
+                std::fs::File::open(&raw_tmp).map_err(|e| io_err("reading", &raw_tmp, e))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(|e| io_err("reading", &raw_tmp, e))?;
+                if n == 0 {
+                    break;
+                }
+                out.write(&buf[..n])
+                    .map_err(|e| io_err("writing", &tmp, e))?;
+            }
+            let _ = std::fs::remove_file(&raw_tmp);
+            ("local", None)
+        }
+        None => {
+            let mut resp = c
+                .send(c.stream_request(Method::GET, "/api/v1/admin/backup"))
+                .await?;
+            let expected = resp.content_length();
+            let schema = resp
+                .headers()
+                .get("x-opampd-schema-version")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            let bar = s.progress().then(|| {
+                let b = indicatif::ProgressBar::new(expected.unwrap_or(0));
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "backup {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            let mut got = 0u64;
+            loop {
+                let chunk = resp.chunk().await.map_err(|e| {
+                    CtlError::failed(format!(
+                        "the backup stream from {} broke off after {got} bytes: {e}",
+                        c.base
+                    ))
+                })?;
+                let Some(chunk) = chunk else { break };
+                got += chunk.len() as u64;
+                out.write(&chunk).map_err(|e| io_err("writing", &tmp, e))?;
+                if let Some(b) = &bar {
+                    b.set_position(got);
+                }
+            }
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if let Some(exp) = expected {
+                if exp != got {
+                    return Err(CtlError::failed(format!(
+                        "the backup stream from {} ended after {got} of {exp} bytes; nothing was kept",
+                        c.base
+                    )));
+                }
+            }
+            ("server", schema)
+        }
+    };
+    let (sha, bytes, raw, head) = out.finish().map_err(|e| io_err("writing", &tmp, e))?;
+    if head.as_slice() != localdb::SQLITE_MAGIC.as_slice() {
+        return Err(CtlError::failed(
+            "the snapshot is not a SQLite database (wrong header); nothing was kept",
+        ));
+    }
+    // The checksum file first (under its temporary name), then both renames.
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&sha_tmp)
+            .map_err(|e| io_err("creating", &sha_tmp, e))?;
+        f.write_all(format!("{sha}  {name}\n").as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io_err("writing", &sha_tmp, e))?;
+    }
+    std::fs::rename(&tmp, &final_path).map_err(|e| io_err("renaming to", &final_path, e))?;
+    cleanup.0.push(final_path.clone());
+    std::fs::rename(&sha_tmp, &sha_path).map_err(|e| io_err("renaming to", &sha_path, e))?;
+    sync_dir(dir);
+    cleanup.disarm();
+
+    let mut schema_version = server_schema;
+    let mut verified = false;
+    if a.verify {
+        let v = match verify(&final_path, &sha, dir) {
+            Ok(v) => v,
+            Err(e) => {
+                // A backup that fails verification is not kept under the backup name.
+                let _ = std::fs::remove_file(&final_path);
+                let _ = std::fs::remove_file(&sha_path);
+                return Err(e);
+            }
+        };
+        if let Some(sv) = server_schema {
+            if sv != v {
+                return Err(CtlError::failed(format!(
+                    "verification of {}: schema version {v} differs from the server's {sv}",
+                    final_path.display()
+                )));
+            }
+        }
+        schema_version = Some(v);
+        verified = true;
+    }
+    let pruned = match a.retention_days {
+        Some(days) => prune(dir, days, &[name.as_str(), sha_name.as_str()])?,
+        None => Vec::new(),
+    };
+    let report = BackupReport {
+        file: final_path.display().to_string(),
+        sha256_file: sha_path.display().to_string(),
+        sha256: sha,
+        bytes,
+        database_bytes: raw,
+        schema_version,
+        source: source.into(),
+        verified,
+        pruned,
+    };
+    if s.quiet {
+        return Ok(());
+    }
+    if s.human() {
+        output::out(&report.file);
+        eprintln!(
+            "backup written: {} ({} compressed from {}{}), checksum in {}",
+            report.file,
+            output::bytes(report.bytes),
+            output::bytes(report.database_bytes),
+            if verified { ", verified" } else { "" },
+            report.sha256_file
+        );
+        for p in &report.pruned {
+            eprintln!("pruned {p}");
+        }
+        Ok(())
+    } else {
+        output::machine(s, &report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_backup_names_match() {
+        assert!(backup_time("opamp_20240102_030405.db.gz").is_some());
+        assert!(backup_time("opamp_20240102_030405.db.gz.sha256").is_some());
+        for bad in [
+            "opamp_20240102_030405.db",
+            "opamp_20240102_030405.db.gz.bak",
+            "xopamp_20240102_030405.db.gz",
+            "opamp_2024010_030405.db.gz",
+            "opamp_20241399_030405.db.gz",
+            ".opamp_20240102_030405.db.gz.tmp-1",
+            "opamp_latest.db.gz",
+        ] {
+            assert!(backup_time(bad).is_none(), "{bad}");
+        }
+    }
+}

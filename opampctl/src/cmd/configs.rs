@@ -1,0 +1,381 @@
+//! `opampctl configs apply|list|show|history|diff|rollback|delete`.
+
+use crate::cli::{ConfigsApplyArgs, ConfigsCmd};
+use crate::client::{enc, Client};
+use crate::context::Settings;
+use crate::error::{CtlError, Result};
+use crate::output;
+use comfy_table::Cell;
+use opamp_proto::api::{
+    ConfigDiff, ConfigVersion, Configuration, ConfigurationInput, RollbackRequest,
+};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use std::io::Read;
+use std::path::Path;
+
+pub async fn run(s: &Settings, c: &Client, cmd: ConfigsCmd) -> Result<()> {
+    match cmd {
+        ConfigsCmd::Apply(a) => apply(s, c, &a).await,
+        ConfigsCmd::List => list(s, c).await,
+        ConfigsCmd::Show { name, version } => show(s, c, &name, version).await,
+        ConfigsCmd::History { name } => history(s, c, &name).await,
+        ConfigsCmd::Diff { name, from, to } => diff(s, c, &name, from, to).await,
+        ConfigsCmd::Rollback { name, to } => rollback(s, c, &name, to).await,
+        ConfigsCmd::Delete { name, force } => delete(s, c, &name, force).await,
+    }
+}
+
+fn base(name: &str) -> Result<String> {
+    if name.trim().is_empty() {
+        return Err(CtlError::usage("the configuration name is empty"));
+    }
+    Ok(format!("/api/v1/configurations/{}", enc(name)))
+}
+
+/// Content type from a file name's extension.
+pub fn content_type_for(path: &Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("yaml" | "yml") => "text/yaml",
+        Some("json") => "application/json",
+        Some("toml") => "application/toml",
+        _ => "text/plain",
+    }
+}
+
+async fn apply(s: &Settings, c: &Client, a: &ConfigsApplyArgs) -> Result<()> {
+    let stdin = a.file.as_os_str() == "-";
+    let body = if stdin {
+        let mut b = String::new();
+        std::io::stdin().read_to_string(&mut b).map_err(|e| {
+            CtlError::usage(format!(
+                "cannot read the configuration from standard input: {e}"
+            ))
+        })?;
+        b
+    } else {
+        std::fs::read_to_string(&a.file).map_err(|e| {
+            CtlError::usage(format!(
+                "cannot read the configuration file {}: {e}",
+                a.file.display()
+            ))
+        })?
+    };
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None if stdin => return Err(CtlError::usage("-f - (standard input) needs --name NAME")),
+        None => a
+            .file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_owned)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                CtlError::usage(format!(
+                    "cannot take a configuration name from {}: pass --name NAME",
+                    a.file.display()
+                ))
+            })?,
+    };
+    let content_type = a
+        .content_type
+        .clone()
+        .unwrap_or_else(|| content_type_for(&a.file).to_string());
+    let input = ConfigurationInput {
+        name: name.clone(),
+        body,
+        content_type: Some(content_type),
+        selector: a.selector.clone(),
+        description: a.description.clone(),
+    };
+    let (status, cfg): (_, Configuration) = c
+        .send_json(Method::POST, "/api/v1/configurations", &input)
+        .await?;
+    let result = cfg.result.clone().unwrap_or_else(|| {
+        if status.as_u16() == 201 {
+            "created".into()
+        } else {
+            "unchanged".into()
+        }
+    });
+    if s.human() {
+        let word = if result == "unchanged" {
+            "unchanged"
+        } else {
+            "configured"
+        };
+        if !s.quiet {
+            output::out(&format!(
+                "configuration/{} {word} (version {}, {result})",
+                cfg.name, cfg.version
+            ));
+        }
+        if word == "configured" {
+            output::info(
+                s,
+                format!(
+                    "saved only: distribute it with `opampctl rollout start {}`",
+                    cfg.name
+                ),
+            );
+        }
+        Ok(())
+    } else {
+        output::machine(s, &cfg)
+    }
+}
+
+/// The items of a list reply, paginated (`{"items": …}`) or a bare array.
+async fn list_all<T: DeserializeOwned>(c: &Client, path: &str) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let p = match &cursor {
+            Some(cur) => format!("{path}{sep}cursor={}", enc(cur)),
+            None => path.to_string(),
+        };
+        let v: serde_json::Value = c.get(&p).await?;
+        let (items, next) = match v {
+            serde_json::Value::Array(a) => (a, None),
+            mut obj => (
+                obj["items"]
+                    .as_array_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
+                obj["next_cursor"].as_str().map(str::to_owned),
+            ),
+        };
+        for i in items {
+            out.push(serde_json::from_value(i).map_err(|e| {
+                CtlError::failed(format!(
+                    "opampd's reply to {path} is not what this opampctl expects ({e})"
+                ))
+            })?);
+        }
+        match next {
+            Some(n) if cursor.as_deref() != Some(n.as_str()) => cursor = Some(n),
+            _ => return Ok(out),
+        }
+    }
+}
+
+async fn list(s: &Settings, c: &Client) -> Result<()> {
+    let items: Vec<Configuration> = list_all(c, "/api/v1/configurations").await?;
+    output::show(s, &items, |wide| {
+        if items.is_empty() {
+            return String::new();
+        }
+        let mut header = vec!["NAME", "VERSION", "ROLLED OUT", "SELECTOR", "UPDATED"];
+        if wide {
+            header.extend(["CONTENT TYPE", "HASH", "BY", "DESCRIPTION"]);
+        }
+        let mut t = output::table(s, &header);
+        for cfg in &items {
+            let mut row = vec![
+                Cell::new(&cfg.name),
+                Cell::new(cfg.version),
+                Cell::new(cfg.rolled_out_version.map_or("-".into(), |v| v.to_string())),
+                Cell::new(if cfg.selector.is_empty() {
+                    "(all)"
+                } else {
+                    &cfg.selector
+                }),
+                Cell::new(output::age(&cfg.updated_at)),
+            ];
+            if wide {
+                row.extend([
+                    Cell::new(&cfg.content_type),
+                    Cell::new(&cfg.hash[..cfg.hash.len().min(12)]),
+                    Cell::new(cfg.created_by.as_deref().unwrap_or("-")),
+                    Cell::new(&cfg.description),
+                ]);
+            }
+            t.add_row(row);
+        }
+        output::render(&t)
+    })?;
+    if s.human() && items.is_empty() {
+        output::info(
+            s,
+            "no configurations: create one with `opampctl configs apply -f FILE`",
+        );
+    }
+    Ok(())
+}
+
+async fn show(s: &Settings, c: &Client, name: &str, version: Option<u64>) -> Result<()> {
+    let b = base(name)?;
+    let v: ConfigVersion = match version {
+        Some(n) => c.get(&format!("{b}/versions/{n}")).await?,
+        None => {
+            let cfg: Configuration = c.get(&b).await?;
+            match cfg.body {
+                Some(body) => ConfigVersion {
+                    name: cfg.name,
+                    version: cfg.version,
+                    hash: cfg.hash,
+                    content_type: cfg.content_type,
+                    body,
+                    created_at: cfg.updated_at,
+                    created_by: cfg.created_by,
+                    note: None,
+                },
+                None => c.get(&format!("{b}/versions/{}", cfg.version)).await?,
+            }
+        }
+    };
+    output::show(s, &v, |_| {
+        let mut text = format!(
+            "# {} version {} ({}, sha256 {}, {} by {})\n",
+            v.name,
+            v.version,
+            v.content_type,
+            v.hash,
+            v.created_at,
+            v.created_by.as_deref().unwrap_or("-")
+        );
+        text.push_str(&v.body);
+        text
+    })
+}
+
+async fn history(s: &Settings, c: &Client, name: &str) -> Result<()> {
+    let b = base(name)?;
+    let items: Vec<ConfigVersion> = list_all(c, &format!("{b}/versions")).await?;
+    output::show(s, &items, |wide| {
+        let mut header = vec!["VERSION", "HASH", "CREATED", "BY", "NOTE"];
+        if wide {
+            header.push("CONTENT TYPE");
+        }
+        let mut t = output::table(s, &header);
+        for v in &items {
+            let mut row = vec![
+                Cell::new(v.version),
+                Cell::new(&v.hash[..v.hash.len().min(12)]),
+                Cell::new(&v.created_at),
+                Cell::new(v.created_by.as_deref().unwrap_or("-")),
+                Cell::new(v.note.as_deref().unwrap_or("")),
+            ];
+            if wide {
+                row.push(Cell::new(&v.content_type));
+            }
+            t.add_row(row);
+        }
+        output::render(&t)
+    })
+}
+
+async fn diff(
+    s: &Settings,
+    c: &Client,
+    name: &str,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> Result<()> {
+    let mut q = Vec::new();
+    if let Some(f) = from {
+        q.push(format!("from={f}"));
+    }
+    if let Some(t) = to {
+        q.push(format!("to={t}"));
+    }
+    let mut path = format!("{}/diff", base(name)?);
+    if !q.is_empty() {
+        path.push('?');
+        path.push_str(&q.join("&"));
+    }
+    let d: ConfigDiff = c.get(&path).await?;
+    output::show(s, &d, |_| {
+        if d.diff.trim().is_empty() {
+            return format!(
+                "# {} versions {} and {} have the same body",
+                d.name, d.from, d.to
+            );
+        }
+        if !s.color {
+            return d.diff.trim_end().to_string();
+        }
+        d.diff
+            .lines()
+            .map(|l| {
+                if l.starts_with("+++") || l.starts_with("---") {
+                    format!("\x1b[1m{l}\x1b[0m")
+                } else if l.starts_with('+') {
+                    format!("\x1b[32m{l}\x1b[0m")
+                } else if l.starts_with('-') {
+                    format!("\x1b[31m{l}\x1b[0m")
+                } else if l.starts_with("@@") {
+                    format!("\x1b[36m{l}\x1b[0m")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+async fn rollback(s: &Settings, c: &Client, name: &str, to: Option<u64>) -> Result<()> {
+    let (_, v): (_, serde_json::Value) = c
+        .send_json(
+            Method::POST,
+            &format!("{}/rollback", base(name)?),
+            &RollbackRequest { version: to },
+        )
+        .await?;
+    if s.human() {
+        let version = v["version"]
+            .as_u64()
+            .map_or("?".to_string(), |n| n.to_string());
+        output::info(
+            s,
+            format!(
+                "configuration/{name} rolled back{}: now version {version}",
+                to.map(|t| format!(" to the body of version {t}"))
+                    .unwrap_or_default()
+            ),
+        );
+        if v.get("state").is_none() {
+            output::info(
+                s,
+                format!("distribute it with `opampctl rollout start {name}` if it is not rolled out yet"),
+            );
+        }
+        Ok(())
+    } else {
+        output::machine(s, &v)
+    }
+}
+
+async fn delete(s: &Settings, c: &Client, name: &str, force: bool) -> Result<()> {
+    let mut path = base(name)?;
+    if force {
+        path.push_str("?force=true");
+    }
+    c.call(Method::DELETE, &path).await?;
+    if s.human() {
+        output::info(s, format!("configuration/{name} deleted"));
+        Ok(())
+    } else {
+        output::machine(s, &serde_json::json!({"name": name, "deleted": true}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_from_extensions() {
+        assert_eq!(content_type_for(Path::new("a/otel.yaml")), "text/yaml");
+        assert_eq!(content_type_for(Path::new("x.YML")), "text/yaml");
+        assert_eq!(content_type_for(Path::new("x.json")), "application/json");
+        assert_eq!(content_type_for(Path::new("x")), "text/plain");
+    }
+}

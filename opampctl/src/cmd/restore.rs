@@ -1,0 +1,313 @@
+//! `opampctl restore FILE [--data-dir DIR] [--yes]`.
+//!
+//! Checks come first and touch nothing: the checksum (FILE.sha256 beside the
+//! file, when present), decompression, SQLite integrity, schema version.
+//! Then either the running server restores it (POST /api/v1/admin/restore),
+//! or, with --data-dir and the daemon stopped, the current database is kept
+//! aside and the restored file renamed into place.
+
+use super::backup::{gunzip_to, sync_dir, Cleanup};
+use crate::cli::RestoreArgs;
+use crate::client::Client;
+use crate::context::Settings;
+use crate::error::{CtlError, Result};
+use crate::localdb;
+use crate::output;
+use opamp_proto::api::RestoreReport;
+use reqwest::Method;
+use sha2::{Digest, Sha256};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Reads the expected sha256 from `FILE.sha256` (sha256sum format), if present.
+fn expected_checksum(file: &Path) -> Result<Option<String>> {
+    let sum = PathBuf::from(format!("{}.sha256", file.display()));
+    let text = match std::fs::read_to_string(&sum) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(CtlError::usage(format!(
+                "cannot read the checksum file {}: {e}",
+                sum.display()
+            )))
+        }
+    };
+    let hex = text.split_whitespace().next().unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CtlError::usage(format!(
+            "{} is not a sha256sum line (\"<64 hex digits>  FILE\"): fix or remove it",
+            sum.display()
+        )));
+    }
+    Ok(Some(hex.to_ascii_lowercase()))
+}
+
+fn sha256_of(file: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(file)
+        .map_err(|e| CtlError::usage(format!("cannot read {}: {e}", file.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| CtlError::failed(format!("reading {}: {e}", file.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn is_gzip(file: &Path) -> Result<bool> {
+    let mut head = [0u8; 2];
+    let n = std::fs::File::open(file)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| CtlError::usage(format!("cannot read {}: {e}", file.display())))?;
+    Ok(n == 2 && head == [0x1f, 0x8b])
+}
+
+/// Checks the backup and writes the plain database to `dest`; returns its schema version.
+pub fn prepare(s: &Settings, file: &Path, dest: &Path) -> Result<u32> {
+    if !file.is_file() {
+        return Err(CtlError::usage(format!(
+            "backup file {} does not exist",
+            file.display()
+        )));
+    }
+    match expected_checksum(file)? {
+        Some(expected) => {
+            let got = sha256_of(file)?;
+            if got != expected {
+                return Err(CtlError::failed(format!(
+                    "{} does not match its checksum file {}.sha256 (sha256 {got}, expected {expected}): the backup is damaged or incomplete; nothing was changed",
+                    file.display(),
+                    file.display()
+                )));
+            }
+            output::info(s, format!("checksum ok: {}", file.display()));
+        }
+        None => output::warn(format!(
+            "no {}.sha256 beside the backup: the checksum cannot be checked (integrity is still checked)",
+            file.display()
+        )),
+    }
+    if is_gzip(file)? {
+        gunzip_to(file, dest)
+            .map_err(|e| CtlError::failed(format!("{}; nothing was changed", e.message)))?;
+    } else {
+        std::fs::copy(file, dest).map_err(|e| {
+            CtlError::failed(format!(
+                "cannot copy {} to {}: {e}",
+                file.display(),
+                dest.display()
+            ))
+        })?;
+    }
+    let v = localdb::check_db(dest).map_err(|e| {
+        CtlError::failed(format!(
+            "{} cannot be restored: {e}; nothing was changed",
+            file.display()
+        ))
+    })?;
+    output::info(
+        s,
+        format!("integrity ok, schema version {v}: {}", file.display()),
+    );
+    Ok(v)
+}
+
+fn confirm(a: &RestoreArgs, what: &str) -> Result<()> {
+    if a.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CtlError::usage(format!(
+            "{what}: pass --yes to confirm (standard input is not a terminal to ask)"
+        )));
+    }
+    eprint!("{what}. Continue? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(CtlError::failed("not confirmed; nothing was changed"))
+    }
+}
+
+pub async fn run(s: &Settings, c: &Client, a: &RestoreArgs) -> Result<()> {
+    match &a.data_dir {
+        Some(dir) => offline(s, c, a, dir).await,
+        None => online(s, c, a).await,
+    }
+}
+
+async fn online(s: &Settings, c: &Client, a: &RestoreArgs) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!(".opampctl-restore-{}.db", std::process::id()));
+    let _cleanup = Cleanup(vec![tmp.clone()]);
+    prepare(s, &a.file, &tmp)?;
+    confirm(
+        a,
+        &format!(
+            "this replaces the database of {} with {} (the current one is kept aside on the server)",
+            c.base,
+            a.file.display()
+        ),
+    )?;
+    let f = tokio::fs::File::open(&tmp)
+        .await
+        .map_err(|e| CtlError::failed(format!("cannot read {}: {e}", tmp.display())))?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let req = c
+        .stream_request(Method::POST, "/api/v1/admin/restore")
+        .header(reqwest::header::CONTENT_TYPE, "application/vnd.sqlite3")
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(reqwest::Body::from(f));
+    let resp = c.send(req).await?;
+    let report: RestoreReport = resp.json().await.map_err(|e| {
+        CtlError::failed(format!(
+            "the server restored the database but its reply is unexpected ({e}); check `opampctl health`"
+        ))
+    })?;
+    if s.quiet {
+        return Ok(());
+    }
+    if s.human() {
+        output::out(&format!(
+            "restored {} into {}: schema version {}, previous database kept as {} (on the server); {} connected agents asked to report their full state",
+            a.file.display(),
+            c.base,
+            report.schema_version,
+            report.kept_aside,
+            report.agents_notified
+        ));
+        Ok(())
+    } else {
+        output::machine(s, &report)
+    }
+}
+
+/// Says why the daemon is considered running, if it is.
+async fn daemon_running(c: &Client, db: &Path) -> Result<Option<String>> {
+    let mut reasons = Vec::new();
+    match localdb::held_by_another_process(db) {
+        Ok(true) => reasons.push(format!(
+            "{} is open in another process (a running opampd holds it)",
+            db.display()
+        )),
+        Ok(false) => {}
+        Err(e) => {
+            return Err(CtlError::failed(format!(
+                "cannot tell whether opampd holds the database: {e}"
+            )))
+        }
+    }
+    if crate::context::is_local_url(&c.base) {
+        let live = c
+            .send_any(c.request(Method::GET, "/health/live"))
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if live {
+            reasons.push(format!("opampd answers at {}/health/live", c.base));
+        }
+    }
+    Ok((!reasons.is_empty()).then(|| reasons.join("; and ")))
+}
+
+async fn offline(s: &Settings, c: &Client, a: &RestoreArgs, dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(CtlError::usage(format!(
+            "--data-dir {} is not a directory",
+            dir.display()
+        )));
+    }
+    let db = dir.join("opamp.db");
+    let ts = chrono::Utc::now().format("%Y%m%d_%H%M%S");
+    let incoming = dir.join(format!(".opamp.db.restore-{}", std::process::id()));
+    let mut cleanup = Cleanup(vec![incoming.clone()]);
+    prepare(s, &a.file, &incoming)?;
+    if let Some(why) = daemon_running(c, &db).await? {
+        return Err(CtlError::failed(format!(
+            "opampd is running: {why}. Stop it first (e.g. `systemctl stop opampd`), or restore through the API by leaving out --data-dir; nothing was changed"
+        )));
+    }
+    confirm(
+        a,
+        &format!("this replaces {} with {}", db.display(), a.file.display()),
+    )?;
+    let aside = dir.join(format!("opamp.db.before-restore-{ts}"));
+    if db.exists() {
+        if aside.exists() {
+            return Err(CtlError::failed(format!(
+                "{} already exists: retry in a second",
+                aside.display()
+            )));
+        }
+        // The WAL goes into the file first, so the kept copy is the whole database.
+        localdb::checkpoint_and_close(&db)
+            .map_err(|e| CtlError::failed(format!("{e}; nothing was changed")))?;
+        for ext in ["-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{ext}", db.display()));
+            if p.exists() {
+                std::fs::remove_file(&p)
+                    .map_err(|e| CtlError::failed(format!("cannot remove {}: {e}", p.display())))?;
+            }
+        }
+        // Keep the current database: a hard link (or a copy), never a move,
+        // so opamp.db exists at every moment.
+        if std::fs::hard_link(&db, &aside).is_err() {
+            std::fs::copy(&db, &aside).map_err(|e| {
+                CtlError::failed(format!(
+                    "cannot keep the current database as {}: {e}; nothing was changed",
+                    aside.display()
+                ))
+            })?;
+        }
+        // The restored file gets the owner and mode of the one it replaces.
+        if let Ok(meta) = std::fs::metadata(&db) {
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::os::unix::fs::chown(&incoming, Some(meta.uid()), Some(meta.gid()));
+            let _ = std::fs::set_permissions(&incoming, meta.permissions());
+        }
+    }
+    std::fs::rename(&incoming, &db).map_err(|e| {
+        CtlError::failed(format!(
+            "cannot move the restored database into {}: {e}",
+            db.display()
+        ))
+    })?;
+    sync_dir(dir);
+    cleanup.disarm();
+    let report = RestoreReport {
+        kept_aside: if aside.exists() {
+            aside.display().to_string()
+        } else {
+            String::new()
+        },
+        schema_version: localdb::check_db(&db).unwrap_or(0),
+        restored_schema_version: localdb::check_db(&db).unwrap_or(0),
+        bytes: std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0),
+        agents_notified: 0,
+    };
+    if s.quiet {
+        return Ok(());
+    }
+    if s.human() {
+        output::out(&format!(
+            "restored {} into {}{}; start opampd (e.g. `systemctl start opampd`): agents reconnect and report their full state",
+            a.file.display(),
+            db.display(),
+            if report.kept_aside.is_empty() {
+                String::new()
+            } else {
+                format!(", previous database kept as {}", report.kept_aside)
+            }
+        ));
+        Ok(())
+    } else {
+        output::machine(s, &report)
+    }
+}

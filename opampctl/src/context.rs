@@ -1,0 +1,344 @@
+//! Resolves the global options into [`Settings`]: flag > environment >
+//! config-file context > default.
+//!
+//! The config file (`OPAMPCTL_CONFIG`, else `$XDG_CONFIG_HOME/opampctl/config.yaml`,
+//! else `~/.config/opampctl/config.yaml`) holds named contexts:
+//!
+//! ```yaml
+//! current-context: prod
+//! contexts:
+//!   prod:
+//!     server: https://opamp.example.com:8080
+//!     token-file: ~/.config/opampctl/prod.token
+//! ```
+
+use crate::cli::{Format, Global};
+use crate::error::{CtlError, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Token files tried, in order, when none is given and the server is on this host.
+pub const DEFAULT_TOKEN_FILES: &[&str] = &["./data/admin.token", "/var/lib/opampd/admin.token"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub current_context: Option<String>,
+    #[serde(default)]
+    pub contexts: BTreeMap<String, ContextEntry>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ContextEntry {
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Everything a command needs to know about where and how to talk and print.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base URL without a trailing slash.
+    pub server: String,
+    pub token: Option<String>,
+    /// Where the token came from, for error messages.
+    pub token_source: String,
+    pub format: Format,
+    pub quiet: bool,
+    pub color: bool,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl Settings {
+    /// Human output (tables, summaries) rather than JSON/YAML.
+    pub fn human(&self) -> bool {
+        matches!(self.format, Format::Table | Format::Wide)
+    }
+
+    /// Progress bars: only on a terminal, never with -q or machine output.
+    pub fn progress(&self) -> bool {
+        self.human() && !self.quiet && std::io::stderr().is_terminal()
+    }
+
+    /// Whether the server is on this host.
+    pub fn server_is_local(&self) -> bool {
+        is_local_url(&self.server)
+    }
+}
+
+fn expand_home(p: &Path) -> PathBuf {
+    match p.to_str().and_then(|s| s.strip_prefix("~/")) {
+        Some(rest) => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(rest),
+            None => p.to_path_buf(),
+        },
+        None => p.to_path_buf(),
+    }
+}
+
+/// The config file's path and whether it was named explicitly.
+fn config_path() -> Option<(PathBuf, bool)> {
+    if let Some(p) = std::env::var_os("OPAMPCTL_CONFIG").filter(|p| !p.is_empty()) {
+        return Some((expand_home(Path::new(&p)), true));
+    }
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
+        return Some((PathBuf::from(x).join("opampctl/config.yaml"), false));
+    }
+    std::env::var_os("HOME").map(|h| (PathBuf::from(h).join(".config/opampctl/config.yaml"), false))
+}
+
+pub fn load_config_file() -> Result<Option<(PathBuf, ConfigFile)>> {
+    let Some((path, explicit)) = config_path() else {
+        return Ok(None);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
+        Err(e) => {
+            return Err(CtlError::usage(format!(
+                "cannot read the opampctl config file {} (OPAMPCTL_CONFIG): {e}",
+                path.display()
+            )))
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(Some((path, ConfigFile::default())));
+    }
+    let cfg: ConfigFile = serde_yaml::from_str(&text).map_err(|e| {
+        CtlError::usage(format!(
+            "opampctl config file {}: {e} (expected current-context and contexts: {{NAME: {{server, token-file, ca-file}}}})",
+            path.display()
+        ))
+    })?;
+    Ok(Some((path, cfg)))
+}
+
+pub fn is_local_url(url: &str) -> bool {
+    let host = url::host(url);
+    matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with("127.")
+}
+
+/// Tiny URL helpers (no URL crate needed for what opampctl does).
+pub mod url {
+    /// `http` or `https` (lowercase); empty when the URL has no scheme.
+    pub fn scheme(url: &str) -> String {
+        url.split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+
+    /// `host:port` part, without user info.
+    pub fn authority(url: &str) -> String {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let auth = rest.split(['/', '?', '#']).next().unwrap_or("");
+        auth.rsplit_once('@').map_or(auth, |(_, a)| a).to_string()
+    }
+
+    /// Host without port or brackets.
+    pub fn host(url: &str) -> String {
+        let a = authority(url);
+        if let Some(rest) = a.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or("").to_string();
+        }
+        a.split(':').next().unwrap_or("").to_ascii_lowercase()
+    }
+
+    /// Port, or the scheme's default.
+    pub fn port(url: &str) -> Option<u16> {
+        let a = authority(url);
+        let after = match a.rfind(']') {
+            Some(i) => &a[i + 1..],
+            None => &a[..],
+        };
+        match after.rsplit_once(':') {
+            Some((_, p)) if !p.is_empty() => p.parse().ok(),
+            _ => match scheme(url).as_str() {
+                "https" | "wss" => Some(443),
+                "http" | "ws" => Some(80),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Checks a server URL given by the user.
+pub fn check_server_url(url: &str, source: &str) -> Result<String> {
+    let trimmed = url.trim().trim_end_matches('/').to_string();
+    let scheme = url::scheme(&trimmed);
+    if scheme != "http" && scheme != "https" {
+        return Err(CtlError::usage(format!(
+            "{source} {url:?} is not an http:// or https:// URL: use e.g. http://127.0.0.1:8080"
+        )));
+    }
+    if url::host(&trimmed).is_empty() {
+        return Err(CtlError::usage(format!(
+            "{source} {url:?} has no host: use e.g. http://127.0.0.1:8080"
+        )));
+    }
+    Ok(trimmed)
+}
+
+fn read_token_file(path: &Path, source: &str) -> Result<String> {
+    let path = expand_home(path);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        CtlError::usage(format!(
+            "cannot read the token file {} ({source}): {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(CtlError::usage(format!(
+            "the token file {} ({source}) is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+fn color_wanted(no_color_flag: bool) -> bool {
+    if no_color_flag {
+        return false;
+    }
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    if std::env::var("TERM").is_ok_and(|t| t == "dumb") {
+        return false;
+    }
+    std::io::stdout().is_terminal()
+}
+
+/// Whether `flag` was given on the command line (not through the environment).
+fn flag_given(flag: &str) -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+}
+
+/// Builds the settings from the parsed global options.
+pub fn resolve(g: &Global) -> Result<Settings> {
+    let file = load_config_file()?;
+    let mut ctx = ContextEntry::default();
+    if let Some((path, cfg)) = &file {
+        let name = g.context.clone().or_else(|| cfg.current_context.clone());
+        if let Some(name) = name {
+            match cfg.contexts.get(&name) {
+                Some(c) => ctx = c.clone(),
+                None => {
+                    let known: Vec<&str> = cfg.contexts.keys().map(String::as_str).collect();
+                    return Err(CtlError::usage(format!(
+                        "context {name:?} is not in {} (contexts there: {})",
+                        path.display(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+            }
+        }
+    } else if let Some(name) = &g.context {
+        return Err(CtlError::usage(format!(
+            "--context {name:?} given but there is no opampctl config file (set OPAMPCTL_CONFIG or create ~/.config/opampctl/config.yaml)"
+        )));
+    }
+    let server = match (&g.server, &ctx.server) {
+        (Some(s), _) => check_server_url(s, "--server")?,
+        (None, Some(s)) => check_server_url(s, "the context's server")?,
+        (None, None) => DEFAULT_SERVER.to_string(),
+    };
+    // A flag beats an environment variable: --token-file on the command line
+    // wins over OPAMPCTL_TOKEN from the environment.
+    let file_flag = flag_given("--token-file");
+    let token_flag = flag_given("--token");
+    let token = g.token.as_ref().filter(|t| !t.trim().is_empty());
+    let (token, token_source) = if let (Some(t), true) = (token, token_flag || !file_flag) {
+        (
+            Some(t.trim().to_string()),
+            "--token / OPAMPCTL_TOKEN".to_string(),
+        )
+    } else if let Some(p) = &g.token_file {
+        (
+            Some(read_token_file(p, "--token-file")?),
+            format!("--token-file {}", p.display()),
+        )
+    } else if let Some(p) = &ctx.token_file {
+        (
+            Some(read_token_file(p, "the context's token-file")?),
+            format!("token-file {}", p.display()),
+        )
+    } else if is_local_url(&server) {
+        DEFAULT_TOKEN_FILES
+            .iter()
+            .find_map(|p| {
+                let t = std::fs::read_to_string(p).ok()?;
+                let t = t.trim().to_string();
+                (!t.is_empty()).then(|| (Some(t), format!("{p} (default lookup)")))
+            })
+            .unwrap_or((None, "none".to_string()))
+    } else {
+        (None, "none".to_string())
+    };
+    Ok(Settings {
+        server,
+        token,
+        token_source,
+        format: g.output,
+        quiet: g.quiet,
+        color: color_wanted(g.no_color),
+        ca_file: g.ca_file.clone().or(ctx.ca_file.map(|p| expand_home(&p))),
+        timeout: g.request_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parts() {
+        assert_eq!(url::host("http://127.0.0.1:8080/x"), "127.0.0.1");
+        assert_eq!(url::port("http://127.0.0.1:8080/x"), Some(8080));
+        assert_eq!(url::port("https://example.com"), Some(443));
+        assert_eq!(url::host("http://[::1]:9/"), "::1");
+        assert_eq!(url::port("http://[::1]:9/"), Some(9));
+        assert!(is_local_url("http://localhost:1"));
+        assert!(!is_local_url("https://opamp.example.com"));
+    }
+
+    #[test]
+    fn server_urls_are_checked() {
+        assert_eq!(
+            check_server_url("http://h:1/", "--server").unwrap(),
+            "http://h:1"
+        );
+        assert!(check_server_url("h:1", "--server")
+            .unwrap_err()
+            .message
+            .contains("not an http"));
+    }
+
+    #[test]
+    fn config_file_parses_contexts() {
+        let c: ConfigFile = serde_yaml::from_str(
+            "current-context: a\ncontexts:\n  a:\n    server: http://x:1\n    token-file: /t\n",
+        )
+        .unwrap();
+        assert_eq!(c.contexts["a"].server.as_deref(), Some("http://x:1"));
+        assert!(serde_yaml::from_str::<ConfigFile>("contexts:\n  a:\n    sever: x\n").is_err());
+    }
+}

@@ -1,0 +1,264 @@
+//! SQLite files on this host: online backups, integrity and schema checks,
+//! and telling whether a daemon holds a database.
+//!
+//! A database opampd has open is only ever read here, through the online
+//! backup API or read-only connections; writes happen only to files opampd
+//! does not hold (checked with [`held_by_another_process`]).
+
+use opamp_proto::api::{DbStats, DB_SCHEMA_VERSION};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The 16-byte header every SQLite 3 database starts with.
+pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+fn open_ro(path: &Path) -> Result<Connection, String> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {} as a SQLite database: {e}", path.display()))?;
+    let _ = c.busy_timeout(Duration::from_secs(5));
+    Ok(c)
+}
+
+/// Copies the database at `src` to the new file `dest` as one consistent
+/// snapshot (SQLite online backup API, allowed while opampd writes).
+pub fn online_backup(src: &Path, dest: &Path) -> Result<(), String> {
+    if !src.is_file() {
+        return Err(format!(
+            "{} does not exist: is --data-dir the opampd data directory?",
+            src.display()
+        ));
+    }
+    let s = open_ro(src)?;
+    let mut d =
+        Connection::open(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    {
+        let b = rusqlite::backup::Backup::new(&s, &mut d)
+            .map_err(|e| format!("cannot start the online backup of {}: {e}", src.display()))?;
+        b.step(-1)
+            .map_err(|e| format!("online backup of {} failed: {e}", src.display()))?;
+    }
+    d.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(|e| format!("finishing {}: {e}", dest.display()))?;
+    d.close()
+        .map_err(|(_, e)| format!("finishing {}: {e}", dest.display()))?;
+    Ok(())
+}
+
+/// Checks a database file: SQLite header, integrity, opampd schema version.
+/// Returns the schema version.
+pub fn check_db(path: &Path) -> Result<u32, String> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if n < 16 || &head != SQLITE_MAGIC {
+        return Err("it is not a SQLite database (wrong file header)".into());
+    }
+    let c = open_ro(path)?;
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| format!("it is damaged or truncated: {e}"))?;
+    if check != "ok" {
+        return Err(format!("it fails SQLite's integrity check: {check}"));
+    }
+    let version: u32 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read its schema version: {e}"))?;
+    if version == 0 {
+        return Err("it is not an opampd database (no schema version)".into());
+    }
+    let has_agents: bool = c
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| format!("it cannot be read: {e}"))?;
+    if !has_agents {
+        return Err("it is not an opampd database (no agents table)".into());
+    }
+    if version > DB_SCHEMA_VERSION {
+        return Err(format!(
+            "its schema version {version} is newer than this opampctl knows ({DB_SCHEMA_VERSION}): use the opampctl and opampd of the release that wrote it"
+        ));
+    }
+    Ok(version)
+}
+
+/// Whether another process has the database open (a running opampd).
+///
+/// In WAL mode every open connection holds a shared lock on the file, so an
+/// exclusive-locking-mode transaction cannot start while opampd runs, even
+/// when it is idle.
+pub fn held_by_another_process(db: &Path) -> Result<bool, String> {
+    if !db.exists() {
+        return Ok(false);
+    }
+    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    c.busy_timeout(Duration::from_millis(300))
+        .map_err(|e| e.to_string())?;
+    let attempt = (|| -> rusqlite::Result<()> {
+        c.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        c.execute_batch("BEGIN EXCLUSIVE")?;
+        c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        c.execute_batch("COMMIT")?;
+        Ok(())
+    })();
+    match attempt {
+        Ok(()) => Ok(false),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(format!("cannot lock {}: {e}", db.display())),
+    }
+}
+
+/// Folds the WAL into the database file and leaves it in rollback-journal
+/// mode, so the file alone is the whole database (no -wal/-shm to carry).
+pub fn checkpoint_and_close(db: &Path) -> Result<(), String> {
+    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    c.busy_timeout(Duration::from_millis(500))
+        .map_err(|e| e.to_string())?;
+    let (busy, _, _): (i64, i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(|e| format!("checkpoint of {} failed: {e}", db.display()))?;
+    if busy != 0 {
+        return Err(format!(
+            "checkpoint of {} could not finish: another process uses the database",
+            db.display()
+        ));
+    }
+    let _: String = c
+        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+        .map_err(|e| format!("cannot leave WAL mode on {}: {e}", db.display()))?;
+    c.close()
+        .map_err(|(_, e)| format!("closing {}: {e}", db.display()))?;
+    Ok(())
+}
+
+/// Statistics of a database file, read-only (like the server's db stats).
+pub fn stats(db: &Path, integrity: bool) -> Result<DbStats, String> {
+    if !db.is_file() {
+        return Err(format!(
+            "{} does not exist: is --data-dir the opampd data directory?",
+            db.display()
+        ));
+    }
+    let c = open_ro(db)?;
+    let q = |sql: &str| -> Result<i64, String> {
+        c.query_row(sql, [], |r| r.get(0))
+            .map_err(|e| format!("{sql}: {e}"))
+    };
+    let mut tables = std::collections::BTreeMap::new();
+    let mut stmt = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .map_err(|e| e.to_string())?;
+    let names: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(|e| e.to_string())?
+        .filter_map(|r| r.ok())
+        .collect();
+    for t in names {
+        let n = q(&format!(
+            "SELECT COUNT(*) FROM \"{}\"",
+            t.replace('"', "\"\"")
+        ))?;
+        tables.insert(t, n as u64);
+    }
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    Ok(DbStats {
+        path: db.display().to_string(),
+        schema_version: q("PRAGMA user_version")? as u32,
+        page_size: q("PRAGMA page_size")? as u64,
+        page_count: q("PRAGMA page_count")? as u64,
+        freelist_count: q("PRAGMA freelist_count")? as u64,
+        size_bytes: std::fs::metadata(db).map(|m| m.len()).unwrap_or(0),
+        wal_bytes: std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0),
+        tables,
+        integrity: if integrity {
+            Some(
+                c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+                    .map_err(|e| format!("integrity_check: {e}"))?,
+            )
+        } else {
+            None
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opampd_like(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        let _: String = c
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .unwrap();
+        c.execute_batch(&format!(
+            "CREATE TABLE agents (uid TEXT PRIMARY KEY); INSERT INTO agents VALUES ('a'); PRAGMA user_version = {DB_SCHEMA_VERSION};"
+        ))
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn an_idle_open_connection_holds_the_database() {
+        let dir = tempfile_dir();
+        let db = dir.join("opamp.db");
+        let c = opampd_like(&db);
+        c.query_row("SELECT count(*) FROM agents", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        assert!(held_by_another_process(&db).unwrap());
+        drop(c);
+        assert!(!held_by_another_process(&db).unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn backups_check_and_bad_files_are_named() {
+        let dir = tempfile_dir();
+        let db = dir.join("opamp.db");
+        let _c = opampd_like(&db);
+        let copy = dir.join("copy.db");
+        online_backup(&db, &copy).unwrap();
+        assert_eq!(check_db(&copy), Ok(DB_SCHEMA_VERSION));
+        let junk = dir.join("junk.db");
+        std::fs::write(&junk, b"definitely not sqlite").unwrap();
+        assert!(check_db(&junk)
+            .unwrap_err()
+            .contains("not a SQLite database"));
+        let bytes = std::fs::read(&copy).unwrap();
+        let cut = dir.join("cut.db");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(check_db(&cut).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "opampctl-localdb-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

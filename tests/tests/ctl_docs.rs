@@ -1,0 +1,200 @@
+//! Generated files stay fresh: completions/ and man/ are what the clap
+//! definition produces; man pages pass `mandoc -T lint`; bash loads the
+//! completion; the operator guide covers every subcommand.
+//!
+//! Regenerate after changing opampctl's flags:
+//!   cargo build -p opampctl
+//!   target/debug/opampctl man --dir man
+//!   target/debug/opampctl completions bash > completions/opampctl.bash
+//!   target/debug/opampctl completions zsh > completions/_opampctl
+//!   target/debug/opampctl completions fish > completions/opampctl.fish
+
+use opamp_tests::{ctl_env, root, stderr, stdout};
+use std::path::Path;
+use std::process::Command;
+
+const REGENERATE: &str = "regenerate with the commands at the top of tests/tests/ctl_docs.rs";
+
+fn tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("OPAMP_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+            panic!("{name} is required (OPAMP_REQUIRE_TOOLS=1): run scripts/test-deps.sh");
+        }
+        println!("SKIPPED: {name} is not installed (scripts/test-deps.sh installs it)");
+    }
+    found
+}
+
+#[test]
+fn completions_are_fresh() {
+    for (file, shell) in [
+        ("opampctl.bash", "bash"),
+        ("_opampctl", "zsh"),
+        ("opampctl.fish", "fish"),
+    ] {
+        let o = ctl_env(&["completions", shell], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let committed = std::fs::read(root().join("completions").join(file))
+            .unwrap_or_else(|e| panic!("completions/{file}: {e}; {REGENERATE}"));
+        assert!(
+            committed == o.stdout,
+            "completions/{file} is stale; {REGENERATE}"
+        );
+    }
+}
+
+#[test]
+fn man_pages_are_fresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = ctl_env(&["man", "--dir", tmp.path().to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("opampctl") && n.ends_with(".1"))
+            .collect();
+        v.sort();
+        v
+    };
+    let generated = list(tmp.path());
+    assert!(generated.len() > 30, "{generated:?}");
+    assert_eq!(
+        list(&root().join("man")),
+        generated,
+        "man/ has other pages than generated; {REGENERATE}"
+    );
+    for name in &generated {
+        let new = std::fs::read(tmp.path().join(name)).unwrap();
+        let old = std::fs::read(root().join("man").join(name)).unwrap();
+        assert!(new == old, "man/{name} is stale; {REGENERATE}");
+    }
+    // Without --dir: the main page on stdout.
+    let o = ctl_env(&["man"], &[]);
+    assert_eq!(
+        o.stdout,
+        std::fs::read(root().join("man/opampctl.1")).unwrap()
+    );
+}
+
+#[test]
+fn the_main_page_documents_exit_status_environment_and_files() {
+    let page = std::fs::read_to_string(root().join("man/opampctl.1")).unwrap();
+    for needle in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        "OPAMPCTL_SERVER",
+        "OPAMPCTL_TOKEN",
+        "NO_COLOR",
+        "unreachable",
+        "admin.token",
+    ] {
+        assert!(page.contains(needle), "opampctl.1 lacks {needle}");
+    }
+    let sub = std::fs::read_to_string(root().join("man/opampctl-backup.1")).unwrap();
+    assert!(
+        sub.contains("EXIT STATUS") && sub.contains("\\-\\-retention\\-days"),
+        "{sub}"
+    );
+    let daemon = std::fs::read_to_string(root().join("man/opampd.8")).unwrap();
+    for needle in [
+        "OPAMPD_DATA_DIR",
+        "JWT_SECRET_KEY",
+        "SIGHUP",
+        "EXIT STATUS",
+        "database.max_open_conns",
+        "check\\-config",
+    ] {
+        assert!(daemon.contains(needle), "opampd.8 lacks {needle}");
+    }
+}
+
+#[test]
+fn man_pages_pass_mandoc_lint() {
+    if !tool("mandoc") {
+        return;
+    }
+    let mut pages: Vec<String> = std::fs::read_dir(root().join("man"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    pages.sort();
+    let o = Command::new("mandoc")
+        .arg("-T")
+        .arg("lint")
+        .args(&pages)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stdout.is_empty() && o.stderr.is_empty(),
+        "mandoc -T lint:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bash_loads_the_completion() {
+    if !tool("bash") {
+        return;
+    }
+    let o = Command::new("bash")
+        .current_dir(root())
+        .arg("-c")
+        .arg("source completions/opampctl.bash && complete -p opampctl")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("opampctl"), "{}", stdout(&o));
+    // And it completes subcommands.
+    let o = Command::new("bash")
+        .current_dir(root())
+        .arg("-c")
+        .arg("source completions/opampctl.bash; COMP_WORDS=(opampctl ba); COMP_CWORD=1; _opampctl opampctl ba opampctl; printf '%s\\n' \"${COMPREPLY[@]}\"")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).lines().any(|l| l == "backup"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
+
+#[test]
+fn every_subcommand_has_help_and_an_operator_section() {
+    let guide = std::fs::read_to_string(root().join("docs/opampctl.md")).unwrap();
+    let subs = [
+        "health",
+        "agents",
+        "configs",
+        "rollout",
+        "backup",
+        "restore",
+        "logs",
+        "restart",
+        "doctor",
+        "troubleshoot",
+        "db",
+        "alerts",
+        "completions",
+        "man",
+    ];
+    for sub in subs {
+        let o = ctl_env(&[sub, "--help"], &[]);
+        assert!(o.status.success(), "{sub} --help: {}", stderr(&o));
+        assert!(
+            guide.contains(&format!("opampctl {sub}")),
+            "docs/opampctl.md does not show `opampctl {sub}`"
+        );
+    }
+    assert!(guide.contains(
+        "17 3 * * * opampctl -q backup --dir /var/backups/opampd --retention-days 14 --verify"
+    ));
+}
