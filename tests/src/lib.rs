@@ -317,3 +317,39 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Assertions on finished opampctl runs.
+pub mod cli {
+    use super::{stderr, stdout};
+    use serde_json::Value;
+    use std::process::Output;
+
+    /// The exit status (-1 when killed by a signal).
+    pub fn code(o: &Output) -> i32 {
+        o.status.code().unwrap_or(-1)
+    }
+
+    /// Exit 0; returns stdout.
+    #[track_caller]
+    pub fn ok(o: &Output) -> String {
+        assert_eq!(code(o), 0, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+        stdout(o)
+    }
+
+    /// Exit 0 with JSON on stdout.
+    #[track_caller]
+    pub fn json(o: &Output) -> Value {
+        serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+    }
+
+    /// Exit 1 with `needle` on stderr.
+    #[track_caller]
+    pub fn fails(o: &Output, needle: &str) {
+        assert_eq!(code(o), 1, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+        assert!(
+            stderr(o).contains(needle),
+            "expected {needle:?} in:\n{}",
+            stderr(o)
+        );
+    }
+}

@@ -43,9 +43,14 @@ fn concrete(template: &str) -> String {
 async fn every_route_demands_a_token_or_is_knowingly_open() {
     let s = Server::start();
     let paths = router_paths();
-    assert!(paths.len() >= 30, "parsed too few routes from the router source: {paths:?}");
-    let declared: BTreeSet<(String, String)> =
-        opampd::api::ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    assert!(
+        paths.len() >= 30,
+        "parsed too few routes from the router source: {paths:?}"
+    );
+    let declared: BTreeSet<(String, String)> = opampd::api::ROUTES
+        .iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
     let client = reqwest::Client::new();
     let mut protected = BTreeSet::new();
     for path in &paths {
@@ -54,7 +59,10 @@ async fn every_route_demands_a_token_or_is_knowingly_open() {
         }
         for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
             let r = client
-                .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{}", s.url(), concrete(path)))
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    format!("{}{}", s.url(), concrete(path)),
+                )
                 .header("Content-Type", "application/json")
                 .body("{}")
                 .send()
@@ -73,10 +81,17 @@ async fn every_route_demands_a_token_or_is_knowingly_open() {
             }
         }
     }
-    assert_eq!(protected, declared, "ROUTES lists exactly the protected (method, path) pairs");
+    assert_eq!(
+        protected, declared,
+        "ROUTES lists exactly the protected (method, path) pairs"
+    );
     // The open paths really are open, and health never needs a token.
     for path in ["/health", "/health/ready", "/health/live", "/metrics"] {
-        let r = client.get(format!("{}{path}", s.url())).send().await.unwrap();
+        let r = client
+            .get(format!("{}{path}", s.url()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
     }
 }

@@ -1,35 +1,9 @@
 //! `opampctl agents list|show|label|delete|restart` against a real opampd
 //! with real (plain-HTTP) OpAMP agents.
 
+use opamp_tests::cli::{fails, json, ok};
 use opamp_tests::client::{full_report, heartbeat, http_exchange, new_uid, uid_str};
-use opamp_tests::{stderr, stdout, Server};
-use serde_json::Value;
-use std::process::Output;
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert_eq!(code(o), 0, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    stdout(o)
-}
-
-#[track_caller]
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
-}
-
-#[track_caller]
-fn fails(o: &Output, needle: &str) {
-    assert_eq!(code(o), 1, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    assert!(
-        stderr(o).contains(needle),
-        "expected {needle:?} in:\n{}",
-        stderr(o)
-    );
-}
+use opamp_tests::{stderr, Server};
 
 async fn register(s: &Server, service: &str) -> String {
     let uid = new_uid();

@@ -2,6 +2,7 @@
 //! write, checksums, retention, a full disk, damaged backups, and restores
 //! through the API and offline.
 
+use opamp_tests::cli::{code, fails, json, ok};
 use opamp_tests::client::{
     full_report, heartbeat, http_exchange, new_uid, uid_str, ws_connect, ws_exchange,
 };
@@ -11,31 +12,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert_eq!(code(o), 0, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    stdout(o)
-}
-
-#[track_caller]
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
-}
-
-#[track_caller]
-fn fails(o: &Output, needle: &str) {
-    assert_eq!(code(o), 1, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    assert!(
-        stderr(o).contains(needle),
-        "expected {needle:?} in:\n{}",
-        stderr(o)
-    );
-}
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

@@ -2,21 +2,12 @@
 //! 3 unreachable), output formats, quiet mode, contexts and token lookup,
 //! a closed pipe, health.
 
+use opamp_tests::cli::{code, ok};
 use opamp_tests::{bin, ctl_env, free_addr, stderr, stdout, Opts, Server};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert_eq!(code(o), 0, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    stdout(o)
-}
 
 fn json(o: &Output) -> Value {
     serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))

@@ -2,35 +2,11 @@
 //! plain-HTTP agents that apply (or reject) what they are offered.
 
 use opamp_proto::pb;
+use opamp_tests::cli::{code, fails, json, ok};
 use opamp_tests::client::{applied, full_report, heartbeat, http_exchange, new_uid};
 use opamp_tests::{bin, stderr, stdout, Server};
-use serde_json::Value;
-use std::process::{Command, Output, Stdio};
 
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert_eq!(code(o), 0, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    stdout(o)
-}
-
-#[track_caller]
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
-}
-
-#[track_caller]
-fn fails(o: &Output, needle: &str) {
-    assert_eq!(code(o), 1, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    assert!(
-        stderr(o).contains(needle),
-        "expected {needle:?} in:\n{}",
-        stderr(o)
-    );
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn apply_is_idempotent_and_every_version_can_be_read_back() {

@@ -2,6 +2,7 @@
 //! opampd, and with fake systemctl / docker / kubectl / journalctl on PATH
 //! that record their arguments.
 
+use opamp_tests::cli::{code, json, ok};
 use opamp_tests::client::{full_report, http_exchange, new_uid, uid_str};
 use opamp_tests::{bin, ctl_env, stderr, stdout, Opts, Server};
 use serde_json::Value;
@@ -9,21 +10,6 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert_eq!(code(o), 0, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
-    stdout(o)
-}
-
-#[track_caller]
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
-}
 
 /// A directory of fake supervisor programs; each appends `name [arg][arg]…`
 /// to `calls` (one line per run) and may print `output`.
