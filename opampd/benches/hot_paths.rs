@@ -104,7 +104,7 @@ fn benches(c: &mut Criterion) {
             &Ctx {
                 targets: &t,
                 now_ms: 1,
-                remote_addr: Some("127.0.0.1:1"),
+                remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
             },
         );
@@ -116,7 +116,7 @@ fn benches(c: &mut Criterion) {
                 &Ctx {
                     targets: &t,
                     now_ms: 2,
-                    remote_addr: Some("127.0.0.1:1"),
+                    remote_addr: "127.0.0.1:1".parse().ok(),
                     new_uid: None,
                 },
             );

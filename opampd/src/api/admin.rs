@@ -473,7 +473,9 @@ pub async fn memory(State(app): State<Arc<App>>, _: Admin) -> ApiResult<Json<Mem
         agents_bytes += (std::mem::size_of::<Session>()
             + strings
             + s.reported_hash.len()
-            + s.remote_addr.as_ref().map_or(0, |a| a.len())) as u64;
+            + s.remote_addr
+                .map_or(0, |_| std::mem::size_of::<std::net::SocketAddr>()))
+            as u64;
     });
     let connections = app.fleet.connections() as u64;
     let ring: u64 = app

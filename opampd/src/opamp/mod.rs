@@ -191,7 +191,6 @@ pub async fn process(
         [crate::metrics::transport_index(origin.transport == Transport::WebSocket)]
     .fetch_add(1, Ordering::Relaxed);
     let now = now_ms();
-    let remote = origin.remote.to_string();
 
     // Duplicate detection: another live connection (or host) is using this uid.
     if let Some(dup) = app
@@ -241,7 +240,7 @@ pub async fn process(
             &Ctx {
                 targets,
                 now_ms: now,
-                remote_addr: Some(&remote),
+                remote_addr: Some(origin.remote),
                 new_uid: assigned,
             },
         );
@@ -261,18 +260,37 @@ pub async fn process(
             key,
         ));
     };
-    let id = opamp_proto::uid_string(&key);
-    if let Some(mut patch) = out.patch.take() {
-        if connecting {
-            patch.status = Some("connected");
-            patch.transport = Some(origin.transport.as_str());
-            patch.remote_addr = Some(remote.clone());
-        }
-        if out.disconnect {
-            patch.status = Some("disconnected");
-        }
+    let mut patch = out.patch.take();
+    if connecting {
+        let p = patch.get_or_insert_with(|| {
+            let mut p = AgentPatch::new(&opamp_proto::uid_string(&key));
+            p.sequence_num = Some(msg.sequence_num);
+            p.last_seen = Some(now);
+            p
+        });
+        p.status = Some(if out.disconnect {
+            "disconnected"
+        } else {
+            "connected"
+        });
+        p.transport = Some(origin.transport.as_str());
+        p.remote_addr = Some(origin.remote.to_string());
+    }
+    if let Some(patch) = patch {
         app.store.writer().agent(patch);
     }
+    if out.remote_status_changed {
+        // A remote-config status is acknowledged only once it is durable: an
+        // APPLIED the agent saw answered must survive a crash of the server.
+        app.store.writer().flush().await;
+        app.rollout_wakeup.notify_one();
+    }
+    if !(connecting || out.disconnect || assigned.is_some()) {
+        // The common case, a heartbeat: nothing to log or record.
+        return Ok((out, key));
+    }
+    let id = opamp_proto::uid_string(&key);
+    let remote = origin.remote.to_string();
     if connecting && !out.disconnect {
         app.metrics.agent_connects
             [crate::metrics::transport_index(origin.transport == Transport::WebSocket)]
@@ -282,7 +300,7 @@ pub async fn process(
             uid: id.clone(),
             at: now,
             event: "connected",
-            remote_addr: Some(remote.clone()),
+            remote_addr: Some(remote),
             details: Some(origin.transport.as_str().into()),
         });
     }
@@ -291,12 +309,6 @@ pub async fn process(
     }
     if out.disconnect {
         agent_left(app, &key, origin.conn_id, "agent_disconnect");
-    }
-    if out.remote_status_changed {
-        // A remote-config status is acknowledged only once it is durable: an
-        // APPLIED the agent saw answered must survive a crash of the server.
-        app.store.writer().flush().await;
-        app.rollout_wakeup.notify_one();
     }
     Ok((out, key))
 }
@@ -321,12 +333,9 @@ fn is_duplicate(
     match origin.transport {
         Transport::WebSocket => s.conn_id != origin.conn_id && app.fleet.conn_open(s.conn_id),
         Transport::Http => {
-            let ip = |a: &str| a.parse::<SocketAddr>().map(|a| a.ip()).ok();
             s.transport == Transport::Http
                 && s.remote_addr
-                    .as_deref()
-                    .and_then(ip)
-                    .is_some_and(|prev| prev != origin.remote.ip())
+                    .is_some_and(|prev| prev.ip() != origin.remote.ip())
         }
     }
 }
@@ -372,13 +381,13 @@ pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str)
     app.metrics.agent_disconnects
         [crate::metrics::transport_index(s.transport == Transport::WebSocket)]
     .fetch_add(1, Ordering::Relaxed);
-    let remote = s.remote_addr.clone().unwrap_or_default();
-    tracing::info!(uid = %id, remote_addr = %remote, transport = s.transport.as_str(), reason, "agent disconnected");
+    let remote = s.remote_addr.map(|a| a.to_string());
+    tracing::info!(uid = %id, remote_addr = remote.as_deref().unwrap_or(""), transport = s.transport.as_str(), reason, "agent disconnected");
     app.store.writer().event(AgentEvent {
         uid: id,
         at: now_ms(),
         event: "disconnected",
-        remote_addr: s.remote_addr,
+        remote_addr: remote,
         details: Some(reason.into()),
     });
 }

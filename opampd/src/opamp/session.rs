@@ -60,7 +60,7 @@ pub struct Session {
     pub transport: Transport,
     /// Id of the WebSocket connection that carries this agent (0 for HTTP).
     pub conn_id: u64,
-    pub remote_addr: Option<String>,
+    pub remote_addr: Option<std::net::SocketAddr>,
     pub last_seen: i64,
     pub persisted_seen: i64,
     pub restart_pending: bool,
@@ -123,6 +123,7 @@ impl Session {
             s.reported_status = status_code(rs["status"].as_str().unwrap_or("unset"));
         }
         s.persisted_seen = row.last_seen;
+        s.remote_addr = row.remote_addr.as_deref().and_then(|a| a.parse().ok());
         s
     }
 
@@ -223,7 +224,7 @@ fn status_code(name: &str) -> i32 {
 pub struct Ctx<'a> {
     pub targets: &'a Targets,
     pub now_ms: i64,
-    pub remote_addr: Option<&'a str>,
+    pub remote_addr: Option<std::net::SocketAddr>,
     /// A new instance uid assigned in this reply (the session already uses it).
     pub new_uid: Option<[u8; 16]>,
 }
@@ -231,8 +232,15 @@ pub struct Ctx<'a> {
 /// Applies one AgentToServer to the session. `msg.instance_uid` is valid (16 bytes).
 pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcome {
     let mut out = Outcome::default();
-    let uid_str = opamp_proto::uid_string(&s.uid);
-    let mut patch = AgentPatch::new(&uid_str);
+    // Built only when something durable changes: a plain heartbeat costs no
+    // database work (last-seen and sequence numbers are flushed in bulk).
+    let mut patch: Option<AgentPatch> = None;
+    let uid = s.uid;
+    macro_rules! p {
+        () => {
+            patch_for(&mut patch, &uid)
+        };
+    }
     let known = s.seq.is_some();
     let continues = s
         .seq
@@ -241,11 +249,11 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
     s.last_seen = ctx.now_ms;
     if s.disconnected {
         s.disconnected = false;
-        patch.status = Some("connected");
+        p!().status = Some("connected");
     }
-    if s.remote_addr.as_deref() != ctx.remote_addr {
-        s.remote_addr = ctx.remote_addr.map(str::to_owned);
-        patch.remote_addr = s.remote_addr.clone();
+    if s.remote_addr != ctx.remote_addr {
+        s.remote_addr = ctx.remote_addr;
+        p!().remote_addr = s.remote_addr.map(|a| a.to_string());
     }
     if !continues {
         // Whatever was offered before may not have arrived.
@@ -254,7 +262,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
 
     if msg.capabilities != s.capabilities {
         s.capabilities = msg.capabilities;
-        patch.capabilities = Some(msg.capabilities);
+        p!().capabilities = Some(msg.capabilities);
         // Capabilities gate offers: recompute what to offer.
         s.offered_hash = None;
     }
@@ -266,18 +274,20 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         s.identifying_key = identity_key(&identifying);
         s.has_description = true;
         s.desired_epoch = u64::MAX;
-        patch.identifying = Some(Value::Object(identifying).to_string());
-        patch.non_identifying = Some(Value::Object(non_identifying).to_string());
+        let pa = p!();
+        pa.identifying = Some(Value::Object(identifying).to_string());
+        pa.non_identifying = Some(Value::Object(non_identifying).to_string());
     }
     if let Some(h) = &msg.health {
         s.has_health = true;
-        patch.health = Some(health_json(h).to_string());
+        p!().health = Some(health_json(h).to_string());
     }
     if let Some(ec) = &msg.effective_config {
         s.has_effective_config = true;
         let (json, hash) = effective_config_json(ec);
-        patch.effective_config = Some(json.to_string());
-        patch.effective_config_hash = Some(hash);
+        let pa = p!();
+        pa.effective_config = Some(json.to_string());
+        pa.effective_config_hash = Some(hash);
     }
     if let Some(rs) = &msg.remote_config_status {
         s.has_remote_status = true;
@@ -285,7 +295,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
             s.reported_hash != rs.last_remote_config_hash || s.reported_status != rs.status;
         s.reported_hash = rs.last_remote_config_hash.clone();
         s.reported_status = rs.status;
-        patch.remote_status = Some(
+        p!().remote_status = Some(
             json!({
                 "hash": hex::encode(&rs.last_remote_config_hash),
                 "status": status_name(rs.status),
@@ -317,10 +327,6 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
     if !s.has_description || gated_missing || gap_with_omissions {
         flags |= FLAG_REPORT_FULL_STATE;
     }
-    patch.sequence_num = Some(msg.sequence_num);
-    patch.last_seen = Some(ctx.now_ms);
-    s.persisted_seen = ctx.now_ms;
-
     out.new_uid = ctx.new_uid;
 
     let mut reply = pb::ServerToAgent {
@@ -337,7 +343,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
     if msg.agent_disconnect.is_some() {
         out.disconnect = true;
         s.disconnected = true;
-        patch.status = Some("disconnected");
+        p!().status = Some("disconnected");
     } else if s.restart_pending && s.capabilities & ACCEPTS_RESTART_COMMAND != 0 {
         s.restart_pending = false;
         let command = pb::ServerToAgent {
@@ -353,17 +359,35 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
             // Plain HTTP carries one reply: the command goes alone, the rest waits for the next poll.
             Transport::Http => {
                 out.reply = command;
-                out.patch = Some(patch);
+                out.patch = finish(s, patch, msg, ctx);
                 return out;
             }
         }
     } else if let Some(rc) = s.take_offer(ctx.targets) {
-        patch.offered = Some(offered_json(s).to_string());
+        p!().offered = Some(offered_json(s).to_string());
         reply.remote_config = Some(rc);
     }
     out.reply = reply;
-    out.patch = Some(patch);
+    out.patch = finish(s, patch, msg, ctx);
     out
+}
+
+fn patch_for<'a>(patch: &'a mut Option<AgentPatch>, uid: &[u8; 16]) -> &'a mut AgentPatch {
+    patch.get_or_insert_with(|| AgentPatch::new(&opamp_proto::uid_string(uid)))
+}
+
+/// A patch that is written also carries the sequence number and last-seen time.
+fn finish(
+    s: &mut Session,
+    patch: Option<AgentPatch>,
+    msg: &pb::AgentToServer,
+    ctx: &Ctx<'_>,
+) -> Option<AgentPatch> {
+    let mut patch = patch?;
+    patch.sequence_num = Some(msg.sequence_num);
+    patch.last_seen = Some(ctx.now_ms);
+    s.persisted_seen = ctx.now_ms;
+    Some(patch)
 }
 
 /// JSON record of what was offered, for the API and for restarts.
@@ -527,7 +551,7 @@ mod tests {
             &Ctx {
                 targets,
                 now_ms: 1,
-                remote_addr: Some("127.0.0.1:1"),
+                remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
             },
         )
@@ -581,13 +605,18 @@ mod tests {
     }
 
     #[test]
-    fn omitted_description_keeps_attributes() {
+    fn omitted_description_keeps_attributes_and_a_heartbeat_writes_nothing() {
         let t = Targets::default();
         let mut s = Session::new([1; 16], Transport::Http);
-        check(&mut s, full(0, CAPS), &t);
+        assert!(check(&mut s, full(0, CAPS), &t).patch.is_some());
         let out = check(&mut s, heartbeat(1, CAPS), &t);
         assert_eq!(s.lookup("service.name"), Some("a"));
-        assert!(out.patch.unwrap().identifying.is_none());
+        assert!(out.patch.is_none(), "a heartbeat is no database write");
+        assert_eq!(
+            (s.seq, s.last_seen),
+            (Some(1), 1),
+            "kept in memory for the periodic flush"
+        );
     }
 
     #[test]
