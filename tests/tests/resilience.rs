@@ -326,3 +326,187 @@ async fn read_only_data_dir_is_refused_clearly_and_left_intact() {
         "data intact after the refused start"
     );
 }
+
+/// Makes the server's database large (agents with bulky attributes, written
+/// straight into the file while the server is stopped), so that backups and
+/// restores take long enough to be interrupted.
+fn bulk_agents(db: &Path, n: usize) {
+    let mut c = rusqlite::Connection::open(db).unwrap();
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare("INSERT INTO agents (uid, status, identifying, non_identifying, first_seen, last_seen, updated_at) VALUES (?1, 'disconnected', ?2, ?3, 1, 1, 1)")
+            .unwrap();
+        for i in 0..n {
+            let uid = uid_str(&new_uid());
+            let ident = serde_json::json!({"service.name": format!("bulk-{i}")}).to_string();
+            let pad: String = (0..600)
+                .map(|j| char::from(b'a' + ((i * 31 + j * 7) % 26) as u8))
+                .collect();
+            let non = serde_json::json!({"host.name": format!("host-{i}"), "pad": pad}).to_string();
+            st.execute(rusqlite::params![uid, ident, non]).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+fn ctl_spawn(s: &Server, args: &[&str]) -> std::process::Child {
+    Command::new(opamp_tests::bin("opampctl"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OPAMPCTL_SERVER", s.url())
+        .env("OPAMPCTL_TOKEN", s.token())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn final_backups(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("opamp_") && (n.ends_with(".db.gz") || n.ends_with(".sha256"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_during_backup_leaves_no_partial_file_under_the_final_name() {
+    let mut s = Server::start();
+    s.stop();
+    bulk_agents(&s.data_dir().join("opamp.db"), 60_000);
+    s.start_again();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().display().to_string();
+    for delay_ms in [50u64, 200, 500, 900] {
+        let mut child = ctl_spawn(&s, &["-q", "backup", "--dir", &dir]);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        // Anything under a final name must be complete and match its checksum.
+        for p in final_backups(out.path()) {
+            let name = p.display().to_string();
+            if name.ends_with(".db.gz") {
+                let sha = std::fs::read_to_string(format!("{name}.sha256")).unwrap_or_else(|_| {
+                    panic!("{name} exists without its checksum (killed after {delay_ms} ms)")
+                });
+                let data = std::fs::read(&p).unwrap();
+                let digest = sha256_hex(&data);
+                assert!(
+                    sha.starts_with(&digest),
+                    "{name} is partial (killed after {delay_ms} ms)"
+                );
+            }
+        }
+    }
+    // A later backup succeeds and verifies, whatever the killed ones left behind.
+    let done = s.ctl(&["-q", "backup", "--dir", &dir, "--verify"]);
+    assert!(done.status.success(), "{}", opamp_tests::stderr(&done));
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let mut child = out.unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let o = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn kill_during_restore_leaves_a_whole_database_in_place() {
+    let mut s = Server::start();
+    s.stop();
+    let db = s.data_dir().join("opamp.db");
+    bulk_agents(&db, 40_000);
+    s.start_again();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().display().to_string();
+    let made = s.ctl(&["-q", "backup", "--dir", &dir]);
+    assert!(made.status.success(), "{}", opamp_tests::stderr(&made));
+    let backup = final_backups(out.path())
+        .into_iter()
+        .find(|p| p.display().to_string().ends_with(".db.gz"))
+        .unwrap();
+    // A marker agent that exists only after the backup: present means "old database".
+    let marker = new_uid();
+    http_exchange(&s.opamp_url(), &full_report(marker, 0, "marker")).await;
+    wait_for("marker stored", Duration::from_secs(10), || async {
+        agent_listed(&s, &marker).await.then_some(())
+    })
+    .await;
+    let count = |db: &Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM agents", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Online restore, with the server killed in the middle of it.
+    for delay_ms in [100u64, 400] {
+        let mut child = ctl_spawn(
+            &s,
+            &["-q", "restore", &backup.display().to_string(), "--yes"],
+        );
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        s.kill9();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            integrity(&db),
+            "ok",
+            "online restore killed after {delay_ms} ms"
+        );
+        assert!(count(&db) >= 40_000, "a whole database, old or restored");
+        s.start_again();
+    }
+    // Offline restore, with opampctl killed in the middle of it.
+    s.stop();
+    for delay_ms in [50u64, 300, 800] {
+        let mut child = Command::new(opamp_tests::bin("opampctl"))
+            .args([
+                "-q",
+                "--server",
+                "http://127.0.0.1:1",
+                "restore",
+                &backup.display().to_string(),
+                "--yes",
+                "--data-dir",
+            ])
+            .arg(s.data_dir())
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            db.exists(),
+            "the database is in place (killed after {delay_ms} ms)"
+        );
+        assert_eq!(
+            integrity(&db),
+            "ok",
+            "offline restore killed after {delay_ms} ms"
+        );
+        assert!(count(&db) >= 40_000);
+    }
+    s.start_again();
+    let (code, body) = s.get("/api/v1/agents?limit=1").await;
+    assert_eq!(code, 200, "{body}");
+}
