@@ -50,6 +50,7 @@ complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "doctor" -d 'Run e
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "troubleshoot" -d 'Focused diagnostics for one runbook problem'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "db" -d 'Database statistics and maintenance'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "alerts" -d 'Prometheus alerting rules for opampd'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "bench" -d 'Simulate agents against a running opampd and measure it, for sizing'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "man" -d 'Print the man page, or write all man pages to a directory'
 complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l timeout -d 'How long --wait waits' -r
@@ -611,6 +612,36 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_see
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and __fish_seen_subcommand_from rules" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l agents -d 'Number of simulated agents, in total over all processes' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l duration -d 'Measured phase; for rollout and reconnect, the longest wait' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l heartbeat -d 'Heartbeat interval of the agents of hold, rollout and reconnect' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l transport -d 'Transport of hold and status [default: ws; http mode always uses http, rollout and reconnect ws]' -r -f -a "ws\t'WebSocket'
+http\t'Plain HTTP (POST per message)'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l connections -d 'Keep-alive connections of plain-HTTP agents, in total' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l config-bytes -d 'Size of each agent\'s effective config, and of the rolled-out configuration' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l server-pid -d 'opampd\'s process id on this host: measure its memory (VmRSS) and CPU time' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l processes -d 'Worker processes simulating the agents (each one a share of --agents)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l source-ips -d 'Local addresses to connect from, round-robin: a range A-B, a list A,B,C or one address' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l ramp -d 'How fast agents connect, in total: N/s, N/m or N (per second)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l secret -d 'Agent secret, sent as \'Authorization: Bearer SECRET\'' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l opamp-url -d 'OpAMP endpoint (http://, plain listeners only) [default: SERVER/v1/opamp]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l restart-cmd -d 'reconnect: command that restarts opampd, run with sh -c (without it, restart opampd yourself)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l jitter -d 'reconnect: the longest random delay before an agent reconnects' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l gzip -d 'http: send \'Accept-Encoding: gzip\''
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l cleanup -d 'Delete the simulated agents from the inventory afterwards (operator token)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand completions" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

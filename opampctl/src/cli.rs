@@ -200,6 +200,9 @@ opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
     /// Prometheus alerting rules for opampd
     #[command(subcommand)]
     Alerts(AlertsCmd),
+    /// Simulate agents against a running opampd and measure it, for sizing
+    #[command(long_about = BENCH_ABOUT)]
+    Bench(BenchArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Print the man page, or write all man pages to a directory
@@ -538,6 +541,142 @@ pub enum DbCmd {
     Optimize,
 }
 
+/// The man page of `opampctl bench`.
+const BENCH_ABOUT: &str = "\
+Simulate agents against a running opampd and measure what the server spends \
+on them, to size a deployment. Run it against a release build on a test \
+server, not against production: the simulated agents register (service.name \
+opampctl-bench, attribute bench.run=RUN) and stay in the inventory as \
+disconnected unless --cleanup deletes them.\n\n\
+hold: connect --agents WebSocket agents (a full first report with an \
+effective config of --config-bytes, then a heartbeat every --heartbeat, each \
+reply awaited) and hold them for --duration. Reports connect time (p50, p99), \
+heartbeat latency and errors; with --server-pid, the server's RSS before, \
+after connecting and at the end, the RSS per agent (against a freshly \
+started opampd: memory freed by an earlier run stays with the process), \
+whether RSS stays flat (sampled every few seconds) and the server CPU time \
+per heartbeat.\n\n\
+status: agents send a changed health status, wait for the reply and repeat, \
+as fast as possible, for --duration: messages/s, latency p50/p99 and, with \
+--server-pid, server CPU seconds per 1000 messages.\n\n\
+http: agents poll over plain HTTP (uid, sequence number and capabilities; a \
+full report first) through --connections keep-alive connections, as fast as \
+possible: requests/s, latency p50/p99, server CPU seconds per 1000 polls. \
+--gzip sends Accept-Encoding: gzip.\n\n\
+rollout: agents that accept remote configuration answer every offer with \
+APPLIED. A configuration bench-RUN of --config-bytes with the selector \
+bench.run=RUN is created and rolled out (an operator token is needed): the \
+time until every agent received it and until the rollout says all applied. \
+The configuration is deleted afterwards.\n\n\
+reconnect: agents wait for opampd to restart (run --restart-cmd, or restart \
+it yourself within --duration), reconnect at once with a jitter of up to \
+--jitter, send a minimal message and a full report when asked for one: the \
+time until all are back, and the slowest answer of /health/live polled every \
+50 ms meanwhile.\n\n\
+One process holds at most as many connections as its open-file limit allows \
+(opampctl raises its soft limit to the hard limit), and one source address \
+gives about 28,000 ports to one server: --processes P runs P worker \
+processes, each simulating a share of the agents, and --source-ips spreads \
+the connections over local addresses. Every process uses one core. The exit \
+status is 1 when any error occurred.\n\n\
+Example:\n\n\
+opampctl bench hold --agents 15000 --processes 2 --source-ips 127.0.0.1-127.0.0.4 \
+--ramp 2000/s --duration 60s --server-pid $(pidof opampd)";
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to measure
+    #[arg(value_enum)]
+    pub mode: BenchMode,
+    /// Number of simulated agents, in total over all processes
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub agents: usize,
+    /// Measured phase; for rollout and reconnect, the longest wait
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Heartbeat interval of the agents of hold, rollout and reconnect
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub heartbeat: Duration,
+    /// Transport of hold and status [default: ws; http mode always uses http, rollout and reconnect ws]
+    #[arg(long, value_enum, value_name = "TRANSPORT")]
+    pub transport: Option<BenchTransport>,
+    /// Keep-alive connections of plain-HTTP agents, in total
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub connections: usize,
+    /// Size of each agent's effective config, and of the rolled-out configuration
+    #[arg(long, default_value_t = 2048, value_name = "BYTES")]
+    pub config_bytes: usize,
+    /// opampd's process id on this host: measure its memory (VmRSS) and CPU time
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Worker processes simulating the agents (each one a share of --agents)
+    #[arg(long, default_value_t = 1, value_name = "P")]
+    pub processes: usize,
+    /// Local addresses to connect from, round-robin: a range A-B, a list A,B,C or one address
+    #[arg(long, value_name = "IPS")]
+    pub source_ips: Option<String>,
+    /// How fast agents connect, in total: N/s, N/m or N (per second)
+    #[arg(long, default_value = "1000/s", value_parser = parse_rate, value_name = "RATE")]
+    pub ramp: f64,
+    /// Agent secret, sent as 'Authorization: Bearer SECRET'
+    #[arg(
+        long,
+        env = "OPAMPCTL_AGENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub secret: Option<String>,
+    /// OpAMP endpoint (http://, plain listeners only) [default: SERVER/v1/opamp]
+    #[arg(long, value_name = "URL")]
+    pub opamp_url: Option<String>,
+    /// http: send 'Accept-Encoding: gzip'
+    #[arg(long)]
+    pub gzip: bool,
+    /// reconnect: command that restarts opampd, run with sh -c (without it, restart opampd yourself)
+    #[arg(long, value_name = "COMMAND")]
+    pub restart_cmd: Option<String>,
+    /// reconnect: the longest random delay before an agent reconnects
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub jitter: Duration,
+    /// Delete the simulated agents from the inventory afterwards (operator token)
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchMode {
+    /// Idle agents with heartbeats: connect time, RSS per agent, CPU per heartbeat
+    Hold,
+    /// Health-status changes as fast as possible: messages/s, latency, CPU
+    Status,
+    /// Plain-HTTP polls as fast as possible: requests/s, latency, CPU
+    Http,
+    /// Time for a configuration to reach and be applied by every agent
+    Rollout,
+    /// Time for every agent to come back after a server restart
+    Reconnect,
+}
+
+impl BenchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchMode::Hold => "hold",
+            BenchMode::Status => "status",
+            BenchMode::Http => "http",
+            BenchMode::Rollout => "rollout",
+            BenchMode::Reconnect => "reconnect",
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchTransport {
+    /// WebSocket
+    Ws,
+    /// Plain HTTP (POST per message)
+    Http,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AlertsCmd {
     /// Print the Prometheus alerting rules (rules.yml)
@@ -561,6 +700,27 @@ pub struct ManArgs {
 /// The clap command: the single source of help, man pages and completions.
 pub fn command() -> clap::Command {
     Cli::command()
+}
+
+/// Parses a rate: `2000/s`, `600/m` or a plain number per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, per) = match t.split_once('/') {
+        Some((n, u)) => (n.trim(), u.trim()),
+        None => (t, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate: use e.g. 2000/s or 600/m"))?;
+    let per_s = match per {
+        "s" => n,
+        "m" => n / 60.0,
+        _ => return Err(format!("{s:?} has an unknown unit {per:?}: use /s or /m")),
+    };
+    if !per_s.is_finite() || per_s <= 0.0 {
+        return Err(format!("{s:?} is not a rate above 0"));
+    }
+    Ok(per_s)
 }
 
 /// Parses `30s`, `5m`, `1h`, `500ms` or plain seconds.
@@ -608,5 +768,14 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("2000/s"), Ok(2000.0));
+        assert_eq!(parse_rate("600/m"), Ok(10.0));
+        assert_eq!(parse_rate("50"), Ok(50.0));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5/h").unwrap_err().contains("unknown unit"));
     }
 }

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod alerts;
 pub mod backup;
+pub mod bench;
 pub mod configs;
 pub mod db;
 pub mod doctor;
@@ -40,6 +41,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Doctor(a) => doctor::doctor(&s, &c, &a).await,
         Command::Troubleshoot(t) => doctor::troubleshoot(&s, &c, t).await,
         Command::Db(d) => db::run(&s, &c, d).await,
+        Command::Bench(a) => bench::run(&s, &c, &a).await,
         Command::Completions(_) | Command::Man(_) | Command::Alerts(_) => Ok(()),
     }
 }

@@ -220,7 +220,7 @@ pub fn list(conn: &Connection, q: &ListQuery) -> Result<(Vec<AgentRow>, u64)> {
         conds.push(match status.as_str() {
             "connected" => format!("status = 'connected' AND last_seen >= CAST(?{p} AS INTEGER)"),
             "stale" => format!("status = 'connected' AND last_seen < CAST(?{p} AS INTEGER)"),
-            _ => format!("status = 'disconnected' AND ?{p} IS NOT NULL"),
+            _ => format!("status = 'disconnected' AND CAST(?{p} AS INTEGER) IS NOT NULL"),
         });
     }
     let filter = if conds.is_empty() {

@@ -124,6 +124,12 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 2: status filters page in uid order without sorting.
+    r#"
+    DROP INDEX agents_status;
+    CREATE INDEX agents_status_uid ON agents(status, uid);
+    CREATE INDEX agents_status_last_seen ON agents(status, last_seen);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,397 @@
+//! `opampctl bench`: a tiny run of every mode against a real opampd, so the
+//! sizing tool keeps working. The benchmarks themselves are not tests: these
+//! runs only check that agents connect, exchange, and that every number the
+//! mode promises is reported.
+
+use opamp_tests::{bin, ctl_env, free_addr, signal, stderr, stdout, Server};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[track_caller]
+fn json(o: &Output) -> Value {
+    assert_eq!(code(o), 0, "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+}
+
+#[track_caller]
+fn has(v: &Value, fields: &[&str]) {
+    for f in fields {
+        assert!(
+            v.get(f).is_some_and(|x| !x.is_null()),
+            "{f} missing in {v:#}"
+        );
+    }
+}
+
+#[track_caller]
+fn lacks(v: &Value, fields: &[&str]) {
+    for f in fields {
+        assert!(
+            v.get(f).is_none(),
+            "{f} does not belong to {} in {v:#}",
+            v["mode"]
+        );
+    }
+}
+
+#[track_caller]
+fn all_connected(v: &Value, agents: u64) {
+    assert_eq!(v["agents"], agents, "{v:#}");
+    assert_eq!(v["connected"], agents, "{v:#}");
+    assert_eq!(v["errors"], 0, "{v:#}");
+    has(
+        v,
+        &["connect_p50_ms", "connect_p99_ms", "duration_s", "run_id"],
+    );
+}
+
+#[test]
+fn hold_reports_connect_times_memory_and_cpu() {
+    let server = Server::start();
+    let pid = server.pid().to_string();
+    let o = server.ctl(&[
+        "bench",
+        "hold",
+        "--agents",
+        "50",
+        "--duration",
+        "2s",
+        "--heartbeat",
+        "1s",
+        "--server-pid",
+        &pid,
+        "--source-ips",
+        "127.0.0.1-127.0.0.2",
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    assert_eq!(v["mode"], "hold");
+    assert_eq!(v["transport"], "ws");
+    all_connected(&v, 50);
+    has(
+        &v,
+        &[
+            "server_rss_before_kib",
+            "server_rss_after_kib",
+            "server_rss_end_kib",
+            "rss_per_agent_kib",
+            "rss_samples_kib",
+            "rss_flat",
+            "server_cpu_s",
+            "cpu_per_heartbeat_us",
+            "latency_p50_ms",
+            "latency_p99_ms",
+        ],
+    );
+    // One heartbeat per agent and second, for about two seconds.
+    let beats = v["messages"].as_u64().unwrap();
+    assert!((50..=200).contains(&beats), "{v:#}");
+    lacks(
+        &v,
+        &["rollout_received_s", "reconnect_s", "cpu_per_1000_msgs_s"],
+    );
+}
+
+#[test]
+fn status_runs_in_two_worker_processes() {
+    let server = Server::start();
+    let pid = server.pid().to_string();
+    let o = server.ctl(&[
+        "bench",
+        "status",
+        "--agents",
+        "20",
+        "--processes",
+        "2",
+        "--duration",
+        "2s",
+        "--server-pid",
+        &pid,
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    assert_eq!(v["mode"], "status");
+    assert_eq!(v["processes"], 2);
+    all_connected(&v, 20);
+    has(
+        &v,
+        &[
+            "msgs_per_s",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "server_cpu_s",
+            "cpu_per_1000_msgs_s",
+        ],
+    );
+    assert!(v["messages"].as_u64().unwrap() > 20, "{v:#}");
+    assert!(
+        v["latency_p50_ms"].as_f64() <= v["latency_p99_ms"].as_f64(),
+        "{v:#}"
+    );
+    lacks(&v, &["server_rss_before_kib", "rss_per_agent_kib"]);
+}
+
+#[test]
+fn http_polls_over_a_few_keep_alive_connections() {
+    let server = Server::start();
+    let pid = server.pid().to_string();
+    let o = server.ctl(&[
+        "bench",
+        "http",
+        "--agents",
+        "60",
+        "--connections",
+        "4",
+        "--duration",
+        "2s",
+        "--gzip",
+        "--server-pid",
+        &pid,
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    assert_eq!(
+        (v["mode"].as_str(), v["transport"].as_str()),
+        (Some("http"), Some("http"))
+    );
+    all_connected(&v, 60);
+    assert_eq!(v["connections"], 4);
+    assert_eq!(v["gzip"], true);
+    has(
+        &v,
+        &[
+            "msgs_per_s",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "cpu_per_1000_msgs_s",
+        ],
+    );
+    assert!(v["messages"].as_u64().unwrap() > 60, "{v:#}");
+    // The table names the same numbers for people.
+    let o = server.ctl(&["bench", "http", "--agents", "5", "--duration", "1s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("requests/s") && text.contains("latency p99"),
+        "{text}"
+    );
+}
+
+#[test]
+fn rollout_reaches_every_agent_and_leaves_nothing_behind() {
+    let server = Server::start();
+    let o = server.ctl(&[
+        "bench",
+        "rollout",
+        "--agents",
+        "30",
+        "--duration",
+        "20s",
+        "--config-bytes",
+        "512",
+        "--cleanup",
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    all_connected(&v, 30);
+    assert_eq!(v["rollout_received"], 30, "{v:#}");
+    assert_eq!(v["rollout_applied"], 30, "{v:#}");
+    has(
+        &v,
+        &["rollout_received_s", "rollout_applied_s", "configuration"],
+    );
+    let name = v["configuration"].as_str().unwrap();
+    assert!(name.starts_with("bench-"), "{name}");
+    // The configuration is deleted, and --cleanup deleted the agents.
+    let o = server.ctl(&["configs", "show", name]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let selector = format!("bench.run={}", v["run_id"].as_str().unwrap());
+    let o = server.ctl(&["agents", "list", "-l", &selector, "-o", "json"]);
+    let page = json(&o);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page:#}");
+}
+
+/// An opampd this test starts and restarts itself, on a fixed address, as a
+/// supervisor would.
+struct Restartable {
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Restartable {
+    fn pid_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("opampd.pid")
+    }
+
+    fn start(&self) {
+        let data = self.dir.path().join("data");
+        let mut child = Command::new(bin("opampd"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(["--listen", &self.addr, "--data-dir"])
+            .arg(&data)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn opampd");
+        std::fs::write(self.pid_file(), child.id().to_string()).unwrap();
+        // Reap it when the restart script stops it.
+        std::thread::spawn(move || child.wait());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "opampd did not listen on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A script that stops opampd and starts it again on the same address.
+    fn restart_script(&self) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("restart.sh");
+        let data = self.dir.path().join("data");
+        let script = format!(
+            "#!/bin/sh\nold=$(cat '{pid}')\nkill -TERM \"$old\"\nwhile kill -0 \"$old\" 2>/dev/null; do sleep 0.05; done\n\
+             '{bin}' --listen '{addr}' --data-dir '{data}' --log-format json >/dev/null 2>&1 </dev/null &\n\
+             echo $! > '{pid}'\n",
+            pid = self.pid_file().display(),
+            bin = bin("opampd").display(),
+            addr = self.addr,
+            data = data.display(),
+        );
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        let Some(pid) = std::fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if running(pid) {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[test]
+fn reconnect_measures_the_way_back_after_a_restart() {
+    let server = Restartable {
+        dir: tempfile::tempdir().unwrap(),
+        addr: free_addr(),
+    };
+    server.start();
+    let script = server.restart_script();
+    let url = format!("http://{}", server.addr);
+    let o = ctl_env(
+        &[
+            "bench",
+            "reconnect",
+            "--agents",
+            "40",
+            "--duration",
+            "20s",
+            "--jitter",
+            "200ms",
+            "--restart-cmd",
+            &script,
+            "-o",
+            "json",
+        ],
+        &[("OPAMPCTL_SERVER", &url)],
+    );
+    let v = json(&o);
+    assert_eq!(v["mode"], "reconnect");
+    all_connected(&v, 40);
+    assert_eq!(v["back"], 40, "{v:#}");
+    has(
+        &v,
+        &[
+            "reconnect_s",
+            "live_max_ms",
+            "live_probes",
+            "reconnect_attempts",
+        ],
+    );
+    assert!(v["reconnect_s"].as_f64().unwrap() > 0.0, "{v:#}");
+    lacks(&v, &["msgs_per_s", "server_rss_before_kib"]);
+}
+
+#[test]
+fn bad_flags_are_usage_errors_and_a_missing_server_is_unreachable() {
+    let server = [("OPAMPCTL_SERVER", "http://127.0.0.1:1")];
+    for args in [
+        &["bench", "hold", "--agents", "0"][..],
+        &["bench", "http", "--transport", "ws"],
+        &["bench", "hold", "--source-ips", "127.0.0.9-127.0.0.1"],
+        &["bench", "hold", "--ramp", "0/s"],
+        &["bench", "status", "--restart-cmd", "true"],
+        &["bench", "rollout"],
+        &["bench", "hold", "--agents", "2", "--processes", "3"],
+    ] {
+        let o = ctl_env(args, &server);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+    }
+    let o = ctl_env(
+        &["bench", "hold", "--agents", "1", "--duration", "1s"],
+        &server,
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    // A server that takes no WebSocket agents: errors, exit 1.
+    let s = Server::start();
+    let o = s.ctl(&[
+        "bench",
+        "hold",
+        "--agents",
+        "3",
+        "--duration",
+        "1s",
+        "--opamp-url",
+        &format!("{}/not-opamp", s.url()),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["errors"], 3, "{v:#}");
+    assert!(
+        v["error_samples"][0]
+            .as_str()
+            .unwrap()
+            .contains("WebSocket"),
+        "{v:#}"
+    );
+}
