@@ -122,8 +122,12 @@ fn real_main(cli: Cli) -> Result<()> {
     let config = load(&cli)?;
     let ring = LogRing::new(config.log.ring_lines);
     let filter_handle = init_logging(&config, &ring)?;
+    // Blocking threads run database reads, which wait for one of
+    // `database.max_open_conns` connections anyway: more threads only cost
+    // memory (stacks, allocator arenas) during a connection storm.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(config.database.max_open_conns + 8)
         .build()?;
     runtime.block_on(async move {
         let listeners = opampd::Listeners::bind(&config).await?;

@@ -26,8 +26,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_UNSUPPORTED: u16 = 1003;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
-/// Per-connection buffer sizes: small, because most agents are idle.
-const READ_BUFFER: usize = 4 * 1024;
+/// Per-connection buffer sizes: small, because most agents are idle (the read
+/// buffer grows for a larger message when one arrives).
+const READ_BUFFER: usize = 2 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
 pub fn upgrade(app: Arc<App>, remote: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
@@ -71,7 +72,10 @@ async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
                 last_rx = Instant::now();
                 match incoming {
                     Ok(Message::Binary(data)) => {
-                        if !on_binary(&app, &mut socket, &origin, &mut uids, &data).await {
+                        // Boxed: the message path (session rules, store reads, durable acks)
+                        // then lives only while a message is handled, not in every idle
+                        // connection's task.
+                        if !Box::pin(on_binary(&app, &mut socket, &origin, &mut uids, &data)).await {
                             reason = "send failed";
                             break;
                         }
@@ -110,7 +114,8 @@ async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
                     let _ = socket.send(close(code, why)).await;
                     reason = why;
                     // Give the peer a moment to answer the close handshake.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = socket.recv().await {} }).await;
+                    let drain = async { while let Some(Ok(_)) = socket.recv().await {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), Box::pin(drain)).await;
                     break;
                 }
                 None => break,
