@@ -174,7 +174,7 @@ impl Default for DatabaseConfig {
             max_idle_conns: 4,
             conn_max_lifetime: 3600,
             flush_interval_ms: 50,
-            last_seen_flush_seconds: 5,
+            last_seen_flush_seconds: 15,
             busy_timeout_ms: 5000,
             event_retention_days: 30,
             slow_query_ms: 100,

@@ -8,8 +8,10 @@
 use crate::opamp::session::{Session, Transport};
 use dashmap::DashMap;
 use opamp_proto::pb;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// What a WebSocket connection task is asked to send.
 #[derive(Debug)]
@@ -19,10 +21,47 @@ pub enum Outgoing {
     Close(u16, &'static str),
 }
 
+/// Messages waiting for one WebSocket connection's task. Lighter than a
+/// channel (an empty queue allocates nothing), which matters at one per agent.
+#[derive(Default)]
+pub struct ConnQueue {
+    queue: Mutex<VecDeque<Outgoing>>,
+    notify: Notify,
+}
+
+/// Pushes beyond this many pending messages fail (the agent is not reading).
+const QUEUE_MAX: usize = 16;
+
+impl ConnQueue {
+    fn push(&self, msg: Outgoing) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // A close always gets in, so shutdown reaches a stuck connection too.
+        if q.len() >= QUEUE_MAX && !matches!(msg, Outgoing::Close(..)) {
+            return false;
+        }
+        q.push_back(msg);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    pub fn pop(&self) -> Option<Outgoing> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// Resolves when something was pushed (a push before the wait counts).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
 #[derive(Default)]
 pub struct Fleet {
     sessions: DashMap<[u8; 16], Session>,
-    conns: DashMap<u64, mpsc::Sender<Outgoing>>,
+    conns: DashMap<u64, Arc<ConnQueue>>,
     next_conn: AtomicU64,
 }
 
@@ -80,10 +119,11 @@ impl Fleet {
         self.sessions.iter().map(|e| *e.key()).collect()
     }
 
-    pub fn register_conn(&self, tx: mpsc::Sender<Outgoing>) -> u64 {
+    pub fn register_conn(&self) -> (u64, Arc<ConnQueue>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-        self.conns.insert(id, tx);
-        id
+        let queue = Arc::new(ConnQueue::default());
+        self.conns.insert(id, queue.clone());
+        (id, queue)
     }
 
     pub fn unregister_conn(&self, id: u64) {
@@ -101,7 +141,7 @@ impl Fleet {
     /// Queues a message on a connection without waiting; false if it is gone or full.
     pub fn send_to_conn(&self, conn_id: u64, msg: Outgoing) -> bool {
         match self.conns.get(&conn_id) {
-            Some(tx) => tx.try_send(msg).is_ok(),
+            Some(q) => q.push(msg),
             None => false,
         }
     }
@@ -109,7 +149,7 @@ impl Fleet {
     /// Asks every connection to close (shutdown).
     pub fn close_all(&self, code: u16, reason: &'static str) {
         for e in self.conns.iter() {
-            let _ = e.value().try_send(Outgoing::Close(code, reason));
+            e.value().push(Outgoing::Close(code, reason));
         }
     }
 

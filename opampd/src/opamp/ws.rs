@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -45,8 +44,7 @@ pub fn upgrade(app: Arc<App>, remote: SocketAddr, upgrade: WebSocketUpgrade) -> 
 }
 
 async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
-    let conn_id = app.fleet.register_conn(tx);
+    let (conn_id, queue) = app.fleet.register_conn();
     app.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     let ping_every = Duration::from_secs(app.config.opamp.ws_ping_interval_seconds);
     let read_timeout = Duration::from_secs(app.config.opamp.ws_read_timeout_seconds);
@@ -103,23 +101,31 @@ async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
                     }
                 }
             }
-            out = rx.recv() => match out {
-                Some(Outgoing::Message(msg)) => {
-                    if !send(&app, &mut socket, *msg).await {
-                        reason = "send failed";
-                        break;
+            _ = queue.notified() => {
+                let mut stop = None;
+                while let Some(out) = queue.pop() {
+                    match out {
+                        Outgoing::Message(msg) => {
+                            if !send(&app, &mut socket, *msg).await {
+                                stop = Some("send failed");
+                                break;
+                            }
+                        }
+                        Outgoing::Close(code, why) => {
+                            let _ = socket.send(close(code, why)).await;
+                            // Give the peer a moment to answer the close handshake.
+                            let drain = async { while let Some(Ok(_)) = socket.recv().await {} };
+                            let _ = tokio::time::timeout(Duration::from_secs(2), Box::pin(drain)).await;
+                            stop = Some(why);
+                            break;
+                        }
                     }
                 }
-                Some(Outgoing::Close(code, why)) => {
-                    let _ = socket.send(close(code, why)).await;
+                if let Some(why) = stop {
                     reason = why;
-                    // Give the peer a moment to answer the close handshake.
-                    let drain = async { while let Some(Ok(_)) = socket.recv().await {} };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), Box::pin(drain)).await;
                     break;
                 }
-                None => break,
-            },
+            }
             _ = tick.tick() => {
                 let quiet = last_rx.elapsed();
                 if quiet >= read_timeout {

@@ -56,6 +56,11 @@ impl AgentPatch {
         self.last_seen = self.last_seen.max(newer.last_seen);
     }
 
+    /// Only last-seen and sequence number (the periodic flush of a known agent).
+    fn only_liveness(&self) -> bool {
+        !self.changes_state() && self.effective_config_hash.is_none() && self.last_seen.is_some()
+    }
+
     /// Whether anything beyond last-seen and sequence number changes.
     fn changes_state(&self) -> bool {
         self.status.is_some()
@@ -108,7 +113,19 @@ pub(super) fn apply_patches<'a>(
             remote_addr = COALESCE(?14, remote_addr),
             offered = COALESCE(?15, offered)",
     )?;
+    let mut seen = conn.prepare_cached(
+        "UPDATE agents SET last_seen = MAX(last_seen, ?2), sequence_num = COALESCE(?3, sequence_num) WHERE uid = ?1",
+    )?;
     for p in patches {
+        if p.only_liveness() {
+            // The periodic last-seen flush: a lean update, not the full upsert.
+            seen.execute(params![
+                p.uid,
+                p.last_seen,
+                p.sequence_num.map(|s| s as i64)
+            ])?;
+            continue;
+        }
         stmt.execute(params![
             p.uid,
             p.status,
