@@ -361,6 +361,30 @@ async fn agent_secret_is_checked_before_the_upgrade() {
         !s.logs().contains("first-secret-123"),
         "secrets never logged"
     );
+    let metrics = reqwest::get(format!("{}/metrics", s.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let health = reqwest::get(format!("{}/health", s.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = s.token();
+    for secret in [
+        "first-secret-123",
+        "second-secret-456",
+        opamp_tests::JWT_KEY,
+        token.as_str(),
+    ] {
+        assert!(
+            !metrics.contains(secret) && !health.contains(secret),
+            "a secret in /metrics or /health"
+        );
+    }
 }
 
 #[tokio::test]
