@@ -42,21 +42,38 @@ pub struct Listeners {
     pub agent: Option<TcpListener>,
 }
 
+/// Accept-queue length: a reconnect storm of thousands of agents must not
+/// overflow it (dropped SYNs are retried only after a second). The kernel caps
+/// it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 16384;
+
+fn listen(addr: &str) -> Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr:?} is not an address"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(LISTEN_BACKLOG)?)
+}
+
 impl Listeners {
     /// Binds the configured addresses (port 0 picks a free port).
     pub async fn bind(config: &Config) -> Result<Listeners> {
-        let main = TcpListener::bind(&config.listen).await.with_context(|| {
+        let main = listen(&config.listen).with_context(|| {
             format!(
                 "cannot listen on {} (in use? see `opampctl troubleshoot startup`)",
                 config.listen
             )
         })?;
         let agent = match &config.agent_listen {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot listen on agent_listen {a}"))?,
-            ),
+            Some(a) => {
+                Some(listen(a).with_context(|| format!("cannot listen on agent_listen {a}"))?)
+            }
             None => None,
         };
         Ok(Listeners { main, agent })
