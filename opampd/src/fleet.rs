@@ -5,7 +5,7 @@
 //! its shard, briefly, and never across an await. This is the only place that
 //! knows which connection carries which agent.
 
-use crate::opamp::session::{Session, Transport};
+use crate::opamp::session::Session;
 use dashmap::DashMap;
 use opamp_proto::pb;
 use std::collections::VecDeque;
@@ -173,9 +173,5 @@ impl Fleet {
     /// Number of agents being served (for the max_agents limit).
     pub fn live(&self) -> usize {
         self.sessions.len()
-    }
-
-    pub fn transport_of(&self, uid: &[u8; 16]) -> Option<Transport> {
-        self.sessions.get(uid).map(|s| s.transport)
     }
 }

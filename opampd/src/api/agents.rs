@@ -1,6 +1,6 @@
 //! `/api/v1/agents…`: inventory, labels, restart, deletion.
 
-use super::{ApiError, ApiResult, Operator, Viewer};
+use super::{ApiError, ApiResult, ForceParam, Operator, Viewer};
 use crate::app::App;
 use crate::auth::insert_audit;
 use crate::opamp::session::Transport;
@@ -101,12 +101,6 @@ pub async fn show(
     let uid = parse_uid(&uid)?;
     let row = load(&app, &uid).await?;
     Ok(Json(to_api(&app, &row)))
-}
-
-#[derive(Deserialize)]
-pub struct ForceParam {
-    #[serde(default)]
-    force: bool,
 }
 
 pub async fn remove(

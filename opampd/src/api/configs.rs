@@ -3,7 +3,7 @@
 //! Saving never distributes: a new version reaches agents only through
 //! `POST …/rollout`. Every change is audited in the same transaction.
 
-use super::{ApiError, ApiResult, Operator, Viewer};
+use super::{ApiError, ApiResult, ForceParam, Operator, Viewer};
 use crate::app::App;
 use crate::auth::insert_audit;
 use crate::configs::{self as rules, BodyError};
@@ -348,12 +348,6 @@ pub async fn show(
         None,
         Some(latest.body),
     )))
-}
-
-#[derive(Deserialize)]
-pub struct ForceParam {
-    #[serde(default)]
-    force: bool,
 }
 
 pub async fn remove(
@@ -731,29 +725,61 @@ pub async fn rollout_pause(
             r.version, r.state
         )));
     }
-    let (row, actor) = (r.clone(), who.name.clone());
-    let reason = format!("paused by {}", who.name);
+    let change = Transition {
+        from: "running",
+        to: "paused",
+        max_failures: r.max_failures,
+        reason: Some(format!("paused by {}", who.name)),
+        action: "rollout.pause",
+        details: json!({"version": r.version, "automatic": false}),
+    };
+    transition(&app, &r, &name, change, who.name.clone(), addr).await?;
+    tracing::info!(configuration = %name, version = r.version, by = %who.name, "rollout paused");
+    rollout_status(&app, r.id, &selector).await
+}
+
+/// A state change an operator asks for (pause, resume).
+struct Transition {
+    from: &'static str,
+    to: &'static str,
+    max_failures: u64,
+    reason: Option<String>,
+    action: &'static str,
+    details: serde_json::Value,
+}
+
+/// Moves the rollout from `from` to `to` and audits it in the same write;
+/// 409 if its state changed meanwhile.
+async fn transition(
+    app: &App,
+    r: &configs::RolloutRow,
+    name: &str,
+    t: Transition,
+    actor: String,
+    addr: Option<String>,
+) -> ApiResult<()> {
+    let row = r.clone();
     let moved = app
         .store
-        .write("rollout_pause", move |c| {
+        .write("rollout_transition", move |c| {
             let moved = configs::transition(
                 c,
                 row.id,
-                "running",
-                "paused",
+                t.from,
+                t.to,
                 row.released_batches,
-                row.max_failures,
-                Some(&reason),
+                t.max_failures,
+                t.reason.as_deref(),
             )?;
             if moved {
                 insert_audit(
                     c,
                     &actor,
-                    "rollout.pause",
+                    t.action,
                     Some(&row.name),
                     addr.as_deref(),
                     "ok",
-                    &json!({"version": row.version, "automatic": false}),
+                    &t.details,
                 )?;
             }
             Ok(moved)
@@ -764,8 +790,7 @@ pub async fn rollout_pause(
             "the rollout of {name:?} changed state meanwhile; check it with GET …/rollout"
         )));
     }
-    tracing::info!(configuration = %name, version = r.version, by = %who.name, "rollout paused");
-    rollout_status(&app, r.id, &selector).await
+    Ok(())
 }
 
 async fn rollout_status(app: &App, id: i64, selector: &str) -> ApiResult<Json<RolloutStatus>> {
@@ -806,38 +831,15 @@ pub async fn rollout_resume(
             p.failed, r.version, p.failed
         )));
     }
-    let (row, actor) = (r.clone(), who.name.clone());
-    let moved = app
-        .store
-        .write("rollout_resume", move |c| {
-            let moved = configs::transition(
-                c,
-                row.id,
-                "paused",
-                "running",
-                row.released_batches,
-                max_failures,
-                None,
-            )?;
-            if moved {
-                insert_audit(
-                    c,
-                    &actor,
-                    "rollout.resume",
-                    Some(&row.name),
-                    addr.as_deref(),
-                    "ok",
-                    &json!({"version": row.version, "max_failures": max_failures}),
-                )?;
-            }
-            Ok(moved)
-        })
-        .await?;
-    if !moved {
-        return Err(ApiError::conflict(format!(
-            "the rollout of {name:?} changed state meanwhile; check it with GET …/rollout"
-        )));
-    }
+    let change = Transition {
+        from: "paused",
+        to: "running",
+        max_failures,
+        reason: None,
+        action: "rollout.resume",
+        details: json!({"version": r.version, "max_failures": max_failures}),
+    };
+    transition(&app, &r, &name, change, who.name.clone(), addr).await?;
     tracing::info!(configuration = %name, version = r.version, max_failures, by = %who.name, "rollout resumed");
     app.rollout_wakeup.notify_one();
     rollout_status(&app, r.id, &selector).await

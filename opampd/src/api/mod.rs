@@ -184,6 +184,13 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// `?force=true` on deletions that are refused by default.
+#[derive(serde::Deserialize)]
+pub struct ForceParam {
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// The caller's address, from the connection.
 pub fn remote(parts: &Parts) -> Option<String> {
     parts

@@ -14,7 +14,6 @@ pub mod ws;
 use crate::app::App;
 use crate::store::agents::AgentEvent;
 use crate::store::{now_ms, AgentPatch};
-use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -408,10 +407,6 @@ pub fn encode_reply(app: &App, mut reply: pb::ServerToAgent) -> Vec<u8> {
         reply.packages_available = None;
     }
     reply.encode_to_vec()
-}
-
-pub fn body_of(bytes: Vec<u8>) -> Body {
-    Body::from(bytes)
 }
 
 /// Offers an agent its desired configuration now, if it needs it and a

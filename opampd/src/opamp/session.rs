@@ -50,7 +50,6 @@ pub struct Session {
     /// Labels and string attributes, for selectors.
     pub attrs: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
-    pub identifying_key: u64,
     pub reported_hash: Vec<u8>,
     pub reported_status: i32,
     /// Hash offered on the current connection (reset on reconnect or state loss).
@@ -79,7 +78,6 @@ impl Session {
             has_remote_status: false,
             attrs: BTreeMap::new(),
             labels: BTreeMap::new(),
-            identifying_key: 0,
             reported_hash: Vec::new(),
             reported_status: 0,
             offered_hash: None,
@@ -105,7 +103,6 @@ impl Session {
         let non_identifying: Map<String, Value> =
             serde_json::from_str(&row.non_identifying).unwrap_or_default();
         s.has_description = !identifying.is_empty() || !non_identifying.is_empty();
-        s.identifying_key = identity_key(&identifying);
         s.labels = serde_json::from_str(&row.labels).unwrap_or_default();
         s.attrs = attr_strings(&identifying, &non_identifying);
         s.has_health = row.health.is_some();
@@ -271,7 +268,6 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         let identifying = attrs_json(&d.identifying_attributes);
         let non_identifying = attrs_json(&d.non_identifying_attributes);
         s.attrs = attr_strings(&identifying, &non_identifying);
-        s.identifying_key = identity_key(&identifying);
         s.has_description = true;
         s.desired_epoch = u64::MAX;
         let pa = p!();
@@ -434,13 +430,6 @@ pub fn attr_strings(
         .chain(identifying.iter())
         .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
         .collect()
-}
-
-fn identity_key(identifying: &Map<String, Value>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    Value::Object(identifying.clone()).to_string().hash(&mut h);
-    h.finish()
 }
 
 fn nanos_rfc3339(ns: u64) -> Option<String> {

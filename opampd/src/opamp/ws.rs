@@ -215,7 +215,3 @@ async fn on_binary(
         Err(reply) => send(app, socket, reply).await,
     }
 }
-
-pub fn encoded_len(msg: &pb::ServerToAgent) -> usize {
-    msg.encoded_len()
-}

@@ -171,10 +171,6 @@ impl Writer {
         self.shared.queued.load(Ordering::Relaxed)
     }
 
-    pub fn commits(&self) -> u64 {
-        self.shared.commits.load(Ordering::Relaxed)
-    }
-
     pub fn last_error(&self) -> Option<String> {
         self.shared
             .last_error
