@@ -6,7 +6,7 @@ use crate::fleet::Fleet;
 use crate::logring::LogRing;
 use crate::metrics::Metrics;
 use crate::opamp::session::Transport;
-use crate::store::{now_ms, AgentPatch, Store};
+use crate::store::{now_ms, Store};
 use crate::targeting::Targets;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -53,12 +53,8 @@ pub async fn flush_last_seen(app: Arc<App>) {
         }
         let writer = app.store.writer();
         app.fleet.for_each_mut(|s| {
-            if s.last_seen > s.persisted_seen {
-                let mut p = AgentPatch::new(&opamp_proto::uid_string(&s.uid));
-                p.last_seen = Some(s.last_seen);
-                p.sequence_num = s.seq;
-                writer.agent(p);
-                s.persisted_seen = s.last_seen;
+            if let Some(patch) = s.take_unflushed_seen() {
+                writer.agent(patch);
             }
         });
         if app.is_shutting_down() {
@@ -81,8 +77,8 @@ pub async fn liveness(app: Arc<App>) {
         let cutoff = now - app.config.opamp.disconnect_after_seconds as i64 * 1000;
         let mut gone = Vec::new();
         app.fleet.for_each_mut(|s| {
-            if s.transport == Transport::Http && s.last_seen < cutoff {
-                gone.push(s.uid);
+            if s.transport() == Transport::Http && s.last_seen() < cutoff {
+                gone.push(*s.uid());
             }
         });
         for uid in gone {

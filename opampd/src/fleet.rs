@@ -5,9 +5,9 @@
 //! its shard, briefly, and never across an await. This is the only place that
 //! knows which connection carries which agent.
 
+use crate::opamp::reply::Reply;
 use crate::opamp::session::Session;
 use dashmap::DashMap;
-use opamp_proto::pb;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 /// What a WebSocket connection task is asked to send.
 #[derive(Debug)]
 pub enum Outgoing {
-    Message(Box<pb::ServerToAgent>),
+    Message(Box<Reply>),
     /// Close the connection with this code and reason.
     Close(u16, &'static str),
 }
@@ -87,7 +87,7 @@ impl Fleet {
 
     /// Inserts a session unless one is already there (another request won the race).
     pub fn insert_if_absent(&self, session: Session) {
-        self.sessions.entry(session.uid).or_insert(session);
+        self.sessions.entry(*session.uid()).or_insert(session);
     }
 
     /// Runs `f` on the agent's session while holding only its shard.
@@ -158,10 +158,10 @@ impl Fleet {
         let mut c = LiveCounts::default();
         for e in self.sessions.iter() {
             let s = e.value();
-            if s.disconnected {
+            if s.is_disconnected() {
                 continue;
             }
-            if now_ms - s.last_seen <= stale_after_ms {
+            if now_ms - s.last_seen() <= stale_after_ms {
                 c.connected += 1;
             } else {
                 c.stale += 1;

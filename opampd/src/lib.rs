@@ -219,7 +219,7 @@ pub async fn run(
         opamp::agent_left(
             &app,
             &uid,
-            app.fleet.with(&uid, |s| s.conn_id).unwrap_or(0),
+            app.fleet.with(&uid, |s| s.conn_id()).unwrap_or(0),
             "server shutdown",
         );
     }

@@ -97,9 +97,7 @@ pub async fn matching_agents(app: &App, selector: &Selector) -> Result<Vec<Strin
         .collect();
     for uid in app.fleet.uids() {
         let matched = app.fleet.with(&uid, |s| {
-            s.capabilities & opamp_proto::caps::ACCEPTS_REMOTE_CONFIG != 0
-                && !s.disconnected
-                && selector.matches(|k| s.lookup(k))
+            s.accepts_remote_config() && !s.is_disconnected() && selector.matches(|k| s.lookup(k))
         });
         if matched == Some(true) {
             uids.insert(opamp_proto::uid_string(&uid));
@@ -162,12 +160,10 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
     let stored = a.stored.as_ref().map(stored_report);
     let uid = opamp_proto::parse_uid(&a.uid)?;
     let live = app.fleet.with(&uid, |s| {
-        let mut view = s.attrs.clone();
-        view.extend(s.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         (
-            view,
-            hex::encode(&s.reported_hash),
-            status_name(s.reported_status),
+            s.selector_view(),
+            hex::encode(s.reported_hash()),
+            status_name(s.reported_status()),
         )
     });
     match (live, stored) {

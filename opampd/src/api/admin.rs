@@ -9,7 +9,8 @@ use super::{Admin, ApiError, ApiResult};
 use crate::app::App;
 use crate::auth::insert_audit;
 use crate::logring::LogLine;
-use crate::opamp::session::{Session, Transport};
+use crate::opamp::reply::{Answer, Reply};
+use crate::opamp::session::Session;
 use crate::store::{maintenance, now_ms, schema};
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -18,7 +19,6 @@ use axum::response::Response;
 use axum::Json;
 use futures_util::StreamExt;
 use opamp_proto::api::{DbOptimizeReport, DbStats, MemoryReport, RestoreReport};
-use opamp_proto::pb;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -252,26 +252,21 @@ async fn after_restore(app: &Arc<App>) -> u64 {
         let push = app.fleet.with(&uid, |s: &mut Session| {
             // The stored state may now differ from what the agent runs: forget
             // it, so the next message (or the push below) asks for all of it.
-            s.seq = None;
-            s.has_description = false;
-            s.has_health = false;
-            s.has_effective_config = false;
-            s.has_remote_status = false;
-            s.offered_hash = None;
-            s.desired_epoch = u64::MAX;
-            s.labels = row
-                .as_ref()
-                .and_then(|r| serde_json::from_str(&r.labels).ok())
-                .unwrap_or_default();
-            (s.transport == Transport::WebSocket && !s.disconnected).then_some(s.conn_id)
+            s.forget_reports(
+                row.as_ref()
+                    .and_then(|r| serde_json::from_str(&r.labels).ok())
+                    .unwrap_or_default(),
+            );
+            s.pushable().then_some(s.conn_id())
         });
         if let Some(Some(conn_id)) = push {
-            let msg = pb::ServerToAgent {
-                instance_uid: uid.to_vec(),
-                capabilities: crate::opamp::session::SERVER_CAPABILITIES,
-                flags: opamp_proto::caps::FLAG_REPORT_FULL_STATE,
-                ..Default::default()
-            };
+            let msg = Reply::answer(
+                uid.to_vec(),
+                Answer {
+                    flags: opamp_proto::caps::FLAG_REPORT_FULL_STATE,
+                    ..Default::default()
+                },
+            );
             if app
                 .fleet
                 .send_to_conn(conn_id, crate::fleet::Outgoing::Message(Box::new(msg)))
@@ -464,18 +459,7 @@ pub async fn memory(State(app): State<Arc<App>>, _: Admin) -> ApiResult<Json<Mem
     let mut live = 0u64;
     app.fleet.for_each_mut(|s| {
         live += 1;
-        let strings: usize = s
-            .attrs
-            .iter()
-            .chain(s.labels.iter())
-            .map(|(k, v)| k.len() + v.len() + 64)
-            .sum();
-        agents_bytes += (std::mem::size_of::<Session>()
-            + strings
-            + s.reported_hash.len()
-            + s.remote_addr
-                .map_or(0, |_| std::mem::size_of::<std::net::SocketAddr>()))
-            as u64;
+        agents_bytes += s.estimated_bytes() as u64;
     });
     let connections = app.fleet.connections() as u64;
     let ring: u64 = app

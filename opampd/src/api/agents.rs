@@ -118,9 +118,9 @@ pub async fn remove(
         )));
     }
     if let Some(s) = app.fleet.remove(&uid) {
-        if s.transport == Transport::WebSocket {
+        if s.transport() == Transport::WebSocket {
             app.fleet.send_to_conn(
-                s.conn_id,
+                s.conn_id(),
                 crate::fleet::Outgoing::Close(crate::opamp::ws::CLOSE_NORMAL, "agent deleted"),
             );
         }
@@ -207,10 +207,7 @@ pub async fn labels(
         })
         .await?;
     let labels: BTreeMap<String, String> = serde_json::from_str(&json).unwrap_or_default();
-    app.fleet.with(&uid, |s| {
-        s.labels = labels;
-        s.desired_epoch = u64::MAX;
-    });
+    app.fleet.with(&uid, |s| s.set_labels(labels));
     crate::opamp::push_offer(&app, &uid);
     let row = load(&app, &uid).await?;
     Ok(Json(to_api(&app, &row)))
@@ -319,9 +316,9 @@ pub async fn events(
 /// The API view of a stored agent, with live facts from the fleet.
 pub fn to_api(app: &App, r: &AgentRow) -> Agent {
     let uid = opamp_proto::parse_uid(&r.uid).unwrap_or([0; 16]);
-    let live = app
-        .fleet
-        .with(&uid, |s| (s.last_seen, s.transport, s.disconnected));
+    let live = app.fleet.with(&uid, |s| {
+        (s.last_seen(), s.transport(), s.is_disconnected())
+    });
     let now = now_ms();
     let last_seen = live.map_or(r.last_seen, |(seen, _, _)| seen.max(r.last_seen));
     let connected = match live {

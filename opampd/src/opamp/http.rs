@@ -1,6 +1,7 @@
 //! Plain-HTTP transport: one POST, one AgentToServer, one ServerToAgent.
 
-use super::{bad_request, encode_reply, plain, process, Origin, PROTOBUF};
+use super::reply::Reply;
+use super::{encode_reply, plain, process, Origin, PROTOBUF};
 use crate::app::App;
 use axum::body::Body;
 use axum::extract::Request;
@@ -68,7 +69,7 @@ pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Respon
         Err(e) => {
             return protobuf_reply(
                 StatusCode::BAD_REQUEST,
-                bad_request(Vec::new(), e.to_string()),
+                Reply::bad_request(Vec::new(), e.to_string()),
                 false,
             )
         }
@@ -112,7 +113,7 @@ fn too_large(limit: usize) -> Response {
         .into_response()
 }
 
-fn protobuf_reply(status: StatusCode, reply: pb::ServerToAgent, gzip: bool) -> Response {
+fn protobuf_reply(status: StatusCode, reply: Reply, gzip: bool) -> Response {
     encoded_reply(status, reply.encode_to_vec(), gzip)
 }
 

@@ -8,6 +8,7 @@
 //! store's batching writer.
 
 pub mod http;
+pub mod reply;
 pub mod session;
 pub mod ws;
 
@@ -19,6 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use opamp_proto::caps::FLAG_REQUEST_INSTANCE_UID;
 use opamp_proto::pb;
+use reply::{Answer, Command, Reply};
 use session::{Ctx, Outcome, Session, Transport};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -149,19 +151,6 @@ fn agent_authorized(app: &App, headers: &HeaderMap) -> bool {
     bool::from(ok)
 }
 
-/// An error reply for a message that cannot be processed.
-pub fn bad_request(instance_uid: Vec<u8>, message: String) -> pb::ServerToAgent {
-    pb::ServerToAgent {
-        instance_uid,
-        error_response: Some(pb::ServerErrorResponse {
-            r#type: pb::ServerErrorResponseType::BadRequest as i32,
-            error_message: message,
-            details: None,
-        }),
-        ..Default::default()
-    }
-}
-
 /// Where a message came from.
 pub struct Origin {
     pub transport: Transport,
@@ -176,9 +165,9 @@ pub async fn process(
     app: &Arc<App>,
     msg: &pb::AgentToServer,
     origin: &Origin,
-) -> Result<(Outcome, [u8; 16]), pb::ServerToAgent> {
+) -> Result<(Outcome, [u8; 16]), Reply> {
     let Ok(uid) = <[u8; 16]>::try_from(msg.instance_uid.as_slice()) else {
-        return Err(bad_request(
+        return Err(Reply::bad_request(
             msg.instance_uid.clone(),
             format!(
                 "instance_uid must be 16 bytes, got {}",
@@ -216,23 +205,16 @@ pub async fn process(
                 .ok()
                 .flatten()
         };
-        let mut s = match &loaded {
+        let session = match &loaded {
             Some(row) => Session::from_row(key, row, origin.transport),
             None => Session::new(key, origin.transport),
         };
-        s.disconnected = true; // becomes connected below, with the connect event
-        s.conn_id = origin.conn_id;
-        app.fleet.insert_if_absent(s);
+        // Becomes connected below, with the connect event.
+        app.fleet.insert_if_absent(session.arriving(origin.conn_id));
     }
     let targets = &app.targets;
     let result = app.fleet.with(&key, |s| {
-        let connecting =
-            s.disconnected || s.conn_id != origin.conn_id || s.transport != origin.transport;
-        if connecting {
-            s.transport = origin.transport;
-            s.conn_id = origin.conn_id;
-            s.offered_hash = None;
-        }
+        let connecting = s.connect(origin.transport, origin.conn_id);
         let out = session::handle(
             s,
             msg,
@@ -248,14 +230,7 @@ pub async fn process(
     let Some((mut out, connecting)) = result else {
         // Removed concurrently (deleted through the API): answer, keep nothing.
         return Ok((
-            Outcome {
-                reply: pb::ServerToAgent {
-                    instance_uid: msg.instance_uid.clone(),
-                    capabilities: session::SERVER_CAPABILITIES,
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
+            Outcome::reply_only(Reply::ack(msg.instance_uid.clone())),
             key,
         ));
     };
@@ -320,20 +295,22 @@ fn is_duplicate(
     origin: &Origin,
     now: i64,
 ) -> bool {
-    if s.disconnected || !app.config.opamp.reassign_duplicate_uids {
+    if s.is_disconnected() || !app.config.opamp.reassign_duplicate_uids {
         return false;
     }
-    let recent = now - s.last_seen < (app.config.opamp.heartbeat_interval_seconds as i64) * 1000;
+    let recent = now - s.last_seen() < (app.config.opamp.heartbeat_interval_seconds as i64) * 1000;
     // The next number means the same agent moved (reconnect, new address).
-    let continues = s.seq.is_some_and(|p| msg.sequence_num == p.wrapping_add(1));
+    let continues = s
+        .sequence_num()
+        .is_some_and(|p| msg.sequence_num == p.wrapping_add(1));
     if !recent || continues {
         return false;
     }
     match origin.transport {
-        Transport::WebSocket => s.conn_id != origin.conn_id && app.fleet.conn_open(s.conn_id),
+        Transport::WebSocket => s.conn_id() != origin.conn_id && app.fleet.conn_open(s.conn_id()),
         Transport::Http => {
-            s.transport == Transport::Http
-                && s.remote_addr
+            s.transport() == Transport::Http
+                && s.remote_addr()
                     .is_some_and(|prev| prev.ip() != origin.remote.ip())
         }
     }
@@ -351,37 +328,33 @@ fn duplicate_reply(app: &App, uid: [u8; 16], msg: &pb::AgentToServer, origin: &O
         remote_addr: Some(origin.remote.to_string()),
         details: Some(format!("assigned {}", opamp_proto::uid_string(&new_uid))),
     });
-    Outcome {
-        reply: pb::ServerToAgent {
-            instance_uid: msg.instance_uid.clone(),
-            capabilities: session::SERVER_CAPABILITIES,
+    Outcome::reply_only(Reply::answer(
+        msg.instance_uid.clone(),
+        Answer {
             flags: opamp_proto::caps::FLAG_REPORT_FULL_STATE,
-            agent_identification: Some(pb::AgentIdentification {
-                new_instance_uid: new_uid.to_vec(),
-            }),
-            ..Default::default()
+            remote_config: None,
+            new_instance_uid: Some(new_uid),
         },
-        ..Default::default()
-    }
+    ))
 }
 
 /// An agent is gone from `conn_id` (0 = plain HTTP): forget its live session,
 /// keep everything stored, record the disconnect.
 pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str) {
-    let Some(s) = app.fleet.remove_if(uid, |s| s.conn_id == conn_id) else {
+    let Some(s) = app.fleet.remove_if(uid, |s| s.conn_id() == conn_id) else {
         return;
     };
     let id = opamp_proto::uid_string(uid);
     let mut patch = AgentPatch::new(&id);
     patch.status = Some("disconnected");
-    patch.sequence_num = s.seq;
-    patch.last_seen = Some(s.last_seen);
+    patch.sequence_num = s.sequence_num();
+    patch.last_seen = Some(s.last_seen());
     app.store.writer().agent(patch);
     app.metrics.agent_disconnects
-        [crate::metrics::transport_index(s.transport == Transport::WebSocket)]
+        [crate::metrics::transport_index(s.transport() == Transport::WebSocket)]
     .fetch_add(1, Ordering::Relaxed);
-    let remote = s.remote_addr.map(|a| a.to_string());
-    tracing::info!(uid = %id, remote_addr = remote.as_deref().unwrap_or(""), transport = s.transport.as_str(), reason, "agent disconnected");
+    let remote = s.remote_addr().map(|a| a.to_string());
+    tracing::info!(uid = %id, remote_addr = remote.as_deref().unwrap_or(""), transport = s.transport().as_str(), reason, "agent disconnected");
     app.store.writer().event(AgentEvent {
         uid: id,
         at: now_ms(),
@@ -393,7 +366,7 @@ pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str)
 
 /// Encodes a reply, enforcing `opamp.max_send_bytes`: an oversized remote
 /// config is dropped (and counted) rather than sent.
-pub fn encode_reply(app: &App, mut reply: pb::ServerToAgent) -> Vec<u8> {
+pub fn encode_reply(app: &App, mut reply: Reply) -> Vec<u8> {
     use prost::Message;
     if reply.encoded_len() > app.config.opamp.max_send_bytes {
         app.metrics.outgoing_dropped.fetch_add(1, Ordering::Relaxed);
@@ -403,8 +376,7 @@ pub fn encode_reply(app: &App, mut reply: pb::ServerToAgent) -> Vec<u8> {
             limit = app.config.opamp.max_send_bytes,
             "ServerToAgent over opamp.max_send_bytes: not sent; the remote config was dropped"
         );
-        reply.remote_config = None;
-        reply.packages_available = None;
+        reply = reply.without_offers();
     }
     reply.encode_to_vec()
 }
@@ -414,19 +386,20 @@ pub fn encode_reply(app: &App, mut reply: pb::ServerToAgent) -> Vec<u8> {
 /// Returns whether a message was queued.
 pub fn push_offer(app: &App, uid: &[u8; 16]) -> bool {
     let pushed = app.fleet.with(uid, |s| {
-        if s.transport != Transport::WebSocket || s.disconnected {
+        if !s.pushable() {
             return None;
         }
         let rc = s.take_offer(&app.targets)?;
-        let mut patch = AgentPatch::new(&opamp_proto::uid_string(&s.uid));
+        let mut patch = AgentPatch::new(&opamp_proto::uid_string(s.uid()));
         patch.offered = Some(session::offered_json(s).to_string());
-        let msg = pb::ServerToAgent {
-            instance_uid: s.uid.to_vec(),
-            capabilities: session::SERVER_CAPABILITIES,
-            remote_config: Some(rc),
-            ..Default::default()
-        };
-        Some((s.conn_id, msg, patch))
+        let msg = Reply::answer(
+            s.uid().to_vec(),
+            Answer {
+                remote_config: Some(rc),
+                ..Default::default()
+            },
+        );
+        Some((s.conn_id(), msg, patch))
     });
     let Some(Some((conn_id, msg, patch))) = pushed else {
         return false;
@@ -439,7 +412,7 @@ pub fn push_offer(app: &App, uid: &[u8; 16]) -> bool {
         true
     } else {
         // The connection is busy or gone: offer again at the next message.
-        app.fleet.with(uid, |s| s.offered_hash = None);
+        app.fleet.with(uid, Session::forget_offer);
         false
     }
 }
@@ -448,27 +421,20 @@ pub fn push_offer(app: &App, uid: &[u8; 16]) -> bool {
 /// the reply to the next poll over plain HTTP. `None` if it is not connected.
 pub fn send_restart(app: &App, uid: &[u8; 16]) -> Option<&'static str> {
     let target = app.fleet.with(uid, |s| {
-        if s.disconnected {
+        if s.is_disconnected() {
             return None;
         }
-        match s.transport {
-            Transport::WebSocket => Some(Some(s.conn_id)),
+        match s.transport() {
+            Transport::WebSocket => Some(Some(s.conn_id())),
             Transport::Http => {
-                s.restart_pending = true;
+                s.queue_restart();
                 Some(None)
             }
         }
     })??;
     match target {
         Some(conn_id) => {
-            let msg = pb::ServerToAgent {
-                instance_uid: uid.to_vec(),
-                capabilities: session::SERVER_CAPABILITIES,
-                command: Some(pb::ServerToAgentCommand {
-                    r#type: pb::CommandType::Restart as i32,
-                }),
-                ..Default::default()
-            };
+            let msg = Reply::command(uid.to_vec(), Command::Restart);
             app.fleet
                 .send_to_conn(conn_id, crate::fleet::Outgoing::Message(Box::new(msg)))
                 .then_some("sent")

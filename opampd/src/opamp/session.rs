@@ -9,6 +9,7 @@
 //! reports and was not already offered on this connection; a restart command
 //! goes out alone.
 
+use super::reply::{Answer, Command, Reply};
 use crate::store::{self, AgentPatch};
 use crate::targeting::{Desired, Targets};
 use opamp_proto::caps::*;
@@ -17,9 +18,7 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Server capabilities announced in every reply.
-pub const SERVER_CAPABILITIES: u64 =
-    SERVER_ACCEPTS_STATUS | SERVER_OFFERS_REMOTE_CONFIG | SERVER_ACCEPTS_EFFECTIVE_CONFIG;
+pub use super::reply::SERVER_CAPABILITIES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -39,31 +38,31 @@ impl Transport {
 /// What the server remembers of a live agent.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub uid: [u8; 16],
+    uid: [u8; 16],
     /// Last sequence number received; `None` when the server holds no state.
-    pub seq: Option<u64>,
-    pub capabilities: u64,
-    pub has_description: bool,
-    pub has_health: bool,
-    pub has_effective_config: bool,
-    pub has_remote_status: bool,
+    seq: Option<u64>,
+    capabilities: u64,
+    has_description: bool,
+    has_health: bool,
+    has_effective_config: bool,
+    has_remote_status: bool,
     /// Labels and string attributes, for selectors.
-    pub attrs: BTreeMap<String, String>,
-    pub labels: BTreeMap<String, String>,
-    pub reported_hash: Vec<u8>,
-    pub reported_status: i32,
+    attrs: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    reported_hash: Vec<u8>,
+    reported_status: i32,
     /// Hash offered on the current connection (reset on reconnect or state loss).
-    pub offered_hash: Option<[u8; 32]>,
-    pub desired: Option<Arc<Desired>>,
-    pub desired_epoch: u64,
-    pub transport: Transport,
+    offered_hash: Option<[u8; 32]>,
+    desired: Option<Arc<Desired>>,
+    desired_epoch: u64,
+    transport: Transport,
     /// Id of the WebSocket connection that carries this agent (0 for HTTP).
-    pub conn_id: u64,
-    pub remote_addr: Option<std::net::SocketAddr>,
-    pub last_seen: i64,
-    pub persisted_seen: i64,
-    pub restart_pending: bool,
-    pub disconnected: bool,
+    conn_id: u64,
+    remote_addr: Option<std::net::SocketAddr>,
+    last_seen: i64,
+    persisted_seen: i64,
+    restart_pending: bool,
+    disconnected: bool,
 }
 
 impl Session {
@@ -132,7 +131,8 @@ impl Session {
             .map(String::as_str)
     }
 
-    fn selector_view(&self) -> BTreeMap<String, String> {
+    /// Labels over string attributes: what selectors see.
+    pub fn selector_view(&self) -> BTreeMap<String, String> {
         let mut all = self.attrs.clone();
         all.extend(self.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         all
@@ -145,6 +145,134 @@ impl Session {
             self.desired = targets.desired_for(&self.uid, &self.selector_view());
             self.desired_epoch = epoch;
         }
+    }
+
+    pub fn uid(&self) -> &[u8; 16] {
+        &self.uid
+    }
+
+    /// Last sequence number received; `None` when the server holds no state.
+    pub fn sequence_num(&self) -> Option<u64> {
+        self.seq
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Id of the WebSocket connection that carries this agent (0 for HTTP).
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.remote_addr
+    }
+
+    /// Time of the last message, in Unix milliseconds.
+    pub fn last_seen(&self) -> i64 {
+        self.last_seen
+    }
+
+    /// Whether the agent said goodbye (its session lingers until removed).
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Whether a WebSocket connection carries the agent now, so a message can be pushed.
+    pub fn pushable(&self) -> bool {
+        self.transport == Transport::WebSocket && !self.disconnected
+    }
+
+    pub fn accepts_remote_config(&self) -> bool {
+        self.capabilities & ACCEPTS_REMOTE_CONFIG != 0
+    }
+
+    /// The remote-config hash the agent last reported.
+    pub fn reported_hash(&self) -> &[u8] {
+        &self.reported_hash
+    }
+
+    /// The remote-config status the agent last reported (RemoteConfigStatuses).
+    pub fn reported_status(&self) -> i32 {
+        self.reported_status
+    }
+
+    /// Marks a new session as arriving on `conn_id`: its next message is a connect.
+    pub fn arriving(mut self, conn_id: u64) -> Session {
+        self.disconnected = true;
+        self.conn_id = conn_id;
+        self
+    }
+
+    /// Records the connection a message came on; true when it is a new
+    /// connection for this agent (then nothing offered before counts).
+    pub fn connect(&mut self, transport: Transport, conn_id: u64) -> bool {
+        let connecting =
+            self.disconnected || self.conn_id != conn_id || self.transport != transport;
+        if connecting {
+            self.transport = transport;
+            self.conn_id = conn_id;
+            self.offered_hash = None;
+        }
+        connecting
+    }
+
+    /// Replaces the labels (set through the API); the desired configuration is recomputed.
+    pub fn set_labels(&mut self, labels: BTreeMap<String, String>) {
+        self.labels = labels;
+        self.desired_epoch = u64::MAX;
+    }
+
+    /// Forgets what the agent reported, keeping `labels`: its next message (or
+    /// a ReportFullState push) brings all of it again.
+    pub fn forget_reports(&mut self, labels: BTreeMap<String, String>) {
+        self.seq = None;
+        self.has_description = false;
+        self.has_health = false;
+        self.has_effective_config = false;
+        self.has_remote_status = false;
+        self.offered_hash = None;
+        self.set_labels(labels);
+    }
+
+    /// Forgets the last offer (it may not have arrived): offer again at the next message.
+    pub fn forget_offer(&mut self) {
+        self.offered_hash = None;
+    }
+
+    /// Asks for a restart command with the reply to the next poll (plain HTTP).
+    pub fn queue_restart(&mut self) {
+        self.restart_pending = true;
+    }
+
+    /// The last-seen time and sequence number not yet written, as a patch;
+    /// counts them as written.
+    pub fn take_unflushed_seen(&mut self) -> Option<AgentPatch> {
+        if self.last_seen <= self.persisted_seen {
+            return None;
+        }
+        let mut patch = AgentPatch::new(&opamp_proto::uid_string(&self.uid));
+        patch.last_seen = Some(self.last_seen);
+        patch.sequence_num = self.seq;
+        self.persisted_seen = self.last_seen;
+        Some(patch)
+    }
+
+    /// Estimated heap and inline bytes this session holds.
+    pub fn estimated_bytes(&self) -> usize {
+        let strings: usize = self
+            .attrs
+            .iter()
+            .chain(self.labels.iter())
+            .map(|(k, v)| k.len() + v.len() + 64)
+            .sum();
+        std::mem::size_of::<Session>()
+            + strings
+            + self.reported_hash.len()
+            + self
+                .remote_addr
+                .map_or(0, |_| std::mem::size_of::<std::net::SocketAddr>())
     }
 
     /// The remote config to offer now, if any (and records the offer).
@@ -184,11 +312,11 @@ pub fn remote_config(d: &Desired) -> pb::AgentRemoteConfig {
 }
 
 /// What handling one message produced.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outcome {
-    pub reply: pb::ServerToAgent,
+    pub reply: Reply,
     /// A separate message to send after the reply (WebSocket): a restart command.
-    pub follow_up: Option<pb::ServerToAgent>,
+    pub follow_up: Option<Reply>,
     pub patch: Option<AgentPatch>,
     /// The agent said goodbye.
     pub disconnect: bool,
@@ -196,6 +324,20 @@ pub struct Outcome {
     pub remote_status_changed: bool,
     /// The agent's new uid, when it asked for one.
     pub new_uid: Option<[u8; 16]>,
+}
+
+impl Outcome {
+    /// A reply and nothing else to do.
+    pub fn reply_only(reply: Reply) -> Outcome {
+        Outcome {
+            reply,
+            follow_up: None,
+            patch: None,
+            disconnect: false,
+            remote_status_changed: false,
+            new_uid: None,
+        }
+    }
 }
 
 /// Status names of RemoteConfigStatuses.
@@ -228,7 +370,7 @@ pub struct Ctx<'a> {
 
 /// Applies one AgentToServer to the session. `msg.instance_uid` is valid (16 bytes).
 pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcome {
-    let mut out = Outcome::default();
+    let mut remote_status_changed = false;
     // Built only when something durable changes: a plain heartbeat costs no
     // database work (last-seen and sequence numbers are flushed in bulk).
     let mut patch: Option<AgentPatch> = None;
@@ -299,7 +441,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
             })
             .to_string(),
         );
-        out.remote_status_changed = changed;
+        remote_status_changed = changed;
     }
 
     // Full state: ask when state is missing, never for a complete report.
@@ -323,49 +465,46 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
     if !s.has_description || gated_missing || gap_with_omissions {
         flags |= FLAG_REPORT_FULL_STATE;
     }
-    out.new_uid = ctx.new_uid;
-
-    let mut reply = pb::ServerToAgent {
-        instance_uid: msg.instance_uid.clone(),
-        capabilities: SERVER_CAPABILITIES,
+    let mut answer = Answer {
         flags,
-        ..Default::default()
+        remote_config: None,
+        new_instance_uid: ctx.new_uid,
     };
-    if let Some(new_uid) = out.new_uid {
-        reply.agent_identification = Some(pb::AgentIdentification {
-            new_instance_uid: new_uid.to_vec(),
-        });
-    }
+    let mut follow_up = None;
+    let mut disconnect = false;
     if msg.agent_disconnect.is_some() {
-        out.disconnect = true;
+        disconnect = true;
         s.disconnected = true;
         p!().status = Some("disconnected");
     } else if s.restart_pending && s.capabilities & ACCEPTS_RESTART_COMMAND != 0 {
         s.restart_pending = false;
-        let command = pb::ServerToAgent {
-            instance_uid: msg.instance_uid.clone(),
-            capabilities: SERVER_CAPABILITIES,
-            command: Some(pb::ServerToAgentCommand {
-                r#type: pb::CommandType::Restart as i32,
-            }),
-            ..Default::default()
-        };
+        let command = Reply::command(msg.instance_uid.clone(), Command::Restart);
         match s.transport {
-            Transport::WebSocket => out.follow_up = Some(command),
+            Transport::WebSocket => follow_up = Some(command),
             // Plain HTTP carries one reply: the command goes alone, the rest waits for the next poll.
             Transport::Http => {
-                out.reply = command;
-                out.patch = finish(s, patch, msg, ctx);
-                return out;
+                return Outcome {
+                    reply: command,
+                    follow_up: None,
+                    patch: finish(s, patch, msg, ctx),
+                    disconnect,
+                    remote_status_changed,
+                    new_uid: ctx.new_uid,
+                };
             }
         }
     } else if let Some(rc) = s.take_offer(ctx.targets) {
         p!().offered = Some(offered_json(s).to_string());
-        reply.remote_config = Some(rc);
+        answer.remote_config = Some(rc);
     }
-    out.reply = reply;
-    out.patch = finish(s, patch, msg, ctx);
-    out
+    Outcome {
+        reply: Reply::answer(msg.instance_uid.clone(), answer),
+        follow_up,
+        patch: finish(s, patch, msg, ctx),
+        disconnect,
+        remote_status_changed,
+        new_uid: ctx.new_uid,
+    }
 }
 
 fn patch_for<'a>(patch: &'a mut Option<AgentPatch>, uid: &[u8; 16]) -> &'a mut AgentPatch {
@@ -613,7 +752,7 @@ mod tests {
         let t = Targets::default();
         let mut s = Session::new([1; 16], Transport::Http);
         check(&mut s, full(0, CAPS | ACCEPTS_RESTART_COMMAND), &t);
-        s.restart_pending = true;
+        s.queue_restart();
         let out = check(&mut s, heartbeat(1, CAPS | ACCEPTS_RESTART_COMMAND), &t);
         assert!(out.reply.command.is_some());
         assert!(
@@ -638,7 +777,11 @@ mod tests {
             },
         );
         assert_eq!(
-            out.reply.agent_identification.unwrap().new_instance_uid,
+            out.reply
+                .agent_identification
+                .clone()
+                .unwrap()
+                .new_instance_uid,
             vec![2; 16]
         );
         assert_eq!(out.reply.instance_uid, vec![1; 16]);
@@ -662,7 +805,7 @@ mod tests {
         }]);
         let mut s = Session::new([1; 16], Transport::WebSocket);
         let out = check(&mut s, full(0, CAPS), &t);
-        let rc = out.reply.remote_config.expect("offered");
+        let rc = out.reply.remote_config.clone().expect("offered");
         assert!(rc.config.unwrap().config_map.contains_key("base"));
         assert!(
             check(&mut s, heartbeat(1, CAPS), &t)

@@ -7,7 +7,8 @@
 //! peer has been quiet for `ws_ping_interval_seconds`; a peer silent for
 //! `ws_read_timeout_seconds` (no message, no pong) is closed.
 
-use super::{agent_left, bad_request, encode_reply, process, Origin};
+use super::reply::Reply;
+use super::{agent_left, encode_reply, process, Origin};
 use crate::app::App;
 use crate::fleet::Outgoing;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -80,7 +81,7 @@ async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
                     }
                     Ok(Message::Text(_)) => {
                         tracing::warn!(remote_addr = %remote, "text WebSocket frame ignored: OpAMP uses binary frames");
-                        let reply = bad_request(Vec::new(), "text frames are not OpAMP messages: send binary frames".into());
+                        let reply = Reply::bad_request(Vec::new(), "text frames are not OpAMP messages: send binary frames".into());
                         if !send(&app, &mut socket, reply).await {
                             break;
                         }
@@ -160,7 +161,7 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-async fn send(app: &App, socket: &mut WebSocket, reply: pb::ServerToAgent) -> bool {
+async fn send(app: &App, socket: &mut WebSocket, reply: Reply) -> bool {
     let bytes = encode_reply(app, reply);
     socket
         .send(Message::Binary(frame::encode(&bytes).into()))
@@ -178,7 +179,7 @@ async fn on_binary(
 ) -> bool {
     let payload = match frame::decode(data) {
         Ok(p) => p,
-        Err(e) => return send(app, socket, bad_request(Vec::new(), e.to_string())).await,
+        Err(e) => return send(app, socket, Reply::bad_request(Vec::new(), e.to_string())).await,
     };
     let msg = match pb::AgentToServer::decode(payload) {
         Ok(m) => m,
@@ -186,7 +187,7 @@ async fn on_binary(
             return send(
                 app,
                 socket,
-                bad_request(Vec::new(), format!("malformed AgentToServer: {e}")),
+                Reply::bad_request(Vec::new(), format!("malformed AgentToServer: {e}")),
             )
             .await
         }
