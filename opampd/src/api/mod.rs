@@ -1,9 +1,12 @@
 //! The operator plane: REST API under `/api/v1`, health probes, metrics.
 //!
-//! Every API handler names the role it needs in its signature ([`Viewer`],
-//! [`Operator`], [`Admin`] extractors), so an unprotected handler does not
-//! compile into a route by accident; [`ROUTES`] lists every route with its
-//! role and the access-control tests walk it.
+//! [`routes`] is the one route table: method, path, least role and handler of
+//! every route but the OpAMP endpoint (whose path is configured). It builds the
+//! router and [`least_roles`], which the access-control tests walk. A protected
+//! handler names its role in its signature ([`Viewer`], [`Operator`], [`Admin`]
+//! extractors right after `State`), and its table entry is written with the
+//! same extractor type ([`guarded`]), so the table and the handler cannot
+//! disagree: a mismatch does not compile.
 
 pub mod admin;
 pub mod agents;
@@ -14,11 +17,12 @@ pub mod users;
 use crate::app::App;
 use crate::auth::{AuthError, Principal, Role};
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use dashmap::DashMap;
 use opamp_proto::api::{ErrorBody, ErrorDetail};
@@ -26,68 +30,195 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-/// Every API route: method, path template, least role. Health, metrics, the
-/// OpAMP endpoint and `POST /api/v1/auth/login` are open by design and not listed.
-pub const ROUTES: &[(&str, &str, Role)] = &[
-    ("GET", "/api/v1/agents", Role::Viewer),
-    ("GET", "/api/v1/agents/{uid}", Role::Viewer),
-    ("DELETE", "/api/v1/agents/{uid}", Role::Operator),
-    ("PATCH", "/api/v1/agents/{uid}/labels", Role::Operator),
-    ("POST", "/api/v1/agents/{uid}/restart", Role::Operator),
-    ("GET", "/api/v1/agents/{uid}/effective-config", Role::Viewer),
-    ("GET", "/api/v1/agents/{uid}/events", Role::Viewer),
-    ("GET", "/api/v1/configurations", Role::Viewer),
-    ("POST", "/api/v1/configurations", Role::Operator),
-    ("GET", "/api/v1/configurations/{name}", Role::Viewer),
-    ("DELETE", "/api/v1/configurations/{name}", Role::Operator),
-    (
-        "GET",
-        "/api/v1/configurations/{name}/versions",
-        Role::Viewer,
-    ),
-    (
-        "GET",
-        "/api/v1/configurations/{name}/versions/{n}",
-        Role::Viewer,
-    ),
-    ("GET", "/api/v1/configurations/{name}/diff", Role::Viewer),
-    (
-        "POST",
-        "/api/v1/configurations/{name}/rollback",
-        Role::Operator,
-    ),
-    ("GET", "/api/v1/configurations/{name}/rollout", Role::Viewer),
-    (
-        "POST",
-        "/api/v1/configurations/{name}/rollout",
-        Role::Operator,
-    ),
-    (
-        "POST",
-        "/api/v1/configurations/{name}/rollout/pause",
-        Role::Operator,
-    ),
-    (
-        "POST",
-        "/api/v1/configurations/{name}/rollout/resume",
-        Role::Operator,
-    ),
-    ("POST", "/api/v1/auth/logout", Role::Viewer),
-    ("GET", "/api/v1/tokens", Role::Viewer),
-    ("POST", "/api/v1/tokens", Role::Viewer),
-    ("DELETE", "/api/v1/tokens/{id}", Role::Viewer),
-    ("GET", "/api/v1/users", Role::Admin),
-    ("POST", "/api/v1/users", Role::Admin),
-    ("PATCH", "/api/v1/users/{name}", Role::Admin),
-    ("DELETE", "/api/v1/users/{name}", Role::Admin),
-    ("GET", "/api/v1/audit", Role::Admin),
-    ("GET", "/api/v1/admin/backup", Role::Admin),
-    ("POST", "/api/v1/admin/restore", Role::Admin),
-    ("GET", "/api/v1/admin/logs", Role::Admin),
-    ("GET", "/api/v1/admin/db/stats", Role::Admin),
-    ("POST", "/api/v1/admin/db/optimize", Role::Admin),
-    ("GET", "/api/v1/admin/memory", Role::Admin),
-];
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Served without a token, by design (health, metrics, login).
+    Open,
+    /// Needs a credential with at least this role.
+    Least(Role),
+}
+
+/// One entry of the route table.
+pub struct Route {
+    /// `GET`, `POST`, `PATCH`, `PUT` or `DELETE`.
+    pub method: &'static str,
+    /// Path template (`{uid}` for a parameter); also the label of request metrics.
+    pub path: &'static str,
+    pub access: Access,
+    handler: MethodRouter<Arc<App>>,
+}
+
+impl Route {
+    /// The least role, `None` for an open route.
+    pub fn least_role(&self) -> Option<Role> {
+        match self.access {
+            Access::Open => None,
+            Access::Least(role) => Some(role),
+        }
+    }
+
+    /// Caps the request body of this route at `bytes` (instead of `http.max_api_body_bytes`).
+    fn body_limit(mut self, bytes: usize) -> Route {
+        self.handler = self
+            .handler
+            .layer(axum::extract::DefaultBodyLimit::max(bytes));
+        self
+    }
+}
+
+/// The route table: every route of the HTTP surface except the OpAMP
+/// endpoint, whose path comes from the configuration.
+pub fn routes() -> Vec<Route> {
+    vec![
+        guarded::<Viewer, _, _>("GET", "/api/v1/agents", agents::list),
+        guarded::<Viewer, _, _>("GET", "/api/v1/agents/{uid}", agents::show),
+        guarded::<Operator, _, _>("DELETE", "/api/v1/agents/{uid}", agents::remove),
+        guarded::<Operator, _, _>("PATCH", "/api/v1/agents/{uid}/labels", agents::labels),
+        guarded::<Operator, _, _>("POST", "/api/v1/agents/{uid}/restart", agents::restart),
+        guarded::<Viewer, _, _>(
+            "GET",
+            "/api/v1/agents/{uid}/effective-config",
+            agents::effective_config,
+        ),
+        guarded::<Viewer, _, _>("GET", "/api/v1/agents/{uid}/events", agents::events),
+        guarded::<Viewer, _, _>("GET", "/api/v1/configurations", configs::list),
+        guarded::<Operator, _, _>("POST", "/api/v1/configurations", configs::create),
+        guarded::<Viewer, _, _>("GET", "/api/v1/configurations/{name}", configs::show),
+        guarded::<Operator, _, _>("DELETE", "/api/v1/configurations/{name}", configs::remove),
+        guarded::<Viewer, _, _>(
+            "GET",
+            "/api/v1/configurations/{name}/versions",
+            configs::versions,
+        ),
+        guarded::<Viewer, _, _>(
+            "GET",
+            "/api/v1/configurations/{name}/versions/{n}",
+            configs::version,
+        ),
+        guarded::<Viewer, _, _>("GET", "/api/v1/configurations/{name}/diff", configs::diff),
+        guarded::<Operator, _, _>(
+            "POST",
+            "/api/v1/configurations/{name}/rollback",
+            configs::rollback,
+        ),
+        guarded::<Viewer, _, _>(
+            "GET",
+            "/api/v1/configurations/{name}/rollout",
+            configs::rollout_show,
+        ),
+        guarded::<Operator, _, _>(
+            "POST",
+            "/api/v1/configurations/{name}/rollout",
+            configs::rollout_start,
+        ),
+        guarded::<Operator, _, _>(
+            "POST",
+            "/api/v1/configurations/{name}/rollout/pause",
+            configs::rollout_pause,
+        ),
+        guarded::<Operator, _, _>(
+            "POST",
+            "/api/v1/configurations/{name}/rollout/resume",
+            configs::rollout_resume,
+        ),
+        open("POST", "/api/v1/auth/login", users::login),
+        // Checks the credential it revokes itself, to audit refused attempts:
+        // any valid credential will do, so the least role is viewer.
+        Route {
+            access: Access::Least(Role::Viewer),
+            ..open("POST", "/api/v1/auth/logout", users::logout)
+        },
+        guarded::<Viewer, _, _>("GET", "/api/v1/tokens", users::tokens_list),
+        guarded::<Viewer, _, _>("POST", "/api/v1/tokens", users::tokens_create),
+        guarded::<Viewer, _, _>("DELETE", "/api/v1/tokens/{id}", users::tokens_revoke),
+        guarded::<Admin, _, _>("GET", "/api/v1/users", users::users_list),
+        guarded::<Admin, _, _>("POST", "/api/v1/users", users::users_create),
+        guarded::<Admin, _, _>("PATCH", "/api/v1/users/{name}", users::users_update),
+        guarded::<Admin, _, _>("DELETE", "/api/v1/users/{name}", users::users_delete),
+        guarded::<Admin, _, _>("GET", "/api/v1/audit", users::audit),
+        guarded::<Admin, _, _>("GET", "/api/v1/admin/backup", admin::backup),
+        guarded::<Admin, _, _>("POST", "/api/v1/admin/restore", admin::restore)
+            .body_limit(admin::RESTORE_MAX_BYTES),
+        guarded::<Admin, _, _>("GET", "/api/v1/admin/logs", admin::logs),
+        guarded::<Admin, _, _>("GET", "/api/v1/admin/db/stats", admin::db_stats),
+        guarded::<Admin, _, _>("POST", "/api/v1/admin/db/optimize", admin::db_optimize),
+        guarded::<Admin, _, _>("GET", "/api/v1/admin/memory", admin::memory),
+        open("GET", "/health", health::health),
+        open("GET", "/health/ready", health::ready),
+        open("GET", "/health/live", health::live),
+        open("GET", "/metrics", health::metrics),
+    ]
+}
+
+/// Every protected route as (method, path template, least role), from [`routes`].
+pub fn least_roles() -> Vec<(&'static str, &'static str, Role)> {
+    routes()
+        .iter()
+        .filter_map(|r| r.least_role().map(|role| (r.method, r.path, role)))
+        .collect()
+}
+
+/// A role extractor: what a handler takes to demand a role.
+pub trait RoleGuard {
+    const ROLE: Role;
+}
+
+/// The argument lists (as axum's [`Handler`] sees them) of handlers taking
+/// `State` and then the role extractor `R`.
+pub trait GuardedBy<R> {}
+
+macro_rules! guarded_by {
+    ($($rest:ident),*) => {
+        impl<M, R, $($rest),*> GuardedBy<R> for (M, State<Arc<App>>, R, $($rest),*) {}
+    };
+}
+guarded_by!();
+guarded_by!(A);
+guarded_by!(A, B);
+guarded_by!(A, B, C);
+guarded_by!(A, B, C, D);
+
+/// A route whose handler takes the role extractor `R` right after `State`;
+/// its least role is `R`'s, so the table and the handler agree by construction.
+pub fn guarded<R, H, T>(method: &'static str, path: &'static str, handler: H) -> Route
+where
+    R: RoleGuard,
+    H: Handler<T, Arc<App>>,
+    T: GuardedBy<R> + 'static,
+{
+    Route {
+        method,
+        path,
+        access: Access::Least(R::ROLE),
+        handler: axum::routing::on(method_filter(method), handler),
+    }
+}
+
+/// A route served without a token.
+fn open<H, T>(method: &'static str, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, Arc<App>>,
+    T: 'static,
+{
+    Route {
+        method,
+        path,
+        access: Access::Open,
+        handler: axum::routing::on(method_filter(method), handler),
+    }
+}
+
+fn method_filter(method: &str) -> MethodFilter {
+    match method {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "PUT" => MethodFilter::PUT,
+        "PATCH" => MethodFilter::PATCH,
+        "DELETE" => MethodFilter::DELETE,
+        other => panic!("route table: unsupported method {other}"),
+    }
+}
 
 /// An API error: status, stable code, human message.
 #[derive(Debug)]
@@ -241,13 +372,17 @@ macro_rules! role_extractor {
         #[doc = $doc]
         pub struct $name(pub Principal, pub Option<String>);
 
+        impl RoleGuard for $name {
+            const ROLE: Role = $role;
+        }
+
         impl FromRequestParts<Arc<App>> for $name {
             type Rejection = ApiError;
             async fn from_request_parts(
                 parts: &mut Parts,
                 app: &Arc<App>,
             ) -> Result<Self, Self::Rejection> {
-                let p = authenticate(parts, app, $role).await?;
+                let p = authenticate(parts, app, <$name as RoleGuard>::ROLE).await?;
                 Ok($name(p, remote(parts)))
             }
         }
@@ -266,92 +401,17 @@ role_extractor!(
 );
 role_extractor!(Admin, Role::Admin, "A caller with the admin role.");
 
-/// The whole HTTP surface of opampd.
+/// The whole HTTP surface of opampd: the route table plus the OpAMP endpoint.
 pub fn router(app: Arc<App>) -> Router {
     let opamp_path = app.config.opamp.path.clone();
-    let api = Router::new()
-        .route("/api/v1/agents", get(agents::list))
-        .route(
-            "/api/v1/agents/{uid}",
-            get(agents::show).delete(agents::remove),
-        )
-        .route("/api/v1/agents/{uid}/labels", patch(agents::labels))
-        .route("/api/v1/agents/{uid}/restart", post(agents::restart))
-        .route(
-            "/api/v1/agents/{uid}/effective-config",
-            get(agents::effective_config),
-        )
-        .route("/api/v1/agents/{uid}/events", get(agents::events))
-        .route(
-            "/api/v1/configurations",
-            get(configs::list).post(configs::create),
-        )
-        .route(
-            "/api/v1/configurations/{name}",
-            get(configs::show).delete(configs::remove),
-        )
-        .route(
-            "/api/v1/configurations/{name}/versions",
-            get(configs::versions),
-        )
-        .route(
-            "/api/v1/configurations/{name}/versions/{n}",
-            get(configs::version),
-        )
-        .route("/api/v1/configurations/{name}/diff", get(configs::diff))
-        .route(
-            "/api/v1/configurations/{name}/rollback",
-            post(configs::rollback),
-        )
-        .route(
-            "/api/v1/configurations/{name}/rollout",
-            get(configs::rollout_show).post(configs::rollout_start),
-        )
-        .route(
-            "/api/v1/configurations/{name}/rollout/pause",
-            post(configs::rollout_pause),
-        )
-        .route(
-            "/api/v1/configurations/{name}/rollout/resume",
-            post(configs::rollout_resume),
-        )
-        .route("/api/v1/auth/login", post(users::login))
-        .route("/api/v1/auth/logout", post(users::logout))
-        .route(
-            "/api/v1/tokens",
-            get(users::tokens_list).post(users::tokens_create),
-        )
-        .route(
-            "/api/v1/tokens/{id}",
-            axum::routing::delete(users::tokens_revoke),
-        )
-        .route(
-            "/api/v1/users",
-            get(users::users_list).post(users::users_create),
-        )
-        .route(
-            "/api/v1/users/{name}",
-            patch(users::users_update).delete(users::users_delete),
-        )
-        .route("/api/v1/audit", get(users::audit))
-        .route("/api/v1/admin/backup", get(admin::backup))
-        .route(
-            "/api/v1/admin/restore",
-            post(admin::restore).layer(axum::extract::DefaultBodyLimit::max(
-                admin::RESTORE_MAX_BYTES,
-            )),
-        )
-        .route("/api/v1/admin/logs", get(admin::logs))
-        .route("/api/v1/admin/db/stats", get(admin::db_stats))
-        .route("/api/v1/admin/db/optimize", post(admin::db_optimize))
-        .route("/api/v1/admin/memory", get(admin::memory))
+    let table = routes()
+        .into_iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, route.handler)
+        })
         .fallback(api_not_found);
     Router::new()
-        .merge(api)
-        .route("/health", get(health::health))
-        .route("/health/ready", get(health::ready))
-        .route("/health/live", get(health::live))
-        .route("/metrics", get(health::metrics))
+        .merge(table)
         .route(&opamp_path, axum::routing::any(crate::opamp::endpoint))
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.http.max_api_body_bytes,
@@ -430,4 +490,49 @@ async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         resp_bytes,
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_table_lists_each_route_once_and_builds_a_router() {
+        let table = routes();
+        let pairs: BTreeSet<(&str, &str)> = table.iter().map(|r| (r.method, r.path)).collect();
+        assert_eq!(
+            pairs.len(),
+            table.len(),
+            "a (method, path) pair listed twice"
+        );
+        // Registering the same method on one path twice would panic here.
+        let _ = table
+            .into_iter()
+            .fold(Router::<Arc<App>>::new(), |router, route| {
+                router.route(route.path, route.handler)
+            });
+    }
+
+    #[test]
+    fn open_routes_are_the_deliberate_ones() {
+        let open: BTreeSet<(&str, &str)> = routes()
+            .iter()
+            .filter(|r| r.access == Access::Open)
+            .map(|r| (r.method, r.path))
+            .collect();
+        let expected: BTreeSet<(&str, &str)> = [
+            ("POST", "/api/v1/auth/login"),
+            ("GET", "/health"),
+            ("GET", "/health/ready"),
+            ("GET", "/health/live"),
+            ("GET", "/metrics"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(open, expected);
+        assert!(least_roles()
+            .iter()
+            .all(|(_, path, _)| path.starts_with("/api/v1/")));
+    }
 }
