@@ -6,6 +6,7 @@
 //! - `client`: REST over reqwest; failures become exit statuses (3 = unreachable).
 //! - `output`: tables, JSON/YAML, colour, a quiet exit on a closed pipe.
 //! - `localdb`: SQLite files on this host (online backup, integrity and schema checks).
+//! - `procfs`: /proc and process limits (CPU, RSS, open files, ports, listeners).
 //! - `docs`: man page and completion generation.
 //! - `cmd/`: one file per subcommand.
 //!
@@ -20,6 +21,7 @@ pub mod docs;
 pub mod error;
 pub mod localdb;
 pub mod output;
+pub mod procfs;
 
 use clap::Parser;
 use error::{CtlError, Exit};

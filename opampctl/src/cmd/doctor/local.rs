@@ -1,0 +1,160 @@
+//! Local files: the opampd config file (validated by `opampd check-config`)
+//! and the data directory's permissions.
+
+use super::report::{fail, ok, skip, warn, Check, Verdict};
+use super::Diagnosis;
+use crate::cmd::supervisor;
+use crate::procfs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+impl Diagnosis<'_> {
+    /// `config`: --config FILE exists and `opampd check-config` accepts it.
+    pub(super) fn check_config(&mut self) {
+        let Some(config) = &self.args.config else {
+            self.push(skip("config", "no --config FILE given"));
+            return;
+        };
+        if !config.is_file() {
+            self.push(fail(
+                "config",
+                format!("{} does not exist", config.display()),
+                "pass the path opampd is started with (see the unit file or OPAMPD_CONFIG)",
+            ));
+            return;
+        }
+        if supervisor::which("opampd").is_none() {
+            self.push(warn(
+                "config",
+                format!(
+                    "opampd is not on PATH: cannot validate {}",
+                    config.display()
+                ),
+                "put opampd on PATH (or run on the server host) to validate the configuration",
+            ));
+            return;
+        }
+        self.push(check_config_with_opampd(config));
+    }
+
+    /// `data-dir`: a writable directory, not open to other users, with a
+    /// private admin.token.
+    pub(super) fn check_data_dir(&mut self) {
+        let Some(dir) = &self.args.data_dir else {
+            self.push(skip("data-dir", "no --data-dir DIR given"));
+            return;
+        };
+        let meta = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => meta,
+            Ok(_) => {
+                self.push(fail(
+                    "data-dir",
+                    format!("{} is not a directory", dir.display()),
+                    "point opampd's --data-dir (OPAMPD_DATA_DIR) at a directory",
+                ));
+                return;
+            }
+            Err(e) => {
+                self.push(fail(
+                    "data-dir",
+                    format!("{}: {e}", dir.display()),
+                    "create it (opampd creates it at start if its parent is writable), owned by the service user",
+                ));
+                return;
+            }
+        };
+        self.push(data_dir_verdict(dir, &meta));
+    }
+}
+
+fn check_config_with_opampd(config: &Path) -> Check {
+    match std::process::Command::new("opampd")
+        .arg("check-config")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(output) if output.status.success() => ok(
+            "config",
+            format!("{} is valid (opampd check-config)", config.display()),
+        ),
+        Ok(output) => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let message = stderr
+                .lines()
+                .find(|line| line.contains("error"))
+                .unwrap_or(stderr.trim())
+                .trim()
+                .to_string();
+            fail(
+                "config",
+                format!("{}: {message}", config.display()),
+                "fix the key or value named above; `opampd check-config --print-defaults` lists every key",
+            )
+        }
+        Err(e) => warn(
+            "config",
+            format!("cannot run opampd check-config: {e}"),
+            "check that the opampd binary on PATH runs",
+        ),
+    }
+}
+
+/// Writable (fail if not), closed to others and a private admin.token (warn if not).
+fn data_dir_verdict(dir: &Path, meta: &std::fs::Metadata) -> Check {
+    let mode = meta.permissions().mode() & 0o777;
+    let probe = dir.join(".opampctl-doctor-probe");
+    let writable = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    let mut notes = vec![format!(
+        "{} mode {:o}, owner uid {}",
+        dir.display(),
+        mode,
+        meta.uid()
+    )];
+    let mut verdict = Verdict::Ok;
+    let mut remedy = None;
+    if !writable {
+        verdict = Verdict::Fail;
+        notes.push(format!(
+            "not writable by this user (uid {})",
+            procfs::current_uid()
+        ));
+        remedy = Some(format!(
+            "chown -R <service user> {} (opampd must write the database, WAL and backups there); or run opampctl as the service user",
+            dir.display()
+        ));
+    }
+    if mode & 0o007 != 0 {
+        if verdict == Verdict::Ok {
+            verdict = Verdict::Warn;
+        }
+        notes.push("readable by other users".into());
+        remedy.get_or_insert_with(|| {
+            format!(
+                "chmod o-rwx {}: it holds the database and admin.token",
+                dir.display()
+            )
+        });
+    }
+    let token = dir.join("admin.token");
+    if let Ok(token_meta) = std::fs::metadata(&token) {
+        if token_meta.permissions().mode() & 0o077 != 0 {
+            if verdict == Verdict::Ok {
+                verdict = Verdict::Warn;
+            }
+            notes.push(format!(
+                "admin.token mode {:o} (should be 600)",
+                token_meta.permissions().mode() & 0o777
+            ));
+            remedy.get_or_insert_with(|| format!("chmod 600 {}", token.display()));
+        }
+    }
+    Check {
+        name: "data-dir".into(),
+        verdict,
+        detail: notes.join("; "),
+        remedy,
+    }
+}
