@@ -63,6 +63,29 @@ pub async fn flush_last_seen(app: Arc<App>) {
     }
 }
 
+/// Sets the agent gauges (and so `/health`'s counts): connected and stale
+/// from the fleet ([`crate::fleet::Liveness`]), disconnected = the rest of
+/// the stored inventory.
+pub async fn refresh_agent_gauges(app: &App) {
+    let Ok(stored) = app
+        .store
+        .read("agent_count", crate::store::agents::count)
+        .await
+    else {
+        return;
+    };
+    let live = app.fleet.counts(now_ms(), app.stale_after_ms());
+    let live_total = live.connected + live.stale;
+    // A brand-new agent is live a writer batch before it is stored.
+    let total = stored.max(live_total);
+    let m = &app.metrics.agents;
+    m.connected.store(live.connected as i64, Ordering::Relaxed);
+    m.stale.store(live.stale as i64, Ordering::Relaxed);
+    m.disconnected
+        .store((total - live_total) as i64, Ordering::Relaxed);
+    m.total.store(total as i64, Ordering::Relaxed);
+}
+
 /// Marks silent plain-HTTP agents disconnected, refreshes the agent gauges and
 /// prunes old connection events.
 pub async fn liveness(app: Arc<App>) {
@@ -89,26 +112,7 @@ pub async fn liveness(app: Arc<App>) {
                 "no poll within opamp.disconnect_after_seconds",
             );
         }
-        let live = app.fleet.counts(now, app.stale_after_ms());
-        let stale_before = now - app.stale_after_ms();
-        if let Ok((_, _, disconnected)) = app
-            .store
-            .read("agent_counts", move |c| {
-                crate::store::agents::counts(c, stale_before)
-            })
-            .await
-        {
-            let m = &app.metrics.agents;
-            // Live counts come from the fleet (exact); the rest from the store.
-            let disconnected = disconnected as i64;
-            m.connected.store(live.connected as i64, Ordering::Relaxed);
-            m.stale.store(live.stale as i64, Ordering::Relaxed);
-            m.disconnected.store(disconnected, Ordering::Relaxed);
-            m.total.store(
-                live.connected as i64 + live.stale as i64 + disconnected,
-                Ordering::Relaxed,
-            );
-        }
+        refresh_agent_gauges(&app).await;
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = Instant::now();
             let before = now - app.config.database.event_retention_days as i64 * 86_400_000;

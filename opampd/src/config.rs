@@ -285,6 +285,7 @@ impl Config {
         {
             bail!("opamp.disconnect_after_seconds must be >= opamp.stale_after_seconds > 0");
         }
+        liveness_keys_agree(&self.opamp, &self.database)?;
         if self.opamp.ws_read_timeout_seconds <= self.opamp.ws_ping_interval_seconds {
             bail!(
                 "opamp.ws_read_timeout_seconds must be greater than opamp.ws_ping_interval_seconds"
@@ -316,6 +317,28 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("opamp.db")
     }
+}
+
+/// Liveness settings that cannot work together, refused with both keys named.
+fn liveness_keys_agree(opamp: &OpampConfig, database: &DatabaseConfig) -> Result<()> {
+    let (stale, heartbeat) = (opamp.stale_after_seconds, opamp.heartbeat_interval_seconds);
+    if stale < heartbeat {
+        bail!(
+            "opamp.stale_after_seconds ({stale}) is shorter than opamp.heartbeat_interval_seconds ({heartbeat}): \
+             every agent would turn stale between two heartbeats; set stale_after_seconds to at least {heartbeat} \
+             (three heartbeats is usual) or lower heartbeat_interval_seconds"
+        );
+    }
+    let flush = database.last_seen_flush_seconds;
+    if flush > stale {
+        bail!(
+            "database.last_seen_flush_seconds ({flush}) is longer than opamp.stale_after_seconds ({stale}): \
+             the stored last-seen time of a connected agent (in the database, its backups and after a restart) \
+             would routinely be older than the staleness window; set last_seen_flush_seconds to at most {stale} \
+             or raise stale_after_seconds"
+        );
+    }
+    Ok(())
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr> {

@@ -7,6 +7,7 @@
 
 use crate::opamp::reply::Reply;
 use crate::opamp::session::Session;
+use crate::store::agents::LiveAgent;
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,51 @@ impl ConnQueue {
     }
 }
 
+/// An agent's liveness: the one definition behind the STATUS column, the
+/// `status` filter of agent lists, `/health` and the agent gauges.
+///
+/// It comes from the live session alone (its in-memory last-seen time), never
+/// from the stored row: the stored status and last-seen time are a persisted
+/// record that may lag by a writer batch or a last-seen flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Served and heard from within `opamp.stale_after_seconds`.
+    Connected,
+    /// Served, but silent past `opamp.stale_after_seconds`.
+    Stale,
+    /// No live session.
+    Disconnected,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Connected => "connected",
+            Liveness::Stale => "stale",
+            Liveness::Disconnected => "disconnected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Liveness> {
+        Some(match s {
+            "connected" => Liveness::Connected,
+            "stale" => Liveness::Stale,
+            "disconnected" => Liveness::Disconnected,
+            _ => return None,
+        })
+    }
+
+    /// The liveness of a session (`None`: no session).
+    pub fn of(session: Option<&Session>, now_ms: i64, stale_after_ms: i64) -> Liveness {
+        match session {
+            None => Liveness::Disconnected,
+            Some(s) if s.is_disconnected() => Liveness::Disconnected,
+            Some(s) if now_ms - s.last_seen() > stale_after_ms => Liveness::Stale,
+            Some(_) => Liveness::Connected,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Fleet {
     sessions: DashMap<[u8; 16], Session>,
@@ -65,7 +111,7 @@ pub struct Fleet {
     next_conn: AtomicU64,
 }
 
-/// Live counts: (connected, stale, websocket sessions).
+/// Live counts by [`Liveness`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LiveCounts {
     pub connected: u64,
@@ -153,21 +199,53 @@ impl Fleet {
         }
     }
 
-    /// Counts live sessions by freshness.
+    /// Counts live sessions by [`Liveness`].
     pub fn counts(&self, now_ms: i64, stale_after_ms: i64) -> LiveCounts {
         let mut c = LiveCounts::default();
         for e in self.sessions.iter() {
-            let s = e.value();
-            if s.is_disconnected() {
-                continue;
-            }
-            if now_ms - s.last_seen() <= stale_after_ms {
-                c.connected += 1;
-            } else {
-                c.stale += 1;
+            match Liveness::of(Some(e.value()), now_ms, stale_after_ms) {
+                Liveness::Connected => c.connected += 1,
+                Liveness::Stale => c.stale += 1,
+                Liveness::Disconnected => {}
             }
         }
         c
+    }
+
+    /// The liveness of one agent.
+    pub fn liveness(&self, uid: &[u8; 16], now_ms: i64, stale_after_ms: i64) -> Liveness {
+        Liveness::of(self.sessions.get(uid).as_deref(), now_ms, stale_after_ms)
+    }
+
+    /// Uids (as strings) of the sessions for which `keep` holds.
+    pub fn uids_where(
+        &self,
+        now_ms: i64,
+        stale_after_ms: i64,
+        keep: impl Fn(Liveness) -> bool,
+    ) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|e| keep(Liveness::of(Some(e.value()), now_ms, stale_after_ms)))
+            .map(|e| opamp_proto::uid_string(e.key()))
+            .collect()
+    }
+
+    /// Every agent with a live session, as a restore re-registers it.
+    pub fn live_agents(&self) -> Vec<LiveAgent> {
+        self.sessions
+            .iter()
+            .filter(|e| !e.value().is_disconnected())
+            .map(|e| {
+                let s = e.value();
+                LiveAgent {
+                    uid: opamp_proto::uid_string(s.uid()),
+                    transport: s.transport().as_str(),
+                    last_seen: s.last_seen(),
+                    remote_addr: s.remote_addr().map(|a| a.to_string()),
+                }
+            })
+            .collect()
     }
 
     /// Number of agents being served (for the max_agents limit).

@@ -75,7 +75,7 @@ pub fn push_all(app: &App) {
     }
 }
 
-/// After a rollout or selector change: new targets, then offers.
+/// After a rollout changes (or a restore, or a deletion): new targets, then offers.
 pub async fn retarget(app: &App) -> Result<()> {
     rebuild_targets(app).await?;
     push_all(app);
@@ -241,13 +241,13 @@ pub fn evaluate(
 }
 
 /// A rollout's agents and progress, read now.
-pub async fn progress_of(app: &App, rollout: &RolloutRow, selector: &str) -> Result<Progress> {
+pub async fn progress_of(app: &App, rollout: &RolloutRow) -> Result<Progress> {
     let id = rollout.id;
     let agents = app
         .store
         .read("rollout_agents", move |c| configs::rollout_agents(c, id))
         .await?;
-    let selector = Selector::parse(selector).unwrap_or_default();
+    let selector = Selector::parse(&rollout.selector).unwrap_or_default();
     Ok(evaluate(app, rollout, &selector, &agents))
 }
 
@@ -325,20 +325,12 @@ async fn step(app: &Arc<App>) -> Result<()> {
     let running = app
         .store
         .read("rollouts_running", |c| {
-            let rows = configs::rollouts_in_state(c, "running")?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                let selector = configs::get(c, &r.name)?
-                    .map(|c| c.selector)
-                    .unwrap_or_default();
-                out.push((r, selector));
-            }
-            Ok(out)
+            configs::rollouts_in_state(c, "running")
         })
         .await?;
     let mut changed = false;
-    for (r, selector) in running {
-        let p = progress_of(app, &r, &selector).await?;
+    for r in running {
+        let p = progress_of(app, &r).await?;
         let decision = next(&r, &p);
         let (to, released, reason, audit) = match &decision {
             Next::Stay => continue,
@@ -427,6 +419,7 @@ mod tests {
             started_at: 0,
             updated_at: 0,
             started_by: None,
+            selector: String::new(),
         }
     }
 

@@ -83,6 +83,10 @@ pub struct RemoteConfigState {
     /// Every configuration in the offer (one file each), in name order.
     #[serde(default)]
     pub configs: Vec<ConfigRef>,
+    /// What the agent runs: the configurations of the last offer it reported
+    /// APPLIED, while it still reports that offer's hash (empty otherwise).
+    #[serde(default)]
+    pub running: Vec<ConfigRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -138,6 +142,10 @@ pub struct Configuration {
     pub created_by: Option<String>,
     /// The version being rolled out or last rolled out, if any.
     pub rolled_out_version: Option<u64>,
+    /// The selector of that rollout: who receives the rolled-out version.
+    /// `selector` (the saved one) takes effect at the next rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_out_selector: Option<String>,
     /// `created`, `updated` or `unchanged` on a write; absent on reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
@@ -385,7 +393,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 2;
+pub const DB_SCHEMA_VERSION: u32 = 3;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -399,6 +407,10 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Live WebSocket agents asked to report their full state at once.
     pub agents_notified: u64,
+    /// Live agents the backup did not contain: kept in the inventory as
+    /// connected (they report their description with their full state).
+    #[serde(default)]
+    pub live_agents_added: u64,
 }
 
 /// One line of `GET /api/v1/admin/logs` (`application/x-ndjson`).

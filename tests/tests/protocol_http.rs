@@ -304,7 +304,7 @@ async fn agent_secret_401_and_max_agents_503() {
 
 #[tokio::test]
 async fn silent_http_agents_go_stale_then_disconnected_and_goodbye_is_immediate() {
-    let cfg = "opamp:\n  stale_after_seconds: 1\n  disconnect_after_seconds: 3\n  ws_ping_interval_seconds: 1\n  ws_read_timeout_seconds: 5\n";
+    let cfg = "opamp:\n  heartbeat_interval_seconds: 1\n  stale_after_seconds: 1\n  disconnect_after_seconds: 3\n  ws_ping_interval_seconds: 1\n  ws_read_timeout_seconds: 5\ndatabase:\n  last_seen_flush_seconds: 1\n";
     let s = Server::start_with(Opts {
         config: Some(cfg.into()),
         ..Default::default()

@@ -238,7 +238,7 @@ async fn agent_disconnect_marks_the_agent_disconnected_but_keeps_it() {
 
 #[tokio::test]
 async fn idle_connections_are_pinged_and_silent_ones_closed() {
-    let cfg = "opamp:\n  ws_ping_interval_seconds: 1\n  ws_read_timeout_seconds: 3\n  stale_after_seconds: 1\n  disconnect_after_seconds: 2\n";
+    let cfg = "opamp:\n  ws_ping_interval_seconds: 1\n  ws_read_timeout_seconds: 3\n  heartbeat_interval_seconds: 1\n  stale_after_seconds: 1\n  disconnect_after_seconds: 2\ndatabase:\n  last_seen_flush_seconds: 1\n";
     let s = Server::start_with(Opts {
         config: Some(cfg.into()),
         ..Default::default()

@@ -78,13 +78,32 @@ fn attr(a: &Agent, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The CONFIG column: what the agent runs (the offer it reported APPLIED),
+/// then an offer it has not applied yet with its state, e.g.
+/// `otel@1 → otel@2 pending`.
 fn config_of(a: &Agent) -> String {
     let rc = &a.remote_config;
-    match (&rc.name, rc.version) {
-        (Some(n), Some(v)) => format!("{n}@{v} {}", rc.status),
-        (Some(n), None) => format!("{n} {}", rc.status),
-        _ => "-".into(),
+    let refs = |r: &[opamp_proto::api::ConfigRef]| {
+        r.iter()
+            .map(|c| format!("{}@{}", c.name, c.version))
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    let running = refs(&rc.running);
+    let offered = refs(&rc.configs);
+    if rc.configs.is_empty() || (rc.status == "applied" && running == offered) {
+        return if running.is_empty() {
+            "-".into()
+        } else {
+            running
+        };
     }
+    let has = if running.is_empty() {
+        "-"
+    } else {
+        running.as_str()
+    };
+    format!("{has} → {offered} {}", rc.status)
 }
 
 fn labels_text(l: &BTreeMap<String, String>) -> String {

@@ -176,12 +176,16 @@ async fn online(s: &Settings, c: &Client, a: &RestoreArgs) -> Result<()> {
     }
     if s.human() {
         output::out(&format!(
-            "restored {} into {}: schema version {}, previous database kept as {} (on the server); {} connected agents asked to report their full state",
+            "restored {} into {}: schema version {}, previous database kept as {} (on the server); {} connected agents asked to report their full state{}",
             a.file.display(),
             c.base,
             report.schema_version,
             report.kept_aside,
-            report.agents_notified
+            report.agents_notified,
+            match report.live_agents_added {
+                0 => String::new(),
+                n => format!("; {n} connected agents the backup did not contain are kept in the inventory"),
+            }
         ));
         Ok(())
     } else {
@@ -291,6 +295,7 @@ async fn offline(s: &Settings, c: &Client, a: &RestoreArgs, dir: &Path) -> Resul
         restored_schema_version: localdb::check_db(&db).unwrap_or(0),
         bytes: std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0),
         agents_notified: 0,
+        live_agents_added: 0,
     };
     if s.quiet {
         return Ok(());

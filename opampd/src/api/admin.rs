@@ -156,8 +156,12 @@ pub async fn restore(
             keep_aside.display()
         )));
     }
-    app.store
-        .restore_from(tmp.clone(), keep_aside.clone())
+    let fleet_app = app.clone();
+    let live_agents_added = app
+        .store
+        .restore_from(tmp.clone(), keep_aside.clone(), move || {
+            fleet_app.fleet.live_agents()
+        })
         .await
         .map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "restore failed");
@@ -182,17 +186,18 @@ pub async fn restore(
                 None,
                 remote.as_deref(),
                 "ok",
-                &json!({"bytes": size, "schema_version": version, "kept_aside": aside}),
+                &json!({"bytes": size, "schema_version": version, "kept_aside": aside, "live_agents_added": live_agents_added}),
             )
         })
         .await?;
-    tracing::warn!(by = %who.name, bytes = size, kept_aside = %keep_aside.display(), agents_notified = notified, "database restored from an uploaded backup");
+    tracing::warn!(by = %who.name, bytes = size, kept_aside = %keep_aside.display(), agents_notified = notified, live_agents_added, "database restored from an uploaded backup");
     Ok(Json(RestoreReport {
         kept_aside: keep_aside.display().to_string(),
         schema_version: schema::SCHEMA_VERSION,
         restored_schema_version: version,
         bytes: size,
         agents_notified: notified,
+        live_agents_added,
     }))
 }
 
@@ -279,6 +284,8 @@ async fn after_restore(app: &Arc<App>) -> u64 {
     if let Err(e) = crate::rollouts::retarget(app).await {
         tracing::error!(error = %format!("{e:#}"), "after the restore: cannot rebuild the configuration targets");
     }
+    // Counts and gauges describe the restored inventory from now on.
+    crate::app::refresh_agent_gauges(app).await;
     notified
 }
 

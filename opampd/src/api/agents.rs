@@ -3,9 +3,10 @@
 use super::{ApiError, ApiResult, ForceParam, Operator, Viewer};
 use crate::app::App;
 use crate::auth::insert_audit;
+use crate::fleet::Liveness;
 use crate::opamp::session::Transport;
 use crate::selector::Selector;
-use crate::store::agents::{self, AgentRow, ListQuery};
+use crate::store::agents::{self, AgentRow, ListQuery, UidFilter};
 use crate::store::{now_ms, rfc3339};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -33,13 +34,14 @@ pub async fn list(
 ) -> ApiResult<Json<Page<Agent>>> {
     let selector = Selector::parse(q.selector.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("selector: {e}")))?;
-    if let Some(s) = &q.status {
-        if !matches!(s.as_str(), "connected" | "stale" | "disconnected") {
-            return Err(ApiError::bad_request(format!(
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(Liveness::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
                 "status must be connected, stale or disconnected, got {s:?}"
-            )));
-        }
-    }
+            ))
+        })?),
+    };
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!(
@@ -53,12 +55,20 @@ pub async fn list(
             ));
         }
     }
+    // The status filter is resolved from the fleet, like the STATUS column.
+    let (now, stale_after) = (now_ms(), app.stale_after_ms());
+    let uids = status.map(|wanted| match wanted {
+        Liveness::Disconnected => UidFilter::Except(
+            app.fleet
+                .uids_where(now, stale_after, |l| l != Liveness::Disconnected),
+        ),
+        _ => UidFilter::Only(app.fleet.uids_where(now, stale_after, |l| l == wanted)),
+    });
     let query = ListQuery {
         selector,
-        status: q.status.clone(),
+        uids,
         limit: limit + 1,
         after: q.cursor.clone(),
-        stale_before: now_ms() - app.stale_after_ms(),
     };
     let (mut rows, total) = app
         .store
@@ -316,22 +326,16 @@ pub async fn events(
 /// The API view of a stored agent, with live facts from the fleet.
 pub fn to_api(app: &App, r: &AgentRow) -> Agent {
     let uid = opamp_proto::parse_uid(&r.uid).unwrap_or([0; 16]);
+    let (now, stale_after) = (now_ms(), app.stale_after_ms());
     let live = app.fleet.with(&uid, |s| {
-        (s.last_seen(), s.transport(), s.is_disconnected())
+        (
+            s.last_seen(),
+            s.transport(),
+            Liveness::of(Some(s), now, stale_after),
+        )
     });
-    let now = now_ms();
     let last_seen = live.map_or(r.last_seen, |(seen, _, _)| seen.max(r.last_seen));
-    let connected = match live {
-        Some((_, _, disconnected)) => !disconnected,
-        None => false,
-    };
-    let status = if !connected {
-        "disconnected"
-    } else if now - last_seen > app.stale_after_ms() {
-        "stale"
-    } else {
-        "connected"
-    };
+    let status = live.map_or(Liveness::Disconnected, |(_, _, l)| l).as_str();
     let transport = live.map_or(r.transport.as_str(), |(_, t, _)| t.as_str());
     let obj = |t: &str| -> BTreeMap<String, Value> { serde_json::from_str(t).unwrap_or_default() };
     let health = r
@@ -384,6 +388,15 @@ fn remote_config_state(r: &AgentRow) -> RemoteConfigState {
         (Some(_), _) => "pending",
         (None, _) => reported_status,
     };
+    let applied: Value = r
+        .applied
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    let running = match (applied["hash"].as_str(), &reported_hash) {
+        (Some(a), Some(rh)) if a == rh => config_refs(&applied),
+        _ => Vec::new(),
+    };
     RemoteConfigState {
         name: (!names.is_empty()).then(|| names.join("+")),
         version: files.first().and_then(|f| f["version"].as_u64()),
@@ -391,14 +404,25 @@ fn remote_config_state(r: &AgentRow) -> RemoteConfigState {
         status: status.into(),
         error: if status == "failed" { error } else { None },
         reported_hash,
-        configs: files
-            .iter()
-            .filter_map(|f| {
-                Some(api::ConfigRef {
-                    name: f["name"].as_str()?.into(),
-                    version: f["version"].as_u64()?,
-                })
-            })
-            .collect(),
+        configs: config_refs(&offered),
+        running,
     }
+}
+
+/// The `files` of an offered-record as configuration references.
+fn config_refs(record: &Value) -> Vec<api::ConfigRef> {
+    record["files"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|f| {
+                    Some(api::ConfigRef {
+                        name: f["name"].as_str()?.into(),
+                        version: f["version"].as_u64()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

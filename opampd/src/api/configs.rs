@@ -76,10 +76,11 @@ fn not_found(name: &str) -> ApiError {
 fn to_api(
     row: &ConfigRow,
     hash: String,
-    rolled_out_version: Option<u64>,
+    rolled_out: Option<(u64, String)>,
     result: Option<&str>,
     body: Option<String>,
 ) -> Configuration {
+    let (rolled_out_version, rolled_out_selector) = rolled_out.unzip();
     Configuration {
         name: row.name.clone(),
         version: row.latest_version,
@@ -91,6 +92,7 @@ fn to_api(
         updated_at: rfc3339(row.updated_at),
         created_by: row.created_by.clone(),
         rolled_out_version,
+        rolled_out_selector,
         result: result.map(str::to_owned),
         body,
     }
@@ -113,7 +115,6 @@ fn version_to_api(v: VersionRow) -> ConfigVersion {
 struct Saved {
     config: Configuration,
     created_version: bool,
-    retarget: bool,
 }
 
 fn newest(c: &rusqlite::Connection, row: &ConfigRow) -> anyhow::Result<VersionRow> {
@@ -200,7 +201,6 @@ pub async fn create(
                 return Ok(Saved {
                     config: to_api(&row, hash, None, Some("created"), None),
                     created_version: true,
-                    retarget: false,
                 });
             };
             let latest = newest(c, &row)?;
@@ -211,12 +211,11 @@ pub async fn create(
                 .description
                 .as_ref()
                 .is_some_and(|d| *d != row.description);
-            let rolled_out = configs::latest_rollout(c, &row.name)?.map(|r| r.version);
+            let rolled_out = configs::latest_rollout(c, &row.name)?.map(|r| (r.version, r.selector));
             if !body_changed && !selector_changed && !description_changed {
                 return Ok(Saved {
                     config: to_api(&row, latest.hash, rolled_out, Some("unchanged"), None),
                     created_version: false,
-                    retarget: false,
                 });
             }
             let mut hash_now = latest.hash.clone();
@@ -272,13 +271,9 @@ pub async fn create(
             Ok(Saved {
                 config: to_api(&row, hash_now, rolled_out, Some("updated"), None),
                 created_version: body_changed,
-                retarget: selector_changed && rolled_out.is_some(),
             })
         })
         .await?;
-    if saved.retarget {
-        rollouts::retarget(&app).await?;
-    }
     if saved.config.result.as_deref() != Some("unchanged") {
         tracing::info!(configuration = %name, version = saved.config.version, by = %who.name,
             result = saved.config.result.as_deref().unwrap_or(""), "configuration saved");
@@ -336,7 +331,7 @@ pub async fn show(
                 return Ok(None);
             };
             let latest = newest(c, &row)?;
-            let rolled = configs::latest_rollout(c, &key)?.map(|r| r.version);
+            let rolled = configs::latest_rollout(c, &key)?.map(|r| (r.version, r.selector));
             Ok(Some((row, latest, rolled)))
         })
         .await?;
@@ -368,7 +363,7 @@ pub async fn remove(
                 return Err(ApiError::conflict(format!(
                     "configuration {key:?} is rolled out (version {}, rollout {}): agents matching {:?} receive it; \
                      pass force=true to delete it anyway (agents stop receiving it)",
-                    r.version, r.state, row.selector
+                    r.version, r.state, r.selector
                 ))
                 .into());
             }
@@ -536,12 +531,11 @@ pub async fn rollback(
                 .into());
             };
             let latest = newest(c, &row)?;
-            let rolled_out = configs::latest_rollout(c, &key)?.map(|r| r.version);
+            let rolled_out = configs::latest_rollout(c, &key)?.map(|r| (r.version, r.selector));
             if old.body == latest.body && old.content_type == latest.content_type {
                 return Ok(Saved {
                     config: to_api(&row, latest.hash, rolled_out, Some("unchanged"), None),
                     created_version: false,
-                    retarget: false,
                 });
             }
             let now = now_ms();
@@ -574,7 +568,6 @@ pub async fn rollback(
             Ok(Saved {
                 config: to_api(&row, old.hash, rolled_out, Some("updated"), None),
                 created_version: true,
-                retarget: false,
             })
         })
         .await?;
@@ -623,6 +616,7 @@ pub async fn rollout_start(
         batch_size,
     );
     let (key, actor) = (name.clone(), who.name.clone());
+    let selector_text = row.selector.clone();
     let count = agents.len();
     let rollout = app
         .store
@@ -659,6 +653,7 @@ pub async fn rollout_start(
                 started_at: now,
                 updated_at: now,
                 started_by: Some(actor.clone()),
+                selector: selector_text,
             };
             let id = configs::insert_rollout(c, &row, &agents)?;
             insert_audit(
@@ -673,6 +668,7 @@ pub async fn rollout_start(
                     "batch_size": batch_size,
                     "max_failures": max_failures,
                     "agents": agents.len(),
+                    "selector": row.selector,
                     "superseded_version": prior.as_ref().map(|p| p.version),
                 }),
             )?;
@@ -681,12 +677,12 @@ pub async fn rollout_start(
         .await?;
     tracing::info!(configuration = %name, version, agents = count, batch_size, max_failures, by = %who.name, "rollout started");
     rollouts::retarget(&app).await?;
-    let p = rollouts::progress_of(&app, &rollout, &row.selector).await?;
+    let p = rollouts::progress_of(&app, &rollout).await?;
     Ok((StatusCode::ACCEPTED, Json(rollouts::to_api(&rollout, p))))
 }
 
-/// The latest rollout of a configuration with its selector.
-async fn latest(app: &App, name: &str) -> ApiResult<(RolloutRow, String)> {
+/// The latest rollout of a configuration.
+async fn latest(app: &App, name: &str) -> ApiResult<RolloutRow> {
     let key = name.to_string();
     let (row, rollout) = app
         .store
@@ -694,13 +690,12 @@ async fn latest(app: &App, name: &str) -> ApiResult<(RolloutRow, String)> {
             Ok((configs::get(c, &key)?, configs::latest_rollout(c, &key)?))
         })
         .await?;
-    let row = row.ok_or_else(|| not_found(name))?;
-    let rollout = rollout.ok_or_else(|| {
+    row.ok_or_else(|| not_found(name))?;
+    rollout.ok_or_else(|| {
         ApiError::not_found(format!(
-            "configuration {name:?} has not been rolled out: start with POST /api/v1/configurations/{name}/rollout"
+            "configuration {name:?} has not been rolled out: start one with `opampctl rollout start {name}`"
         ))
-    })?;
-    Ok((rollout, row.selector))
+    })
 }
 
 pub async fn rollout_show(
@@ -708,8 +703,8 @@ pub async fn rollout_show(
     _: Viewer,
     Path(name): Path<String>,
 ) -> ApiResult<Json<RolloutStatus>> {
-    let (r, selector) = latest(&app, &name).await?;
-    let p = rollouts::progress_of(&app, &r, &selector).await?;
+    let r = latest(&app, &name).await?;
+    let p = rollouts::progress_of(&app, &r).await?;
     Ok(Json(rollouts::to_api(&r, p)))
 }
 
@@ -718,7 +713,7 @@ pub async fn rollout_pause(
     Operator(who, addr): Operator,
     Path(name): Path<String>,
 ) -> ApiResult<Json<RolloutStatus>> {
-    let (r, selector) = latest(&app, &name).await?;
+    let r = latest(&app, &name).await?;
     if r.state != "running" {
         return Err(ApiError::conflict(format!(
             "the rollout of {name:?} version {} is {}; only a running rollout can be paused",
@@ -735,7 +730,7 @@ pub async fn rollout_pause(
     };
     transition(&app, &r, &name, change, who.name.clone(), addr).await?;
     tracing::info!(configuration = %name, version = r.version, by = %who.name, "rollout paused");
-    rollout_status(&app, r.id, &selector).await
+    rollout_status(&app, r.id).await
 }
 
 /// A state change an operator asks for (pause, resume).
@@ -793,13 +788,13 @@ async fn transition(
     Ok(())
 }
 
-async fn rollout_status(app: &App, id: i64, selector: &str) -> ApiResult<Json<RolloutStatus>> {
+async fn rollout_status(app: &App, id: i64) -> ApiResult<Json<RolloutStatus>> {
     let r = app
         .store
         .read("rollout_get", move |c| configs::get_rollout(c, id))
         .await?
         .ok_or_else(|| ApiError::not_found("the rollout was deleted meanwhile"))?;
-    let p = rollouts::progress_of(app, &r, selector).await?;
+    let p = rollouts::progress_of(app, &r).await?;
     Ok(Json(rollouts::to_api(&r, p)))
 }
 
@@ -810,7 +805,7 @@ pub async fn rollout_resume(
     body: Bytes,
 ) -> ApiResult<Json<RolloutStatus>> {
     let req: RolloutResume = parse_body(&body, "resume request", true)?;
-    let (r, selector) = latest(&app, &name).await?;
+    let r = latest(&app, &name).await?;
     if r.state != "paused" {
         return Err(ApiError::conflict(format!(
             "the rollout of {name:?} version {} is {}; only a paused rollout can be resumed",
@@ -823,7 +818,7 @@ pub async fn rollout_resume(
             "max_failures must be at most {MAX_COUNT}"
         )));
     }
-    let p = rollouts::progress_of(&app, &r, &selector).await?;
+    let p = rollouts::progress_of(&app, &r).await?;
     if p.failed > max_failures {
         return Err(ApiError::conflict(format!(
             "{} agents failed to apply version {}, more than max_failures {max_failures}: \
@@ -842,5 +837,5 @@ pub async fn rollout_resume(
     transition(&app, &r, &name, change, who.name.clone(), addr).await?;
     tracing::info!(configuration = %name, version = r.version, max_failures, by = %who.name, "rollout resumed");
     app.rollout_wakeup.notify_one();
-    rollout_status(&app, r.id, &selector).await
+    rollout_status(&app, r.id).await
 }

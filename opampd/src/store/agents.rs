@@ -93,10 +93,12 @@ pub(super) fn apply_patches<'a>(
     let mut stmt = conn.prepare_cached(
         "INSERT INTO agents (uid, status, transport, capabilities, identifying, non_identifying, health,
                              effective_config, effective_config_hash, remote_status, sequence_num,
-                             first_seen, last_seen, updated_at, remote_addr, offered)
+                             first_seen, last_seen, updated_at, remote_addr, offered, applied)
          VALUES (?1, COALESCE(?2, 'disconnected'), COALESCE(?3, 'http'), COALESCE(?4, 0), COALESCE(?5, '{}'),
                  COALESCE(?6, '{}'), ?7, ?8, ?9, ?10, COALESCE(?11, 0), COALESCE(?12, ?16), COALESCE(?12, ?16),
-                 ?16, ?14, ?15)
+                 ?16, ?14, ?15,
+                 CASE WHEN json_extract(?10, '$.status') = 'applied'
+                       AND json_extract(?10, '$.hash') = json_extract(?15, '$.hash') THEN ?15 END)
          ON CONFLICT(uid) DO UPDATE SET
             status = COALESCE(?2, status),
             transport = COALESCE(?3, transport),
@@ -111,7 +113,12 @@ pub(super) fn apply_patches<'a>(
             last_seen = MAX(last_seen, COALESCE(?12, last_seen)),
             updated_at = COALESCE(?13, updated_at),
             remote_addr = COALESCE(?14, remote_addr),
-            offered = COALESCE(?15, offered)",
+            offered = COALESCE(?15, offered),
+            applied = CASE WHEN (?10 IS NOT NULL OR ?15 IS NOT NULL)
+                        AND json_extract(COALESCE(?10, remote_status), '$.status') = 'applied'
+                        AND json_extract(COALESCE(?10, remote_status), '$.hash')
+                            = json_extract(COALESCE(?15, offered), '$.hash')
+                      THEN COALESCE(?15, offered) ELSE applied END",
     )?;
     let mut seen = conn.prepare_cached(
         "UPDATE agents SET last_seen = MAX(last_seen, ?2), sequence_num = COALESCE(?3, sequence_num) WHERE uid = ?1",
@@ -178,11 +185,13 @@ pub struct AgentRow {
     pub updated_at: i64,
     pub remote_addr: Option<String>,
     pub offered: Option<String>,
+    /// JSON like `offered`: the last offer the agent reported APPLIED.
+    pub applied: Option<String>,
 }
 
 const COLUMNS: &str = "uid, status, transport, capabilities, identifying, non_identifying, labels, health,
     effective_config, effective_config_hash, remote_status, sequence_num, first_seen, last_seen, updated_at,
-    remote_addr, offered";
+    remote_addr, offered, applied";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
@@ -203,6 +212,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
         updated_at: r.get(14)?,
         remote_addr: r.get(15)?,
         offered: r.get(16)?,
+        applied: r.get(17)?,
     })
 }
 
@@ -215,13 +225,18 @@ pub fn get(conn: &Connection, uid: &str) -> Result<Option<AgentRow>> {
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub selector: Selector,
-    /// `connected`, `stale` or `disconnected`.
-    pub status: Option<String>,
+    /// Restricts the list by uid (the status filter, resolved from the fleet).
+    pub uids: Option<UidFilter>,
     pub limit: usize,
     /// Exclusive lower bound on uid.
     pub after: Option<String>,
-    /// Agents silent since before this (ms) count as stale.
-    pub stale_before: i64,
+}
+
+/// A set of uids a list is restricted to, or excludes.
+#[derive(Debug, Clone)]
+pub enum UidFilter {
+    Only(Vec<String>),
+    Except(Vec<String>),
 }
 
 /// One page of agents ordered by uid, and the total matching the filters.
@@ -231,14 +246,16 @@ pub fn list(conn: &Connection, q: &ListQuery) -> Result<(Vec<AgentRow>, u64)> {
     if !sel_sql.is_empty() {
         conds.push(sel_sql);
     }
-    if let Some(status) = &q.status {
-        params.push(q.stale_before.to_string());
-        let p = params.len();
-        conds.push(match status.as_str() {
-            "connected" => format!("status = 'connected' AND last_seen >= CAST(?{p} AS INTEGER)"),
-            "stale" => format!("status = 'connected' AND last_seen < CAST(?{p} AS INTEGER)"),
-            _ => format!("status = 'disconnected' AND CAST(?{p} AS INTEGER) IS NOT NULL"),
-        });
+    if let Some(filter) = &q.uids {
+        let (op, uids) = match filter {
+            UidFilter::Only(u) => ("IN", u),
+            UidFilter::Except(u) => ("NOT IN", u),
+        };
+        params.push(serde_json::to_string(uids)?);
+        conds.push(format!(
+            "uid {op} (SELECT value FROM json_each(?{}))",
+            params.len()
+        ));
     }
     let filter = if conds.is_empty() {
         "1".to_string()
@@ -266,20 +283,65 @@ pub fn list(conn: &Connection, q: &ListQuery) -> Result<(Vec<AgentRow>, u64)> {
     Ok((rows, total as u64))
 }
 
-/// Counts by stored status: (connected-and-fresh, stale, disconnected).
-pub fn counts(conn: &Connection, stale_before: i64) -> Result<(u64, u64, u64)> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT COALESCE(SUM(status = 'connected' AND last_seen >= ?1), 0),
-                COALESCE(SUM(status = 'connected' AND last_seen < ?1), 0),
-                COALESCE(SUM(status != 'connected'), 0) FROM agents",
+/// How many agents the inventory holds.
+pub fn count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM agents")?
+        .query_row([], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// One agent with a live session, as a restore re-registers it.
+#[derive(Debug, Clone)]
+pub struct LiveAgent {
+    pub uid: String,
+    pub transport: &'static str,
+    pub last_seen: i64,
+    pub remote_addr: Option<String>,
+}
+
+/// After a restore: the restored rows' statuses are a past record, so every
+/// agent is stored disconnected except the live ones, which are stored
+/// connected — inserted (with what the server knows of them now) when the
+/// restored inventory lacks them, so the inventory holds every agent the
+/// server serves. Returns how many live agents were not in the restored
+/// inventory.
+pub fn mark_live_after_restore(conn: &Connection, live: &[LiveAgent]) -> Result<u64> {
+    let now = super::now_ms();
+    conn.execute(
+        "UPDATE agents SET status = 'disconnected' WHERE status != 'disconnected'",
+        [],
     )?;
-    Ok(stmt.query_row([stale_before], |r| {
-        Ok((
-            r.get::<_, i64>(0)? as u64,
-            r.get::<_, i64>(1)? as u64,
-            r.get::<_, i64>(2)? as u64,
-        ))
-    })?)
+    let mut exists = conn.prepare_cached("SELECT 1 FROM agents WHERE uid = ?1")?;
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO agents (uid, status, transport, first_seen, last_seen, updated_at, remote_addr)
+         VALUES (?1, 'connected', ?2, ?3, ?3, ?4, ?5)
+         ON CONFLICT(uid) DO UPDATE SET status = 'connected', transport = excluded.transport,
+            last_seen = MAX(last_seen, excluded.last_seen), updated_at = excluded.updated_at,
+            remote_addr = COALESCE(excluded.remote_addr, remote_addr)",
+    )?;
+    let mut added = Vec::new();
+    for a in live {
+        if !exists.exists([&a.uid])? {
+            added.push(a);
+        }
+        upsert.execute(params![a.uid, a.transport, a.last_seen, now, a.remote_addr])?;
+    }
+    let events: Vec<AgentEvent> = added
+        .iter()
+        .map(|a| AgentEvent {
+            uid: a.uid.clone(),
+            at: now,
+            event: "connected",
+            remote_addr: a.remote_addr.clone(),
+            details: Some(format!(
+                "{}; connected during a restore that did not contain it",
+                a.transport
+            )),
+        })
+        .collect();
+    insert_events(conn, &events)?;
+    Ok(added.len() as u64)
 }
 
 /// Applies a label patch; `None` removes a key. Returns the new labels JSON.

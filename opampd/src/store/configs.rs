@@ -52,6 +52,8 @@ pub struct RolloutRow {
     pub started_at: i64,
     pub updated_at: i64,
     pub started_by: Option<String>,
+    /// The configuration's selector when the rollout started: who receives it.
+    pub selector: String,
 }
 
 const CONFIG_COLUMNS: &str =
@@ -88,7 +90,7 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<VersionRow> {
 
 const ROLLOUT_COLUMNS: &str =
     "id, name, version, hash, state, batch_size, max_failures, released_batches,
-    previous_version, reason, started_at, updated_at, started_by";
+    previous_version, reason, started_at, updated_at, started_by, selector";
 
 fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
     Ok(RolloutRow {
@@ -105,6 +107,7 @@ fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
         started_at: r.get(10)?,
         updated_at: r.get(11)?,
         started_by: r.get(12)?,
+        selector: r.get(13)?,
     })
 }
 
@@ -121,8 +124,8 @@ pub struct Listed {
     pub row: ConfigRow,
     /// Hash of the newest version.
     pub hash: String,
-    /// Version of the latest rollout.
-    pub rolled_out: Option<u64>,
+    /// Version and selector of the latest rollout.
+    pub rolled_out: Option<(u64, String)>,
 }
 
 /// One page of configurations by name; plus the total.
@@ -130,7 +133,8 @@ pub fn list(c: &Connection, after: Option<&str>, limit: usize) -> Result<(Vec<Li
     let total: i64 = c.query_row("SELECT COUNT(*) FROM configurations", [], |r| r.get(0))?;
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {}, v.hash,
-            (SELECT r.version FROM rollouts r WHERE r.name = c.name ORDER BY r.id DESC LIMIT 1)
+            (SELECT r.version FROM rollouts r WHERE r.name = c.name ORDER BY r.id DESC LIMIT 1),
+            (SELECT r.selector FROM rollouts r WHERE r.name = c.name ORDER BY r.id DESC LIMIT 1)
          FROM configurations c JOIN config_versions v ON v.name = c.name AND v.version = c.latest_version
          WHERE c.name > ?1 ORDER BY c.name LIMIT ?2",
         CONFIG_COLUMNS
@@ -144,7 +148,10 @@ pub fn list(c: &Connection, after: Option<&str>, limit: usize) -> Result<(Vec<Li
             Ok(Listed {
                 row: config_row(r)?,
                 hash: r.get(8)?,
-                rolled_out: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+                rolled_out: match (r.get::<_, Option<i64>>(9)?, r.get(10)?) {
+                    (Some(v), Some(sel)) => Some((v as u64, sel)),
+                    _ => None,
+                },
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -287,8 +294,8 @@ pub fn supersede(c: &Connection, name: &str, now: i64) -> Result<()> {
 pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) -> Result<i64> {
     c.execute(
         "INSERT INTO rollouts (name, version, hash, state, batch_size, max_failures, released_batches,
-            previous_version, reason, started_at, updated_at, started_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            previous_version, reason, started_at, updated_at, started_by, selector)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             r.name,
             r.version as i64,
@@ -301,7 +308,8 @@ pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) 
             r.reason,
             r.started_at,
             r.updated_at,
-            r.started_by
+            r.started_by,
+            r.selector
         ],
     )?;
     let id = c.last_insert_rowid();
@@ -406,6 +414,7 @@ pub fn matching_agents(c: &Connection, selector: &Selector) -> Result<Vec<String
 #[derive(Debug, Clone)]
 pub struct TargetRow {
     pub name: String,
+    /// The selector of the rollout (not the configuration's saved one).
     pub selector: String,
     pub rollout: RolloutRow,
     pub current: VersionRow,
@@ -417,7 +426,7 @@ pub struct TargetRow {
 /// The latest rollout of every configuration (superseded ones never are the latest).
 pub fn targets(c: &Connection) -> Result<Vec<TargetRow>> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {}, c.selector FROM rollouts r JOIN configurations c ON c.name = r.name
+        "SELECT {} FROM rollouts r JOIN configurations c ON c.name = r.name
          WHERE r.id = (SELECT MAX(id) FROM rollouts WHERE name = r.name) AND r.state != 'superseded'
          ORDER BY r.name",
         ROLLOUT_COLUMNS
@@ -427,10 +436,11 @@ pub fn targets(c: &Connection) -> Result<Vec<TargetRow>> {
             .join(", ")
     ))?;
     let latest = stmt
-        .query_map([], |r| Ok((rollout_row(r)?, r.get::<_, String>(13)?)))?
+        .query_map([], rollout_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(latest.len());
-    for (rollout, selector) in latest {
+    for rollout in latest {
+        let selector = rollout.selector.clone();
         let Some(current) = get_version(c, &rollout.name, rollout.version)? else {
             continue;
         };

@@ -6,7 +6,7 @@
 //! database by the writer thread itself, between batches, so no other write
 //! can interleave.
 
-use super::{open_connection, schema, Store};
+use super::{agents, open_connection, schema, Store};
 use anyhow::{bail, Context, Result};
 use opamp_proto::api::{DbOptimizeReport, DbStats};
 use rusqlite::{Connection, OpenFlags};
@@ -164,8 +164,16 @@ impl Store {
 
     /// Replaces the live database's content with `candidate` (already checked
     /// with [`check_candidate`]) and migrates it. The previous content is first
-    /// saved to `keep_aside`.
-    pub async fn restore_from(&self, candidate: PathBuf, keep_aside: PathBuf) -> Result<()> {
+    /// saved to `keep_aside`. `live_agents` is called on the writer, after
+    /// the copy, and its agents are stored connected (see
+    /// [`agents::mark_live_after_restore`]); writes queued meanwhile apply
+    /// after it. Returns how many live agents the backup did not contain.
+    pub async fn restore_from(
+        &self,
+        candidate: PathBuf,
+        keep_aside: PathBuf,
+        live_agents: impl FnOnce() -> Vec<agents::LiveAgent> + Send + 'static,
+    ) -> Result<u64> {
         check_candidate(&candidate)?;
         let live = self.path().to_path_buf();
         self.inner
@@ -184,13 +192,8 @@ impl Store {
                         .context("copying the backup into the live database")?;
                 }
                 schema::migrate(c)?;
-                c.execute(
-                    "UPDATE agents SET status = 'disconnected' WHERE status != 'disconnected'",
-                    [],
-                )?;
-                Ok(())
+                agents::mark_live_after_restore(c, &live_agents())
             })
-            .await?;
-        Ok(())
+            .await
     }
 }

@@ -130,6 +130,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX agents_status_uid ON agents(status, uid);
     CREATE INDEX agents_status_last_seen ON agents(status, last_seen);
     "#,
+    // 3: a rollout keeps the selector it was started with (saving a new
+    // selector never changes who receives a rolled-out version); agents keep
+    // the offer they applied.
+    r#"
+    ALTER TABLE rollouts ADD COLUMN selector TEXT NOT NULL DEFAULT '';
+    UPDATE rollouts SET selector = COALESCE(
+        (SELECT c.selector FROM configurations c WHERE c.name = rollouts.name), '');
+    -- The last offer the agent reported APPLIED: what it runs (CONFIG column).
+    ALTER TABLE agents ADD COLUMN applied TEXT;
+    UPDATE agents SET applied = offered
+        WHERE json_valid(remote_status) AND json_valid(offered)
+          AND json_extract(remote_status, '$.status') = 'applied'
+          AND json_extract(remote_status, '$.hash') = json_extract(offered, '$.hash');
+    "#,
 ];
 
 /// The schema version this build writes.
