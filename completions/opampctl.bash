@@ -567,7 +567,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__backup)
-            opts="-o -q -h --dir --retention-days --verify --data-dir --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --dir --create-dir --retention-days --verify --data-dir --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1783,12 +1783,16 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__rollout__subcmd__resume)
-            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --max-failures --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --max-failures)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -293,12 +293,12 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fis
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "start" -d 'Start rolling a version out (the newest by default)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "status" -d 'Show a rollout\'s progress; exit 0 when completed, 1 when failed or paused'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "status" -d 'Show a rollout\'s progress and the agents it waits for; exit 0 when completed or running, 1 when failed or paused'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "pause" -d 'Pause a running rollout'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fish_seen_subcommand_from start status pause resume" -f -a "resume" -d 'Resume a paused rollout'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l version -d 'Version to roll out' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l batch-size -d 'Agents per batch' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l max-failures -d 'Pause the rollout after this many failed agents' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l max-failures -d 'Failure allowance: pause the rollout when more than N agents fail (default 0: at the first failure)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -340,6 +340,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_se
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l max-failures -d 'A new failure allowance: pause when more than N agents fail (to go on after failures paused it)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -353,8 +354,8 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_se
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l dir -d 'Directory for the backup files' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l dir -d 'Directory for the backup files (it must exist, unless --create-dir)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l data-dir -d 'Back up the database file in this opampd data directory instead of asking the server' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
@@ -366,6 +367,7 @@ json\t'JSON: stable field names, for scripts'
 yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l create-dir -d 'Create --dir (and its parents) when it does not exist'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l verify -d 'Read the written file back: checksum, decompression, SQLite integrity and schema'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'

@@ -355,11 +355,11 @@ pub enum RolloutCmd {
         /// Agents per batch
         #[arg(long, value_name = "N")]
         batch_size: Option<u64>,
-        /// Pause the rollout after this many failed agents
+        /// Failure allowance: pause the rollout when more than N agents fail (default 0: at the first failure)
         #[arg(long, value_name = "N")]
         max_failures: Option<u64>,
     },
-    /// Show a rollout's progress; exit 0 when completed, 1 when failed or paused
+    /// Show a rollout's progress and the agents it waits for; exit 0 when completed or running, 1 when failed or paused
     Status {
         name: String,
         /// Follow the progress until the rollout completes, fails or pauses
@@ -372,15 +372,23 @@ pub enum RolloutCmd {
     /// Pause a running rollout
     Pause { name: String },
     /// Resume a paused rollout
-    Resume { name: String },
+    Resume {
+        name: String,
+        /// A new failure allowance: pause when more than N agents fail (to go on after failures paused it)
+        #[arg(long, value_name = "N")]
+        max_failures: Option<u64>,
+    },
 }
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Directory for the backup files
+    /// Directory for the backup files (it must exist, unless --create-dir)
     #[arg(long, default_value = ".", value_name = "DIR")]
     pub dir: PathBuf,
-    /// Delete backups in --dir older than N days (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)
+    /// Create --dir (and its parents) when it does not exist
+    #[arg(long)]
+    pub create_dir: bool,
+    /// Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)
     #[arg(long, value_name = "N")]
     pub retention_days: Option<u64>,
     /// Read the written file back: checksum, decompression, SQLite integrity and schema

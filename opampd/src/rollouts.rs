@@ -22,7 +22,7 @@ use crate::store::configs::{self, RolloutAgent, RolloutRow};
 use crate::store::rfc3339;
 use crate::targeting::{Target, VersionRef};
 use anyhow::Result;
-use opamp_proto::api::{RolloutFailure, RolloutStatus};
+use opamp_proto::api::{RolloutFailure, RolloutStatus, RolloutWaiting};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -123,10 +123,16 @@ pub struct Progress {
     pub applied: u64,
     pub failed: u64,
     pub failures: Vec<RolloutFailure>,
+    /// Released agents not yet done (at most [`WAITING_MAX`]).
+    pub waiting: Vec<RolloutWaiting>,
+    pub waiting_total: u64,
     pub batches: u64,
     /// Every agent of the released batches has applied or failed.
     pub released_done: bool,
 }
+
+/// How many waiting agents a rollout status names.
+pub const WAITING_MAX: usize = 100;
 
 /// What one agent reports, as the rollout needs it.
 struct Report {
@@ -230,14 +236,31 @@ pub fn evaluate(
             (Some(_), "applying") => {
                 p.applying += 1;
                 p.released_done = false;
+                wait_for(app, &mut p, &a.uid, &uid, "applying");
             }
             _ => {
                 p.pending += 1;
                 p.released_done = false;
+                wait_for(app, &mut p, &a.uid, &uid, "pending");
             }
         }
     }
     p
+}
+
+/// Names a released agent the rollout waits for (agents come in uid order).
+fn wait_for(app: &App, p: &mut Progress, id: &str, uid: &[u8; 16], state: &str) {
+    p.waiting_total += 1;
+    if p.waiting.len() < WAITING_MAX {
+        let status = app
+            .fleet
+            .liveness(uid, crate::store::now_ms(), app.stale_after_ms());
+        p.waiting.push(RolloutWaiting {
+            instance_uid: id.to_string(),
+            state: state.into(),
+            status: status.as_str().into(),
+        });
+    }
 }
 
 /// A rollout's agents and progress, read now.
@@ -269,6 +292,8 @@ pub fn to_api(r: &RolloutRow, p: Progress) -> RolloutStatus {
         updated_at: rfc3339(r.updated_at),
         started_by: r.started_by.clone(),
         failures: p.failures,
+        waiting: p.waiting,
+        waiting_total: p.waiting_total,
         reason: r.reason.clone(),
         batches: p.batches,
         released_batches: if r.state == "completed" {

@@ -222,6 +222,23 @@ pub struct RolloutStatus {
     /// Batches released so far (their agents may receive the version).
     #[serde(default)]
     pub released_batches: u64,
+    /// Agents of the released batches the rollout waits for (not yet
+    /// APPLIED or FAILED), in uid order, at most 100.
+    #[serde(default)]
+    pub waiting: Vec<RolloutWaiting>,
+    /// How many agents of the released batches the rollout waits for.
+    #[serde(default)]
+    pub waiting_total: u64,
+}
+
+/// An agent a rollout waits for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutWaiting {
+    pub instance_uid: String,
+    /// `pending` (not received or not reported yet) or `applying`.
+    pub state: String,
+    /// The agent's status: `connected`, `stale` or `disconnected`.
+    pub status: String,
 }
 
 /// `POST /configurations/{name}/rollout/resume` (the body is optional).

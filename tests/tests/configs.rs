@@ -290,10 +290,7 @@ async fn delete_refuses_while_rolled_out_unless_forced() {
         .send_json("DELETE", "/api/v1/configurations/live", json!(null))
         .await;
     assert_eq!(code, 409, "{v}");
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("force=true"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("--force"));
     let uid = new_uid();
     let (_ws, r) = ws_agent(&s, uid, &[]).await;
     assert!(r.remote_config.is_some(), "rolled out before the deletion");

@@ -113,6 +113,7 @@ async fn backup_is_compressed_checksummed_and_verified() {
         "backup",
         "--dir",
         local.to_str().unwrap(),
+        "--create-dir",
         "--data-dir",
         s.data_dir().to_str().unwrap(),
         "--verify",
@@ -555,4 +556,28 @@ async fn offline_restore_refuses_a_running_daemon_and_works_when_stopped() {
     s.start_again();
     let (st, v) = s.get(&format!("/api/v1/agents/{}", uid_str(&a))).await;
     assert_eq!(st, 200, "{v}");
+}
+
+#[test]
+fn a_missing_backup_dir_and_zero_retention_are_usage_errors() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo").join("backups");
+    let m = missing.to_str().unwrap();
+    let o = s.ctl(&["backup", "--dir", m]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not exist") && stderr(&o).contains("--create-dir"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!missing.exists());
+    let d = dir.path().to_str().unwrap();
+    let o = s.ctl(&["backup", "--dir", d, "--retention-days", "0"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--retention-days 0"), "{}", stderr(&o));
+    assert!(names(dir.path()).iter().all(|n| n == "typo") || names(dir.path()).is_empty());
+    let o = s.ctl(&["backup", "--dir", m, "--create-dir", "-q"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(names(&missing).len(), 2, "the backup and its checksum");
 }

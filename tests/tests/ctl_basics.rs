@@ -150,7 +150,7 @@ fn every_remote_command_exits_3_when_the_server_is_down() {
         vec!["configs", "list"],
         vec!["configs", "show", "x"],
         vec!["rollout", "status", "x"],
-        vec!["backup", "--dir", out_dir],
+        vec!["backup", "--dir", out_dir, "--create-dir"],
         vec!["restore", &backup, "--yes"],
         vec!["logs", "-n", "5"],
         vec!["db", "stats"],

@@ -230,7 +230,7 @@ async fn a_rejecting_agent_pauses_a_staged_rollout() {
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("\"max_failures\": 1"));
+        .contains("--max-failures 1"));
     let (code, v) = s
         .send_json(
             "POST",

@@ -1,4 +1,4 @@
-//! `opampctl backup [--dir DIR] [--retention-days N] [--verify] [--data-dir DIR]`.
+//! `opampctl backup [--dir DIR [--create-dir]] [--retention-days N] [--verify] [--data-dir DIR]`.
 //!
 //! The backup is `opamp_YYYYmmdd_HHMMSS.db.gz` (UTC) plus
 //! `opamp_YYYYmmdd_HHMMSS.db.gz.sha256` in sha256sum format. Both are written
@@ -242,7 +242,18 @@ pub fn gunzip_to(src: &Path, dest: &Path) -> Result<u64> {
 
 pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
     let dir = &a.dir;
+    if a.retention_days == Some(0) {
+        return Err(CtlError::usage(
+            "--retention-days 0 would delete every earlier backup, even one made a minute ago: pass 1 or more",
+        ));
+    }
     if !dir.exists() {
+        if !a.create_dir {
+            return Err(CtlError::usage(format!(
+                "--dir {} does not exist: create it, check the path for a typo, or pass --create-dir",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating --dir", dir, e))?;
     } else if !dir.is_dir() {
         return Err(CtlError::usage(format!(

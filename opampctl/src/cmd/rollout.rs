@@ -6,7 +6,7 @@ use crate::context::Settings;
 use crate::error::{CtlError, Exit, Result};
 use crate::output;
 use comfy_table::Cell;
-use opamp_proto::api::{RolloutRequest, RolloutStatus};
+use opamp_proto::api::{RolloutRequest, RolloutResume, RolloutStatus};
 use reqwest::Method;
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,13 @@ pub async fn run(s: &Settings, c: &Client, cmd: RolloutCmd) -> Result<()> {
                 output::info(
                     s,
                     format!(
-                        "rollout of {} version {} started: {} agents, batches of {}, pause after {} failures; follow it with `opampctl rollout status {} --watch`",
-                        st.name, st.version, st.total, st.batch_size, st.max_failures, st.name
+                        "rollout of {} version {} started: {}, {}, {}; follow it with `opampctl rollout status {} --watch`",
+                        st.name,
+                        st.version,
+                        count(st.total, "agent"),
+                        batches_text(&st),
+                        allowance_text(st.max_failures),
+                        st.name
                     ),
                 );
                 Ok(())
@@ -46,8 +51,31 @@ pub async fn run(s: &Settings, c: &Client, cmd: RolloutCmd) -> Result<()> {
             watch,
             interval,
         } => status(s, c, &name, watch, interval).await,
-        RolloutCmd::Pause { name } => change(s, c, &name, "pause").await,
-        RolloutCmd::Resume { name } => change(s, c, &name, "resume").await,
+        RolloutCmd::Pause { name } => change(s, c, &name, "pause", None).await,
+        RolloutCmd::Resume { name, max_failures } => {
+            change(s, c, &name, "resume", max_failures).await
+        }
+    }
+}
+
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// "in one batch", "in 3 batches of 10".
+fn batches_text(st: &RolloutStatus) -> String {
+    if st.batch_size == 0 || st.batches <= 1 {
+        "in one batch".into()
+    } else {
+        format!("in {} batches of {}", st.batches, st.batch_size)
+    }
+}
+
+/// What the failure allowance means, in words.
+fn allowance_text(max_failures: u64) -> String {
+    match max_failures {
+        0 => "pausing at the first failed agent".into(),
+        n => format!("pausing when more than {} fail", count(n, "agent")),
     }
 }
 
@@ -61,13 +89,16 @@ fn path(name: &str, tail: &str) -> Result<String> {
     ))
 }
 
-async fn change(s: &Settings, c: &Client, name: &str, action: &str) -> Result<()> {
+async fn change(
+    s: &Settings,
+    c: &Client,
+    name: &str,
+    action: &str,
+    max_failures: Option<u64>,
+) -> Result<()> {
+    let body = RolloutResume { max_failures };
     let (_, st): (_, RolloutStatus) = c
-        .send_json(
-            Method::POST,
-            &path(name, &format!("/{action}"))?,
-            &serde_json::json!({}),
-        )
+        .send_json(Method::POST, &path(name, &format!("/{action}"))?, &body)
         .await?;
     if s.human() {
         output::info(
@@ -83,10 +114,13 @@ async fn change(s: &Settings, c: &Client, name: &str, action: &str) -> Result<()
     }
 }
 
-/// Whether the rollout stopped because of failures (exit 1).
-pub fn stopped_by_failures(st: &RolloutStatus) -> bool {
-    st.state == "failed" || (st.state == "paused" && st.failed > 0)
+/// Whether the rollout stopped: failed or paused (exit 1).
+pub fn stopped(st: &RolloutStatus) -> bool {
+    matches!(st.state.as_str(), "failed" | "paused")
 }
+
+/// How many waiting agents a table names (`-o wide` names all the server sent).
+const WAITING_SHOWN: usize = 10;
 
 fn line(st: &RolloutStatus) -> String {
     format!(
@@ -95,7 +129,7 @@ fn line(st: &RolloutStatus) -> String {
     )
 }
 
-fn table(s: &Settings, st: &RolloutStatus) -> String {
+fn table(s: &Settings, st: &RolloutStatus, wide: bool) -> String {
     let mut t = output::table(
         s,
         &[
@@ -119,19 +153,39 @@ fn table(s: &Settings, st: &RolloutStatus) -> String {
     for f in &st.failures {
         text.push_str(&format!("\nfailed: {} {}", f.instance_uid, f.error));
     }
+    let shown = if wide {
+        st.waiting.len()
+    } else {
+        WAITING_SHOWN
+    };
+    for w in st.waiting.iter().take(shown) {
+        text.push_str(&format!(
+            "\nwaiting: {} {} ({})",
+            w.instance_uid, w.state, w.status
+        ));
+    }
+    let named = st.waiting.len().min(shown) as u64;
+    if st.waiting_total > named {
+        text.push_str(&format!(
+            "\n… and {} more waiting{}",
+            st.waiting_total - named,
+            if wide {
+                ""
+            } else {
+                " (-o wide names up to 100)"
+            }
+        ));
+    }
     text
 }
 
 fn finish(s: &Settings, st: &RolloutStatus) -> Result<()> {
     if !s.quiet {
-        output::show(s, st, |_| table(s, st))?;
+        output::show(s, st, |wide| table(s, st, wide))?;
     }
-    if stopped_by_failures(st) {
+    if stopped(st) {
         if s.human() {
-            eprintln!(
-                "rollout of {} stopped after {} failed agents: see `opampctl agents list -o wide`, fix the configuration, then `opampctl configs rollback {}` or `opampctl rollout resume {}`",
-                st.name, st.failed, st.name, st.name
-            );
+            eprintln!("{}", stopped_advice(st));
         }
         return Err(if s.quiet {
             CtlError::failed(line(st))
@@ -140,6 +194,29 @@ fn finish(s: &Settings, st: &RolloutStatus) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// What to do about a paused or failed rollout, in commands.
+fn stopped_advice(st: &RolloutStatus) -> String {
+    let name = &st.name;
+    if st.failed > st.max_failures {
+        format!(
+            "rollout of {name} {} after {}: see `opampctl agents list -o wide`, fix the configuration, then \
+             `opampctl configs rollback {name}`, or go on with `opampctl rollout resume {name} --max-failures {}`",
+            st.state,
+            count(st.failed, "failed agent"),
+            st.failed
+        )
+    } else {
+        format!(
+            "rollout of {name} is {}{}: go on with `opampctl rollout resume {name}`",
+            st.state,
+            st.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )
+    }
 }
 
 async fn status(
@@ -187,7 +264,7 @@ async fn status(
                 last_print = Instant::now();
             }
         }
-        if st.state == "completed" || stopped_by_failures(&st) {
+        if st.state == "completed" || stopped(&st) {
             break;
         }
         tokio::time::sleep(interval).await;

@@ -124,7 +124,7 @@ pub async fn remove(
     let connected = app.fleet.contains(&uid);
     if connected && !f.force {
         return Err(ApiError::conflict(format!(
-            "agent {id} is connected: it would come back at its next message; disconnect it first or pass force=true"
+            "agent {id} is connected: it would come back at its next message; disconnect it first or pass --force"
         )));
     }
     if let Some(s) = app.fleet.remove(&uid) {

@@ -362,7 +362,7 @@ pub async fn remove(
             if let (Some(r), false) = (&rollout, f.force) {
                 return Err(ApiError::conflict(format!(
                     "configuration {key:?} is rolled out (version {}, rollout {}): agents matching {:?} receive it; \
-                     pass force=true to delete it anyway (agents stop receiving it)",
+                     pass --force to delete it anyway (agents stop receiving it)",
                     r.version, r.state, r.selector
                 ))
                 .into());
@@ -782,7 +782,7 @@ async fn transition(
         .await?;
     if !moved {
         return Err(ApiError::conflict(format!(
-            "the rollout of {name:?} changed state meanwhile; check it with GET …/rollout"
+            "the rollout of {name:?} changed state meanwhile; check it with `opampctl rollout status {name}`"
         )));
     }
     Ok(())
@@ -822,7 +822,7 @@ pub async fn rollout_resume(
     if p.failed > max_failures {
         return Err(ApiError::conflict(format!(
             "{} agents failed to apply version {}, more than max_failures {max_failures}: \
-             resume with {{\"max_failures\": {}}} or more to go on, or roll out a fixed version",
+             resume with `opampctl rollout resume {name} --max-failures {}` (or more) to go on, or roll out a fixed version",
             p.failed, r.version, p.failed
         )));
     }
