@@ -27,7 +27,7 @@ fn apply_is_idempotent_and_every_version_can_be_read_back() {
         "base",
     ]));
     assert!(
-        out.contains("configuration/otel configured (version 1"),
+        out.contains("configuration/otel created (version 1)"),
         "{out}"
     );
     let out = ok(&s.ctl(&[
@@ -282,7 +282,12 @@ async fn a_failed_agent_makes_status_exit_1_and_pause_resume_work() {
     let j = json(&s.ctl(&["rollout", "pause", "slow", "-o", "json"]));
     assert_eq!(j["state"], "paused");
     let st = s.ctl(&["rollout", "status", "slow"]);
-    assert_eq!(code(&st), 0, "paused by hand, no failures: {}", stderr(&st));
+    assert_eq!(code(&st), 1, "paused, even by hand: {}", stderr(&st));
+    assert!(
+        stderr(&st).contains("opampctl rollout resume slow"),
+        "{}",
+        stderr(&st)
+    );
     let o = s.ctl(&["rollout", "resume", "slow"]);
     ok(&o);
     assert!(stderr(&o).contains("running"), "{}", stderr(&o));

@@ -110,16 +110,29 @@ async fn apply(s: &Settings, c: &Client, a: &ConfigsApplyArgs) -> Result<()> {
             "configured"
         };
         if !s.quiet {
-            output::out(&format!(
-                "configuration/{} {word} (version {}, {result})",
-                cfg.name, cfg.version
-            ));
+            let what = match (result.as_str(), status.as_u16()) {
+                ("created", _) => format!("created (version {})", cfg.version),
+                ("unchanged", _) => format!("unchanged (version {})", cfg.version),
+                (_, 201) => format!("updated: new version {}", cfg.version),
+                _ => format!(
+                    "updated (still version {}: selector or description only)",
+                    cfg.version
+                ),
+            };
+            output::out(&format!("configuration/{} {what}", cfg.name));
         }
         if word == "configured" {
+            let selector_note = match &cfg.rolled_out_selector {
+                Some(rolled) if *rolled != cfg.selector => format!(
+                    "; the rolled-out version keeps going to agents matching {:?} until then",
+                    rolled
+                ),
+                _ => String::new(),
+            };
             output::info(
                 s,
                 format!(
-                    "saved only: distribute it with `opampctl rollout start {}`",
+                    "saved only: distribute it with `opampctl rollout start {}`{selector_note}",
                     cfg.name
                 ),
             );
@@ -211,25 +224,12 @@ async fn list(s: &Settings, c: &Client) -> Result<()> {
 
 async fn show(s: &Settings, c: &Client, name: &str, version: Option<u64>) -> Result<()> {
     let b = base(name)?;
-    let v: ConfigVersion = match version {
-        Some(n) => c.get(&format!("{b}/versions/{n}")).await?,
-        None => {
-            let cfg: Configuration = c.get(&b).await?;
-            match cfg.body {
-                Some(body) => ConfigVersion {
-                    name: cfg.name,
-                    version: cfg.version,
-                    hash: cfg.hash,
-                    content_type: cfg.content_type,
-                    body,
-                    created_at: cfg.updated_at,
-                    created_by: cfg.created_by,
-                    note: None,
-                },
-                None => c.get(&format!("{b}/versions/{}", cfg.version)).await?,
-            }
-        }
+    // The version itself, for its own creation time, author and note.
+    let n = match version {
+        Some(n) => n,
+        None => c.get::<Configuration>(&b).await?.version,
     };
+    let v: ConfigVersion = c.get(&format!("{b}/versions/{n}")).await?;
     output::show(s, &v, |_| {
         let mut text = format!(
             "# {} version {} ({}, sha256 {}, {} by {})\n",

@@ -356,12 +356,22 @@ async fn authenticate(parts: &Parts, app: &Arc<App>, need: Role) -> Result<Princ
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!(
-                "this needs the {} role; {} has {}",
-                need.as_str(),
-                p.name,
-                p.role.as_str()
-            ),
+            match &p.credential {
+                crate::auth::Credential::ApiToken { id } => format!(
+                    "this needs the {} role; the API token {id} (of {}) grants only {}: use a token with the {} role",
+                    need.as_str(),
+                    p.name,
+                    p.role.as_str(),
+                    need.as_str()
+                ),
+                crate::auth::Credential::Jwt { .. } => format!(
+                    "this needs the {} role; the session of {} grants only {}: ask an admin for the {} role",
+                    need.as_str(),
+                    p.name,
+                    p.role.as_str(),
+                    need.as_str()
+                ),
+            },
         ));
     }
     Ok(p)
