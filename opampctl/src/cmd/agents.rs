@@ -10,13 +10,13 @@ use opamp_proto::api::{Agent, LabelPatch, Page};
 use reqwest::Method;
 use std::collections::BTreeMap;
 
-pub async fn run(s: &Settings, c: &Client, cmd: AgentsCmd) -> Result<()> {
+pub async fn run(settings: &Settings, client: &Client, cmd: AgentsCmd) -> Result<()> {
     match cmd {
-        AgentsCmd::List(a) => list(s, c, &a).await,
-        AgentsCmd::Show { uid } => show(s, c, &uid).await,
-        AgentsCmd::Label { uid, labels } => label(s, c, &uid, &labels).await,
-        AgentsCmd::Delete { uid, force } => delete(s, c, &uid, force).await,
-        AgentsCmd::Restart { uid } => restart(s, c, &uid).await,
+        AgentsCmd::List(args) => list(settings, client, &args).await,
+        AgentsCmd::Show { uid } => show(settings, client, &uid).await,
+        AgentsCmd::Label { uid, labels } => label(settings, client, &uid, &labels).await,
+        AgentsCmd::Delete { uid, force } => delete(settings, client, &uid, force).await,
+        AgentsCmd::Restart { uid } => restart(settings, client, &uid).await,
     }
 }
 
@@ -30,7 +30,7 @@ fn path_uid(uid: &str) -> Result<String> {
 
 /// Fetches agents: one page, or every page with `all`.
 pub async fn fetch(
-    c: &Client,
+    client: &Client,
     selector: Option<&str>,
     status: Option<&str>,
     limit: usize,
@@ -54,7 +54,7 @@ pub async fn fetch(
         if let Some(cur) = &cursor {
             q.push_str(&format!("&cursor={}", enc(cur)));
         }
-        let page: Page<Agent> = c.get(&q).await?;
+        let page: Page<Agent> = client.get(&q).await?;
         items.extend(page.items);
         if !all || page.next_cursor.is_none() {
             return Ok(Page {
@@ -67,12 +67,13 @@ pub async fn fetch(
     }
 }
 
-fn attr(a: &Agent, key: &str) -> String {
-    a.identifying_attributes
+fn attr(agent: &Agent, key: &str) -> String {
+    agent
+        .identifying_attributes
         .get(key)
-        .or_else(|| a.non_identifying_attributes.get(key))
+        .or_else(|| agent.non_identifying_attributes.get(key))
         .map(|v| match v {
-            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::String(text) => text.clone(),
             other => other.to_string(),
         })
         .unwrap_or_default()
@@ -81,11 +82,11 @@ fn attr(a: &Agent, key: &str) -> String {
 /// The CONFIG column: what the agent runs (the offer it reported APPLIED),
 /// then an offer it has not applied yet with its state, e.g.
 /// `otel@1 → otel@2 pending`.
-fn config_of(a: &Agent) -> String {
-    let rc = &a.remote_config;
+fn config_of(agent: &Agent) -> String {
+    let rc = &agent.remote_config;
     let refs = |r: &[opamp_proto::api::ConfigRef]| {
         r.iter()
-            .map(|c| format!("{}@{}", c.name, c.version))
+            .map(|config| format!("{}@{}", config.name, config.version))
             .collect::<Vec<_>>()
             .join("+")
     };
@@ -116,7 +117,7 @@ fn labels_text(l: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-fn list_table(s: &Settings, agents: &[Agent], wide: bool) -> String {
+fn list_table(settings: &Settings, agents: &[Agent], wide: bool) -> String {
     let mut header = vec![
         "INSTANCE UID",
         "SERVICE",
@@ -128,28 +129,28 @@ fn list_table(s: &Settings, agents: &[Agent], wide: bool) -> String {
     if wide {
         header.extend(["VERSION", "HOST", "HEALTH", "LABELS", "REMOTE ADDR"]);
     }
-    let mut t = output::table(s, &header);
-    for a in agents {
+    let mut t = output::table(settings, &header);
+    for agent in agents {
         let mut row = vec![
-            Cell::new(&a.instance_uid),
-            Cell::new(a.service_name().unwrap_or("-")),
-            status_cell(s, &a.status),
-            Cell::new(&a.transport),
-            Cell::new(config_of(a)),
-            Cell::new(output::age(&a.last_seen)),
+            Cell::new(&agent.instance_uid),
+            Cell::new(agent.service_name().unwrap_or("-")),
+            status_cell(settings, &agent.status),
+            Cell::new(&agent.transport),
+            Cell::new(config_of(agent)),
+            Cell::new(output::age(&agent.last_seen)),
         ];
         if wide {
-            let health = match &a.health {
+            let health = match &agent.health {
                 Some(h) if h.healthy => "healthy".to_string(),
                 Some(h) => format!("unhealthy: {}", h.last_error),
                 None => "-".into(),
             };
             row.extend([
-                Cell::new(attr(a, "service.version")),
-                Cell::new(attr(a, "host.name")),
+                Cell::new(attr(agent, "service.version")),
+                Cell::new(attr(agent, "host.name")),
                 Cell::new(health),
-                Cell::new(labels_text(&a.labels)),
-                Cell::new(a.remote_addr.as_deref().unwrap_or("-")),
+                Cell::new(labels_text(&agent.labels)),
+                Cell::new(agent.remote_addr.as_deref().unwrap_or("-")),
             ]);
         }
         t.add_row(row);
@@ -157,27 +158,27 @@ fn list_table(s: &Settings, agents: &[Agent], wide: bool) -> String {
     output::render(&t)
 }
 
-async fn list(s: &Settings, c: &Client, a: &AgentsListArgs) -> Result<()> {
+async fn list(settings: &Settings, client: &Client, args: &AgentsListArgs) -> Result<()> {
     let page = fetch(
-        c,
-        a.selector.as_deref(),
-        a.status.map(|st| st.as_str()),
-        a.limit,
-        a.all,
+        client,
+        args.selector.as_deref(),
+        args.status.map(|st| st.as_str()),
+        args.limit,
+        args.all,
     )
     .await?;
-    output::show(s, &page, |wide| {
+    output::show(settings, &page, |wide| {
         if page.items.is_empty() {
             return String::new();
         }
-        list_table(s, &page.items, wide)
+        list_table(settings, &page.items, wide)
     })?;
-    if s.human() {
+    if settings.human() {
         if page.items.is_empty() {
-            output::info(s, "no agents match");
+            output::info(settings, "no agents match");
         } else if page.next_cursor.is_some() {
             output::info(
-                s,
+                settings,
                 format!(
                     "showing {} of {} agents: pass --all for every page, or --limit",
                     page.items.len(),
@@ -189,37 +190,40 @@ async fn list(s: &Settings, c: &Client, a: &AgentsListArgs) -> Result<()> {
     Ok(())
 }
 
-fn show_text(a: &Agent) -> String {
+fn show_text(agent: &Agent) -> String {
     let mut lines = vec![
-        format!("instance_uid:  {}", a.instance_uid),
-        format!("status:        {}", a.status),
-        format!("transport:     {}", a.transport),
-        format!("remote_addr:   {}", a.remote_addr.as_deref().unwrap_or("-")),
-        format!("first_seen:    {}", a.first_seen),
+        format!("instance_uid:  {}", agent.instance_uid),
+        format!("status:        {}", agent.status),
+        format!("transport:     {}", agent.transport),
+        format!(
+            "remote_addr:   {}",
+            agent.remote_addr.as_deref().unwrap_or("-")
+        ),
+        format!("first_seen:    {}", agent.first_seen),
         format!(
             "last_seen:     {} ({})",
-            a.last_seen,
-            output::age(&a.last_seen)
+            agent.last_seen,
+            output::age(&agent.last_seen)
         ),
-        format!("sequence_num:  {}", a.sequence_num),
-        format!("labels:        {}", labels_text(&a.labels)),
+        format!("sequence_num:  {}", agent.sequence_num),
+        format!("labels:        {}", labels_text(&agent.labels)),
         "identifying_attributes:".to_string(),
     ];
-    for (k, v) in &a.identifying_attributes {
+    for (k, v) in &agent.identifying_attributes {
         lines.push(format!(
             "  {k}: {}",
             v.as_str().map_or(v.to_string(), str::to_owned)
         ));
     }
     lines.push("non_identifying_attributes:".into());
-    for (k, v) in &a.non_identifying_attributes {
+    for (k, v) in &agent.non_identifying_attributes {
         lines.push(format!(
             "  {k}: {}",
             v.as_str().map_or(v.to_string(), str::to_owned)
         ));
     }
-    lines.push(format!("capabilities:  {}", a.capabilities.join(", ")));
-    match &a.health {
+    lines.push(format!("capabilities:  {}", agent.capabilities.join(", ")));
+    match &agent.health {
         Some(h) => lines.push(format!(
             "health:        {} {}{}",
             if h.healthy { "healthy" } else { "unhealthy" },
@@ -234,12 +238,12 @@ fn show_text(a: &Agent) -> String {
     }
     lines.push(format!(
         "effective_config_hash: {}",
-        a.effective_config_hash.as_deref().unwrap_or("-")
+        agent.effective_config_hash.as_deref().unwrap_or("-")
     ));
-    let rc = &a.remote_config;
+    let rc = &agent.remote_config;
     lines.push(format!(
         "remote_config: {} status={}{}",
-        config_of(a),
+        config_of(agent),
         rc.status,
         rc.error
             .as_deref()
@@ -249,87 +253,89 @@ fn show_text(a: &Agent) -> String {
     lines.join("\n")
 }
 
-async fn show(s: &Settings, c: &Client, uid: &str) -> Result<()> {
-    let a: Agent = c.get(&format!("/api/v1/agents/{}", path_uid(uid)?)).await?;
-    output::show(s, &a, |_| show_text(&a))
+async fn show(settings: &Settings, client: &Client, uid: &str) -> Result<()> {
+    let agent: Agent = client
+        .get(&format!("/api/v1/agents/{}", path_uid(uid)?))
+        .await?;
+    output::show(settings, &agent, |_| show_text(&agent))
 }
 
 /// Parses `k=v` (set) and `k-` (remove) arguments.
-pub fn parse_labels(args: &[String]) -> Result<LabelPatch> {
+pub fn parse_labels(arguments: &[String]) -> Result<LabelPatch> {
     let mut labels = BTreeMap::new();
-    for a in args {
-        if let Some((k, v)) = a.split_once('=') {
+    for argument in arguments {
+        if let Some((k, v)) = argument.split_once('=') {
             if k.trim().is_empty() {
                 return Err(CtlError::usage(format!(
-                    "label {a:?} has no key: use key=value to set, key- to remove"
+                    "label {argument:?} has no key: use key=value to set, key- to remove"
                 )));
             }
             labels.insert(k.trim().to_string(), Some(v.to_string()));
-        } else if let Some(k) = a.strip_suffix('-').filter(|k| !k.is_empty()) {
+        } else if let Some(k) = argument.strip_suffix('-').filter(|k| !k.is_empty()) {
             labels.insert(k.trim().to_string(), None);
         } else {
             return Err(CtlError::usage(format!(
-                "label {a:?} is neither key=value (set) nor key- (remove)"
+                "label {argument:?} is neither key=value (set) nor key- (remove)"
             )));
         }
     }
     Ok(LabelPatch { labels })
 }
 
-async fn label(s: &Settings, c: &Client, uid: &str, args: &[String]) -> Result<()> {
-    let patch = parse_labels(args)?;
-    let (_, a): (_, Agent) = c
+async fn label(settings: &Settings, client: &Client, uid: &str, labels: &[String]) -> Result<()> {
+    let patch = parse_labels(labels)?;
+    let (_, agent): (_, Agent) = client
         .send_json(
             Method::PATCH,
             &format!("/api/v1/agents/{}/labels", path_uid(uid)?),
             &patch,
         )
         .await?;
-    if s.human() {
+    if settings.human() {
         output::info(
-            s,
+            settings,
             format!(
                 "agent {} labeled: {}",
-                a.instance_uid,
-                labels_text(&a.labels)
+                agent.instance_uid,
+                labels_text(&agent.labels)
             ),
         );
         Ok(())
     } else {
-        output::machine(s, &a)
+        output::machine(settings, &agent)
     }
 }
 
-async fn delete(s: &Settings, c: &Client, uid: &str, force: bool) -> Result<()> {
+async fn delete(settings: &Settings, client: &Client, uid: &str, force: bool) -> Result<()> {
     let mut path = format!("/api/v1/agents/{}", path_uid(uid)?);
     if force {
         path.push_str("?force=true");
     }
-    c.call(Method::DELETE, &path).await?;
-    if s.human() {
-        output::info(s, format!("agent {uid} deleted"));
+    client.call(Method::DELETE, &path).await?;
+    if settings.human() {
+        output::info(settings, format!("agent {uid} deleted"));
         Ok(())
     } else {
         output::machine(
-            s,
+            settings,
             &serde_json::json!({"instance_uid": uid, "deleted": true}),
         )
     }
 }
 
-async fn restart(s: &Settings, c: &Client, uid: &str) -> Result<()> {
-    let v = c
+async fn restart(settings: &Settings, client: &Client, uid: &str) -> Result<()> {
+    let v = client
         .call(
             Method::POST,
             &format!("/api/v1/agents/{}/restart", path_uid(uid)?),
         )
         .await?;
-    if s.human() {
+    if settings.human() {
         let delivery = v["delivery"].as_str().unwrap_or("sent");
-        output::info(s, format!("restart of agent {uid}: {delivery}"));
+        output::info(settings, format!("restart of agent {uid}: {delivery}"));
         Ok(())
     } else {
-        output::machine(s, &v)
+        output::machine(settings, &v)
     }
 }
 

@@ -240,15 +240,15 @@ pub fn gunzip_to(src: &Path, dest: &Path) -> Result<u64> {
     Ok(n)
 }
 
-pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
-    let dir = &a.dir;
-    if a.retention_days == Some(0) {
+pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Result<()> {
+    let dir = &args.dir;
+    if args.retention_days == Some(0) {
         return Err(CtlError::usage(
             "--retention-days 0 would delete every earlier backup, even one made a minute ago: pass 1 or more",
         ));
     }
     if !dir.exists() {
-        if !a.create_dir {
+        if !args.create_dir {
             return Err(CtlError::usage(format!(
                 "--dir {} does not exist: create it, check the path for a typo, or pass --create-dir",
                 dir.display()
@@ -289,7 +289,7 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
     let mut cleanup = Cleanup(vec![tmp.clone(), sha_tmp.clone(), raw_tmp.clone()]);
 
     let mut out = GzOut::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
-    let (source, server_schema) = match &a.data_dir {
+    let (source, server_schema) = match &args.data_dir {
         Some(data_dir) => {
             let db = data_dir.join("opamp.db");
             localdb::online_backup(&db, &raw_tmp).map_err(CtlError::failed)?;
@@ -310,8 +310,8 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
             ("local", None)
         }
         None => {
-            let mut resp = c
-                .send(c.stream_request(Method::GET, "/api/v1/admin/backup"))
+            let mut resp = client
+                .send(client.stream_request(Method::GET, "/api/v1/admin/backup"))
                 .await?;
             let expected = resp.content_length();
             let schema = resp
@@ -319,7 +319,7 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
                 .get("x-opampd-schema-version")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u32>().ok());
-            let bar = s.progress().then(|| {
+            let bar = settings.progress().then(|| {
                 let b = indicatif::ProgressBar::new(expected.unwrap_or(0));
                 b.set_style(
                     indicatif::ProgressStyle::with_template(
@@ -334,7 +334,7 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
                 let chunk = resp.chunk().await.map_err(|e| {
                     CtlError::failed(format!(
                         "the backup stream from {} broke off after {got} bytes: {e}",
-                        c.base
+                        client.base
                     ))
                 })?;
                 let Some(chunk) = chunk else { break };
@@ -351,7 +351,7 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
                 if exp != got {
                     return Err(CtlError::failed(format!(
                         "the backup stream from {} ended after {got} of {exp} bytes; nothing was kept",
-                        c.base
+                        client.base
                     )));
                 }
             }
@@ -383,7 +383,7 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
 
     let mut schema_version = server_schema;
     let mut verified = false;
-    if a.verify {
+    if args.verify {
         let v = match verify(&final_path, &sha, dir) {
             Ok(v) => v,
             Err(e) => {
@@ -404,7 +404,7 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
         schema_version = Some(v);
         verified = true;
     }
-    let pruned = match a.retention_days {
+    let pruned = match args.retention_days {
         Some(days) => prune(dir, days, &[name.as_str(), sha_name.as_str()])?,
         None => Vec::new(),
     };
@@ -419,10 +419,10 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
         verified,
         pruned,
     };
-    if s.quiet {
+    if settings.quiet {
         return Ok(());
     }
-    if s.human() {
+    if settings.human() {
         output::out(&report.file);
         eprintln!(
             "backup written: {} ({} compressed from {}{}), checksum in {}",
@@ -437,7 +437,7 @@ pub async fn run(s: &Settings, c: &Client, a: &BackupArgs) -> Result<()> {
         }
         Ok(())
     } else {
-        output::machine(s, &report)
+        output::machine(settings, &report)
     }
 }
 

@@ -14,15 +14,15 @@ use serde::de::DeserializeOwned;
 use std::io::Read;
 use std::path::Path;
 
-pub async fn run(s: &Settings, c: &Client, cmd: ConfigsCmd) -> Result<()> {
+pub async fn run(settings: &Settings, client: &Client, cmd: ConfigsCmd) -> Result<()> {
     match cmd {
-        ConfigsCmd::Apply(a) => apply(s, c, &a).await,
-        ConfigsCmd::List => list(s, c).await,
-        ConfigsCmd::Show { name, version } => show(s, c, &name, version).await,
-        ConfigsCmd::History { name } => history(s, c, &name).await,
-        ConfigsCmd::Diff { name, from, to } => diff(s, c, &name, from, to).await,
-        ConfigsCmd::Rollback { name, to } => rollback(s, c, &name, to).await,
-        ConfigsCmd::Delete { name, force } => delete(s, c, &name, force).await,
+        ConfigsCmd::Apply(args) => apply(settings, client, &args).await,
+        ConfigsCmd::List => list(settings, client).await,
+        ConfigsCmd::Show { name, version } => show(settings, client, &name, version).await,
+        ConfigsCmd::History { name } => history(settings, client, &name).await,
+        ConfigsCmd::Diff { name, from, to } => diff(settings, client, &name, from, to).await,
+        ConfigsCmd::Rollback { name, to } => rollback(settings, client, &name, to).await,
+        ConfigsCmd::Delete { name, force } => delete(settings, client, &name, force).await,
     }
 }
 
@@ -48,8 +48,8 @@ pub fn content_type_for(path: &Path) -> &'static str {
     }
 }
 
-async fn apply(s: &Settings, c: &Client, a: &ConfigsApplyArgs) -> Result<()> {
-    let stdin = a.file.as_os_str() == "-";
+async fn apply(settings: &Settings, client: &Client, args: &ConfigsApplyArgs) -> Result<()> {
+    let stdin = args.file.as_os_str() == "-";
     let body = if stdin {
         let mut b = String::new();
         std::io::stdin().read_to_string(&mut b).map_err(|e| {
@@ -59,41 +59,41 @@ async fn apply(s: &Settings, c: &Client, a: &ConfigsApplyArgs) -> Result<()> {
         })?;
         b
     } else {
-        std::fs::read_to_string(&a.file).map_err(|e| {
+        std::fs::read_to_string(&args.file).map_err(|e| {
             CtlError::usage(format!(
                 "cannot read the configuration file {}: {e}",
-                a.file.display()
+                args.file.display()
             ))
         })?
     };
-    let name = match &a.name {
+    let name = match &args.name {
         Some(n) => n.clone(),
         None if stdin => return Err(CtlError::usage("-f - (standard input) needs --name NAME")),
-        None => a
+        None => args
             .file
             .file_stem()
-            .and_then(|s| s.to_str())
+            .and_then(|stem| stem.to_str())
             .map(str::to_owned)
-            .filter(|s| !s.is_empty())
+            .filter(|stem| !stem.is_empty())
             .ok_or_else(|| {
                 CtlError::usage(format!(
                     "cannot take a configuration name from {}: pass --name NAME",
-                    a.file.display()
+                    args.file.display()
                 ))
             })?,
     };
-    let content_type = a
+    let content_type = args
         .content_type
         .clone()
-        .unwrap_or_else(|| content_type_for(&a.file).to_string());
+        .unwrap_or_else(|| content_type_for(&args.file).to_string());
     let input = ConfigurationInput {
         name: name.clone(),
         body,
         content_type: Some(content_type),
-        selector: a.selector.clone(),
-        description: a.description.clone(),
+        selector: args.selector.clone(),
+        description: args.description.clone(),
     };
-    let (status, cfg): (_, Configuration) = c
+    let (status, cfg): (_, Configuration) = client
         .send_json(Method::POST, "/api/v1/configurations", &input)
         .await?;
     let result = cfg.result.clone().unwrap_or_else(|| {
@@ -103,13 +103,13 @@ async fn apply(s: &Settings, c: &Client, a: &ConfigsApplyArgs) -> Result<()> {
             "unchanged".into()
         }
     });
-    if s.human() {
+    if settings.human() {
         let word = if result == "unchanged" {
             "unchanged"
         } else {
             "configured"
         };
-        if !s.quiet {
+        if !settings.quiet {
             let what = match (result.as_str(), status.as_u16()) {
                 ("created", _) => format!("created (version {})", cfg.version),
                 ("unchanged", _) => format!("unchanged (version {})", cfg.version),
@@ -130,7 +130,7 @@ async fn apply(s: &Settings, c: &Client, a: &ConfigsApplyArgs) -> Result<()> {
                 _ => String::new(),
             };
             output::info(
-                s,
+                settings,
                 format!(
                     "saved only: distribute it with `opampctl rollout start {}`{selector_note}",
                     cfg.name
@@ -139,12 +139,12 @@ async fn apply(s: &Settings, c: &Client, a: &ConfigsApplyArgs) -> Result<()> {
         }
         Ok(())
     } else {
-        output::machine(s, &cfg)
+        output::machine(settings, &cfg)
     }
 }
 
 /// The items of a list reply, paginated (`{"items": …}`) or a bare array.
-async fn list_all<T: DeserializeOwned>(c: &Client, path: &str) -> Result<Vec<T>> {
+async fn list_all<T: DeserializeOwned>(client: &Client, path: &str) -> Result<Vec<T>> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -153,9 +153,9 @@ async fn list_all<T: DeserializeOwned>(c: &Client, path: &str) -> Result<Vec<T>>
             Some(cur) => format!("{path}{sep}cursor={}", enc(cur)),
             None => path.to_string(),
         };
-        let v: serde_json::Value = c.get(&p).await?;
+        let v: serde_json::Value = client.get(&p).await?;
         let (items, next) = match v {
-            serde_json::Value::Array(a) => (a, None),
+            serde_json::Value::Array(array) => (array, None),
             mut obj => (
                 obj["items"]
                     .as_array_mut()
@@ -178,9 +178,9 @@ async fn list_all<T: DeserializeOwned>(c: &Client, path: &str) -> Result<Vec<T>>
     }
 }
 
-async fn list(s: &Settings, c: &Client) -> Result<()> {
-    let items: Vec<Configuration> = list_all(c, "/api/v1/configurations").await?;
-    output::show(s, &items, |wide| {
+async fn list(settings: &Settings, client: &Client) -> Result<()> {
+    let items: Vec<Configuration> = list_all(client, "/api/v1/configurations").await?;
+    output::show(settings, &items, |wide| {
         if items.is_empty() {
             return String::new();
         }
@@ -188,7 +188,7 @@ async fn list(s: &Settings, c: &Client) -> Result<()> {
         if wide {
             header.extend(["CONTENT TYPE", "HASH", "BY", "DESCRIPTION"]);
         }
-        let mut t = output::table(s, &header);
+        let mut t = output::table(settings, &header);
         for cfg in &items {
             let mut row = vec![
                 Cell::new(&cfg.name),
@@ -213,24 +213,29 @@ async fn list(s: &Settings, c: &Client) -> Result<()> {
         }
         output::render(&t)
     })?;
-    if s.human() && items.is_empty() {
+    if settings.human() && items.is_empty() {
         output::info(
-            s,
+            settings,
             "no configurations: create one with `opampctl configs apply -f FILE`",
         );
     }
     Ok(())
 }
 
-async fn show(s: &Settings, c: &Client, name: &str, version: Option<u64>) -> Result<()> {
+async fn show(
+    settings: &Settings,
+    client: &Client,
+    name: &str,
+    version: Option<u64>,
+) -> Result<()> {
     let b = base(name)?;
     // The version itself, for its own creation time, author and note.
     let n = match version {
         Some(n) => n,
-        None => c.get::<Configuration>(&b).await?.version,
+        None => client.get::<Configuration>(&b).await?.version,
     };
-    let v: ConfigVersion = c.get(&format!("{b}/versions/{n}")).await?;
-    output::show(s, &v, |_| {
+    let v: ConfigVersion = client.get(&format!("{b}/versions/{n}")).await?;
+    output::show(settings, &v, |_| {
         let mut text = format!(
             "# {} version {} ({}, sha256 {}, {} by {})\n",
             v.name,
@@ -245,15 +250,15 @@ async fn show(s: &Settings, c: &Client, name: &str, version: Option<u64>) -> Res
     })
 }
 
-async fn history(s: &Settings, c: &Client, name: &str) -> Result<()> {
+async fn history(settings: &Settings, client: &Client, name: &str) -> Result<()> {
     let b = base(name)?;
-    let items: Vec<ConfigVersion> = list_all(c, &format!("{b}/versions")).await?;
-    output::show(s, &items, |wide| {
+    let items: Vec<ConfigVersion> = list_all(client, &format!("{b}/versions")).await?;
+    output::show(settings, &items, |wide| {
         let mut header = vec!["VERSION", "HASH", "CREATED", "BY", "NOTE"];
         if wide {
             header.push("CONTENT TYPE");
         }
-        let mut t = output::table(s, &header);
+        let mut t = output::table(settings, &header);
         for v in &items {
             let mut row = vec![
                 Cell::new(v.version),
@@ -272,8 +277,8 @@ async fn history(s: &Settings, c: &Client, name: &str) -> Result<()> {
 }
 
 async fn diff(
-    s: &Settings,
-    c: &Client,
+    settings: &Settings,
+    client: &Client,
     name: &str,
     from: Option<u64>,
     to: Option<u64>,
@@ -290,15 +295,15 @@ async fn diff(
         path.push('?');
         path.push_str(&q.join("&"));
     }
-    let d: ConfigDiff = c.get(&path).await?;
-    output::show(s, &d, |_| {
+    let d: ConfigDiff = client.get(&path).await?;
+    output::show(settings, &d, |_| {
         if d.diff.trim().is_empty() {
             return format!(
                 "# {} versions {} and {} have the same body",
                 d.name, d.from, d.to
             );
         }
-        if !s.color {
+        if !settings.color {
             return d.diff.trim_end().to_string();
         }
         d.diff
@@ -321,20 +326,20 @@ async fn diff(
     })
 }
 
-async fn rollback(s: &Settings, c: &Client, name: &str, to: Option<u64>) -> Result<()> {
-    let (_, v): (_, serde_json::Value) = c
+async fn rollback(settings: &Settings, client: &Client, name: &str, to: Option<u64>) -> Result<()> {
+    let (_, v): (_, serde_json::Value) = client
         .send_json(
             Method::POST,
             &format!("{}/rollback", base(name)?),
             &RollbackRequest { version: to },
         )
         .await?;
-    if s.human() {
+    if settings.human() {
         let version = v["version"]
             .as_u64()
             .map_or("?".to_string(), |n| n.to_string());
         output::info(
-            s,
+            settings,
             format!(
                 "configuration/{name} rolled back{}: now version {version}",
                 to.map(|t| format!(" to the body of version {t}"))
@@ -343,27 +348,30 @@ async fn rollback(s: &Settings, c: &Client, name: &str, to: Option<u64>) -> Resu
         );
         if v.get("state").is_none() {
             output::info(
-                s,
+                settings,
                 format!("distribute it with `opampctl rollout start {name}` if it is not rolled out yet"),
             );
         }
         Ok(())
     } else {
-        output::machine(s, &v)
+        output::machine(settings, &v)
     }
 }
 
-async fn delete(s: &Settings, c: &Client, name: &str, force: bool) -> Result<()> {
+async fn delete(settings: &Settings, client: &Client, name: &str, force: bool) -> Result<()> {
     let mut path = base(name)?;
     if force {
         path.push_str("?force=true");
     }
-    c.call(Method::DELETE, &path).await?;
-    if s.human() {
-        output::info(s, format!("configuration/{name} deleted"));
+    client.call(Method::DELETE, &path).await?;
+    if settings.human() {
+        output::info(settings, format!("configuration/{name} deleted"));
         Ok(())
     } else {
-        output::machine(s, &serde_json::json!({"name": name, "deleted": true}))
+        output::machine(
+            settings,
+            &serde_json::json!({"name": name, "deleted": true}),
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use crate::output;
 use opamp_proto::api::{DbOptimizeReport, DbStats};
 use reqwest::Method;
 
-fn stats_text(s: &Settings, st: &DbStats) -> String {
+fn stats_text(settings: &Settings, st: &DbStats) -> String {
     let mut lines = vec![
         format!("path:            {}", st.path),
         format!("schema version:  {}", st.schema_version),
@@ -25,7 +25,7 @@ fn stats_text(s: &Settings, st: &DbStats) -> String {
     if let Some(i) = &st.integrity {
         lines.push(format!("integrity:       {i}"));
     }
-    let mut t = output::table(s, &["TABLE", "ROWS"]);
+    let mut t = output::table(settings, &["TABLE", "ROWS"]);
     for (name, rows) in &st.tables {
         t.add_row(vec![name.clone(), rows.to_string()]);
     }
@@ -34,7 +34,7 @@ fn stats_text(s: &Settings, st: &DbStats) -> String {
     lines.join("\n")
 }
 
-pub async fn run(s: &Settings, c: &Client, cmd: DbCmd) -> Result<()> {
+pub async fn run(settings: &Settings, client: &Client, cmd: DbCmd) -> Result<()> {
     match cmd {
         DbCmd::Stats {
             integrity,
@@ -45,12 +45,13 @@ pub async fn run(s: &Settings, c: &Client, cmd: DbCmd) -> Result<()> {
                     localdb::stats(&dir.join("opamp.db"), integrity).map_err(CtlError::failed)?
                 }
                 None => {
-                    c.get(&format!("/api/v1/admin/db/stats?integrity={integrity}"))
+                    client
+                        .get(&format!("/api/v1/admin/db/stats?integrity={integrity}"))
                         .await?
                 }
             };
-            if !s.quiet {
-                output::show(s, &st, |_| stats_text(s, &st))?;
+            if !settings.quiet {
+                output::show(settings, &st, |_| stats_text(settings, &st))?;
             }
             match &st.integrity {
                 Some(i) if i != "ok" => {
@@ -61,17 +62,17 @@ pub async fn run(s: &Settings, c: &Client, cmd: DbCmd) -> Result<()> {
             }
         }
         DbCmd::Optimize => {
-            let (_, r): (_, DbOptimizeReport) = c
+            let (_, r): (_, DbOptimizeReport) = client
                 .send_json(
                     Method::POST,
                     "/api/v1/admin/db/optimize",
                     &serde_json::json!({}),
                 )
                 .await?;
-            if s.quiet {
+            if settings.quiet {
                 return Ok(());
             }
-            output::show(s, &r, |_| {
+            output::show(settings, &r, |_| {
                 let mut text: Vec<String> =
                     r.steps.iter().map(|st| format!("done: {st}")).collect();
                 text.push(format!(

@@ -28,24 +28,24 @@ pub struct HealthSummary {
     pub health: Option<HealthReport>,
 }
 
-async fn probe(c: &Client, path: &str) -> Result<(u16, serde_json::Value)> {
-    let resp = c.send_any(c.request(Method::GET, path)).await?;
+async fn probe(client: &Client, path: &str) -> Result<(u16, serde_json::Value)> {
+    let resp = client.send_any(client.request(Method::GET, path)).await?;
     let code = resp.status().as_u16();
     let body = resp.json().await.unwrap_or(serde_json::Value::Null);
     Ok((code, body))
 }
 
 /// Polls /health/ready until 200; Err after `timeout` (exit 3 if never reached).
-pub async fn wait_ready(s: &Settings, c: &Client, timeout: Duration) -> Result<()> {
+pub async fn wait_ready(settings: &Settings, client: &Client, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let bar = s.progress().then(|| {
+    let bar = settings.progress().then(|| {
         let b = indicatif::ProgressBar::new_spinner();
-        b.set_message(format!("waiting for {} to be ready", c.base));
+        b.set_message(format!("waiting for {} to be ready", client.base));
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
     loop {
-        let last = match probe(c, "/health/ready").await {
+        let last = match probe(client, "/health/ready").await {
             Ok((200, _)) => {
                 if let Some(b) = bar {
                     b.finish_and_clear();
@@ -56,7 +56,7 @@ pub async fn wait_ready(s: &Settings, c: &Client, timeout: Duration) -> Result<(
                 let word = body["status"].as_str().unwrap_or("not ready").to_string();
                 CtlError::failed(format!(
                     "{} is not ready after {}s: /health/ready answers {code} ({word})",
-                    c.base,
+                    client.base,
                     timeout.as_secs()
                 ))
             }
@@ -76,10 +76,12 @@ pub async fn wait_ready(s: &Settings, c: &Client, timeout: Duration) -> Result<(
     }
 }
 
-pub async fn check(c: &Client) -> Result<HealthSummary> {
-    let (live_code, live_body) = probe(c, "/health/live").await?;
-    let (ready_code, ready_body) = probe(c, "/health/ready").await?;
-    let resp = c.send_any(c.request(Method::GET, "/health")).await?;
+pub async fn check(client: &Client) -> Result<HealthSummary> {
+    let (live_code, live_body) = probe(client, "/health/live").await?;
+    let (ready_code, ready_body) = probe(client, "/health/ready").await?;
+    let resp = client
+        .send_any(client.request(Method::GET, "/health"))
+        .await?;
     let health: Option<HealthReport> = resp.json().await.ok();
     let ok =
         live_code == 200 && ready_code == 200 && health.as_ref().is_some_and(|h| h.status == "ok");
@@ -99,7 +101,7 @@ pub async fn check(c: &Client) -> Result<HealthSummary> {
             .unwrap_or_else(|| if code == 200 { "ok" } else { "failed" }.into())
     };
     Ok(HealthSummary {
-        server: c.base.clone(),
+        server: client.base.clone(),
         status,
         live: Probe {
             status_code: live_code,
@@ -113,23 +115,23 @@ pub async fn check(c: &Client) -> Result<HealthSummary> {
     })
 }
 
-fn table(s: &Settings, h: &HealthSummary) -> String {
-    let mut t = output::table(s, &["CHECK", "STATUS", "DETAIL"]);
+fn table(settings: &Settings, h: &HealthSummary) -> String {
+    let mut t = output::table(settings, &["CHECK", "STATUS", "DETAIL"]);
     t.add_row(vec![
         comfy_table::Cell::new("live"),
-        output::status_cell(s, &h.live.status),
+        output::status_cell(settings, &h.live.status),
         comfy_table::Cell::new(format!("/health/live {}", h.live.status_code)),
     ]);
     t.add_row(vec![
         comfy_table::Cell::new("ready"),
-        output::status_cell(s, &h.ready.status),
+        output::status_cell(settings, &h.ready.status),
         comfy_table::Cell::new(format!("/health/ready {}", h.ready.status_code)),
     ]);
     let mut problems = Vec::new();
     if let Some(r) = &h.health {
         t.add_row(vec![
             comfy_table::Cell::new("health"),
-            output::status_cell(s, &r.status),
+            output::status_cell(settings, &r.status),
             comfy_table::Cell::new(format!(
                 "opampd {}, up {}",
                 r.version,
@@ -138,7 +140,7 @@ fn table(s: &Settings, h: &HealthSummary) -> String {
         ]);
         t.add_row(vec![
             comfy_table::Cell::new("database"),
-            output::status_cell(s, &r.database.status),
+            output::status_cell(settings, &r.database.status),
             comfy_table::Cell::new(format!(
                 "{:.1} ms, schema {}, writer queue {}",
                 r.database.latency_ms, r.database.schema_version, r.database.writer_queue
@@ -164,7 +166,7 @@ fn table(s: &Settings, h: &HealthSummary) -> String {
     } else {
         t.add_row(vec![
             comfy_table::Cell::new("health"),
-            output::status_cell(s, "failed"),
+            output::status_cell(settings, "failed"),
             comfy_table::Cell::new("/health did not answer with a report"),
         ]);
     }
@@ -184,18 +186,18 @@ fn uptime(secs: u64) -> String {
     }
 }
 
-pub async fn run(s: &Settings, c: &Client, a: &HealthArgs) -> Result<()> {
-    if a.wait {
-        wait_ready(s, c, a.timeout).await?;
+pub async fn run(settings: &Settings, client: &Client, args: &HealthArgs) -> Result<()> {
+    if args.wait {
+        wait_ready(settings, client, args.timeout).await?;
     }
-    let h = check(c).await?;
-    if !s.quiet {
-        output::show(s, &h, |_| table(s, &h))?;
+    let h = check(client).await?;
+    if !settings.quiet {
+        output::show(settings, &h, |_| table(settings, &h))?;
     }
     if h.status == "ok" {
         Ok(())
-    } else if s.quiet {
-        Err(CtlError::failed(format!("{} is {}", c.base, h.status)))
+    } else if settings.quiet {
+        Err(CtlError::failed(format!("{} is {}", client.base, h.status)))
     } else {
         Err(CtlError::silent(Exit::Failed))
     }

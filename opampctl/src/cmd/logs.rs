@@ -52,25 +52,30 @@ pub fn text(e: &LogEntry, color: bool) -> String {
     } else {
         level
     };
-    let mut s = format!("{} {level} {}", e.ts, e.message);
+    let mut line = format!("{} {level} {}", e.ts, e.message);
     for (k, v) in &e.fields {
         match v {
-            serde_json::Value::String(t) => s.push_str(&format!(" {k}={t}")),
-            other => s.push_str(&format!(" {k}={other}")),
+            serde_json::Value::String(t) => line.push_str(&format!(" {k}={t}")),
+            other => line.push_str(&format!(" {k}={other}")),
         }
     }
-    s
+    line
 }
 
-pub async fn run(s: &Settings, c: &Client, a: &LogsArgs) -> Result<()> {
-    if let Some(via) = a.via {
-        let argv =
-            supervisor::log_command(via, &a.supervisor, a.lines, a.follow, a.level.as_deref());
+pub async fn run(settings: &Settings, client: &Client, args: &LogsArgs) -> Result<()> {
+    if let Some(via) = args.via {
+        let argv = supervisor::log_command(
+            via,
+            &args.supervisor,
+            args.lines,
+            args.follow,
+            args.level.as_deref(),
+        );
         let filter_level = match via {
             crate::cli::LogSource::Journald => None,
-            _ => a.level.as_deref(),
+            _ => args.level.as_deref(),
         };
-        if a.grep.is_none() && filter_level.is_none() {
+        if args.grep.is_none() && filter_level.is_none() {
             let st = supervisor::run_inherit(&argv)?;
             return if st.success() {
                 Ok(())
@@ -85,7 +90,7 @@ pub async fn run(s: &Settings, c: &Client, a: &LogsArgs) -> Result<()> {
         let stdout = child.stdout.take().expect("piped stdout");
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line.map_err(|e| CtlError::failed(format!("reading the log: {e}")))?;
-            if keep_line(&line, filter_level, a.grep.as_deref()) {
+            if keep_line(&line, filter_level, args.grep.as_deref()) {
                 output::out(&line);
             }
         }
@@ -99,22 +104,24 @@ pub async fn run(s: &Settings, c: &Client, a: &LogsArgs) -> Result<()> {
             )))
         };
     }
-    let mut path = format!("/api/v1/admin/logs?n={}", a.lines);
-    if let Some(l) = &a.level {
+    let mut path = format!("/api/v1/admin/logs?n={}", args.lines);
+    if let Some(l) = &args.level {
         path.push_str(&format!("&level={l}"));
     }
-    if let Some(g) = &a.grep {
+    if let Some(g) = &args.grep {
         path.push_str(&format!("&grep={}", enc(g)));
     }
-    if a.follow {
+    if args.follow {
         path.push_str("&follow=true");
     }
-    let mut resp = c.send(c.stream_request(Method::GET, &path)).await?;
+    let mut resp = client
+        .send(client.stream_request(Method::GET, &path))
+        .await?;
     let mut pending: Vec<u8> = Vec::new();
-    let json = matches!(s.format, Format::Json | Format::Yaml);
+    let json = matches!(settings.format, Format::Json | Format::Yaml);
     loop {
         let chunk = tokio::select! {
-            r = resp.chunk() => r.map_err(|e| CtlError::failed(format!("the log stream from {} broke off: {e}", c.base)))?,
+            r = resp.chunk() => r.map_err(|e| CtlError::failed(format!("the log stream from {} broke off: {e}", client.base)))?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let Some(chunk) = chunk else { break };
@@ -131,7 +138,7 @@ pub async fn run(s: &Settings, c: &Client, a: &LogsArgs) -> Result<()> {
                 continue;
             }
             match serde_json::from_str::<LogEntry>(line) {
-                Ok(e) => output::out(&text(&e, s.color)),
+                Ok(e) => output::out(&text(&e, settings.color)),
                 Err(_) => output::out(line),
             }
         }

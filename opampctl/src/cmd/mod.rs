@@ -22,26 +22,26 @@ use crate::error::Result;
 pub async fn dispatch(cli: Cli) -> Result<()> {
     // These need neither a server nor the config file.
     match &cli.command {
-        Command::Completions(a) => return crate::docs::completions(a.shell),
-        Command::Man(a) => return crate::docs::man(a.dir.as_deref()),
+        Command::Completions(args) => return crate::docs::completions(args.shell),
+        Command::Man(args) => return crate::docs::man(args.dir.as_deref()),
         Command::Alerts(AlertsCmd::Rules) => return alerts::rules(),
         _ => {}
     }
-    let s = context::resolve(&cli.global)?;
-    let c = Client::new(&s)?;
+    let settings = context::resolve(&cli.global)?;
+    let client = Client::new(&settings)?;
     match cli.command {
-        Command::Health(a) => health::run(&s, &c, &a).await,
-        Command::Agents(a) => agents::run(&s, &c, a).await,
-        Command::Configs(a) => configs::run(&s, &c, a).await,
-        Command::Rollout(a) => rollout::run(&s, &c, a).await,
-        Command::Backup(a) => backup::run(&s, &c, &a).await,
-        Command::Restore(a) => restore::run(&s, &c, &a).await,
-        Command::Logs(a) => logs::run(&s, &c, &a).await,
-        Command::Restart(a) => restart::run(&s, &c, &a).await,
-        Command::Doctor(a) => doctor::doctor(&s, &c, &a).await,
-        Command::Troubleshoot(t) => doctor::troubleshoot(&s, &c, t).await,
-        Command::Db(d) => db::run(&s, &c, d).await,
-        Command::Bench(a) => bench::run(&s, &c, &a).await,
+        Command::Health(args) => health::run(&settings, &client, &args).await,
+        Command::Agents(args) => agents::run(&settings, &client, args).await,
+        Command::Configs(args) => configs::run(&settings, &client, args).await,
+        Command::Rollout(args) => rollout::run(&settings, &client, args).await,
+        Command::Backup(args) => backup::run(&settings, &client, &args).await,
+        Command::Restore(args) => restore::run(&settings, &client, &args).await,
+        Command::Logs(args) => logs::run(&settings, &client, &args).await,
+        Command::Restart(args) => restart::run(&settings, &client, &args).await,
+        Command::Doctor(args) => doctor::doctor(&settings, &client, &args).await,
+        Command::Troubleshoot(t) => doctor::troubleshoot(&settings, &client, t).await,
+        Command::Db(d) => db::run(&settings, &client, d).await,
+        Command::Bench(args) => bench::run(&settings, &client, &args).await,
         Command::Completions(_) | Command::Man(_) | Command::Alerts(_) => Ok(()),
     }
 }

@@ -22,14 +22,16 @@ pub struct RestartReport {
     pub seconds: f64,
 }
 
-async fn connected(c: &Client) -> Result<u64> {
-    let p: Page<Agent> = c.get("/api/v1/agents?status=connected&limit=1").await?;
+async fn connected(client: &Client) -> Result<u64> {
+    let p: Page<Agent> = client
+        .get("/api/v1/agents?status=connected&limit=1")
+        .await?;
     Ok(p.total)
 }
 
-pub async fn run(s: &Settings, c: &Client, a: &RestartArgs) -> Result<()> {
+pub async fn run(settings: &Settings, client: &Client, args: &RestartArgs) -> Result<()> {
     let mut plan: Vec<Vec<String>> = Vec::new();
-    if let Some(cfg) = &a.config {
+    if let Some(cfg) = &args.config {
         plan.push(vec![
             "opampd".into(),
             "check-config".into(),
@@ -37,8 +39,8 @@ pub async fn run(s: &Settings, c: &Client, a: &RestartArgs) -> Result<()> {
             cfg.display().to_string(),
         ]);
     }
-    let restart = supervisor::restart_commands(a.via, &a.supervisor);
-    if a.dry_run {
+    let restart = supervisor::restart_commands(args.via, &args.supervisor);
+    if args.dry_run {
         let mut lines: Vec<String> = plan
             .iter()
             .chain(&restart)
@@ -46,24 +48,27 @@ pub async fn run(s: &Settings, c: &Client, a: &RestartArgs) -> Result<()> {
             .collect();
         lines.push(format!(
             "# then: wait up to {}s for {}/health/ready and for the connected agents to come back",
-            a.timeout.as_secs(),
-            c.base
+            args.timeout.as_secs(),
+            client.base
         ));
-        if s.human() {
+        if settings.human() {
             output::out(&lines.join("\n"));
         } else {
-            output::machine(s, &serde_json::json!({"dry_run": true, "commands": lines}))?;
+            output::machine(
+                settings,
+                &serde_json::json!({"dry_run": true, "commands": lines}),
+            )?;
         }
         return Ok(());
     }
-    if let Some(cfg) = &a.config {
+    if let Some(cfg) = &args.config {
         if !cfg.is_file() {
             return Err(CtlError::usage(format!(
                 "--config {} does not exist",
                 cfg.display()
             )));
         }
-        output::info(s, format!("validating {}", cfg.display()));
+        output::info(settings, format!("validating {}", cfg.display()));
         supervisor::run_checked(&plan[0]).map_err(|e| {
             CtlError::failed(format!(
                 "{}; the configuration is not valid, so opampd was not restarted",
@@ -72,7 +77,7 @@ pub async fn run(s: &Settings, c: &Client, a: &RestartArgs) -> Result<()> {
         })?;
     }
     let started = Instant::now();
-    let before = match connected(c).await {
+    let before = match connected(client).await {
         Ok(n) => Some(n),
         Err(e) => {
             output::warn(format!(
@@ -83,35 +88,37 @@ pub async fn run(s: &Settings, c: &Client, a: &RestartArgs) -> Result<()> {
         }
     };
     for argv in &restart {
-        output::info(s, format!("running: {}", supervisor::show(argv)));
+        output::info(settings, format!("running: {}", supervisor::show(argv)));
         supervisor::run_checked(argv)?;
     }
     // Give the supervisor a moment to stop the old process before probing.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let deadline = started + a.timeout;
+    let deadline = started + args.timeout;
     let remaining = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
-    health::wait_ready(s, c, remaining).await.map_err(|e| {
-        let exit = if e.exit == Exit::Unreachable {
-            Exit::Unreachable
-        } else {
-            Exit::Failed
-        };
-        CtlError {
-            exit,
-            message: format!(
-                "opampd did not become ready after the restart: {}",
-                e.message
-            ),
-        }
-    })?;
-    output::info(s, format!("{} is ready", c.base));
-    let mut after = connected(c).await.ok();
+    health::wait_ready(settings, client, remaining)
+        .await
+        .map_err(|e| {
+            let exit = if e.exit == Exit::Unreachable {
+                Exit::Unreachable
+            } else {
+                Exit::Failed
+            };
+            CtlError {
+                exit,
+                message: format!(
+                    "opampd did not become ready after the restart: {}",
+                    e.message
+                ),
+            }
+        })?;
+    output::info(settings, format!("{} is ready", client.base));
+    let mut after = connected(client).await.ok();
     if let Some(b) = before {
         while after.is_some_and(|n| n < b) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            after = connected(c).await.ok().or(after);
+            after = connected(client).await.ok().or(after);
         }
     }
     let report = RestartReport {
@@ -121,18 +128,20 @@ pub async fn run(s: &Settings, c: &Client, a: &RestartArgs) -> Result<()> {
         agents_after: after,
         seconds: started.elapsed().as_secs_f64(),
     };
-    if s.human() {
-        if !s.quiet {
+    if settings.human() {
+        if !settings.quiet {
             let agents = match (before, after) {
-                (Some(b), Some(a)) if a >= b => format!("{a} of {b} agents reconnected"),
-                (Some(b), Some(a)) => format!(
-                    "only {a} of {b} agents reconnected within {}s (agents retry with back-off; check `opampctl agents list --status disconnected`)",
+                (Some(before), Some(after)) if after >= before => {
+                    format!("{after} of {before} agents reconnected")
+                },
+                (Some(before), Some(after)) => format!(
+                    "only {after} of {before} agents reconnected within {}s (agents retry with back-off; check `opampctl agents list --status disconnected`)",
                     report.seconds.round() as u64
                 ),
-                (None, Some(a)) => format!("{a} agents connected"),
+                (None, Some(after)) => format!("{after} agents connected"),
                 _ => "agent count unknown".into(),
             };
-            let via = match a.via {
+            let via = match args.via {
                 crate::cli::Supervisor::Systemd => "systemd",
                 crate::cli::Supervisor::Compose => "compose",
                 crate::cli::Supervisor::Kubernetes => "kubernetes",
@@ -144,6 +153,6 @@ pub async fn run(s: &Settings, c: &Client, a: &RestartArgs) -> Result<()> {
         }
         Ok(())
     } else {
-        output::machine(s, &report)
+        output::machine(settings, &report)
     }
 }

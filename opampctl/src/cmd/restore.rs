@@ -68,7 +68,7 @@ fn is_gzip(file: &Path) -> Result<bool> {
 }
 
 /// Checks the backup and writes the plain database to `dest`; returns its schema version.
-pub fn prepare(s: &Settings, file: &Path, dest: &Path) -> Result<u32> {
+pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<u32> {
     if !file.is_file() {
         return Err(CtlError::usage(format!(
             "backup file {} does not exist",
@@ -85,7 +85,7 @@ pub fn prepare(s: &Settings, file: &Path, dest: &Path) -> Result<u32> {
                     file.display()
                 )));
             }
-            output::info(s, format!("checksum ok: {}", file.display()));
+            output::info(settings, format!("checksum ok: {}", file.display()));
         }
         None => output::warn(format!(
             "no {}.sha256 beside the backup: the checksum cannot be checked (integrity is still checked)",
@@ -111,14 +111,14 @@ pub fn prepare(s: &Settings, file: &Path, dest: &Path) -> Result<u32> {
         ))
     })?;
     output::info(
-        s,
+        settings,
         format!("integrity ok, schema version {v}: {}", file.display()),
     );
     Ok(v)
 }
 
-fn confirm(a: &RestoreArgs, what: &str) -> Result<()> {
-    if a.yes {
+fn confirm(args: &RestoreArgs, what: &str) -> Result<()> {
+    if args.yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
@@ -137,48 +137,48 @@ fn confirm(a: &RestoreArgs, what: &str) -> Result<()> {
     }
 }
 
-pub async fn run(s: &Settings, c: &Client, a: &RestoreArgs) -> Result<()> {
-    match &a.data_dir {
-        Some(dir) => offline(s, c, a, dir).await,
-        None => online(s, c, a).await,
+pub async fn run(settings: &Settings, client: &Client, args: &RestoreArgs) -> Result<()> {
+    match &args.data_dir {
+        Some(dir) => offline(settings, client, args, dir).await,
+        None => online(settings, client, args).await,
     }
 }
 
-async fn online(s: &Settings, c: &Client, a: &RestoreArgs) -> Result<()> {
+async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!(".opampctl-restore-{}.db", std::process::id()));
     let _cleanup = Cleanup(vec![tmp.clone()]);
-    prepare(s, &a.file, &tmp)?;
+    prepare(settings, &args.file, &tmp)?;
     confirm(
-        a,
+        args,
         &format!(
             "this replaces the database of {} with {} (the current one is kept aside on the server)",
-            c.base,
-            a.file.display()
+            client.base,
+            args.file.display()
         ),
     )?;
     let f = tokio::fs::File::open(&tmp)
         .await
         .map_err(|e| CtlError::failed(format!("cannot read {}: {e}", tmp.display())))?;
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let req = c
+    let req = client
         .stream_request(Method::POST, "/api/v1/admin/restore")
         .header(reqwest::header::CONTENT_TYPE, "application/vnd.sqlite3")
         .header(reqwest::header::CONTENT_LENGTH, len)
         .body(reqwest::Body::from(f));
-    let resp = c.send(req).await?;
+    let resp = client.send(req).await?;
     let report: RestoreReport = resp.json().await.map_err(|e| {
         CtlError::failed(format!(
             "the server restored the database but its reply is unexpected ({e}); check `opampctl health`"
         ))
     })?;
-    if s.quiet {
+    if settings.quiet {
         return Ok(());
     }
-    if s.human() {
+    if settings.human() {
         output::out(&format!(
             "restored {} into {}: schema version {}, previous database kept as {} (on the server); {} connected agents asked to report their full state{}",
-            a.file.display(),
-            c.base,
+            args.file.display(),
+            client.base,
             report.schema_version,
             report.kept_aside,
             report.agents_notified,
@@ -189,12 +189,12 @@ async fn online(s: &Settings, c: &Client, a: &RestoreArgs) -> Result<()> {
         ));
         Ok(())
     } else {
-        output::machine(s, &report)
+        output::machine(settings, &report)
     }
 }
 
 /// Says why the daemon is considered running, if it is.
-async fn daemon_running(c: &Client, db: &Path) -> Result<Option<String>> {
+async fn daemon_running(client: &Client, db: &Path) -> Result<Option<String>> {
     let mut reasons = Vec::new();
     match localdb::held_by_another_process(db) {
         Ok(true) => reasons.push(format!(
@@ -208,20 +208,25 @@ async fn daemon_running(c: &Client, db: &Path) -> Result<Option<String>> {
             )))
         }
     }
-    if crate::context::is_local_url(&c.base) {
-        let live = c
-            .send_any(c.request(Method::GET, "/health/live"))
+    if crate::context::is_local_url(&client.base) {
+        let live = client
+            .send_any(client.request(Method::GET, "/health/live"))
             .await
             .map(|r| r.status().is_success())
             .unwrap_or(false);
         if live {
-            reasons.push(format!("opampd answers at {}/health/live", c.base));
+            reasons.push(format!("opampd answers at {}/health/live", client.base));
         }
     }
     Ok((!reasons.is_empty()).then(|| reasons.join("; and ")))
 }
 
-async fn offline(s: &Settings, c: &Client, a: &RestoreArgs, dir: &Path) -> Result<()> {
+async fn offline(
+    settings: &Settings,
+    client: &Client,
+    args: &RestoreArgs,
+    dir: &Path,
+) -> Result<()> {
     if !dir.is_dir() {
         return Err(CtlError::usage(format!(
             "--data-dir {} is not a directory",
@@ -232,15 +237,19 @@ async fn offline(s: &Settings, c: &Client, a: &RestoreArgs, dir: &Path) -> Resul
     let ts = chrono::Utc::now().format("%Y%m%d_%H%M%S");
     let incoming = dir.join(format!(".opamp.db.restore-{}", std::process::id()));
     let mut cleanup = Cleanup(vec![incoming.clone()]);
-    prepare(s, &a.file, &incoming)?;
-    if let Some(why) = daemon_running(c, &db).await? {
+    prepare(settings, &args.file, &incoming)?;
+    if let Some(why) = daemon_running(client, &db).await? {
         return Err(CtlError::failed(format!(
             "opampd is running: {why}. Stop it first (e.g. `systemctl stop opampd`), or restore through the API by leaving out --data-dir; nothing was changed"
         )));
     }
     confirm(
-        a,
-        &format!("this replaces {} with {}", db.display(), a.file.display()),
+        args,
+        &format!(
+            "this replaces {} with {}",
+            db.display(),
+            args.file.display()
+        ),
     )?;
     let aside = dir.join(format!("opamp.db.before-restore-{ts}"));
     if db.exists() {
@@ -297,13 +306,13 @@ async fn offline(s: &Settings, c: &Client, a: &RestoreArgs, dir: &Path) -> Resul
         agents_notified: 0,
         live_agents_added: 0,
     };
-    if s.quiet {
+    if settings.quiet {
         return Ok(());
     }
-    if s.human() {
+    if settings.human() {
         output::out(&format!(
             "restored {} into {}{}; start opampd (e.g. `systemctl start opampd`): agents reconnect and report their full state",
-            a.file.display(),
+            args.file.display(),
             db.display(),
             if report.kept_aside.is_empty() {
                 String::new()
@@ -313,6 +322,6 @@ async fn offline(s: &Settings, c: &Client, a: &RestoreArgs, dir: &Path) -> Resul
         ));
         Ok(())
     } else {
-        output::machine(s, &report)
+        output::machine(settings, &report)
     }
 }

@@ -10,7 +10,7 @@ use opamp_proto::api::{RolloutRequest, RolloutResume, RolloutStatus};
 use reqwest::Method;
 use std::time::{Duration, Instant};
 
-pub async fn run(s: &Settings, c: &Client, cmd: RolloutCmd) -> Result<()> {
+pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Result<()> {
     match cmd {
         RolloutCmd::Start {
             name,
@@ -26,11 +26,12 @@ pub async fn run(s: &Settings, c: &Client, cmd: RolloutCmd) -> Result<()> {
                 batch_size,
                 max_failures,
             };
-            let (_, st): (_, RolloutStatus) =
-                c.send_json(Method::POST, &path(&name, "")?, &req).await?;
-            if s.human() {
+            let (_, st): (_, RolloutStatus) = client
+                .send_json(Method::POST, &path(&name, "")?, &req)
+                .await?;
+            if settings.human() {
                 output::info(
-                    s,
+                    settings,
                     format!(
                         "rollout of {} version {} started: {}, {}, {}; follow it with `opampctl rollout status {} --watch`",
                         st.name,
@@ -43,17 +44,17 @@ pub async fn run(s: &Settings, c: &Client, cmd: RolloutCmd) -> Result<()> {
                 );
                 Ok(())
             } else {
-                output::machine(s, &st)
+                output::machine(settings, &st)
             }
         }
         RolloutCmd::Status {
             name,
             watch,
             interval,
-        } => status(s, c, &name, watch, interval).await,
-        RolloutCmd::Pause { name } => change(s, c, &name, "pause", None).await,
+        } => status(settings, client, &name, watch, interval).await,
+        RolloutCmd::Pause { name } => change(settings, client, &name, "pause", None).await,
         RolloutCmd::Resume { name, max_failures } => {
-            change(s, c, &name, "resume", max_failures).await
+            change(settings, client, &name, "resume", max_failures).await
         }
     }
 }
@@ -90,19 +91,19 @@ fn path(name: &str, tail: &str) -> Result<String> {
 }
 
 async fn change(
-    s: &Settings,
-    c: &Client,
+    settings: &Settings,
+    client: &Client,
     name: &str,
     action: &str,
     max_failures: Option<u64>,
 ) -> Result<()> {
     let body = RolloutResume { max_failures };
-    let (_, st): (_, RolloutStatus) = c
+    let (_, st): (_, RolloutStatus) = client
         .send_json(Method::POST, &path(name, &format!("/{action}"))?, &body)
         .await?;
-    if s.human() {
+    if settings.human() {
         output::info(
-            s,
+            settings,
             format!(
                 "rollout of {} version {}: {}",
                 st.name, st.version, st.state
@@ -110,7 +111,7 @@ async fn change(
         );
         Ok(())
     } else {
-        output::machine(s, &st)
+        output::machine(settings, &st)
     }
 }
 
@@ -129,9 +130,9 @@ fn line(st: &RolloutStatus) -> String {
     )
 }
 
-fn table(s: &Settings, st: &RolloutStatus, wide: bool) -> String {
+fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
     let mut t = output::table(
-        s,
+        settings,
         &[
             "NAME", "VERSION", "STATE", "TOTAL", "APPLIED", "APPLYING", "PENDING", "FAILED",
         ],
@@ -139,7 +140,7 @@ fn table(s: &Settings, st: &RolloutStatus, wide: bool) -> String {
     t.add_row(vec![
         Cell::new(&st.name),
         Cell::new(st.version),
-        output::status_cell(s, &st.state),
+        output::status_cell(settings, &st.state),
         Cell::new(st.total),
         Cell::new(st.applied),
         Cell::new(st.applying),
@@ -179,15 +180,15 @@ fn table(s: &Settings, st: &RolloutStatus, wide: bool) -> String {
     text
 }
 
-fn finish(s: &Settings, st: &RolloutStatus) -> Result<()> {
-    if !s.quiet {
-        output::show(s, st, |wide| table(s, st, wide))?;
+fn finish(settings: &Settings, st: &RolloutStatus) -> Result<()> {
+    if !settings.quiet {
+        output::show(settings, st, |wide| table(settings, st, wide))?;
     }
     if stopped(st) {
-        if s.human() {
+        if settings.human() {
             eprintln!("{}", stopped_advice(st));
         }
-        return Err(if s.quiet {
+        return Err(if settings.quiet {
             CtlError::failed(line(st))
         } else {
             CtlError::silent(Exit::Failed)
@@ -220,18 +221,18 @@ fn stopped_advice(st: &RolloutStatus) -> String {
 }
 
 async fn status(
-    s: &Settings,
-    c: &Client,
+    settings: &Settings,
+    client: &Client,
     name: &str,
     watch: bool,
     interval: Duration,
 ) -> Result<()> {
     let p = path(name, "")?;
-    let st: RolloutStatus = c.get(&p).await?;
+    let st: RolloutStatus = client.get(&p).await?;
     if !watch || matches!(st.state.as_str(), "completed" | "failed") {
-        return finish(s, &st);
+        return finish(settings, &st);
     }
-    let bar = s.progress().then(|| {
+    let bar = settings.progress().then(|| {
         let b = indicatif::ProgressBar::new(st.total);
         b.set_style(
             indicatif::ProgressStyle::with_template(
@@ -244,7 +245,7 @@ async fn status(
         b.enable_steady_tick(Duration::from_millis(150));
         b
     });
-    let plain = bar.is_none() && s.human() && !s.quiet;
+    let plain = bar.is_none() && settings.human() && !settings.quiet;
     let mut last_line = String::new();
     let mut last_print = Instant::now();
     let mut st = st;
@@ -268,10 +269,10 @@ async fn status(
             break;
         }
         tokio::time::sleep(interval).await;
-        st = c.get(&p).await?;
+        st = client.get(&p).await?;
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    finish(s, &st)
+    finish(settings, &st)
 }

@@ -10,7 +10,7 @@ pub const COMPOSE_SERVICE: &str = "opamp-server";
 pub const K8S_DEPLOYMENT: &str = "deploy/opamp-server";
 
 fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    v.iter().map(|word| word.to_string()).collect()
 }
 
 fn compose(sup: &SupervisorArgs) -> Vec<String> {
@@ -120,14 +120,15 @@ fn is_executable(p: &std::path::Path) -> bool {
 /// Shell-like rendering of an argv, for messages and --dry-run.
 pub fn show(argv: &[String]) -> String {
     argv.iter()
-        .map(|a| {
-            if a.is_empty()
-                || a.chars()
-                    .any(|c| c.is_whitespace() || "'\"$`\\|&;<>()*?".contains(c))
+        .map(|arg| {
+            if arg.is_empty()
+                || arg
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || "'\"$`\\|&;<>()*?".contains(ch))
             {
-                format!("'{}'", a.replace('\'', "'\\''"))
+                format!("'{}'", arg.replace('\'', "'\\''"))
             } else {
-                a.clone()
+                arg.clone()
             }
         })
         .collect::<Vec<_>>()
@@ -142,9 +143,9 @@ fn command(argv: &[String]) -> Result<Command> {
             show(argv)
         )));
     }
-    let mut c = Command::new(program);
-    c.args(&argv[1..]);
-    Ok(c)
+    let mut command = Command::new(program);
+    command.args(&argv[1..]);
+    Ok(command)
 }
 
 /// Runs with the terminal (stdin, stdout, stderr inherited).
