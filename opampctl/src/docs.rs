@@ -1,6 +1,7 @@
 //! Man pages and shell completions, generated from [`crate::cli::command`].
-//! The committed copies in `completions/` and `man/` are checked by a test
-//! that regenerates them.
+//! `opampctl man` and `opampctl completions` print them; `cargo xtask codegen`
+//! writes the committed copies in `man/` and `completions/` (with opampd's
+//! page, which uses the roff helpers here), and a test checks they are fresh.
 
 use crate::cli::{self, ENVIRONMENT, EXIT_STATUS, FILES};
 use crate::error::{CtlError, Result};
@@ -32,48 +33,47 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     Ok(())
 }
 
-fn section(roff: &mut Roff, name: &str) {
+/// Starts a section (`.SH`).
+pub fn section(roff: &mut Roff, name: &str) {
     roff.control("SH", [name]);
 }
 
+/// A section of terms and their descriptions (`.TP`), the terms in bold, or
+/// in italics for file names (`italic_terms`).
+pub fn definitions(roff: &mut Roff, name: &str, entries: &[(&str, &str)], italic_terms: bool) {
+    section(roff, name);
+    for (term, text) in entries {
+        roff.control("TP", []);
+        roff.text([if italic_terms {
+            italic(*term)
+        } else {
+            bold(*term)
+        }]);
+        roff.text([roman(*text)]);
+    }
+}
+
 fn exit_status(roff: &mut Roff) {
-    section(roff, "EXIT STATUS");
-    for line in EXIT_STATUS.lines() {
-        let (code, text) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        roff.control("TP", []);
-        roff.text([bold(code)]);
-        roff.text([roman(text.trim())]);
-    }
+    let entries: Vec<(&str, &str)> = EXIT_STATUS
+        .lines()
+        .map(|line| {
+            let (code, text) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            (code, text.trim())
+        })
+        .collect();
+    definitions(roff, "EXIT STATUS", &entries, false);
 }
 
-fn environment(roff: &mut Roff) {
-    section(roff, "ENVIRONMENT");
-    for (k, v) in ENVIRONMENT {
-        roff.control("TP", []);
-        roff.text([bold(*k)]);
-        roff.text([roman(*v)]);
-    }
-}
-
-fn files(roff: &mut Roff) {
-    section(roff, "FILES");
-    for (k, v) in FILES {
-        roff.control("TP", []);
-        roff.text([italic(*k)]);
-        roff.text([roman(*v)]);
-    }
-}
-
-fn see_also(roff: &mut Roff, pages: &[String]) {
+/// SEE ALSO: (page, section) pairs, as `name(section), ...`.
+pub fn see_also(roff: &mut Roff, pages: &[(&str, &str)]) {
     section(roff, "SEE ALSO");
-    let mut inl = Vec::new();
-    for (i, p) in pages.iter().enumerate() {
-        let (name, sec) = p.split_once('(').unwrap_or((p, "1)"));
-        inl.push(bold(name));
+    let mut inline = Vec::new();
+    for (i, (name, sec)) in pages.iter().enumerate() {
+        inline.push(bold(*name));
         let sep = if i + 1 < pages.len() { "), " } else { ")" };
-        inl.push(roman(format!("({}{sep}", sec.trim_end_matches(')'))));
+        inline.push(roman(format!("({sec}{sep}")));
     }
-    roff.text(inl);
+    roff.text(inline);
 }
 
 /// Renders one page: clap's sections, then exit status, environment, files.
@@ -100,9 +100,9 @@ fn page(cmd: clap::Command, root: bool) -> std::io::Result<(String, Vec<u8>)> {
     let mut roff = Roff::new();
     exit_status(&mut roff);
     if root {
-        environment(&mut roff);
-        files(&mut roff);
-        see_also(&mut roff, &["opampd(8)".to_string()]);
+        definitions(&mut roff, "ENVIRONMENT", ENVIRONMENT, false);
+        definitions(&mut roff, "FILES", FILES, true);
+        see_also(&mut roff, &[("opampd", "8")]);
     } else {
         section(&mut roff, "ENVIRONMENT");
         roff.text([
@@ -110,10 +110,7 @@ fn page(cmd: clap::Command, root: bool) -> std::io::Result<(String, Vec<u8>)> {
             bold("opampctl"),
             roman("(1) for all of them."),
         ]);
-        see_also(
-            &mut roff,
-            &["opampctl(1)".to_string(), "opampd(8)".to_string()],
-        );
+        see_also(&mut roff, &[("opampctl", "1"), ("opampd", "8")]);
     }
     roff.to_writer(&mut out)?;
     Ok((format!("{name}.1"), tidy(&out)))

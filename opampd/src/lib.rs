@@ -8,11 +8,13 @@
 //! - `configs`, `rollouts`: configuration rules; staged rollouts and their progress.
 //! - `store/`: the only code that touches SQLite (batching writer, read pool).
 //! - `api/`: REST handlers, health probes, metrics; `auth`: tokens and roles.
+//! - `cli`: the command line (flags, and the man page's other sections).
 //! - `config`, `metrics`, `procinfo`, `logring`: cross-cutting pieces.
 
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod configs;
 pub mod fleet;

@@ -1,53 +1,15 @@
-//! The opampd binary: flags, logging, signals. Everything else is in the library.
+//! The opampd binary: logging, signals. The flags are defined in `opampd::cli`;
+//! everything else is in the library too.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use opampd::cli::{Cli, Command};
 use opampd::config::{Config, Overrides};
 use opampd::logring::LogRing;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer};
-
-/// OpAMP server: agents and versioned configurations in SQLite, REST API, health and metrics.
-#[derive(Parser, Debug)]
-#[command(name = "opampd", version, about, long_about = None)]
-struct Cli {
-    /// Address for the REST API, health, metrics and OpAMP (port 0 picks a free port)
-    #[arg(long, env = "OPAMPD_LISTEN", global = true)]
-    listen: Option<String>,
-    /// Extra listener serving only the OpAMP endpoint, e.g. 0.0.0.0:4320
-    #[arg(long, env = "OPAMPD_AGENT_LISTEN", global = true)]
-    agent_listen: Option<String>,
-    /// Directory holding opamp.db, admin.token and jwt.key
-    #[arg(long, env = "OPAMPD_DATA_DIR", global = true)]
-    data_dir: Option<PathBuf>,
-    /// YAML configuration file
-    #[arg(long, short = 'c', env = "OPAMPD_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Log filter, e.g. info or opampd=debug
-    #[arg(long, global = true)]
-    log_level: Option<String>,
-    /// Log format: auto (text on a terminal, JSON otherwise), text or json
-    #[arg(long, global = true)]
-    log_format: Option<String>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Validate the configuration (file, environment, flags) without starting
-    CheckConfig {
-        /// Print the built-in defaults as YAML and exit
-        #[arg(long)]
-        print_defaults: bool,
-        /// Print the effective configuration (secrets masked)
-        #[arg(long)]
-        print: bool,
-    },
-}
 
 fn env_pairs() -> Vec<(String, String)> {
     // Flags already carry these three; the rest are config keys.
