@@ -1,17 +1,17 @@
-//! SQLite files on this host: online backups, integrity and schema checks,
-//! and telling whether a daemon holds a database.
+//! SQLite files on this host: online backups, the checks a restore makes
+//! (opampd's own, from `opampd::store::dbfile`), statistics, and telling
+//! whether a daemon holds a database.
 //!
 //! A database opampd has open is only ever read here, through the online
 //! backup API or read-only connections; writes happen only to files opampd
 //! does not hold (checked with [`held_by_another_process`]).
 
-use opamp_proto::api::{DbStats, DB_SCHEMA_VERSION};
+use opamp_proto::api::DbStats;
 use rusqlite::{Connection, OpenFlags};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-/// The 16-byte header every SQLite 3 database starts with.
-pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+pub use opampd::store::dbfile::SQLITE_MAGIC;
 
 fn open_ro(path: &Path) -> Result<Connection, String> {
     let c = Connection::open_with_flags(
@@ -48,46 +48,11 @@ pub fn online_backup(src: &Path, dest: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a database file: SQLite header, integrity, opampd schema version.
-/// Returns the schema version.
+/// Checks a database file as opampd's restore does: SQLite header,
+/// integrity, and exactly the schema opampd creates at the file's schema
+/// version. Returns the schema version; the error speaks of the file as "it".
 pub fn check_db(path: &Path) -> Result<u32, String> {
-    use std::io::Read;
-    let mut head = [0u8; 16];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if n < 16 || &head != SQLITE_MAGIC {
-        return Err("it is not a SQLite database (wrong file header)".into());
-    }
-    let c = open_ro(path)?;
-    let check: String = c
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|e| format!("it is damaged or truncated: {e}"))?;
-    if check != "ok" {
-        return Err(format!("it fails SQLite's integrity check: {check}"));
-    }
-    let version: u32 = c
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read its schema version: {e}"))?;
-    if version == 0 {
-        return Err("it is not an opampd database (no schema version)".into());
-    }
-    let has_agents: bool = c
-        .query_row(
-            "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| format!("it cannot be read: {e}"))?;
-    if !has_agents {
-        return Err("it is not an opampd database (no agents table)".into());
-    }
-    if version > DB_SCHEMA_VERSION {
-        return Err(format!(
-            "its schema version {version} is newer than this opampctl knows ({DB_SCHEMA_VERSION}): use the opampctl and opampd of the release that wrote it"
-        ));
-    }
-    Ok(version)
+    opampd::store::dbfile::check(path).map_err(|refused| refused.to_string())
 }
 
 /// Whether another process has the database open (a running opampd).
@@ -152,7 +117,7 @@ pub fn checkpoint_and_close(db: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Statistics of a database file, read-only (like the server's db stats).
+/// Statistics of a database file, read-only (the server's own figures).
 pub fn stats(db: &Path, integrity: bool) -> Result<DbStats, String> {
     if !db.is_file() {
         return Err(format!(
@@ -160,60 +125,23 @@ pub fn stats(db: &Path, integrity: bool) -> Result<DbStats, String> {
             db.display()
         ));
     }
-    let c = open_ro(db)?;
-    let q = |sql: &str| -> Result<i64, String> {
-        c.query_row(sql, [], |r| r.get(0))
-            .map_err(|e| format!("{sql}: {e}"))
-    };
-    let mut tables = std::collections::BTreeMap::new();
-    let mut stmt = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-        .map_err(|e| e.to_string())?;
-    let names: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .map_err(|e| e.to_string())?
-        .filter_map(|r| r.ok())
-        .collect();
-    for t in names {
-        let n = q(&format!(
-            "SELECT COUNT(*) FROM \"{}\"",
-            t.replace('"', "\"\"")
-        ))?;
-        tables.insert(t, n as u64);
-    }
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    Ok(DbStats {
-        path: db.display().to_string(),
-        schema_version: q("PRAGMA user_version")? as u32,
-        page_size: q("PRAGMA page_size")? as u64,
-        page_count: q("PRAGMA page_count")? as u64,
-        freelist_count: q("PRAGMA freelist_count")? as u64,
-        size_bytes: std::fs::metadata(db).map(|m| m.len()).unwrap_or(0),
-        wal_bytes: std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0),
-        tables,
-        integrity: if integrity {
-            Some(
-                c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
-                    .map_err(|e| format!("integrity_check: {e}"))?,
-            )
-        } else {
-            None
-        },
-    })
+    opampd::store::maintenance::file_stats(db, integrity).map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn opampd_like(path: &Path) -> Connection {
-        let c = Connection::open(path).unwrap();
+        let mut c = Connection::open(path).unwrap();
         let _: String = c
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .unwrap();
-        c.execute_batch(&format!(
-            "CREATE TABLE agents (uid TEXT PRIMARY KEY); INSERT INTO agents VALUES ('a'); PRAGMA user_version = {DB_SCHEMA_VERSION};"
-        ))
+        opampd::store::schema::migrate(&mut c).unwrap();
+        c.execute_batch(
+            "INSERT INTO agents (uid, first_seen, last_seen, updated_at) VALUES ('a', 0, 0, 0)",
+        )
         .unwrap();
         c
     }
@@ -238,7 +166,7 @@ mod tests {
         let _c = opampd_like(&db);
         let copy = dir.join("copy.db");
         online_backup(&db, &copy).unwrap();
-        assert_eq!(check_db(&copy), Ok(DB_SCHEMA_VERSION));
+        assert_eq!(check_db(&copy), Ok(opampd::store::schema::SCHEMA_VERSION));
         let junk = dir.join("junk.db");
         std::fs::write(&junk, b"definitely not sqlite").unwrap();
         assert!(check_db(&junk)

@@ -11,7 +11,7 @@ use crate::auth::insert_audit;
 use crate::logring::LogLine;
 use crate::opamp::reply::{Answer, Reply};
 use crate::opamp::session::Session;
-use crate::store::{maintenance, now_ms, schema};
+use crate::store::{dbfile, now_ms, schema};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -118,14 +118,42 @@ pub async fn backup(State(app): State<Arc<App>>, Admin(who, addr): Admin) -> Api
 }
 
 /// `POST /api/v1/admin/restore`: the body is a SQLite database (an opampd
-/// backup, uncompressed). Checked before anything is touched; the current
-/// database is kept aside first.
+/// backup, uncompressed). Checked and migrated as a private copy before
+/// anything is touched; the current database is kept aside first. Every
+/// attempt is audited: ok, refused (a bad upload) or failed.
 pub async fn restore(
     State(app): State<Arc<App>>,
     Admin(who, addr): Admin,
     body: Body,
 ) -> ApiResult<Json<RestoreReport>> {
-    let tmp = temp_path(&app, "restore");
+    let result = restore_upload(&app, &who.name, body).await;
+    let (outcome, details) = match &result {
+        Ok(report) => (
+            "ok",
+            json!({"bytes": report.bytes, "schema_version": report.restored_schema_version, "kept_aside": report.kept_aside, "live_agents_added": report.live_agents_added}),
+        ),
+        Err(e) if e.status.is_client_error() => ("refused", json!({"error": e.message})),
+        Err(e) => ("failed", json!({"error": e.message})),
+    };
+    let actor = who.name.clone();
+    app.store
+        .write("audit", move |c| {
+            insert_audit(
+                c,
+                &actor,
+                "db.restore",
+                None,
+                addr.as_deref(),
+                outcome,
+                &details,
+            )
+        })
+        .await?;
+    result.map(Json)
+}
+
+async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<RestoreReport> {
+    let tmp = temp_path(app, "restore");
     let _guard = TempFile(Some(tmp.clone()));
     let size = receive(&tmp, body).await?;
     if size == 0 {
@@ -133,18 +161,18 @@ pub async fn restore(
             "the request body is empty: send the database file (opampctl restore FILE does this)",
         ));
     }
+    let refused = |reason: &dbfile::Refused| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_backup",
+            format!("the uploaded file cannot be restored: {reason}; nothing was changed"),
+        )
+    };
     let candidate = tmp.clone();
-    let version = tokio::task::spawn_blocking(move || maintenance::check_candidate(&candidate))
+    let version = tokio::task::spawn_blocking(move || dbfile::check(&candidate))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| {
-            let msg = format!("{e:#}").replace(&tmp.display().to_string(), "the uploaded file");
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_backup",
-                format!("{msg}; nothing was changed"),
-            )
-        })?;
+        .map_err(|reason| refused(&reason))?;
     let ts = chrono::Utc::now().format("%Y%m%d_%H%M%S");
     let keep_aside = app
         .config
@@ -164,6 +192,9 @@ pub async fn restore(
         })
         .await
         .map_err(|e| {
+            if let Some(reason) = e.downcast_ref::<dbfile::Refused>() {
+                return refused(reason);
+            }
             tracing::error!(error = %format!("{e:#}"), "restore failed");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,34 +202,16 @@ pub async fn restore(
                 format!("the restore failed ({e:#}); the previous database is kept as {} if it was written", keep_aside.display()),
             )
         })?;
-    let notified = after_restore(&app).await;
-    let (actor, remote, aside) = (
-        who.name.clone(),
-        addr.clone(),
-        keep_aside.display().to_string(),
-    );
-    app.store
-        .write("audit", move |c| {
-            insert_audit(
-                c,
-                &actor,
-                "db.restore",
-                None,
-                remote.as_deref(),
-                "ok",
-                &json!({"bytes": size, "schema_version": version, "kept_aside": aside, "live_agents_added": live_agents_added}),
-            )
-        })
-        .await?;
-    tracing::warn!(by = %who.name, bytes = size, kept_aside = %keep_aside.display(), agents_notified = notified, live_agents_added, "database restored from an uploaded backup");
-    Ok(Json(RestoreReport {
+    let notified = after_restore(app).await;
+    tracing::warn!(by = %who, bytes = size, kept_aside = %keep_aside.display(), agents_notified = notified, live_agents_added, "database restored from an uploaded backup");
+    Ok(RestoreReport {
         kept_aside: keep_aside.display().to_string(),
         schema_version: schema::SCHEMA_VERSION,
         restored_schema_version: version,
         bytes: size,
         agents_notified: notified,
         live_agents_added,
-    }))
+    })
 }
 
 /// Streams the request body into `path`; returns its size.

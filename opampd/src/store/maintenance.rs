@@ -6,54 +6,12 @@
 //! database by the writer thread itself, between batches, so no other write
 //! can interleave.
 
-use super::{agents, open_connection, schema, Store};
-use anyhow::{bail, Context, Result};
+use super::{agents, dbfile, open_connection, schema, Store};
+use anyhow::{Context, Result};
 use opamp_proto::api::{DbOptimizeReport, DbStats};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Checks a database file a restore would bring in: opens, integrity, schema.
-pub fn check_candidate(path: &Path) -> Result<u32> {
-    let conn = open_connection(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-        Duration::from_secs(5),
-    )
-    .with_context(|| format!("{} cannot be opened as a SQLite database", path.display()))?;
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .with_context(|| format!("{} is not a valid SQLite database", path.display()))?;
-    if check != "ok" {
-        bail!("{} fails the integrity check: {check}", path.display());
-    }
-    let version = schema::version(&conn)?;
-    if version == 0 {
-        bail!(
-            "{} is not an opampd database (no schema version)",
-            path.display()
-        );
-    }
-    if version > schema::SCHEMA_VERSION {
-        bail!(
-            "{} has schema version {version}, newer than this opampd ({}): upgrade opampd first",
-            path.display(),
-            schema::SCHEMA_VERSION
-        );
-    }
-    let has_agents: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_agents {
-        bail!(
-            "{} is not an opampd database (no agents table)",
-            path.display()
-        );
-    }
-    Ok(version)
-}
 
 /// Copies the live database to `dest` (a new file) as one consistent snapshot.
 pub fn backup_to(source: &Path, dest: &Path) -> Result<()> {
@@ -78,20 +36,21 @@ pub fn stats(conn: &Connection, path: &Path, integrity: bool) -> Result<DbStats>
     let pragma = |name: &str| -> Result<u64> {
         Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))? as u64)
     };
+    // Every table of the file, so none is left out as the schema grows.
+    let names: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     let mut tables = std::collections::BTreeMap::new();
-    for t in [
-        "agents",
-        "agent_events",
-        "configurations",
-        "config_versions",
-        "rollouts",
-        "rollout_agents",
-        "audit_log",
-        "users",
-        "api_tokens",
-    ] {
-        let n: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))?;
-        tables.insert(t.to_string(), n as u64);
+    for name in names {
+        let n: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\"")),
+            [],
+            |r| r.get(0),
+        )?;
+        tables.insert(name, n as u64);
     }
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     Ok(DbStats {
@@ -109,6 +68,18 @@ pub fn stats(conn: &Connection, path: &Path, integrity: bool) -> Result<DbStats>
             None
         },
     })
+}
+
+/// Statistics of a database file no server has open for writing, read-only
+/// (`opampctl db stats --data-dir`); the same figures as [`Store::stats`].
+pub fn file_stats(path: &Path, integrity: bool) -> Result<DbStats> {
+    let conn = open_connection(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        Duration::from_secs(5),
+    )
+    .with_context(|| format!("cannot open {} as a SQLite database", path.display()))?;
+    stats(&conn, path, integrity)
 }
 
 impl Store {
@@ -162,10 +133,12 @@ impl Store {
         })
     }
 
-    /// Replaces the live database's content with `candidate` (already checked
-    /// with [`check_candidate`]) and migrates it. The previous content is first
-    /// saved to `keep_aside`. `live_agents` is called on the writer, after
-    /// the copy, and its agents are stored connected (see
+    /// Replaces the live database's content with `candidate`, a private copy
+    /// that is checked and migrated first ([`dbfile::prepare_for_restore`]):
+    /// nothing is swapped in unless that succeeds, and a refused candidate is
+    /// a [`dbfile::Refused`] error. The previous content is first saved to
+    /// `keep_aside`. `live_agents` is called on the writer, after the copy,
+    /// and its agents are stored connected (see
     /// [`agents::mark_live_after_restore`]); writes queued meanwhile apply
     /// after it. Returns how many live agents the backup did not contain.
     pub async fn restore_from(
@@ -174,7 +147,8 @@ impl Store {
         keep_aside: PathBuf,
         live_agents: impl FnOnce() -> Vec<agents::LiveAgent> + Send + 'static,
     ) -> Result<u64> {
-        check_candidate(&candidate)?;
+        let prepared = candidate.clone();
+        tokio::task::spawn_blocking(move || dbfile::prepare_for_restore(&prepared)).await??;
         let live = self.path().to_path_buf();
         self.inner
             .writer
@@ -191,6 +165,7 @@ impl Store {
                         .step(-1)
                         .context("copying the backup into the live database")?;
                 }
+                // Already migrated; this only guards against a change in between.
                 schema::migrate(c)?;
                 agents::mark_live_after_restore(c, &live_agents())
             })

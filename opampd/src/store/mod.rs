@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod configs;
+pub mod dbfile;
 pub mod maintenance;
 mod pool;
 pub mod schema;

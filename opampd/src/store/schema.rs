@@ -169,3 +169,12 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<u32> {
     }
     Ok(SCHEMA_VERSION)
 }
+
+/// Creates schema `version` in an empty database as the migrations do,
+/// without recording the version: what a database of that version must hold.
+pub fn create(conn: &Connection, version: u32) -> rusqlite::Result<()> {
+    for sql in MIGRATIONS.iter().take(version as usize) {
+        conn.execute_batch(sql)?;
+    }
+    Ok(())
+}
