@@ -2,6 +2,11 @@
 //! `cargo bench -p opampd --bench hot_paths`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use opamp_agent::message::{self, FullState};
+use opamp_proto::caps::{
+    ACCEPTS_REMOTE_CONFIG, REPORTS_EFFECTIVE_CONFIG, REPORTS_HEALTH, REPORTS_REMOTE_CONFIG,
+    REPORTS_STATUS,
+};
 use opamp_proto::{frame, pb};
 use opampd::opamp::session::{self, Ctx, Session, Transport};
 use opampd::selector::Selector;
@@ -9,59 +14,44 @@ use opampd::targeting::{config_map_hash, Target, Targets, VersionRef};
 use prost::Message;
 use std::collections::BTreeMap;
 
-fn kv(k: &str, v: &str) -> pb::KeyValue {
-    pb::KeyValue {
-        key: k.into(),
-        value: Some(pb::AnyValue {
-            value: Some(pb::any_value::Value::StringValue(v.into())),
-        }),
-    }
-}
+const UID: [u8; 16] = [3; 16];
+const CAPABILITIES: u64 = REPORTS_STATUS
+    | ACCEPTS_REMOTE_CONFIG
+    | REPORTS_EFFECTIVE_CONFIG
+    | REPORTS_HEALTH
+    | REPORTS_REMOTE_CONFIG;
 
+/// A collector's first report: five attributes, health, a 2 KiB effective config.
 fn full(seq: u64) -> pb::AgentToServer {
-    pb::AgentToServer {
-        instance_uid: vec![3; 16],
-        sequence_num: seq,
-        capabilities: 0x1 | 0x2 | 0x4 | 0x800 | 0x1000,
-        agent_description: Some(pb::AgentDescription {
-            identifying_attributes: vec![
-                kv("service.name", "collector"),
-                kv("service.version", "0.110.0"),
-            ],
-            non_identifying_attributes: vec![
-                kv("host.name", "web-17"),
-                kv("os.type", "linux"),
-                kv("env", "prod"),
-            ],
-        }),
-        health: Some(pb::ComponentHealth {
-            healthy: true,
-            status: "ok".into(),
-            ..Default::default()
-        }),
-        effective_config: Some(pb::EffectiveConfig {
-            config_map: Some(pb::AgentConfigMap {
-                config_map: [(
-                    "".to_string(),
-                    pb::AgentConfigFile {
-                        body: vec![b'x'; 2048],
-                        content_type: "text/yaml".into(),
-                    },
-                )]
-                .into(),
-            }),
-        }),
-        ..Default::default()
-    }
+    message::full_report(
+        UID,
+        seq,
+        CAPABILITIES,
+        FullState {
+            description: Some(message::description(
+                &[
+                    ("service.name", "collector"),
+                    ("service.version", "0.110.0"),
+                ],
+                &[
+                    ("host.name", "web-17"),
+                    ("os.type", "linux"),
+                    ("env", "prod"),
+                ],
+            )),
+            health: Some(message::health(true, "ok", "")),
+            effective_config: Some(message::effective_config(message::config_map([(
+                "",
+                vec![b'x'; 2048].as_slice(),
+                message::YAML,
+            )]))),
+            remote_config_status: None,
+        },
+    )
 }
 
 fn heartbeat(seq: u64) -> pb::AgentToServer {
-    pb::AgentToServer {
-        instance_uid: vec![3; 16],
-        sequence_num: seq,
-        capabilities: 0x1 | 0x2 | 0x4 | 0x800 | 0x1000,
-        ..Default::default()
-    }
+    message::heartbeat(UID, seq, CAPABILITIES)
 }
 
 fn targets() -> Targets {

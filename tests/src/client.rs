@@ -1,69 +1,45 @@
-//! Minimal OpAMP clients written for the tests: they do exactly what a test
-//! says, including the wrong things, so the server's replies can be checked.
+//! The tests' OpAMP client: thin, panicking wrappers over the `opamp-agent`
+//! crate, so a test reads as what it does. They do exactly what a test says,
+//! including the wrong things (change the fields of a built message), so the
+//! server's replies can be checked. For more (TLS, headers, gzip, the agent
+//! state machine) use [`opamp_agent`] directly; it is re-exported as `agent`.
 
-use futures_util::{SinkExt, StreamExt};
-use opamp_proto::{frame, pb};
-use prost::Message as _;
+pub use opamp_agent as agent;
+pub use opamp_agent::message::kv;
+pub use opamp_agent::new_uid;
+use opamp_agent::{message, pb, ws};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A WebSocket opened by [`ws_connect`]: tokio-tungstenite's stream, usable
+/// directly for raw frames and close codes.
+pub type Ws = ws::WebSocket;
 
-pub fn kv(k: &str, v: &str) -> pb::KeyValue {
-    pb::KeyValue {
-        key: k.into(),
-        value: Some(pb::AnyValue {
-            value: Some(pb::any_value::Value::StringValue(v.into())),
-        }),
-    }
-}
-
-pub const CAPS: u64 = 0x1 | 0x2 | 0x4 | 0x800 | 0x1000 | 0x400;
+/// The capabilities of the tests' agents.
+pub const CAPS: u64 = message::TYPICAL_CAPABILITIES;
 
 /// A complete first report.
 pub fn full_report(uid: [u8; 16], seq: u64, service: &str) -> pb::AgentToServer {
-    pb::AgentToServer {
-        instance_uid: uid.to_vec(),
-        sequence_num: seq,
-        capabilities: CAPS,
-        agent_description: Some(pb::AgentDescription {
-            identifying_attributes: vec![
-                kv("service.name", service),
-                kv("service.version", "1.0.0"),
-            ],
-            non_identifying_attributes: vec![kv("host.name", "test-host"), kv("os.type", "linux")],
-        }),
-        health: Some(pb::ComponentHealth {
-            healthy: true,
-            status: "StatusOK".into(),
-            ..Default::default()
-        }),
-        effective_config: Some(pb::EffectiveConfig {
-            config_map: Some(pb::AgentConfigMap {
-                config_map: [(
-                    "".to_string(),
-                    pb::AgentConfigFile {
-                        body: b"receivers: {}".to_vec(),
-                        content_type: "text/yaml".into(),
-                    },
-                )]
-                .into(),
-            }),
-        }),
-        ..Default::default()
-    }
+    message::full_report(
+        uid,
+        seq,
+        CAPS,
+        message::FullState {
+            description: Some(message::description(
+                &[("service.name", service), ("service.version", "1.0.0")],
+                &[("host.name", "test-host"), ("os.type", "linux")],
+            )),
+            health: Some(message::health(true, "StatusOK", "")),
+            effective_config: Some(message::effective_yaml("receivers: {}")),
+            remote_config_status: None,
+        },
+    )
 }
 
 pub fn heartbeat(uid: [u8; 16], seq: u64) -> pb::AgentToServer {
-    pb::AgentToServer {
-        instance_uid: uid.to_vec(),
-        sequence_num: seq,
-        capabilities: CAPS,
-        ..Default::default()
-    }
+    message::heartbeat(uid, seq, CAPS)
 }
 
+/// A heartbeat reporting a remote-config status.
 pub fn applied(
     uid: [u8; 16],
     seq: u64,
@@ -71,65 +47,52 @@ pub fn applied(
     status: pb::RemoteConfigStatuses,
     error: &str,
 ) -> pb::AgentToServer {
-    pb::AgentToServer {
-        remote_config_status: Some(pb::RemoteConfigStatus {
-            last_remote_config_hash: hash.to_vec(),
-            status: status as i32,
-            error_message: error.into(),
-        }),
-        ..heartbeat(uid, seq)
-    }
-}
-
-pub fn new_uid() -> [u8; 16] {
-    *uuid::Uuid::now_v7().as_bytes()
+    message::status_report(
+        uid,
+        seq,
+        CAPS,
+        message::remote_config_status(hash, status, error),
+    )
 }
 
 pub fn uid_str(uid: &[u8; 16]) -> String {
-    opamp_proto::uid_string(uid)
+    opamp_agent::uid_string(uid)
 }
 
-/// Opens a WebSocket to `url` with optional extra headers.
+/// Opens a WebSocket to `url` with optional extra headers. A refused
+/// upgrade is tungstenite's `Error::Http`, with the status and headers.
 pub async fn ws_connect(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request()?;
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let mut options = ws::WsOptions::default();
+    for (name, value) in headers {
+        options = options.header(name, value);
     }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .map(|(ws, _)| ws)
+    ws::connect(url, &options).await.map_err(|e| match e {
+        opamp_agent::Error::Rejected(rejection) => {
+            let mut response = http::Response::new(Some(rejection.body));
+            *response.status_mut() =
+                http::StatusCode::from_u16(rejection.status).expect("a valid status");
+            *response.headers_mut() = rejection.headers;
+            WsError::Http(Box::new(response))
+        }
+        opamp_agent::Error::WebSocket(e) => *e,
+        other => WsError::Io(std::io::Error::other(other.to_string())),
+    })
 }
 
 pub async fn ws_send(ws: &mut Ws, msg: &pb::AgentToServer) {
-    ws.send(Message::Binary(frame::encode_message(msg).into()))
-        .await
-        .expect("ws send");
+    ws::send(ws, msg).await.expect("ws send");
 }
 
 /// Next OpAMP message (skipping pings), or panics after 10 s.
 pub async fn ws_recv(ws: &mut Ws) -> pb::ServerToAgent {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("reply within 10 s")
-            .expect("stream open")
-            .expect("no ws error");
-        match m {
-            Message::Binary(b) => {
-                let payload = frame::decode(&b).expect("server frames carry header 0");
-                return pb::ServerToAgent::decode(payload).expect("valid ServerToAgent");
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected ws message {other:?}"),
-        }
-    }
+    tokio::time::timeout(Duration::from_secs(10), ws::recv(ws))
+        .await
+        .expect("reply within 10 s")
+        .expect("a ServerToAgent")
 }
 
 /// Sends and waits for the reply.
@@ -142,25 +105,10 @@ pub async fn ws_exchange(ws: &mut Ws, msg: &pb::AgentToServer) -> pb::ServerToAg
 pub async fn http_exchange(
     url: &str,
     msg: &pb::AgentToServer,
-) -> (u16, reqwest::header::HeaderMap, Option<pb::ServerToAgent>) {
-    let client = reqwest::Client::builder().no_gzip().build().unwrap();
-    let r = client
-        .post(url)
-        .header("Content-Type", "application/x-protobuf")
-        .body(msg.encode_to_vec())
-        .send()
-        .await
-        .expect("http exchange");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap();
-    let reply = if headers
-        .get("content-type")
-        .is_some_and(|v| v == "application/x-protobuf")
-    {
-        Some(pb::ServerToAgent::decode(body.as_ref()).expect("valid ServerToAgent"))
-    } else {
-        None
-    };
-    (status, headers, reply)
+) -> (u16, http::HeaderMap, Option<pb::ServerToAgent>) {
+    let transport = opamp_agent::http::HttpTransport::new(url, &Default::default())
+        .expect("a plain-HTTP transport");
+    let reply = transport.post(msg).await.expect("http exchange");
+    let message = reply.message().map(|m| m.expect("valid ServerToAgent"));
+    (reply.status, reply.headers, message)
 }

@@ -1,6 +1,7 @@
 //! Crash safety and storage failures: kill -9 under load, a full disk and a
 //! read-only data directory. Each test tries to break the property it proves.
 
+use opamp_agent::ws;
 use opamp_proto::pb;
 use opamp_tests::client::*;
 use opamp_tests::{wait_for, Opts, Server};
@@ -25,52 +26,39 @@ async fn churn(url: String, agents: usize, acked: Arc<Mutex<HashMap<[u8; 16], Ve
         let url = url.clone();
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
-            let Ok(mut ws) = ws_connect(&url, &[]).await else {
+            let Ok(mut socket) = ws::connect(&url, &Default::default()).await else {
                 return;
             };
             let uid = new_uid();
-            ws_send(&mut ws, &full_report(uid, 0, &format!("churn-{i}"))).await;
+            if ws::send(&mut socket, &full_report(uid, 0, &format!("churn-{i}")))
+                .await
+                .is_err()
+            {
+                return;
+            }
             let mut seq = 1;
             loop {
-                let Ok(Some(Ok(_))) = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    futures_util::StreamExt::next(&mut ws),
-                )
-                .await
+                let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(5), ws::recv(&mut socket)).await
                 else {
                     return;
                 };
                 let hash = uuid::Uuid::new_v4().as_bytes().repeat(2);
                 let msg = applied(uid, seq, &hash, pb::RemoteConfigStatuses::Applied, "");
                 seq += 1;
-                if futures_util::SinkExt::send(
-                    &mut ws,
-                    tokio_tungstenite::tungstenite::Message::Binary(
-                        opamp_proto::frame::encode_message(&msg).into(),
-                    ),
-                )
-                .await
-                .is_err()
-                {
+                if ws::send(&mut socket, &msg).await.is_err() {
                     return;
                 }
                 // The reply to this message is the acknowledgement.
-                loop {
-                    match tokio::time::timeout(
-                        Duration::from_secs(5),
-                        futures_util::StreamExt::next(&mut ws),
-                    )
-                    .await
-                    {
-                        Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(_)))) => {
-                            acked.lock().unwrap().insert(uid, hash.clone());
-                            break;
-                        }
-                        Ok(Some(Ok(_))) => continue,
-                        _ => return,
-                    }
+                let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(5), ws::recv(&mut socket)).await
+                else {
+                    return;
+                };
+                acked.lock().unwrap().insert(uid, hash.clone());
+                if ws::send(&mut socket, &heartbeat(uid, seq)).await.is_err() {
+                    return;
                 }
-                ws_send(&mut ws, &heartbeat(uid, seq)).await;
                 seq += 1;
             }
         }));

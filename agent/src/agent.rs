@@ -1,0 +1,871 @@
+//! A simulated agent: its identity and state, the messages it sends, and how
+//! it answers what the server sends. Pure logic, no I/O: [`Agent::handle`]
+//! takes a ServerToAgent and returns the messages to send next, so it can be
+//! tested without a server and driven over any transport (see
+//! [`crate::session`]).
+//!
+//! What it does, following the OpAMP specification:
+//!
+//! - every message carries the instance uid, the next sequence number
+//!   (from 0, +1 per message) and the capabilities; the first one, and the
+//!   answer to `ReportFullState`, is a full report (description, health,
+//!   effective config, remote-config status — each only with its capability);
+//! - a remote-config offer is applied (the offered files become the effective
+//!   config, status APPLIED with the offer's hash, optionally APPLYING first)
+//!   or refused (FAILED with a message) as the [`OfferPolicy`] says; an offer
+//!   for the hash already applied is not answered again;
+//! - `agent_identification` replaces the instance uid (and ends a
+//!   `RequestInstanceUid` request);
+//! - a restart command restarts the agent: sequence numbers start again from
+//!   0 with a full report;
+//! - an `error_response` is recorded and answered with nothing.
+//!
+//! ```
+//! use opamp_agent::agent::{Agent, AgentSettings};
+//! use opamp_agent::pb;
+//!
+//! let mut agent = Agent::new(AgentSettings::new([7; 16]).identifying("service.name", "collector"));
+//! let first = agent.full_report();
+//! assert_eq!(first.sequence_num, 0);
+//! let offer = pb::ServerToAgent {
+//!     instance_uid: vec![7; 16],
+//!     remote_config: Some(pb::AgentRemoteConfig {
+//!         config: Some(opamp_agent::message::config_map([("base", b"receivers: {}".as_slice(), "text/yaml")])),
+//!         config_hash: vec![1; 32],
+//!     }),
+//!     ..Default::default()
+//! };
+//! let reaction = agent.handle(&offer);
+//! let status = reaction.messages[0].remote_config_status.as_ref().unwrap();
+//! assert_eq!(status.status, pb::RemoteConfigStatuses::Applied as i32);
+//! ```
+
+use crate::message::{self, FullState};
+use crate::{caps, pb};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Who the agent is and what it starts with.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub uid: [u8; 16],
+    pub capabilities: u64,
+    pub description: pb::AgentDescription,
+    /// The health reported in full reports; `None`: none.
+    pub health: Option<pb::ComponentHealth>,
+    /// The configuration the agent runs before any offer.
+    pub effective_config: Option<pb::EffectiveConfig>,
+    /// Ask the server for an instance uid (`RequestInstanceUid`) until one arrives.
+    pub request_uid: bool,
+    /// The sequence number of the first message (0 for a new process).
+    pub first_sequence_num: u64,
+    pub offers: OfferPolicy,
+    /// Report APPLYING before APPLIED (or FAILED).
+    pub report_applying: bool,
+}
+
+impl AgentSettings {
+    /// An agent with [`message::TYPICAL_CAPABILITIES`], healthy, with an
+    /// empty description and no effective config, applying every offer.
+    pub fn new(uid: [u8; 16]) -> AgentSettings {
+        AgentSettings {
+            uid,
+            capabilities: message::TYPICAL_CAPABILITIES,
+            description: pb::AgentDescription::default(),
+            health: Some(message::health(true, "StatusOK", "")),
+            effective_config: None,
+            request_uid: false,
+            first_sequence_num: 0,
+            offers: OfferPolicy::Apply,
+            report_applying: false,
+        }
+    }
+
+    /// Sets the capabilities.
+    pub fn capabilities(mut self, capabilities: u64) -> AgentSettings {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Adds an identifying attribute (`service.name`, ...).
+    pub fn identifying(mut self, key: &str, value: &str) -> AgentSettings {
+        self.description
+            .identifying_attributes
+            .push(message::kv(key, value));
+        self
+    }
+
+    /// Adds a non-identifying attribute (`host.name`, a label, ...).
+    pub fn non_identifying(mut self, key: &str, value: &str) -> AgentSettings {
+        self.description
+            .non_identifying_attributes
+            .push(message::kv(key, value));
+        self
+    }
+
+    /// Sets the effective config the agent starts with.
+    pub fn effective_config(mut self, config: pb::EffectiveConfig) -> AgentSettings {
+        self.effective_config = Some(config);
+        self
+    }
+
+    /// Sets the health reported in full reports.
+    pub fn health(mut self, health: Option<pb::ComponentHealth>) -> AgentSettings {
+        self.health = health;
+        self
+    }
+
+    /// Sets what the agent does with remote-config offers.
+    pub fn offers(mut self, policy: OfferPolicy) -> AgentSettings {
+        self.offers = policy;
+        self
+    }
+
+    /// Reports APPLYING before the final status of an offer.
+    pub fn report_applying(mut self, on: bool) -> AgentSettings {
+        self.report_applying = on;
+        self
+    }
+
+    /// Asks the server for an instance uid.
+    pub fn request_uid(mut self, on: bool) -> AgentSettings {
+        self.request_uid = on;
+        self
+    }
+
+    /// Starts counting messages from `sequence_num` (an agent that was
+    /// already running).
+    pub fn first_sequence_num(mut self, sequence_num: u64) -> AgentSettings {
+        self.first_sequence_num = sequence_num;
+        self
+    }
+}
+
+/// What the agent does with a remote-config offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferPolicy {
+    /// Runs the offered files: they become the effective config; APPLIED.
+    Apply,
+    /// Refuses: FAILED with this message; the effective config stays.
+    Fail(String),
+    /// Neither applies nor answers.
+    Ignore,
+}
+
+/// Something that happened while handling a ServerToAgent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The server asked for a full report.
+    FullStateRequested,
+    /// An offer was applied.
+    ConfigApplied { hash: Vec<u8> },
+    /// An offer was refused (by the [`OfferPolicy`]).
+    ConfigFailed { hash: Vec<u8>, message: String },
+    /// An offer was not acted upon.
+    OfferIgnored { hash: Vec<u8>, reason: &'static str },
+    /// The server gave the agent a new instance uid.
+    NewInstanceUid { old: [u8; 16], new: [u8; 16] },
+    /// `agent_identification` with a uid that is not 16 bytes (ignored).
+    InvalidInstanceUid { len: usize },
+    /// A restart command, carried out.
+    Restarted,
+    /// A restart command without AcceptsRestartCommand (ignored).
+    RestartIgnored,
+    /// The server answered with an error.
+    ServerError {
+        kind: i32,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// A reply naming another instance uid (ignored).
+    OtherInstanceUid { uid: Vec<u8> },
+}
+
+/// What to send and what happened, after one ServerToAgent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reaction {
+    /// Messages to send now, in order (their sequence numbers are taken).
+    pub messages: Vec<pb::AgentToServer>,
+    pub events: Vec<Event>,
+}
+
+/// Counts of what the agent went through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub messages: u64,
+    pub full_state_requests: u64,
+    pub offers_applied: u64,
+    pub offers_failed: u64,
+    pub restarts: u64,
+    pub server_errors: u64,
+}
+
+/// One simulated agent.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    uid: [u8; 16],
+    sequence_num: u64,
+    capabilities: u64,
+    /// Shared, so that thousands of agents built from one description or one
+    /// big configuration do not each hold a copy.
+    description: Arc<pb::AgentDescription>,
+    health: Option<pb::ComponentHealth>,
+    effective_config: Option<Arc<pb::EffectiveConfig>>,
+    remote_config_status: Option<pb::RemoteConfigStatus>,
+    request_uid: bool,
+    full_state_due: bool,
+    offers: OfferPolicy,
+    report_applying: bool,
+    counters: Counters,
+}
+
+impl Agent {
+    pub fn new(settings: AgentSettings) -> Agent {
+        Agent {
+            uid: settings.uid,
+            sequence_num: settings.first_sequence_num,
+            capabilities: settings.capabilities,
+            description: Arc::new(settings.description),
+            health: settings.health,
+            effective_config: settings.effective_config.map(Arc::new),
+            remote_config_status: None,
+            request_uid: settings.request_uid,
+            full_state_due: false,
+            offers: settings.offers,
+            report_applying: settings.report_applying,
+            counters: Counters::default(),
+        }
+    }
+
+    /// An agent sharing `description` and `effective_config` with others.
+    pub fn with_shared(
+        settings: AgentSettings,
+        description: Arc<pb::AgentDescription>,
+        effective_config: Option<Arc<pb::EffectiveConfig>>,
+    ) -> Agent {
+        Agent {
+            description,
+            effective_config,
+            ..Agent::new(AgentSettings {
+                description: pb::AgentDescription::default(),
+                effective_config: None,
+                ..settings
+            })
+        }
+    }
+
+    pub fn uid(&self) -> [u8; 16] {
+        self.uid
+    }
+
+    /// The sequence number the next message will carry.
+    pub fn next_sequence_num(&self) -> u64 {
+        self.sequence_num
+    }
+
+    pub fn capabilities(&self) -> u64 {
+        self.capabilities
+    }
+
+    pub fn description(&self) -> &pb::AgentDescription {
+        &self.description
+    }
+
+    pub fn health(&self) -> Option<&pb::ComponentHealth> {
+        self.health.as_ref()
+    }
+
+    /// What the agent runs: the start configuration or the last applied offer.
+    pub fn effective_config(&self) -> Option<&pb::EffectiveConfig> {
+        self.effective_config.as_deref()
+    }
+
+    /// The status of the last offer, as last reported.
+    pub fn remote_config_status(&self) -> Option<&pb::RemoteConfigStatus> {
+        self.remote_config_status.as_ref()
+    }
+
+    /// True when the server asked for a full report that was not sent yet.
+    pub fn full_state_due(&self) -> bool {
+        self.full_state_due
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Changes what the agent does with the next offers.
+    pub fn set_offer_policy(&mut self, policy: OfferPolicy) {
+        self.offers = policy;
+    }
+
+    /// Uid, next sequence number, capabilities, and the RequestInstanceUid
+    /// flag while asking; takes the sequence number.
+    fn base(&mut self) -> pb::AgentToServer {
+        let mut m = message::heartbeat(self.uid, self.sequence_num, self.capabilities);
+        if self.request_uid {
+            m.flags |= caps::FLAG_REQUEST_INSTANCE_UID;
+        }
+        self.sequence_num += 1;
+        self.counters.messages += 1;
+        m
+    }
+
+    fn has(&self, capability: u64) -> bool {
+        self.capabilities & capability != 0
+    }
+
+    /// The full report: the description and, with their capabilities, health,
+    /// effective config and remote-config status.
+    pub fn full_report(&mut self) -> pb::AgentToServer {
+        self.full_state_due = false;
+        let state = FullState {
+            description: Some(pb::AgentDescription::clone(&self.description)),
+            health: self
+                .health
+                .clone()
+                .filter(|_| self.has(caps::REPORTS_HEALTH)),
+            effective_config: self
+                .effective_config
+                .as_deref()
+                .cloned()
+                .filter(|_| self.has(caps::REPORTS_EFFECTIVE_CONFIG)),
+            remote_config_status: self
+                .remote_config_status
+                .clone()
+                .filter(|_| self.has(caps::REPORTS_REMOTE_CONFIG)),
+        };
+        pb::AgentToServer {
+            agent_description: state.description,
+            health: state.health,
+            effective_config: state.effective_config,
+            remote_config_status: state.remote_config_status,
+            ..self.base()
+        }
+    }
+
+    /// A heartbeat or poll — or the full report, when the server asked for one.
+    pub fn heartbeat(&mut self) -> pb::AgentToServer {
+        if self.full_state_due {
+            return self.full_report();
+        }
+        self.base()
+    }
+
+    /// Changes the health and returns the message that reports it.
+    pub fn set_health(&mut self, health: pb::ComponentHealth) -> pb::AgentToServer {
+        self.health = Some(health);
+        if self.full_state_due {
+            return self.full_report();
+        }
+        let mut m = self.base();
+        if self.has(caps::REPORTS_HEALTH) {
+            m.health = self.health.clone();
+        }
+        m
+    }
+
+    /// Changes the description and returns the message that reports it.
+    pub fn set_description(&mut self, description: pb::AgentDescription) -> pb::AgentToServer {
+        self.description = Arc::new(description);
+        if self.full_state_due {
+            return self.full_report();
+        }
+        pb::AgentToServer {
+            agent_description: Some(pb::AgentDescription::clone(&self.description)),
+            ..self.base()
+        }
+    }
+
+    /// The last message: `agent_disconnect`.
+    pub fn disconnect(&mut self) -> pb::AgentToServer {
+        pb::AgentToServer {
+            agent_disconnect: Some(pb::AgentDisconnect {}),
+            ..self.base()
+        }
+    }
+
+    /// Takes in one ServerToAgent (a reply or a push) and says what to send.
+    pub fn handle(&mut self, reply: &pb::ServerToAgent) -> Reaction {
+        let mut reaction = Reaction::default();
+        if !reply.instance_uid.is_empty() && reply.instance_uid != self.uid {
+            reaction.events.push(Event::OtherInstanceUid {
+                uid: reply.instance_uid.clone(),
+            });
+            return reaction;
+        }
+        if let Some(error) = &reply.error_response {
+            self.counters.server_errors += 1;
+            let retry_after = error.details.as_ref().map(
+                |pb::server_error_response::Details::RetryInfo(info)| {
+                    Duration::from_nanos(info.retry_after_nanoseconds)
+                },
+            );
+            reaction.events.push(Event::ServerError {
+                kind: error.r#type,
+                message: error.error_message.clone(),
+                retry_after,
+            });
+            return reaction;
+        }
+        if let Some(identification) = &reply.agent_identification {
+            match <[u8; 16]>::try_from(identification.new_instance_uid.as_slice()) {
+                Ok(new) => {
+                    reaction
+                        .events
+                        .push(Event::NewInstanceUid { old: self.uid, new });
+                    self.uid = new;
+                    self.request_uid = false;
+                }
+                Err(_) => reaction.events.push(Event::InvalidInstanceUid {
+                    len: identification.new_instance_uid.len(),
+                }),
+            }
+        }
+        if reply.command.is_some() {
+            // A command goes alone: nothing else in the message counts.
+            if self.has(caps::ACCEPTS_RESTART_COMMAND) {
+                self.counters.restarts += 1;
+                self.sequence_num = 0;
+                reaction.events.push(Event::Restarted);
+                reaction.messages.push(self.full_report());
+            } else {
+                reaction.events.push(Event::RestartIgnored);
+            }
+            return reaction;
+        }
+        if reply.flags & caps::FLAG_REPORT_FULL_STATE != 0 {
+            self.counters.full_state_requests += 1;
+            self.full_state_due = true;
+            reaction.events.push(Event::FullStateRequested);
+        }
+        let mut changed = false;
+        if let Some(offer) = &reply.remote_config {
+            changed = self.take_offer(offer, &mut reaction);
+        }
+        if self.full_state_due {
+            reaction.messages.push(self.full_report());
+        } else if changed {
+            let mut m = self.base();
+            if self.has(caps::REPORTS_REMOTE_CONFIG) {
+                m.remote_config_status = self.remote_config_status.clone();
+            }
+            if self.has(caps::REPORTS_EFFECTIVE_CONFIG) {
+                m.effective_config = self.effective_config.as_deref().cloned();
+            }
+            if m.remote_config_status.is_some() || m.effective_config.is_some() {
+                reaction.messages.push(m);
+            } else {
+                // Nothing to report: give the sequence number back.
+                self.sequence_num -= 1;
+                self.counters.messages -= 1;
+            }
+        }
+        reaction
+    }
+
+    /// Applies or refuses an offer; true when the state changed.
+    fn take_offer(&mut self, offer: &pb::AgentRemoteConfig, reaction: &mut Reaction) -> bool {
+        let hash = offer.config_hash.clone();
+        let ignore = |reason| Event::OfferIgnored {
+            hash: hash.clone(),
+            reason,
+        };
+        if !self.has(caps::ACCEPTS_REMOTE_CONFIG) {
+            reaction
+                .events
+                .push(ignore("the agent does not have AcceptsRemoteConfig"));
+            return false;
+        }
+        let applied = pb::RemoteConfigStatuses::Applied as i32;
+        if self
+            .remote_config_status
+            .as_ref()
+            .is_some_and(|s| s.last_remote_config_hash == hash && s.status == applied)
+        {
+            reaction.events.push(ignore("this hash is already applied"));
+            return false;
+        }
+        let outcome = match &self.offers {
+            OfferPolicy::Ignore => {
+                reaction
+                    .events
+                    .push(ignore("the offer policy ignores offers"));
+                return false;
+            }
+            OfferPolicy::Apply => Ok(()),
+            OfferPolicy::Fail(message) => Err(message.clone()),
+        };
+        if self.report_applying && self.has(caps::REPORTS_REMOTE_CONFIG) {
+            let status =
+                message::remote_config_status(&hash, pb::RemoteConfigStatuses::Applying, "");
+            self.remote_config_status = Some(status.clone());
+            let m = pb::AgentToServer {
+                remote_config_status: Some(status),
+                ..self.base()
+            };
+            reaction.messages.push(m);
+        }
+        match outcome {
+            Ok(()) => {
+                self.counters.offers_applied += 1;
+                self.effective_config = Some(Arc::new(pb::EffectiveConfig {
+                    config_map: offer.config.clone(),
+                }));
+                self.remote_config_status = Some(message::remote_config_status(
+                    &hash,
+                    pb::RemoteConfigStatuses::Applied,
+                    "",
+                ));
+                reaction.events.push(Event::ConfigApplied { hash });
+            }
+            Err(error) => {
+                self.counters.offers_failed += 1;
+                self.remote_config_status = Some(message::remote_config_status(
+                    &hash,
+                    pb::RemoteConfigStatuses::Failed,
+                    &error,
+                ));
+                reaction.events.push(Event::ConfigFailed {
+                    hash,
+                    message: error,
+                });
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: [u8; 16] = [7; 16];
+
+    fn agent() -> Agent {
+        Agent::new(
+            AgentSettings::new(UID)
+                .identifying("service.name", "collector")
+                .non_identifying("host.name", "web-1")
+                .effective_config(message::effective_yaml("receivers: {}")),
+        )
+    }
+
+    fn reply() -> pb::ServerToAgent {
+        pb::ServerToAgent {
+            instance_uid: UID.to_vec(),
+            capabilities: caps::SERVER_ACCEPTS_STATUS,
+            ..Default::default()
+        }
+    }
+
+    fn offer(hash: u8) -> pb::ServerToAgent {
+        pb::ServerToAgent {
+            remote_config: Some(pb::AgentRemoteConfig {
+                config: Some(message::config_map([(
+                    "base",
+                    b"exporters: {}".as_slice(),
+                    message::YAML,
+                )])),
+                config_hash: vec![hash; 32],
+            }),
+            ..reply()
+        }
+    }
+
+    fn status(m: &pb::AgentToServer) -> (i32, Vec<u8>, String) {
+        let s = m
+            .remote_config_status
+            .as_ref()
+            .expect("a remote-config status");
+        (
+            s.status,
+            s.last_remote_config_hash.clone(),
+            s.error_message.clone(),
+        )
+    }
+
+    const APPLIED: i32 = pb::RemoteConfigStatuses::Applied as i32;
+    const APPLYING: i32 = pb::RemoteConfigStatuses::Applying as i32;
+    const FAILED: i32 = pb::RemoteConfigStatuses::Failed as i32;
+
+    #[test]
+    fn the_first_report_is_full_then_heartbeats_are_minimal() {
+        let mut a = agent();
+        let first = a.full_report();
+        assert_eq!(first.sequence_num, 0);
+        assert_eq!(first.instance_uid, UID.to_vec());
+        assert_eq!(
+            message::attribute(
+                &first.agent_description.unwrap().identifying_attributes,
+                "service.name"
+            ),
+            Some("collector")
+        );
+        assert!(first.health.unwrap().healthy);
+        assert!(first.effective_config.is_some());
+        assert!(first.remote_config_status.is_none(), "no offer yet");
+        let next = a.heartbeat();
+        assert_eq!(
+            next,
+            message::heartbeat(UID, 1, message::TYPICAL_CAPABILITIES)
+        );
+        assert_eq!(a.next_sequence_num(), 2);
+    }
+
+    #[test]
+    fn full_reports_leave_out_what_the_capabilities_do_not_cover() {
+        let mut a = Agent::new(
+            AgentSettings::new(UID)
+                .capabilities(caps::REPORTS_STATUS)
+                .effective_config(message::effective_yaml("x: 1")),
+        );
+        let m = a.full_report();
+        assert!(m.agent_description.is_some());
+        assert!(m.health.is_none() && m.effective_config.is_none());
+    }
+
+    #[test]
+    fn report_full_state_is_answered_with_a_full_report() {
+        let mut a = agent();
+        a.full_report();
+        let reaction = a.handle(&pb::ServerToAgent {
+            flags: caps::FLAG_REPORT_FULL_STATE,
+            ..reply()
+        });
+        assert_eq!(reaction.events, [Event::FullStateRequested]);
+        let [m] = reaction.messages.as_slice() else {
+            panic!("one message: {reaction:?}")
+        };
+        assert_eq!(m.sequence_num, 1);
+        assert!(m.agent_description.is_some() && m.effective_config.is_some());
+        assert!(!a.full_state_due());
+        assert_eq!(a.counters().full_state_requests, 1);
+    }
+
+    #[test]
+    fn a_plain_reply_needs_no_answer() {
+        let mut a = agent();
+        a.full_report();
+        assert_eq!(a.handle(&reply()), Reaction::default());
+        assert_eq!(a.next_sequence_num(), 1);
+    }
+
+    #[test]
+    fn an_offer_is_applied_and_reported_with_its_hash() {
+        let mut a = agent();
+        a.full_report();
+        let reaction = a.handle(&offer(1));
+        assert_eq!(
+            reaction.events,
+            [Event::ConfigApplied { hash: vec![1; 32] }]
+        );
+        let [m] = reaction.messages.as_slice() else {
+            panic!("one message: {reaction:?}")
+        };
+        assert_eq!(status(m), (APPLIED, vec![1; 32], String::new()));
+        let effective = m
+            .effective_config
+            .as_ref()
+            .unwrap()
+            .config_map
+            .as_ref()
+            .unwrap();
+        assert_eq!(effective.config_map["base"].body, b"exporters: {}");
+        assert_eq!(a.effective_config(), m.effective_config.as_ref());
+        // The same offer again is not answered.
+        let again = a.handle(&offer(1));
+        assert!(again.messages.is_empty());
+        assert_eq!(
+            again.events,
+            [Event::OfferIgnored {
+                hash: vec![1; 32],
+                reason: "this hash is already applied"
+            }]
+        );
+    }
+
+    #[test]
+    fn applying_comes_first_when_asked() {
+        let mut a = Agent::new(AgentSettings::new(UID).report_applying(true));
+        a.full_report();
+        let reaction = a.handle(&offer(2));
+        let statuses: Vec<_> = reaction
+            .messages
+            .iter()
+            .map(|m| (m.sequence_num, status(m).0))
+            .collect();
+        assert_eq!(statuses, [(1, APPLYING), (2, APPLIED)]);
+    }
+
+    #[test]
+    fn a_failing_agent_reports_failed_and_keeps_its_config() {
+        let mut a = agent().clone();
+        a.set_offer_policy(OfferPolicy::Fail("bad exporter".into()));
+        a.full_report();
+        let before = a.effective_config().cloned();
+        let reaction = a.handle(&offer(3));
+        assert_eq!(
+            status(&reaction.messages[0]),
+            (FAILED, vec![3; 32], "bad exporter".into())
+        );
+        assert_eq!(a.effective_config().cloned(), before);
+        assert_eq!(a.counters().offers_failed, 1);
+        // A failed hash may be offered again and applied.
+        a.set_offer_policy(OfferPolicy::Apply);
+        assert_eq!(status(&a.handle(&offer(3)).messages[0]).0, APPLIED);
+    }
+
+    #[test]
+    fn offers_are_ignored_without_the_capability_or_by_policy() {
+        let mut a = Agent::new(AgentSettings::new(UID).capabilities(caps::REPORTS_STATUS));
+        let reaction = a.handle(&offer(4));
+        assert!(reaction.messages.is_empty());
+        assert!(matches!(reaction.events[0], Event::OfferIgnored { .. }));
+        let mut a = Agent::new(AgentSettings::new(UID).offers(OfferPolicy::Ignore));
+        assert!(a.handle(&offer(4)).messages.is_empty());
+        assert_eq!(a.next_sequence_num(), 0);
+    }
+
+    #[test]
+    fn an_offer_with_a_full_state_request_is_one_full_report() {
+        let mut a = agent();
+        a.full_report();
+        let reaction = a.handle(&pb::ServerToAgent {
+            flags: caps::FLAG_REPORT_FULL_STATE,
+            ..offer(5)
+        });
+        let [m] = reaction.messages.as_slice() else {
+            panic!("one message: {reaction:?}")
+        };
+        assert!(m.agent_description.is_some());
+        assert_eq!(status(m).0, APPLIED);
+    }
+
+    #[test]
+    fn a_new_uid_is_taken_and_ends_the_request() {
+        let mut a = Agent::new(AgentSettings::new(UID).request_uid(true));
+        assert_eq!(a.full_report().flags, caps::FLAG_REQUEST_INSTANCE_UID);
+        let reaction = a.handle(&pb::ServerToAgent {
+            agent_identification: Some(pb::AgentIdentification {
+                new_instance_uid: vec![8; 16],
+            }),
+            ..reply()
+        });
+        assert_eq!(
+            reaction.events,
+            [Event::NewInstanceUid {
+                old: UID,
+                new: [8; 16]
+            }]
+        );
+        let next = a.heartbeat();
+        assert_eq!((next.instance_uid, next.flags), (vec![8; 16], 0));
+        // A malformed uid is refused.
+        let reaction = a.handle(&pb::ServerToAgent {
+            instance_uid: vec![8; 16],
+            agent_identification: Some(pb::AgentIdentification {
+                new_instance_uid: vec![1, 2],
+            }),
+            ..Default::default()
+        });
+        assert_eq!(reaction.events, [Event::InvalidInstanceUid { len: 2 }]);
+        assert_eq!(a.uid(), [8; 16]);
+    }
+
+    #[test]
+    fn a_restart_starts_counting_again_with_a_full_report() {
+        let mut a = agent();
+        a.full_report();
+        a.heartbeat();
+        let reaction = a.handle(&pb::ServerToAgent {
+            command: Some(pb::ServerToAgentCommand {
+                r#type: pb::CommandType::Restart as i32,
+            }),
+            ..reply()
+        });
+        assert_eq!(reaction.events, [Event::Restarted]);
+        assert_eq!(reaction.messages[0].sequence_num, 0);
+        assert!(reaction.messages[0].agent_description.is_some());
+        let mut a = Agent::new(AgentSettings::new(UID).capabilities(caps::REPORTS_STATUS));
+        let reaction = a.handle(&pb::ServerToAgent {
+            command: Some(pb::ServerToAgentCommand::default()),
+            ..reply()
+        });
+        assert_eq!(reaction.events, [Event::RestartIgnored]);
+        assert!(reaction.messages.is_empty());
+    }
+
+    #[test]
+    fn server_errors_and_other_uids_are_events_only() {
+        let mut a = agent();
+        let reaction = a.handle(&pb::ServerToAgent {
+            error_response: Some(pb::ServerErrorResponse {
+                r#type: pb::ServerErrorResponseType::Unavailable as i32,
+                error_message: "busy".into(),
+                details: Some(pb::server_error_response::Details::RetryInfo(
+                    pb::RetryInfo {
+                        retry_after_nanoseconds: 2_000_000_000,
+                    },
+                )),
+            }),
+            flags: caps::FLAG_REPORT_FULL_STATE,
+            ..reply()
+        });
+        assert_eq!(
+            reaction.events,
+            [Event::ServerError {
+                kind: pb::ServerErrorResponseType::Unavailable as i32,
+                message: "busy".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            }]
+        );
+        assert!(reaction.messages.is_empty());
+        let reaction = a.handle(&pb::ServerToAgent {
+            instance_uid: vec![1; 16],
+            ..offer(1)
+        });
+        assert_eq!(
+            reaction.events,
+            [Event::OtherInstanceUid { uid: vec![1; 16] }]
+        );
+        assert!(a.remote_config_status().is_none());
+    }
+
+    #[test]
+    fn health_and_description_changes_are_reported_alone() {
+        let mut a = agent();
+        a.full_report();
+        let m = a.set_health(message::health(
+            false,
+            "StatusRecoverableError",
+            "disk full",
+        ));
+        assert_eq!(m.health.as_ref().map(|h| h.healthy), Some(false));
+        assert!(m.agent_description.is_none());
+        let m = a.set_description(message::description(&[("service.name", "other")], &[]));
+        assert!(m.agent_description.is_some() && m.health.is_none());
+        assert_eq!(m.sequence_num, 2);
+    }
+
+    #[test]
+    fn agents_can_share_a_large_configuration() {
+        let config = Arc::new(message::effective_yaml(&"x: 1\n".repeat(1000)));
+        let description = Arc::new(message::description(&[("service.name", "bench")], &[]));
+        let a = Agent::with_shared(
+            AgentSettings::new(UID),
+            description.clone(),
+            Some(config.clone()),
+        );
+        let b = Agent::with_shared(
+            AgentSettings::new([8; 16]),
+            description,
+            Some(config.clone()),
+        );
+        assert!(std::ptr::eq(
+            a.effective_config().unwrap(),
+            b.effective_config().unwrap()
+        ));
+        assert_eq!(Arc::strong_count(&config), 3);
+    }
+}
