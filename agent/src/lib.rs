@@ -49,6 +49,11 @@ pub mod tls;
 pub mod ws;
 
 pub use error::Error;
+
+/// The README's example, compiled as a doc test so that it stays right.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;
 pub use opamp_proto::{caps, frame, pb};
 
 /// A fresh instance uid: a UUID v7, as the specification recommends.
