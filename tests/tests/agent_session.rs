@@ -131,12 +131,12 @@ async fn a_failing_agent_reports_failed_over_http() {
         &HttpOptions::default().gzip_requests(true).accept_gzip(true),
     )
     .unwrap();
-    let agent = Agent::new(
+    let failing = Agent::new(
         settings("lib-fail")
             .offers(OfferPolicy::Fail("unknown receiver".into()))
             .report_applying(true),
     );
-    let mut session = Session::new(agent, transport);
+    let mut session = Session::new(failing, transport);
     let status = roll_out_to(&s, &mut session, "lib-fail", "lib-fail", "bad: yes\n").await;
     assert_eq!(status.status, FAILED);
     let uid = session.agent().uid();
