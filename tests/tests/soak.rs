@@ -5,13 +5,15 @@
 //! CI size: 600 agents for 75 s. Bigger by environment:
 //! `OPAMP_SOAK_AGENTS=5000 OPAMP_SOAK_SECONDS=600 cargo test -p opamp-tests --test soak`.
 
-use opamp_agent::agent::{Agent, AgentSettings, Event};
-use opamp_agent::{message, ws};
+use futures_util::{SinkExt, StreamExt};
+use opamp_proto::{frame, pb};
 use opamp_tests::client::*;
 use opamp_tests::{wait_for, Server};
+use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -44,70 +46,75 @@ struct Counters {
 }
 
 /// One agent: heartbeats every second, applies every config it is offered,
-/// and reconnects now and then (going on with its sequence numbers).
+/// and reconnects now and then (with the next sequence number).
 async fn agent(url: String, i: usize, until: Instant, c: Arc<Counters>) {
-    let mut agent = Agent::new(
-        AgentSettings::new(new_uid())
-            .identifying("service.name", &format!("soak-{i}"))
-            .identifying("service.version", "1.0.0")
-            .non_identifying("host.name", "test-host")
-            .non_identifying("os.type", "linux")
-            .effective_config(message::effective_yaml("receivers: {}")),
-    );
-    let options = ws::WsOptions::default();
+    let uid = new_uid();
+    let mut seq = 0u64;
     let mut first = true;
     while Instant::now() < until {
-        let Ok(mut socket) = ws::connect(&url, &options).await else {
+        let Ok(mut ws) = ws_connect(&url, &[]).await else {
             c.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
         let hello = if first {
-            agent.full_report()
+            full_report(uid, seq, &format!("soak-{i}"))
         } else {
-            agent.heartbeat()
+            heartbeat(uid, seq)
         };
         first = false;
-        if ws::send(&mut socket, &hello).await.is_err() {
+        if ws
+            .send(Message::Binary(frame::encode_message(&hello).into()))
+            .await
+            .is_err()
+        {
             c.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         // Stay on this connection for 10-30 s, then reconnect.
         let stay = Instant::now() + Duration::from_secs(10 + (i as u64 * 7) % 20);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        'connection: loop {
+        loop {
             tokio::select! {
-                received = ws::recv(&mut socket) => {
-                    let Ok(reply) = received else {
-                        c.errors.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    };
-                    if reply.error_response.is_some() || reply.instance_uid != agent.uid() {
-                        c.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    c.replies.fetch_add(1, Ordering::Relaxed);
-                    let reaction = agent.handle(&reply);
-                    let applied = reaction
-                        .events
-                        .iter()
-                        .filter(|e| matches!(e, Event::ConfigApplied { .. }))
-                        .count();
-                    c.configs.fetch_add(applied as u64, Ordering::Relaxed);
-                    for next in &reaction.messages {
-                        if ws::send(&mut socket, next).await.is_err() {
+                m = ws.next() => match m {
+                    Some(Ok(Message::Binary(b))) => {
+                        let Ok(reply) = frame::decode(&b).map_err(|_| ()).and_then(|p| pb::ServerToAgent::decode(p).map_err(|_| ())) else {
                             c.errors.fetch_add(1, Ordering::Relaxed);
-                            break 'connection;
+                            break;
+                        };
+                        if reply.error_response.is_some() || reply.instance_uid != uid.to_vec() {
+                            c.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        c.replies.fetch_add(1, Ordering::Relaxed);
+                        seq += 1;
+                        let next = if reply.flags & 1 == 1 {
+                            full_report(uid, seq, &format!("soak-{i}"))
+                        } else if let Some(rc) = reply.remote_config {
+                            c.configs.fetch_add(1, Ordering::Relaxed);
+                            applied(uid, seq, &rc.config_hash, pb::RemoteConfigStatuses::Applied, "")
+                        } else {
+                            continue;
+                        };
+                        if ws.send(Message::Binary(frame::encode_message(&next).into())).await.is_err() {
+                            c.errors.fetch_add(1, Ordering::Relaxed);
+                            break;
                         }
                     }
-                }
+                    Some(Ok(_)) => {}
+                    _ => { c.errors.fetch_add(1, Ordering::Relaxed); break; }
+                },
                 _ = tick.tick() => {
                     if Instant::now() > stay || Instant::now() > until {
-                        let _ = ws::send(&mut socket, &agent.disconnect()).await;
-                        let _ = socket.close(None).await;
+                        seq += 1;
+                        let mut bye = heartbeat(uid, seq);
+                        bye.agent_disconnect = Some(pb::AgentDisconnect {});
+                        let _ = ws.send(Message::Binary(frame::encode_message(&bye).into())).await;
+                        let _ = ws.close(None).await;
                         c.reconnects.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
-                    if ws::send(&mut socket, &agent.heartbeat()).await.is_err() {
+                    seq += 1;
+                    if ws.send(Message::Binary(frame::encode_message(&heartbeat(uid, seq)).into())).await.is_err() {
                         c.errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
