@@ -10,7 +10,7 @@ use std::time::Duration;
 pub const EXIT_STATUS: &str = "\
 0  success; the server or check is healthy
 1  the operation failed, a check failed, or the server is unhealthy (also 401/403)
-2  usage error: a bad flag, argument, file or value on the command line
+2  usage error: a bad flag, argument, file or value (also when opampd refuses the input: 400/413)
 3  the server is unreachable: connection refused, DNS failure or timeout";
 
 pub const ENVIRONMENT: &[(&str, &str)] = &[

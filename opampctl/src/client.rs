@@ -161,6 +161,12 @@ impl Client {
             StatusCode::FORBIDDEN => CtlError::failed(format!(
                 "opampd refused the request (403): {message}; use a token with a higher role"
             )),
+            // The input the command sent (a selector, a file, a uid) is wrong:
+            // a usage error, like a bad flag.
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => CtlError::usage(format!(
+                "opampd refused the input ({}): {message}",
+                status.as_u16()
+            )),
             _ => CtlError::failed(format!("opampd answered {}: {message}", status.as_u16())),
         }
     }

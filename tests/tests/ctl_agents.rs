@@ -1,7 +1,7 @@
 //! `opampctl agents list|show|label|delete|restart` against a real opampd
 //! with real (plain-HTTP) OpAMP agents.
 
-use opamp_tests::cli::{fails, json, ok};
+use opamp_tests::cli::{code, fails, json, ok};
 use opamp_tests::client::{full_report, heartbeat, http_exchange, new_uid, uid_str};
 use opamp_tests::{stderr, Server};
 
@@ -83,8 +83,10 @@ async fn list_filters_pages_and_formats() {
     let y: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
     assert_eq!(y["total"].as_u64(), Some(3));
 
-    // A bad selector is the server's 400, with its explanation.
-    fails(&s.ctl(&["agents", "list", "-l", "env="]), "bad selector");
+    // A bad selector is the server's 400, with its explanation: a usage error.
+    let o = s.ctl(&["agents", "list", "-l", "env="]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad selector"), "{}", stderr(&o));
 }
 
 #[tokio::test]
@@ -127,10 +129,9 @@ async fn show_label_restart_delete() {
     ok(&o);
     assert!(stderr(&o).contains("deleted"));
     fails(&s.ctl(&["agents", "show", &uid]), "no agent");
-    fails(
-        &s.ctl(&["agents", "show", "not-a-uid"]),
-        "not an instance uid",
-    );
+    let o = s.ctl(&["agents", "show", "not-a-uid"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("not an instance uid"), "{}", stderr(&o));
     fails(&s.ctl(&["agents", "restart", &uid]), "no agent");
     fails(&s.ctl(&["agents", "label", &uid, "a=b"]), "404");
 }

@@ -183,7 +183,22 @@ fn every_remote_command_exits_3_when_the_server_is_down() {
 #[test]
 fn usage_errors_exit_2() {
     let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let invalid = dir.path().join("broken.yaml");
+    std::fs::write(&invalid, "receivers: [otlp\n").unwrap();
+    let invalid = invalid.to_str().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "receivers: {}\n").unwrap();
+    let good = good.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["agents", "list", "-l", "env="], "bad selector"),
+        (vec!["agents", "show", "not-a-uid"], "not an instance uid"),
+        (vec!["agents", "restart", "12345"], "not an instance uid"),
+        (vec!["configs", "apply", "-f", invalid], "YAML"),
+        (
+            vec!["configs", "apply", "-f", good, "--selector", "env="],
+            "selector",
+        ),
         (vec!["health", "--bogus"], "--bogus"),
         (vec!["health", "-o", "xml"], "xml"),
         (vec!["nosuchcommand"], "nosuchcommand"),

@@ -25,6 +25,11 @@ fn path_uid(uid: &str) -> Result<String> {
     if u.is_empty() {
         return Err(CtlError::usage("the agent uid is empty"));
     }
+    if opamp_proto::parse_uid(u).is_none() {
+        return Err(CtlError::usage(format!(
+            "{u:?} is not an instance uid: expected a UUID like 0190c1e2-7dec-71d0-a765-00a0c91e6bf6 (see `opampctl agents list`)"
+        )));
+    }
     Ok(enc(u))
 }
 
