@@ -53,6 +53,10 @@ pub fn warn(msg: impl AsRef<str>) {
 
 /// Serialises `value` as JSON or YAML per the settings.
 pub fn machine<T: Serialize + ?Sized>(s: &Settings, value: &T) -> Result<()> {
+    if s.quiet {
+        // -q: the exit status is the answer, whatever the format.
+        return Ok(());
+    }
     match s.format {
         Format::Yaml => {
             let y = serde_yaml::to_string(value)
@@ -74,6 +78,9 @@ pub fn show<T: Serialize + ?Sized>(
     value: &T,
     table: impl FnOnce(bool) -> String,
 ) -> Result<()> {
+    if s.quiet {
+        return Ok(());
+    }
     match s.format {
         Format::Json | Format::Yaml => machine(s, value),
         Format::Table => {

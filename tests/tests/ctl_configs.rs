@@ -109,7 +109,7 @@ fn apply_is_idempotent_and_every_version_can_be_read_back() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--name"));
     let o = s.ctl(&["configs", "apply", "-f", f, "--name", "bad name/"]);
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(code(&o), 2, "a usage error: {}", stderr(&o));
     assert!(stderr(&o).contains("400"), "{}", stderr(&o));
 }
 

@@ -5,7 +5,10 @@ use crate::error::Result;
 /// deploy/prometheus/rules.yml, as built into this binary.
 pub const RULES: &str = include_str!("../../../deploy/prometheus/rules.yml");
 
-pub fn rules() -> Result<()> {
-    crate::output::out(RULES);
+/// Prints the rules (nothing with -q: the exit status says they are built in).
+pub fn rules(quiet: bool) -> Result<()> {
+    if !quiet {
+        crate::output::out(RULES);
+    }
     Ok(())
 }

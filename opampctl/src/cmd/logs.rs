@@ -90,7 +90,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &LogsArgs) -> Resul
         let stdout = child.stdout.take().expect("piped stdout");
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line.map_err(|e| CtlError::failed(format!("reading the log: {e}")))?;
-            if keep_line(&line, filter_level, args.grep.as_deref()) {
+            if keep_line(&line, filter_level, args.grep.as_deref()) && !settings.quiet {
                 output::out(&line);
             }
         }
@@ -130,7 +130,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &LogsArgs) -> Resul
             let line: Vec<u8> = pending.drain(..=i).collect();
             let line = String::from_utf8_lossy(&line);
             let line = line.trim();
-            if line.is_empty() {
+            if line.is_empty() || settings.quiet {
                 continue;
             }
             if json {

@@ -24,7 +24,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Completions(args) => return crate::docs::completions(args.shell),
         Command::Man(args) => return crate::docs::man(args.dir.as_deref()),
-        Command::Alerts(AlertsCmd::Rules) => return alerts::rules(),
+        Command::Alerts(AlertsCmd::Rules) => return alerts::rules(cli.global.quiet),
         _ => {}
     }
     let settings = context::resolve(&cli.global)?;
