@@ -62,7 +62,7 @@ fn apply_is_idempotent_and_every_version_can_be_read_back() {
     ok(&s.ctl(&["configs", "apply", "-f", f, "--name", "edge"]));
 
     let list = json(&s.ctl(&["configs", "list", "-o", "json"]));
-    let names: Vec<&str> = list
+    let names: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -80,7 +80,8 @@ fn apply_is_idempotent_and_every_version_can_be_read_back() {
     let v1 = json(&s.ctl(&["configs", "show", "otel", "--version", "1", "-o", "json"]));
     assert_eq!(v1["body"], "receivers:\n  otlp: {}\n");
     let hist = json(&s.ctl(&["configs", "history", "otel", "-o", "json"]));
-    assert_eq!(hist.as_array().unwrap().len(), 2);
+    assert_eq!(hist["items"].as_array().unwrap().len(), 2);
+    assert_eq!(hist["total"], 2);
     assert!(ok(&s.ctl(&["configs", "history", "otel"])).contains("VERSION"));
 
     let diff = ok(&s.ctl(&["configs", "diff", "otel", "--from", "1", "--to", "2"]));

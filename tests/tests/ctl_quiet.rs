@@ -65,3 +65,45 @@ async fn quiet_prints_nothing_on_success_for_every_command() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_list_has_the_same_json_shape() {
+    let s = Server::start();
+    let uid = new_uid();
+    http_exchange(&s.opamp_url(), &full_report(uid, 0, "listed")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("otel.yaml");
+    std::fs::write(&file, "receivers: {otlp: {}}\n").unwrap();
+    opamp_tests::cli::ok(&s.ctl(&["configs", "apply", "-f", file.to_str().unwrap()]));
+    wait_for("agent stored", Duration::from_secs(10), || async {
+        let (code, _) = s.get(&format!("/api/v1/agents/{}", uid_str(&uid))).await;
+        (code == 200).then_some(())
+    })
+    .await;
+    for args in [
+        vec!["agents", "list"],
+        vec!["agents", "list", "--all"],
+        vec!["configs", "list"],
+        vec!["configs", "history", "otel"],
+    ] {
+        for format in ["json", "yaml"] {
+            let mut a = args.clone();
+            a.extend(["-o", format]);
+            let out = opamp_tests::cli::ok(&s.ctl(&a));
+            let v: serde_json::Value = if format == "json" {
+                serde_json::from_str(&out).unwrap()
+            } else {
+                serde_yaml::from_str(&out).unwrap()
+            };
+            let keys: Vec<&str> = v
+                .as_object()
+                .unwrap_or_else(|| panic!("{args:?} -o {format}: an object, got {out}"))
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(keys, ["items", "next_cursor", "total"], "{args:?}: {out}");
+            assert_eq!(v["total"], 1, "{args:?}: {out}");
+            assert_eq!(v["items"].as_array().unwrap().len(), 1, "{args:?}");
+        }
+    }
+}

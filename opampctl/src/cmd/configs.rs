@@ -7,7 +7,7 @@ use crate::error::{CtlError, Result};
 use crate::output;
 use comfy_table::Cell;
 use opamp_proto::api::{
-    ConfigDiff, ConfigVersion, Configuration, ConfigurationInput, RollbackRequest,
+    ConfigDiff, ConfigVersion, Configuration, ConfigurationInput, Page, RollbackRequest,
 };
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -178,9 +178,18 @@ async fn list_all<T: DeserializeOwned>(client: &Client, path: &str) -> Result<Ve
     }
 }
 
+/// Every item of a list, in the JSON shape of every list: `{items, total, next_cursor}`.
+fn every<T: Clone>(items: &[T]) -> Page<T> {
+    Page {
+        items: items.to_vec(),
+        total: items.len() as u64,
+        next_cursor: None,
+    }
+}
+
 async fn list(settings: &Settings, client: &Client) -> Result<()> {
     let items: Vec<Configuration> = list_all(client, "/api/v1/configurations").await?;
-    output::show(settings, &items, |wide| {
+    output::show(settings, &every(&items), |wide| {
         if items.is_empty() {
             return String::new();
         }
@@ -253,7 +262,7 @@ async fn show(
 async fn history(settings: &Settings, client: &Client, name: &str) -> Result<()> {
     let b = base(name)?;
     let items: Vec<ConfigVersion> = list_all(client, &format!("{b}/versions")).await?;
-    output::show(settings, &items, |wide| {
+    output::show(settings, &every(&items), |wide| {
         let mut header = vec!["VERSION", "HASH", "CREATED", "BY", "NOTE"];
         if wide {
             header.push("CONTENT TYPE");
