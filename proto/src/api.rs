@@ -392,6 +392,7 @@ pub struct DbStats {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct DbOptimizeReport {
     pub steps: Vec<String>,
+    /// Bytes of the database file and its WAL, before and after.
     pub size_before: u64,
     pub size_after: u64,
     pub duration_ms: u64,

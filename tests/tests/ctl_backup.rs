@@ -580,4 +580,13 @@ fn a_missing_backup_dir_and_zero_retention_are_usage_errors() {
     let o = s.ctl(&["backup", "--dir", m, "--create-dir", "-q"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(names(&missing).len(), 2, "the backup and its checksum");
+    // Owner-only, whatever the umask: a backup holds password hashes and tokens.
+    for n in names(&missing) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(missing.join(&n))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{n}: {mode:o}");
+    }
 }

@@ -79,12 +79,18 @@ struct GzOut {
     head: Vec<u8>,
 }
 
+/// A new file readable and writable by its owner only (0600): a backup holds
+/// password hashes, token digests and every agent's data.
+fn owner_only() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true).mode(0o600);
+    o
+}
+
 impl GzOut {
     fn create(path: &Path) -> std::io::Result<GzOut> {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let f = owner_only().open(path)?;
         Ok(GzOut {
             enc: GzEncoder::new(
                 Hashing {
@@ -218,9 +224,7 @@ pub fn verify(file: &Path, expected_sha: &str, scratch_dir: &Path) -> Result<u32
 pub fn gunzip_to(src: &Path, dest: &Path) -> Result<u64> {
     let f = std::fs::File::open(src).map_err(|e| io_err("reading", src, e))?;
     let mut dec = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    let mut out = owner_only()
         .open(dest)
         .map_err(|e| io_err("creating", dest, e))?;
     let n = std::io::copy(&mut dec, &mut out).map_err(|e| {
@@ -366,9 +370,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
     }
     // The checksum file first (under its temporary name), then both renames.
     {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
+        let mut f = owner_only()
             .open(&sha_tmp)
             .map_err(|e| io_err("creating", &sha_tmp, e))?;
         f.write_all(format!("{sha}  {name}\n").as_bytes())

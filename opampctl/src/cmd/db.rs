@@ -76,7 +76,7 @@ pub async fn run(settings: &Settings, client: &Client, cmd: DbCmd) -> Result<()>
                 let mut text: Vec<String> =
                     r.steps.iter().map(|st| format!("done: {st}")).collect();
                 text.push(format!(
-                    "size {} -> {} in {} ms",
+                    "size (database and WAL) {} -> {} in {} ms",
                     output::bytes(r.size_before),
                     output::bytes(r.size_after),
                     r.duration_ms

@@ -101,7 +101,14 @@ impl Store {
     /// ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint, on the writer.
     pub async fn optimize(&self) -> Result<DbOptimizeReport> {
         let path = self.path().to_path_buf();
-        let size = move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        // The database file and its WAL: a checkpoint moves bytes between them.
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let size = move || {
+            [&path, &wal]
+                .iter()
+                .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                .sum::<u64>()
+        };
         let before = size();
         let start = Instant::now();
         let steps = self
