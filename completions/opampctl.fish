@@ -396,7 +396,7 @@ trace\t''"
 complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l grep -d 'Only lines containing this text' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l via -d 'Read the supervisor\'s log instead of the API stream' -r -f -a "journald\t'journalctl -u opampd'
 compose\t'docker compose logs opamp-server'
-kubernetes\t'kubectl logs deploy/opamp-server'"
+kubernetes\t'kubectl logs -l app.kubernetes.io/name=opampd --all-containers (every pod)'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l unit -d 'systemd unit name' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l compose-file -d 'docker compose file [default: compose\'s own lookup in the current directory]' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand logs" -l namespace -d 'Kubernetes namespace' -r

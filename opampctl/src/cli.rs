@@ -438,7 +438,7 @@ pub enum LogSource {
     Journald,
     /// docker compose logs opamp-server
     Compose,
-    /// kubectl logs deploy/opamp-server
+    /// kubectl logs -l app.kubernetes.io/name=opampd --all-containers (every pod)
     Kubernetes,
 }
 

@@ -112,7 +112,7 @@ fn logs_via_the_supervisors_run_the_runbook_commands() {
         [
             "journalctl [-u] [opampd] [-n] [20] [-f] [-p] [warning]",
             "docker [compose] [logs] [--tail] [5] [opamp-server]",
-            "kubectl [-n] [opamp-platform] [logs] [deploy/opamp-server] [--tail] [100] [-f]",
+            "kubectl [-n] [opamp-platform] [logs] [-l] [app.kubernetes.io/name=opampd] [--all-containers] [--prefix] [--tail] [100] [-f]",
             "docker [compose] [-f] [deploy/docker-compose.yml] [logs] [--tail] [100] [opamp-server]",
         ]
     );

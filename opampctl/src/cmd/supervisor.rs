@@ -8,6 +8,8 @@ use std::process::{Command, ExitStatus, Stdio};
 
 pub const COMPOSE_SERVICE: &str = "opamp-server";
 pub const K8S_DEPLOYMENT: &str = "deploy/opamp-server";
+/// The pod label of deploy/kubernetes/deployment.yaml: every pod of the deployment.
+pub const K8S_POD_SELECTOR: &str = "app.kubernetes.io/name=opampd";
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|word| word.to_string()).collect()
@@ -78,12 +80,17 @@ pub fn log_command(
             v.extend(strings(&["logs", "--tail", &n]));
             v
         }
+        // Every pod and container of the deployment, each line prefixed with
+        // its pod (during a restart the old and the new pod both log).
         LogSource::Kubernetes => strings(&[
             "kubectl",
             "-n",
             &sup.namespace,
             "logs",
-            K8S_DEPLOYMENT,
+            "-l",
+            K8S_POD_SELECTOR,
+            "--all-containers",
+            "--prefix",
             "--tail",
             &n,
         ]),
@@ -216,7 +223,7 @@ mod tests {
         );
         assert_eq!(
             show(&log_command(LogSource::Kubernetes, &sup(), 100, true, None)),
-            "kubectl -n opamp-platform logs deploy/opamp-server --tail 100 -f"
+            "kubectl -n opamp-platform logs -l app.kubernetes.io/name=opampd --all-containers --prefix --tail 100 -f"
         );
         let k = restart_commands(Supervisor::Kubernetes, &sup());
         assert_eq!(
