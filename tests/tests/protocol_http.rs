@@ -326,45 +326,6 @@ async fn silent_http_agents_go_stale_then_disconnected_and_goodbye_is_immediate(
 }
 
 #[tokio::test]
-async fn duplicate_uid_from_two_hosts_gets_a_new_uid() {
-    let s = Server::start();
-    let uid = new_uid();
-    let from = |ip: &str| {
-        reqwest::Client::builder()
-            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
-            .no_gzip()
-            .build()
-            .unwrap()
-    };
-    let send = |c: reqwest::Client, m: pb::AgentToServer| {
-        let url = s.opamp_url();
-        async move {
-            let r = c
-                .post(url)
-                .header("Content-Type", "application/x-protobuf")
-                .body(m.encode_to_vec())
-                .send()
-                .await
-                .unwrap();
-            decode(&r.bytes().await.unwrap())
-        }
-    };
-    let r = send(from("127.0.0.1"), full_report(uid, 0, "host-a")).await;
-    assert!(r.agent_identification.is_none());
-    let r = send(from("127.0.0.2"), full_report(uid, 0, "host-b")).await;
-    let new = r
-        .agent_identification
-        .expect("the second host gets a new uid")
-        .new_instance_uid;
-    assert_ne!(new, uid.to_vec());
-    let r = send(from("127.0.0.1"), heartbeat(uid, 1)).await;
-    assert!(
-        r.agent_identification.is_none(),
-        "the first host keeps its uid"
-    );
-}
-
-#[tokio::test]
 async fn slow_clients_are_cut_off() {
     let cfg = "http:\n  header_timeout_seconds: 1\n  body_timeout_seconds: 1\n";
     let s = Server::start_with(Opts {

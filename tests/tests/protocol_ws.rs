@@ -410,30 +410,6 @@ async fn past_max_agents_new_connections_get_503_with_retry_after() {
 }
 
 #[tokio::test]
-async fn duplicate_uid_on_a_second_live_connection_gets_a_new_uid() {
-    let s = Server::start();
-    let uid = new_uid();
-    let mut a = ws_connect(&s.ws_url(), &[]).await.unwrap();
-    ws_exchange(&mut a, &full_report(uid, 0, "original")).await;
-    ws_exchange(&mut a, &heartbeat(uid, 1)).await;
-    wait_status(&s, &uid, "connected").await;
-    let mut b = ws_connect(&s.ws_url(), &[]).await.unwrap();
-    let r = ws_exchange(&mut b, &full_report(uid, 0, "clone")).await;
-    let new = r
-        .agent_identification
-        .expect("a new uid for the clone")
-        .new_instance_uid;
-    assert_eq!(new.len(), 16);
-    assert_ne!(new, uid.to_vec());
-    assert_eq!(r.instance_uid, uid.to_vec());
-    // The original keeps its identity.
-    let r = ws_exchange(&mut a, &heartbeat(uid, 2)).await;
-    assert!(r.agent_identification.is_none());
-    let (_, v) = s.get(&format!("/api/v1/agents/{}", uid_str(&uid))).await;
-    assert_eq!(v["identifying_attributes"]["service.name"], "original");
-}
-
-#[tokio::test]
 async fn request_instance_uid_rekeys_the_agent() {
     let s = Server::start();
     let mut ws = ws_connect(&s.ws_url(), &[]).await.unwrap();

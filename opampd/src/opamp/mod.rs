@@ -180,11 +180,8 @@ pub async fn process(
     .fetch_add(1, Ordering::Relaxed);
     let now = now_ms();
 
-    // Duplicate detection: another live connection (or host) is using this uid.
-    if let Some(dup) = app
-        .fleet
-        .with(&uid, |s| is_duplicate(app, s, msg, origin, now))
-    {
+    // Duplicate detection: a second live agent is using this uid.
+    if let Some(dup) = app.fleet.with(&uid, |s| is_duplicate(app, s, msg, origin)) {
         if dup {
             return Ok((duplicate_reply(app, uid, msg, origin), uid));
         }
@@ -288,32 +285,25 @@ pub async fn process(
 }
 
 /// Whether `msg` comes from a second live agent using a uid already in use.
-fn is_duplicate(
-    app: &App,
-    s: &Session,
-    msg: &pb::AgentToServer,
-    origin: &Origin,
-    now: i64,
-) -> bool {
+///
+/// Only evidence one agent cannot produce counts, because the agent keeps a
+/// reassigned uid for good: the WebSocket the agent moved away from, still
+/// open, goes on sending with a sequence number of its own. A new address
+/// (load balancer, dual stack), a reconnect before the old socket is seen
+/// closed, or a restarted process (sequence number 0) is the same agent.
+fn is_duplicate(app: &App, s: &Session, msg: &pb::AgentToServer, origin: &Origin) -> bool {
     if s.is_disconnected() || !app.config.opamp.reassign_duplicate_uids {
         return false;
     }
-    let recent = now - s.last_seen() < (app.config.opamp.heartbeat_interval_seconds as i64) * 1000;
-    // The next number means the same agent moved (reconnect, new address).
-    let continues = s
+    let diverges = s
         .sequence_num()
-        .is_some_and(|p| msg.sequence_num == p.wrapping_add(1));
-    if !recent || continues {
-        return false;
-    }
-    match origin.transport {
-        Transport::WebSocket => s.conn_id() != origin.conn_id && app.fleet.conn_open(s.conn_id()),
-        Transport::Http => {
-            s.transport() == Transport::Http
-                && s.remote_addr()
-                    .is_some_and(|prev| prev.ip() != origin.remote.ip())
-        }
-    }
+        .is_none_or(|p| msg.sequence_num != p && msg.sequence_num != p.wrapping_add(1));
+    origin.transport == Transport::WebSocket
+        && s.transport() == Transport::WebSocket
+        && origin.conn_id != s.conn_id()
+        && origin.conn_id == s.previous_conn()
+        && app.fleet.conn_open(origin.conn_id)
+        && diverges
 }
 
 fn duplicate_reply(app: &App, uid: [u8; 16], msg: &pb::AgentToServer, origin: &Origin) -> Outcome {

@@ -3,11 +3,13 @@
 //! [`handle`] takes one AgentToServer and the agent's in-memory [`Session`] and
 //! returns the reply plus what must be persisted. Rules implemented here:
 //! omitted sub-messages mean unchanged; a sequence gap (or unknown agent)
-//! together with omitted fields asks for ReportFullState, never for a full
-//! first report; offers are gated by the agent's current capabilities; a
-//! remote config is offered only when its hash differs from what the agent
-//! reports and was not already offered on this connection; a restart command
-//! goes out alone.
+//! together with any omitted sub-message asks for ReportFullState, never for a
+//! process's first report and never twice in a row; a repeated sequence number
+//! is a retry, answered as the original was (same flags, the offer again);
+//! offers are gated by the agent's current capabilities; a remote config is
+//! offered when its hash differs from what the agent reports and was not
+//! already offered on this connection, and again whenever the agent reports a
+//! hash other than the one offered; a restart command goes out alone.
 
 use super::reply::{Answer, Command, Reply};
 use crate::store::{self, AgentPatch};
@@ -42,10 +44,6 @@ pub struct Session {
     /// Last sequence number received; `None` when the server holds no state.
     seq: Option<u64>,
     capabilities: u64,
-    has_description: bool,
-    has_health: bool,
-    has_effective_config: bool,
-    has_remote_status: bool,
     /// Labels and string attributes, for selectors.
     attrs: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
@@ -53,11 +51,15 @@ pub struct Session {
     reported_status: i32,
     /// Hash offered on the current connection (reset on reconnect or state loss).
     offered_hash: Option<[u8; 32]>,
+    /// The last reply asked for ReportFullState.
+    full_state_requested: bool,
     desired: Option<Arc<Desired>>,
     desired_epoch: u64,
     transport: Transport,
     /// Id of the WebSocket connection that carries this agent (0 for HTTP).
     conn_id: u64,
+    /// The WebSocket the agent moved away from while it was still open (0: none).
+    previous_conn: u64,
     remote_addr: Option<std::net::SocketAddr>,
     last_seen: i64,
     persisted_seen: i64,
@@ -71,19 +73,17 @@ impl Session {
             uid,
             seq: None,
             capabilities: 0,
-            has_description: false,
-            has_health: false,
-            has_effective_config: false,
-            has_remote_status: false,
             attrs: BTreeMap::new(),
             labels: BTreeMap::new(),
             reported_hash: Vec::new(),
             reported_status: 0,
             offered_hash: None,
+            full_state_requested: false,
             desired: None,
             desired_epoch: u64::MAX,
             transport,
             conn_id: 0,
+            previous_conn: 0,
             remote_addr: None,
             last_seen: 0,
             persisted_seen: 0,
@@ -101,17 +101,13 @@ impl Session {
             serde_json::from_str(&row.identifying).unwrap_or_default();
         let non_identifying: Map<String, Value> =
             serde_json::from_str(&row.non_identifying).unwrap_or_default();
-        s.has_description = !identifying.is_empty() || !non_identifying.is_empty();
         s.labels = serde_json::from_str(&row.labels).unwrap_or_default();
         s.attrs = attr_strings(&identifying, &non_identifying);
-        s.has_health = row.health.is_some();
-        s.has_effective_config = row.effective_config.is_some();
         if let Some(rs) = row
             .remote_status
             .as_deref()
             .and_then(|t| serde_json::from_str::<Value>(t).ok())
         {
-            s.has_remote_status = true;
             s.reported_hash = rs["hash"]
                 .as_str()
                 .and_then(|h| hex::decode(h).ok())
@@ -165,6 +161,12 @@ impl Session {
         self.conn_id
     }
 
+    /// The WebSocket this agent last moved away from while it was still
+    /// open (0: none): a message arriving there later comes from a second agent.
+    pub fn previous_conn(&self) -> u64 {
+        self.previous_conn
+    }
+
     pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
         self.remote_addr
     }
@@ -211,11 +213,24 @@ impl Session {
         let connecting =
             self.disconnected || self.conn_id != conn_id || self.transport != transport;
         if connecting {
+            let moved_from_live_ws = self.transport == Transport::WebSocket
+                && transport == Transport::WebSocket
+                && !self.disconnected
+                && self.conn_id != conn_id;
+            self.previous_conn = if moved_from_live_ws { self.conn_id } else { 0 };
             self.transport = transport;
             self.conn_id = conn_id;
             self.offered_hash = None;
         }
         connecting
+    }
+
+    /// Records activity other than a message (a pong on `conn_id`, the
+    /// agent's connection): the agent is alive.
+    pub fn touch(&mut self, conn_id: u64, now_ms: i64) {
+        if self.conn_id == conn_id && !self.disconnected {
+            self.last_seen = self.last_seen.max(now_ms);
+        }
     }
 
     /// Replaces the labels (set through the API); the desired configuration is recomputed.
@@ -228,11 +243,8 @@ impl Session {
     /// a ReportFullState push) brings all of it again.
     pub fn forget_reports(&mut self, labels: BTreeMap<String, String>) {
         self.seq = None;
-        self.has_description = false;
-        self.has_health = false;
-        self.has_effective_config = false;
-        self.has_remote_status = false;
         self.offered_hash = None;
+        self.full_state_requested = false;
         self.set_labels(labels);
     }
 
@@ -380,10 +392,13 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
             patch_for(&mut patch, &uid)
         };
     }
+    // The same number again is the agent retrying a message whose reply it did
+    // not get (opamp-go does so after a transport error): answer as before.
     let known = s.seq.is_some();
+    let retry = s.seq == Some(msg.sequence_num);
     let continues = s
         .seq
-        .is_some_and(|prev| msg.sequence_num == prev.wrapping_add(1) || msg.sequence_num == prev);
+        .is_some_and(|prev| msg.sequence_num == prev.wrapping_add(1));
     s.seq = Some(msg.sequence_num);
     s.last_seen = ctx.now_ms;
     if s.disconnected {
@@ -394,7 +409,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         s.remote_addr = ctx.remote_addr;
         p!().remote_addr = s.remote_addr.map(|a| a.to_string());
     }
-    if !continues {
+    if retry || !continues {
         // Whatever was offered before may not have arrived.
         s.offered_hash = None;
     }
@@ -410,27 +425,30 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         let identifying = attrs_json(&d.identifying_attributes);
         let non_identifying = attrs_json(&d.non_identifying_attributes);
         s.attrs = attr_strings(&identifying, &non_identifying);
-        s.has_description = true;
         s.desired_epoch = u64::MAX;
         let pa = p!();
         pa.identifying = Some(Value::Object(identifying).to_string());
         pa.non_identifying = Some(Value::Object(non_identifying).to_string());
     }
     if let Some(h) = &msg.health {
-        s.has_health = true;
         p!().health = Some(health_json(h).to_string());
     }
     if let Some(ec) = &msg.effective_config {
-        s.has_effective_config = true;
         let (json, hash) = effective_config_json(ec);
         let pa = p!();
         pa.effective_config = Some(json.to_string());
         pa.effective_config_hash = Some(hash);
     }
     if let Some(rs) = &msg.remote_config_status {
-        s.has_remote_status = true;
         let changed =
             s.reported_hash != rs.last_remote_config_hash || s.reported_status != rs.status;
+        if s.offered_hash
+            .is_some_and(|offered| offered[..] != rs.last_remote_config_hash[..])
+        {
+            // The agent runs another config than the one offered: the reply
+            // must carry the offer again.
+            s.offered_hash = None;
+        }
         s.reported_hash = rs.last_remote_config_hash.clone();
         s.reported_status = rs.status;
         p!().remote_status = Some(
@@ -444,27 +462,18 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         remote_status_changed = changed;
     }
 
-    // Full state: ask when state is missing, never for a complete report.
-    let gated_missing = (s.capabilities & REPORTS_EFFECTIVE_CONFIG != 0
-        && msg.effective_config.is_none()
-        && !s.has_effective_config)
-        || (s.capabilities & REPORTS_HEALTH != 0 && msg.health.is_none() && !s.has_health)
-        || (s.capabilities & REPORTS_REMOTE_CONFIG != 0
-            && msg.remote_config_status.is_none()
-            && !s.has_remote_status
-            && s.offered_hash.is_some())
-        || (s.capabilities & REPORTS_PACKAGE_STATUSES != 0
-            && msg.package_statuses.is_none()
-            && !known);
-    let gap_with_omissions = known
-        && !continues
-        && (msg.agent_description.is_none()
-            || (s.capabilities & REPORTS_EFFECTIVE_CONFIG != 0 && msg.effective_config.is_none())
-            || (s.capabilities & REPORTS_HEALTH != 0 && msg.health.is_none()));
-    let mut flags = 0;
-    if !s.has_description || gated_missing || gap_with_omissions {
-        flags |= FLAG_REPORT_FULL_STATE;
-    }
+    let ask = if retry {
+        s.full_state_requested
+    } else {
+        // A process's first message (number 0), or a description from an
+        // agent opampd holds nothing of, is its full state; a request answered
+        // with less is not repeated (the agent has nothing more to report).
+        let first_report = msg.agent_description.is_some() && (msg.sequence_num == 0 || !known);
+        let lost = !continues;
+        lost && omits_any(s.capabilities, msg) && !first_report && !s.full_state_requested
+    };
+    s.full_state_requested = ask;
+    let flags = if ask { FLAG_REPORT_FULL_STATE } else { 0 };
     let mut answer = Answer {
         flags,
         remote_config: None,
@@ -505,6 +514,24 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         remote_status_changed,
         new_uid: ctx.new_uid,
     }
+}
+
+/// Whether `msg` leaves out a sub-message the agent reports (per its capabilities).
+fn omits_any(capabilities: u64, msg: &pb::AgentToServer) -> bool {
+    let gated = |capability: u64, present: bool| capabilities & capability != 0 && !present;
+    msg.agent_description.is_none()
+        || gated(REPORTS_EFFECTIVE_CONFIG, msg.effective_config.is_some())
+        || gated(REPORTS_HEALTH, msg.health.is_some())
+        || gated(REPORTS_REMOTE_CONFIG, msg.remote_config_status.is_some())
+        || gated(REPORTS_PACKAGE_STATUSES, msg.package_statuses.is_some())
+        || gated(
+            REPORTS_AVAILABLE_COMPONENTS,
+            msg.available_components.is_some(),
+        )
+        || gated(
+            REPORTS_CONNECTION_SETTINGS_STATUS,
+            msg.connection_settings_status.is_some(),
+        )
 }
 
 fn patch_for<'a>(patch: &'a mut Option<AgentPatch>, uid: &[u8; 16]) -> &'a mut AgentPatch {
@@ -827,6 +854,125 @@ mod tests {
             check(&mut s, gap, &t).reply.remote_config.is_none(),
             "agent reports the same hash"
         );
+    }
+
+    fn target(selector: &str) -> Targets {
+        use crate::targeting::{Target, VersionRef};
+        let t = Targets::default();
+        t.replace(vec![Target {
+            name: "base".into(),
+            selector: crate::selector::Selector::parse(selector).unwrap(),
+            current: VersionRef {
+                version: 1,
+                content_type: "text/yaml".into(),
+                body: "x: 1".into(),
+            },
+            previous: None,
+            held_back: Default::default(),
+        }]);
+        t
+    }
+
+    #[test]
+    fn an_agent_with_nothing_to_report_yet_is_not_asked_again_and_again() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let mut first = full(0, CAPS);
+        first.effective_config = None;
+        first.health = None;
+        assert_eq!(
+            check(&mut s, first, &t).reply.flags,
+            0,
+            "a first report is full"
+        );
+        for seq in 1..5 {
+            assert_eq!(check(&mut s, heartbeat(seq, CAPS), &t).reply.flags, 0);
+        }
+    }
+
+    #[test]
+    fn full_state_is_asked_once_not_twice_in_a_row() {
+        let t = Targets::default();
+        let mut s = Session::new([1; 16], Transport::Http);
+        assert_eq!(
+            check(&mut s, heartbeat(5, CAPS), &t).reply.flags,
+            FLAG_REPORT_FULL_STATE
+        );
+        // The agent's full state lacks what it does not have yet.
+        let mut answer = full(6, CAPS);
+        answer.effective_config = None;
+        assert_eq!(check(&mut s, answer.clone(), &t).reply.flags, 0);
+        answer.sequence_num = 9;
+        assert_eq!(
+            check(&mut s, answer, &t).reply.flags,
+            FLAG_REPORT_FULL_STATE,
+            "a new gap with an omission asks again"
+        );
+    }
+
+    #[test]
+    fn a_gap_with_any_omitted_sub_message_asks_for_full_state() {
+        let t = Targets::default();
+        let caps = CAPS | REPORTS_AVAILABLE_COMPONENTS;
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        check(&mut s, full(0, caps), &t);
+        let mut gap = full(4, caps);
+        gap.remote_config_status = Some(Default::default());
+        assert_eq!(
+            check(&mut s, gap, &t).reply.flags,
+            FLAG_REPORT_FULL_STATE,
+            "available_components omitted"
+        );
+    }
+
+    #[test]
+    fn a_retry_is_answered_as_the_original() {
+        let t = target("service.name=a");
+        let mut s = Session::new([1; 16], Transport::Http);
+        let first = check(&mut s, full(0, CAPS), &t);
+        let offer = first.reply.remote_config.clone().expect("offered");
+        let retried = check(&mut s, full(0, CAPS), &t);
+        assert_eq!(retried.reply.remote_config, Some(offer), "offered again");
+        assert!(check(&mut s, heartbeat(1, CAPS), &t)
+            .reply
+            .remote_config
+            .is_none());
+        let mut unknown = Session::new([1; 16], Transport::Http);
+        let asked = check(&mut unknown, heartbeat(3, CAPS), &t).reply.flags;
+        assert_eq!(asked, FLAG_REPORT_FULL_STATE);
+        assert_eq!(
+            check(&mut unknown, heartbeat(3, CAPS), &t).reply.flags,
+            asked,
+            "same flags for the same message"
+        );
+    }
+
+    #[test]
+    fn a_reported_hash_other_than_the_offer_gets_the_offer_again() {
+        let t = target("service.name=a");
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let offer = check(&mut s, full(0, CAPS), &t)
+            .reply
+            .remote_config
+            .clone()
+            .expect("offered");
+        let mut old = heartbeat(1, CAPS);
+        old.remote_config_status = Some(pb::RemoteConfigStatus {
+            last_remote_config_hash: vec![7; 32],
+            status: pb::RemoteConfigStatuses::Applied as i32,
+            error_message: String::new(),
+        });
+        assert_eq!(
+            check(&mut s, old, &t).reply.remote_config,
+            Some(offer.clone())
+        );
+        let mut applying = heartbeat(2, CAPS);
+        applying.remote_config_status = Some(pb::RemoteConfigStatus {
+            last_remote_config_hash: offer.config_hash.clone(),
+            status: pb::RemoteConfigStatuses::Applying as i32,
+            error_message: String::new(),
+        });
+        assert!(check(&mut s, applying, &t).reply.remote_config.is_none());
     }
 
     #[test]

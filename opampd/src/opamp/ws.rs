@@ -7,7 +7,7 @@
 //! peer has been quiet for `ws_ping_interval_seconds`; a peer silent for
 //! `ws_read_timeout_seconds` (no message, no pong) is closed.
 
-use super::reply::Reply;
+use super::reply::{Refusal, Reply};
 use super::{agent_left, encode_reply, process, Origin};
 use crate::app::App;
 use crate::fleet::Outgoing;
@@ -86,8 +86,21 @@ async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
                             break;
                         }
                     }
-                    Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                    Ok(Message::Close(_)) => break,
+                    Ok(Message::Ping(_)) => {}
+                    Ok(Message::Pong(_)) => {
+                        // An answered ping is activity: the agents on this connection are alive
+                        // even if they send no heartbeats.
+                        let now = crate::store::now_ms();
+                        for uid in &uids {
+                            app.fleet.with(uid, |s| s.touch(conn_id, now));
+                        }
+                    }
+                    Ok(Message::Close(_)) => {
+                        // The close reply is queued by the protocol layer; one more read sends
+                        // it, completing the close handshake.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), socket.recv()).await;
+                        break;
+                    }
                     Err(e) => {
                         let too_big = is_capacity_error(&e);
                         if too_big {
@@ -192,6 +205,22 @@ async fn on_binary(
             .await
         }
     };
+    if let Ok(uid) = <[u8; 16]>::try_from(msg.instance_uid.as_slice()) {
+        if !uids.contains(&uid) && !app.fleet.contains(&uid) && super::at_capacity(app) {
+            // A new agent on a connection carrying others: no upgrade to refuse, so
+            // the refusal is an OpAMP error with the retry delay.
+            tracing::warn!(remote_addr = %origin.remote, max_agents = app.config.opamp.max_agents, "agent refused: max agents reached");
+            let refusal = Refusal::Unavailable {
+                retry_after: Some(Duration::from_secs(app.config.opamp.retry_after_seconds)),
+            };
+            let reply = Reply::error(
+                msg.instance_uid.clone(),
+                refusal,
+                "opampd is at its configured maximum of agents; retry later".into(),
+            );
+            return send(app, socket, reply).await;
+        }
+    }
     match process(app, &msg, origin).await {
         Ok((out, uid)) => {
             if !out.disconnect && !uids.contains(&uid) {
