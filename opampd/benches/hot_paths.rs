@@ -65,7 +65,7 @@ fn targets() -> Targets {
             body: "x".repeat(2048).into(),
         },
         previous: None,
-        held_back: Default::default(),
+        released: None,
     }]);
     t
 }

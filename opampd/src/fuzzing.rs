@@ -22,7 +22,7 @@ fn targets() -> &'static Targets {
                 body: "x: 1".into(),
             },
             previous: None,
-            held_back: Default::default(),
+            released: None,
         }]);
         t
     })

@@ -4,9 +4,11 @@
 //! The store holds every rollout and its agents' batch numbers; the agent side
 //! only sees [`Targets`](crate::targeting::Targets), rebuilt from the store
 //! whenever a rollout changes ([`retarget`]). The latest rollout of each
-//! configuration contributes one target: agents matching its selector receive
-//! the rolled-out version, except agents of unreleased batches, which keep the
-//! version of the last completed rollout (or receive nothing from it).
+//! configuration contributes one target: until the rollout completes, only
+//! agents of its released batches receive the rolled-out version; every other
+//! matching agent (an unreleased batch, or an agent that matched after the
+//! start, above all while the rollout is paused) keeps the version of the
+//! last completed rollout (or receives nothing from it).
 //!
 //! [`progress`] runs in the background: it is woken whenever an agent reports
 //! a new remote config status (and every second), recomputes each running
@@ -50,17 +52,17 @@ pub async fn rebuild_targets(app: &App) -> Result<()> {
             content_type: v.content_type,
             body: v.body.into(),
         };
-        let held_back: HashSet<[u8; 16]> = row
-            .held_back
-            .iter()
-            .filter_map(|u| opamp_proto::parse_uid(u))
-            .collect();
+        let released: Option<HashSet<[u8; 16]>> = row.released.map(|uids| {
+            uids.iter()
+                .filter_map(|u| opamp_proto::parse_uid(u))
+                .collect()
+        });
         targets.push(Target {
             name: row.name,
             selector,
             current: version(row.current),
             previous: row.previous.map(version),
-            held_back: Arc::new(held_back),
+            released: released.map(Arc::new),
         });
     }
     app.targets.replace(targets);

@@ -3,8 +3,9 @@
 //! Every configuration that has a rollout contributes one [`Target`]. An agent
 //! receives one file per matching target, named after the configuration, in a
 //! single AgentConfigMap; the offer's hash covers all files, in name order, so
-//! it is deterministic. While a staged rollout holds an agent back (its batch
-//! is not released yet), that agent keeps the previously rolled-out version.
+//! it is deterministic. Until a rollout completes, its version reaches only
+//! the agents of its released batches; any other matching agent (an
+//! unreleased batch, or one that matched later) keeps the previous version.
 
 use crate::selector::Selector;
 use sha2::{Digest, Sha256};
@@ -26,8 +27,10 @@ pub struct Target {
     pub selector: Selector,
     pub current: VersionRef,
     pub previous: Option<VersionRef>,
-    /// Agents of unreleased batches: they keep `previous` for now.
-    pub held_back: Arc<HashSet<[u8; 16]>>,
+    /// Until the rollout completes, the agents of its released batches: the
+    /// only ones `current` reaches (the others keep `previous`). `None` once
+    /// it has completed: every matching agent gets `current`.
+    pub released: Option<Arc<HashSet<[u8; 16]>>>,
 }
 
 /// What one agent should run.
@@ -110,10 +113,9 @@ impl Targets {
             if !t.selector.matches(|k| attrs.get(k).map(String::as_str)) {
                 continue;
             }
-            let v = if t.held_back.contains(uid) {
-                t.previous.as_ref()
-            } else {
-                Some(&t.current)
+            let v = match &t.released {
+                Some(released) if !released.contains(uid) => t.previous.as_ref(),
+                _ => Some(&t.current),
             };
             if let Some(v) = v {
                 files.insert(
@@ -148,7 +150,7 @@ mod tests {
                 body: body.into(),
             },
             previous: None,
-            held_back: Arc::default(),
+            released: None,
         }
     }
 
@@ -170,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn held_back_agents_keep_the_previous_version() {
+    fn until_completion_only_released_agents_get_the_new_version() {
         let t = Targets::default();
         let mut tg = target("c", "", 2, "new");
         tg.previous = Some(VersionRef {
@@ -178,15 +180,23 @@ mod tests {
             content_type: "text/yaml".into(),
             body: "old".into(),
         });
-        tg.held_back = Arc::new(HashSet::from([[7; 16]]));
-        t.replace(vec![tg]);
+        tg.released = Some(Arc::new(HashSet::from([[8; 16]])));
+        t.replace(vec![tg.clone()]);
         assert_eq!(
             t.desired_for(&[7; 16], &BTreeMap::new()).unwrap().parts(),
-            vec![("c".to_string(), 1)]
+            vec![("c".to_string(), 1)],
+            "not released, or matched after the start"
         );
         assert_eq!(
             t.desired_for(&[8; 16], &BTreeMap::new()).unwrap().parts(),
             vec![("c".to_string(), 2)]
+        );
+        tg.released = None;
+        t.replace(vec![tg]);
+        assert_eq!(
+            t.desired_for(&[7; 16], &BTreeMap::new()).unwrap().parts(),
+            vec![("c".to_string(), 2)],
+            "completed: every matching agent"
         );
     }
 

@@ -304,3 +304,43 @@ async fn past_max_agents_a_new_uid_on_an_existing_websocket_gets_unavailable() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_paused_rollout_does_not_reach_agents_that_match_later() {
+    let s = Server::start();
+    let first = new_uid();
+    let (mut ws, _) = ws_agent(&s, first, &[("fleet", "edge")]).await;
+    let (code, _) = save(&s, "edge", "v: 1\n", "fleet=edge").await;
+    assert_eq!(code, 201);
+    start_rollout(&s, "edge", json!({})).await;
+    let v1 = recv_offer(&mut ws).await;
+    ws_exchange(&mut ws, &applied(first, 1, &v1.config_hash, APPLIED, "")).await;
+    wait_rollout(&s, "edge", "version 1 completed", |v| {
+        v["state"] == "completed"
+    })
+    .await;
+    let (code, _) = save(&s, "edge", "v: 2\n", "fleet=edge").await;
+    assert_eq!(code, 201);
+    start_rollout(&s, "edge", json!({"max_failures": 0})).await;
+    let v2 = recv_offer(&mut ws).await;
+    assert_eq!(files(&v2)["edge"], "v: 2\n");
+    let failed = applied(
+        first,
+        2,
+        &v2.config_hash,
+        pb::RemoteConfigStatuses::Failed,
+        "bad config",
+    );
+    ws_exchange(&mut ws, &failed).await;
+    wait_rollout(&s, "edge", "version 2 paused", |v| v["state"] == "paused").await;
+    // A collector that starts now matches the selector: it gets the last
+    // completed version, not the one that failed.
+    let later = new_uid();
+    let (mut other, reply) = ws_agent(&s, later, &[("fleet", "edge")]).await;
+    let offer = match reply.remote_config {
+        Some(rc) => rc,
+        None => recv_offer(&mut other).await,
+    };
+    assert_eq!(files(&offer)["edge"], "v: 1\n");
+    assert_eq!(offer.config_hash, v1.config_hash);
+}

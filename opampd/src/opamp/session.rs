@@ -828,7 +828,7 @@ mod tests {
                 body: "x: 1".into(),
             },
             previous: None,
-            held_back: Default::default(),
+            released: None,
         }]);
         let mut s = Session::new([1; 16], Transport::WebSocket);
         let out = check(&mut s, full(0, CAPS), &t);
@@ -868,7 +868,7 @@ mod tests {
                 body: "x: 1".into(),
             },
             previous: None,
-            held_back: Default::default(),
+            released: None,
         }]);
         t
     }
@@ -988,7 +988,7 @@ mod tests {
                 body: "x: 1".into(),
             },
             previous: None,
-            held_back: Default::default(),
+            released: None,
         }]);
         let mut s = Session::new([1; 16], Transport::WebSocket);
         let out = check(&mut s, full(0, REPORTS_STATUS), &t);

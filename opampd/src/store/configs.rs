@@ -419,8 +419,9 @@ pub struct TargetRow {
     pub rollout: RolloutRow,
     pub current: VersionRow,
     pub previous: Option<VersionRow>,
-    /// Agents of unreleased batches.
-    pub held_back: Vec<String>,
+    /// Agents of released batches, the only ones the version reaches
+    /// until the rollout completes; `None` once it has completed.
+    pub released: Option<Vec<String>>,
 }
 
 /// The latest rollout of every configuration (superseded ones never are the latest).
@@ -448,18 +449,18 @@ pub fn targets(c: &Connection) -> Result<Vec<TargetRow>> {
             Some(v) => get_version(c, &rollout.name, v)?,
             None => None,
         };
-        let held_back = if rollout.state == "completed" {
-            Vec::new()
+        let released = if rollout.state == "completed" {
+            None
         } else {
             let mut stmt = c.prepare_cached(
-                "SELECT uid FROM rollout_agents WHERE rollout_id = ?1 AND batch >= ?2",
+                "SELECT uid FROM rollout_agents WHERE rollout_id = ?1 AND batch < ?2",
             )?;
             let rows = stmt
                 .query_map(params![rollout.id, rollout.released_batches as i64], |r| {
                     r.get(0)
                 })?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
-            rows
+            Some(rows)
         };
         out.push(TargetRow {
             name: rollout.name.clone(),
@@ -467,7 +468,7 @@ pub fn targets(c: &Connection) -> Result<Vec<TargetRow>> {
             rollout,
             current,
             previous,
-            held_back,
+            released,
         });
     }
     Ok(out)
