@@ -59,6 +59,10 @@ pub struct WsOptions {
     pub config: Option<WebSocketConfig>,
     /// Limit for TCP connect, TLS handshake and upgrade together.
     pub connect_timeout: Option<Duration>,
+    /// The server's socket address, resolved beforehand: connections go
+    /// there instead of resolving the URL's host each time. The Host header
+    /// and the TLS server name still come from the URL.
+    pub server_addr: Option<SocketAddr>,
 }
 
 impl WsOptions {
@@ -96,6 +100,13 @@ impl WsOptions {
     /// Gives up on a connection attempt after `limit`.
     pub fn connect_timeout(mut self, limit: Duration) -> WsOptions {
         self.connect_timeout = Some(limit);
+        self
+    }
+
+    /// Connects to `addr` without resolving the URL's host: a load
+    /// generator opening thousands of connections resolves it once.
+    pub fn server_addr(mut self, addr: SocketAddr) -> WsOptions {
+        self.server_addr = Some(addr);
         self
     }
 }
@@ -240,6 +251,9 @@ impl WsConnector {
     }
 
     async fn resolve(&self, source_ip: Option<IpAddr>) -> Result<SocketAddr, Error> {
+        if let Some(addr) = self.options.server_addr {
+            return Ok(addr);
+        }
         let resolve_error = |source| Error::Resolve {
             host: self.host.clone(),
             source,

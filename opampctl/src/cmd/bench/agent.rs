@@ -2,12 +2,13 @@
 //! sends, and what it does in each mode from its start time to its goodbye.
 
 use super::plan::{bench_uid, Plan, Transport};
-use super::transport::{close_reason, decode_binary, ws_open, ws_recv, ws_send, Ws};
+use super::transport::{close_reason, decode_binary, http_exchange, ws_open, ws_recv, ws_send, Ws};
 use super::worker::{Phase, Shared};
 use crate::cli::BenchMode;
 use futures_util::{SinkExt, StreamExt};
-use opamp_proto::caps::FLAG_REPORT_FULL_STATE;
-use opamp_proto::pb;
+use opamp_agent::caps::FLAG_REPORT_FULL_STATE;
+use opamp_agent::message::{self, FullState};
+use opamp_agent::pb;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,20 +83,10 @@ pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn kv(key: &str, value: &str) -> pb::KeyValue {
-    pb::KeyValue {
-        key: key.into(),
-        value: Some(pb::AnyValue {
-            value: Some(pb::any_value::Value::StringValue(value.into())),
-        }),
-    }
-}
-
 /// An agent's identity and protocol state, and the messages it sends.
 struct AgentState {
     idx: usize,
     uid: [u8; 16],
-    uid_str: String,
     seq: u64,
     caps: u64,
     healthy: bool,
@@ -110,7 +101,6 @@ impl AgentState {
         AgentState {
             idx,
             uid,
-            uid_str: opamp_proto::uid_string(&uid),
             seq: 0,
             caps: plan.caps(),
             healthy: true,
@@ -120,66 +110,54 @@ impl AgentState {
     }
 
     /// Uid, the next sequence number and capabilities: the minimal message.
-    fn base(&mut self) -> pb::AgentToServer {
+    fn next_seq(&mut self) -> u64 {
         let seq = self.seq;
         self.seq += 1;
-        pb::AgentToServer {
-            instance_uid: self.uid.to_vec(),
-            sequence_num: seq,
-            capabilities: self.caps,
-            ..Default::default()
-        }
+        seq
+    }
+
+    fn base(&mut self) -> pb::AgentToServer {
+        message::heartbeat(self.uid, self.next_seq(), self.caps)
     }
 
     fn health(&self) -> pb::ComponentHealth {
-        pb::ComponentHealth {
-            healthy: self.healthy,
-            status: if self.healthy {
-                "StatusOK"
-            } else {
-                "StatusRecoverableError"
-            }
-            .into(),
-            last_error: if self.healthy {
-                String::new()
-            } else {
-                "simulated by opampctl bench".into()
-            },
-            ..Default::default()
+        if self.healthy {
+            message::health(true, "StatusOK", "")
+        } else {
+            message::health(
+                false,
+                "StatusRecoverableError",
+                "simulated by opampctl bench",
+            )
         }
     }
 
     fn full_report(&mut self, plan: &Plan) -> pb::AgentToServer {
         self.full_state_due = false;
-        let health = self.health();
-        pb::AgentToServer {
-            agent_description: Some(pb::AgentDescription {
-                identifying_attributes: vec![
-                    kv("service.name", "opampctl-bench"),
-                    kv("service.instance.id", &self.idx.to_string()),
-                    kv("service.version", env!("CARGO_PKG_VERSION")),
+        let instance = self.idx.to_string();
+        let host = format!("bench-{}", self.idx);
+        let state = FullState {
+            description: Some(message::description(
+                &[
+                    ("service.name", "opampctl-bench"),
+                    ("service.instance.id", &instance),
+                    ("service.version", env!("CARGO_PKG_VERSION")),
                 ],
-                non_identifying_attributes: vec![
-                    kv("bench.run", &plan.run_id),
-                    kv("host.name", &format!("bench-{}", self.idx)),
-                    kv("os.type", "linux"),
+                &[
+                    ("bench.run", &plan.run_id),
+                    ("host.name", &host),
+                    ("os.type", "linux"),
                 ],
-            }),
-            health: Some(health),
-            effective_config: Some(pb::EffectiveConfig {
-                config_map: Some(pb::AgentConfigMap {
-                    config_map: [(
-                        String::new(),
-                        pb::AgentConfigFile {
-                            body: plan.config_body.clone(),
-                            content_type: "text/yaml".into(),
-                        },
-                    )]
-                    .into(),
-                }),
-            }),
-            ..self.base()
-        }
+            )),
+            health: Some(self.health()),
+            effective_config: Some(message::effective_config(message::config_map([(
+                "",
+                plan.config_body.as_slice(),
+                message::YAML,
+            )]))),
+            remote_config_status: None,
+        };
+        message::full_report(self.uid, self.next_seq(), self.caps, state)
     }
 
     /// A heartbeat or poll: uid, sequence number, capabilities (or the full
@@ -207,26 +185,18 @@ impl AgentState {
     /// APPLIED for a received remote config, with the new effective config.
     fn applied(&mut self, remote_config: &pb::AgentRemoteConfig) -> pb::AgentToServer {
         pb::AgentToServer {
-            remote_config_status: Some(pb::RemoteConfigStatus {
-                last_remote_config_hash: remote_config.config_hash.clone(),
-                status: pb::RemoteConfigStatuses::Applied as i32,
-                error_message: String::new(),
-            }),
-            effective_config: remote_config
-                .config
-                .clone()
-                .map(|config_map| pb::EffectiveConfig {
-                    config_map: Some(config_map),
-                }),
+            remote_config_status: Some(message::remote_config_status(
+                &remote_config.config_hash,
+                pb::RemoteConfigStatuses::Applied,
+                "",
+            )),
+            effective_config: remote_config.config.clone().map(message::effective_config),
             ..self.base()
         }
     }
 
     fn goodbye(&mut self) -> pb::AgentToServer {
-        pb::AgentToServer {
-            agent_disconnect: Some(pb::AgentDisconnect {}),
-            ..self.base()
-        }
+        message::disconnect(self.uid, self.next_seq(), self.caps)
     }
 
     /// Takes note of a reply's flags.
@@ -264,7 +234,8 @@ impl Agent {
         let started = Instant::now();
         let link = match plan.transport {
             Transport::Ws => {
-                let ws = tokio::time::timeout(plan.timeout, ws_open(plan, idx))
+                let connector = shared.ws.as_ref().ok_or("no WebSocket connector")?;
+                let ws = tokio::time::timeout(plan.timeout, ws_open(connector, plan, idx))
                     .await
                     .map_err(|_| format!("no WebSocket within {}s", plan.timeout.as_secs()))??;
                 Link::Ws(Box::new(ws))
@@ -300,8 +271,7 @@ impl Agent {
             }
             Link::Http => {
                 let pool = shared.http.as_ref().ok_or("no plain-HTTP client")?;
-                pool.exchange(self.state.idx, &self.state.uid_str, message)
-                    .await?
+                http_exchange(pool, self.state.idx, message).await?
             }
         };
         if let Some(e) = &reply.error_response {
@@ -346,9 +316,7 @@ impl Agent {
             }
             Link::Http => {
                 if let Some(pool) = &shared.http {
-                    let _ = pool
-                        .exchange(self.state.idx, &self.state.uid_str, &bye)
-                        .await;
+                    let _ = http_exchange(pool, self.state.idx, &bye).await;
                 }
             }
         }
@@ -588,7 +556,8 @@ async fn heartbeat_until_closed(
 /// One reconnect attempt: connect, minimal message, full report if asked.
 async fn come_back(shared: &Shared, agent: &mut Agent) -> Result<(), String> {
     let plan = &shared.plan;
-    let ws = tokio::time::timeout(plan.timeout, ws_open(plan, agent.state.idx))
+    let connector = shared.ws.as_ref().ok_or("no WebSocket connector")?;
+    let ws = tokio::time::timeout(plan.timeout, ws_open(connector, plan, agent.state.idx))
         .await
         .map_err(|_| "connect timed out".to_string())??;
     agent.link = Link::Ws(Box::new(ws));

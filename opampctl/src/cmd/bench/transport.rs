@@ -1,77 +1,54 @@
-//! How a simulated agent reaches the server: a WebSocket per agent (from
-//! its source address, with small buffers) or a shared pool of plain-HTTP
-//! keep-alive connections.
+//! How a simulated agent reaches the server, through the `opamp-agent`
+//! library: a WebSocket per agent (from its source address, with small
+//! buffers, to the address resolved once by the plan) or a shared pool of
+//! plain-HTTP keep-alive connections, one lane per source address.
 
-use super::plan::{share, Plan};
-use futures_util::{SinkExt, StreamExt};
-use opamp_proto::{frame, pb};
-use prost::Message as _;
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use super::plan::Plan;
+use opamp_agent::http::{HttpOptions, HttpTransport};
+use opamp_agent::pb;
+use opamp_agent::ws::{self, Message, WsConnector, WsOptions};
+use std::time::Duration;
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = ws::WebSocket;
 
 /// WebSocket buffers per connection: small, so one process holds 15k agents.
 const WS_BUFFER: usize = 4 * 1024;
 
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(WS_BUFFER)
-        .write_buffer_size(WS_BUFFER)
-}
-
-/// Opens a WebSocket to the OpAMP endpoint from the agent's source address.
-pub async fn ws_open(plan: &Plan, idx: usize) -> Result<Ws, String> {
-    let socket = if plan.addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("cannot open a socket: {e}"))?;
-    if !plan.source_ips.is_empty() {
-        let ip = plan.source_ips[idx % plan.source_ips.len()];
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(|e| format!("cannot bind to {ip}: {e}"))?;
-    }
-    let tcp = socket
-        .connect(plan.addr)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", plan.addr))?;
-    let _ = tcp.set_nodelay(true);
-    let mut request = plan
-        .ws_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("bad WebSocket URL {}: {e}", plan.ws_url))?;
+/// Opens the WebSockets of one worker's agents, prepared once.
+pub fn ws_connector(plan: &Plan) -> Result<WsConnector, String> {
+    let mut options = WsOptions::default()
+        .buffer_size(WS_BUFFER)
+        .server_addr(plan.addr);
     if let Some(secret) = &plan.secret {
-        let value = format!("Bearer {secret}")
-            .parse()
-            .map_err(|_| "the agent secret is not a valid header value".to_string())?;
-        request.headers_mut().insert("authorization", value);
+        options = options.bearer(secret);
     }
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config()))
-        .await
-        .map_err(|e| format!("WebSocket upgrade failed: {e}"))?;
-    Ok(ws)
+    WsConnector::new(&plan.ws_url, &options).map_err(|e| e.to_string())
 }
 
-pub async fn ws_send(ws: &mut Ws, message: &pb::AgentToServer) -> Result<(), String> {
-    ws.send(Message::Binary(frame::encode_message(message).into()))
+/// Opens agent `idx`'s WebSocket from its source address (round-robin).
+pub async fn ws_open(connector: &WsConnector, plan: &Plan, idx: usize) -> Result<Ws, String> {
+    let source =
+        (!plan.source_ips.is_empty()).then(|| plan.source_ips[idx % plan.source_ips.len()]);
+    connector
+        .connect_from(source)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub async fn ws_send(socket: &mut Ws, message: &pb::AgentToServer) -> Result<(), String> {
+    ws::send(socket, message)
         .await
         .map_err(|e| format!("WebSocket send failed: {e}"))
 }
 
+/// The next OpAMP message (pings and pongs skipped).
+pub async fn ws_recv(socket: &mut Ws) -> Result<pb::ServerToAgent, String> {
+    ws::recv(socket).await.map_err(|e| e.to_string())
+}
+
 /// A binary WebSocket message (header and ServerToAgent) decoded.
 pub fn decode_binary(bytes: &[u8]) -> Result<pb::ServerToAgent, String> {
-    let payload = frame::decode(bytes).map_err(|e| e.to_string())?;
-    pb::ServerToAgent::decode(payload).map_err(|e| format!("the reply is not a ServerToAgent: {e}"))
+    ws::decode(bytes).map_err(|e| e.to_string())
 }
 
 /// Why a WebSocket read ended the exchange.
@@ -92,100 +69,33 @@ pub fn close_reason(
     }
 }
 
-/// The next OpAMP message (pings and pongs skipped).
-pub async fn ws_recv(ws: &mut Ws) -> Result<pb::ServerToAgent, String> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(bytes))) => return decode_binary(&bytes),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            other => return Err(close_reason(other)),
-        }
+/// Plain-HTTP exchanges of one worker's agents over `--connections`
+/// keep-alive connections (its share), split over the source addresses.
+pub fn http_pool(plan: &Plan) -> Result<HttpTransport, String> {
+    let mut options = HttpOptions::default()
+        .connections(plan.connections)
+        .source_ips(plan.source_ips.clone())
+        .timeout(plan.timeout)
+        .accept_gzip(plan.gzip);
+    options.user_agent = Some(concat!("opampctl-bench/", env!("CARGO_PKG_VERSION")).into());
+    if let Some(secret) = &plan.secret {
+        options = options.bearer(secret);
     }
+    HttpTransport::new(&plan.http_url, &options).map_err(|e| e.to_string())
 }
 
-/// Plain-HTTP exchanges over a bounded set of keep-alive connections: one
-/// lane per source address, each with its share of the connections; a
-/// semaphore keeps as many requests in flight as a lane has connections.
-pub struct HttpPool {
-    url: String,
-    lanes: Vec<(reqwest::Client, Semaphore)>,
-    secret: Option<String>,
-}
-
-impl HttpPool {
-    pub fn new(plan: &Plan) -> Result<HttpPool, String> {
-        let sources: Vec<Option<IpAddr>> = if plan.source_ips.is_empty() {
-            vec![None]
-        } else {
-            plan.source_ips.iter().copied().map(Some).collect()
-        };
-        let lane_count = sources.len().min(plan.connections).max(1);
-        let mut lanes = Vec::with_capacity(lane_count);
-        for (lane, source) in sources.into_iter().take(lane_count).enumerate() {
-            let connections = share(plan.connections, lane, lane_count).len().max(1);
-            let client = reqwest::Client::builder()
-                .user_agent(concat!("opampctl-bench/", env!("CARGO_PKG_VERSION")))
-                .pool_max_idle_per_host(connections)
-                .pool_idle_timeout(None)
-                .tcp_nodelay(true)
-                .http1_only()
-                .gzip(plan.gzip)
-                .timeout(plan.timeout)
-                .local_address(source)
-                .build()
-                .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
-            lanes.push((client, Semaphore::new(connections)));
-        }
-        Ok(HttpPool {
-            url: plan.http_url.clone(),
-            lanes,
-            secret: plan.secret.clone(),
-        })
-    }
-
-    /// POSTs agent `idx`'s message; the reply and the request's own latency.
-    pub async fn exchange(
-        &self,
-        idx: usize,
-        uid: &str,
-        message: &pb::AgentToServer,
-    ) -> Result<(pb::ServerToAgent, Duration), String> {
-        let (client, lane) = &self.lanes[idx % self.lanes.len()];
-        let _permit = lane.acquire().await.map_err(|e| e.to_string())?;
-        // The latency of a request, not of the wait for a free connection.
-        let started = Instant::now();
-        let mut request = client
-            .post(&self.url)
-            .header("content-type", "application/x-protobuf")
-            .header("opamp-instance-uid", uid)
-            .body(message.encode_to_vec());
-        if let Some(secret) = &self.secret {
-            request = request.bearer_auth(secret);
-        }
-        let response = request.send().await.map_err(|e| {
-            let mut chain = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                chain = cause.to_string();
-                source = cause.source();
-            }
-            format!("POST {}: {chain}", self.url)
-        })?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("reading the reply failed: {e}"))?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body);
-            return Err(format!(
-                "HTTP {}: {}",
-                status.as_u16(),
-                text.trim().chars().take(120).collect::<String>()
-            ));
-        }
-        let reply = pb::ServerToAgent::decode(body.as_ref())
-            .map_err(|e| format!("the reply is not a ServerToAgent: {e}"))?;
-        Ok((reply, started.elapsed()))
-    }
+/// POSTs agent `idx`'s message through its lane; the reply and the
+/// request's own latency (not the wait for a free connection).
+pub async fn http_exchange(
+    pool: &HttpTransport,
+    idx: usize,
+    message: &pb::AgentToServer,
+) -> Result<(pb::ServerToAgent, Duration), String> {
+    let reply = pool
+        .post_via(idx, message)
+        .await
+        .map_err(|e| e.to_string())?;
+    let took = reply.elapsed;
+    let message = pool.expect_message(reply).map_err(|e| e.to_string())?;
+    Ok((message, took))
 }

@@ -7,11 +7,13 @@ use super::agent::{agent_task, AgentOutcome};
 use super::coordinator::{Command, Event};
 use super::plan::{Plan, Transport};
 use super::report::Samples;
-use super::transport::HttpPool;
+use super::transport::{http_pool, ws_connector};
 use crate::cli::BenchMode;
 use crate::error::{CtlError, Result};
 use crate::output;
 use crate::procfs;
+use opamp_agent::http::HttpTransport;
+use opamp_agent::ws::WsConnector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +34,10 @@ pub enum Phase {
 /// State shared by one worker's agents.
 pub struct Shared {
     pub plan: Plan,
-    pub http: Option<HttpPool>,
+    /// Opens the agents' WebSockets (WebSocket transport).
+    pub ws: Option<WsConnector>,
+    /// The agents' keep-alive connections (plain-HTTP transport).
+    pub http: Option<HttpTransport>,
     pub connected: AtomicUsize,
     pub failed: AtomicUsize,
     /// rollout: agents that received the configuration; reconnect: agents back.
@@ -102,16 +107,17 @@ pub async fn worker(
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let agents = plan.shard.len();
-    let http = if plan.transport == Transport::Http {
-        match HttpPool::new(&plan) {
-            Ok(pool) => Some(pool),
-            Err(e) => return fail_all(agents, e, &events, &mut commands).await,
-        }
-    } else {
-        None
+    let (ws, http) = match plan.transport {
+        Transport::Ws => (ws_connector(&plan).map(Some), Ok(None)),
+        Transport::Http => (Ok(None), http_pool(&plan).map(Some)),
+    };
+    let (ws, http) = match (ws, http) {
+        (Ok(ws), Ok(http)) => (ws, http),
+        (Err(e), _) | (_, Err(e)) => return fail_all(agents, e, &events, &mut commands).await,
     };
     let shared = Arc::new(Shared {
         plan,
+        ws,
         http,
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
@@ -136,7 +142,7 @@ pub async fn worker(
     let _ = events.send(Event::Result(Box::new(result)));
 }
 
-/// No agent can start (the HTTP client cannot be built): ready with all
+/// No agent can start (the transport cannot be set up): ready with all
 /// failed, and the result once the parent says anything.
 async fn fail_all(
     agents: usize,

@@ -5,14 +5,15 @@
 use super::report::{fail, ok, skip, warn, Check, Verdict};
 use super::{tls, Diagnosis};
 use crate::client::Client;
-use crate::context::url;
-use futures_util::{SinkExt, StreamExt};
-use opamp_proto::{frame, pb};
+use opamp_agent::caps::{REPORTS_STATUS, SERVER_ACCEPTS_STATUS};
+use opamp_agent::message;
+use opamp_agent::pb;
+use opamp_agent::tls::TlsOptions;
+use opamp_agent::ws::{self, WsOptions};
 use prost::Message as _;
 use reqwest::Method;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 impl Diagnosis<'_> {
     /// `opamp-http`: a probe agent's AgentToServer POSTed, the reply judged.
@@ -117,7 +118,7 @@ impl Diagnosis<'_> {
                 format!("{ws_url}: no reply within {}s", timeout.as_secs()),
                 "a proxy may not pass WebSocket upgrades: enable them for the OpAMP path",
             ),
-            Ok(Err(e)) if e.contains("401") => {
+            Ok(Err(e)) if e.status() == Some(401) => {
                 if self.args.agent_secret.is_none() {
                     warn(
                         "opamp-ws",
@@ -285,30 +286,24 @@ fn empty_post(client: &Client, url: &str, secret: Option<&str>) -> reqwest::Requ
 
 /// The probe agent's only message over plain HTTP: its description, then gone.
 fn probe_message(uid: [u8; 16]) -> pb::AgentToServer {
-    let kv = |key: &str, value: &str| pb::KeyValue {
-        key: key.into(),
-        value: Some(pb::AnyValue {
-            value: Some(pb::any_value::Value::StringValue(value.into())),
-        }),
-    };
     pb::AgentToServer {
-        instance_uid: uid.to_vec(),
-        sequence_num: 0,
-        capabilities: opamp_proto::caps::REPORTS_STATUS,
-        agent_description: Some(pb::AgentDescription {
-            identifying_attributes: vec![kv("service.name", "opampctl-doctor")],
-            non_identifying_attributes: vec![],
-        }),
         agent_disconnect: Some(pb::AgentDisconnect {}),
-        ..Default::default()
+        ..probe_first(uid)
     }
 }
 
 /// The probe agent's first message over WebSocket (it says goodbye later).
 fn probe_first(uid: [u8; 16]) -> pb::AgentToServer {
-    let mut message = probe_message(uid);
-    message.agent_disconnect = None;
-    message
+    let description = message::description(&[("service.name", "opampctl-doctor")], &[]);
+    message::full_report(
+        uid,
+        0,
+        REPORTS_STATUS,
+        message::FullState {
+            description: Some(description),
+            ..Default::default()
+        },
+    )
 }
 
 fn judge_reply(name: &str, url: &str, uid: &[u8; 16], reply: &pb::ServerToAgent) -> Check {
@@ -329,7 +324,7 @@ fn judge_reply(name: &str, url: &str, uid: &[u8; 16], reply: &pb::ServerToAgent)
             "something other than opampd answers there (a proxy?)",
         );
     }
-    if reply.capabilities & opamp_proto::caps::SERVER_ACCEPTS_STATUS == 0 {
+    if reply.capabilities & SERVER_ACCEPTS_STATUS == 0 {
         return fail(
             name,
             format!(
@@ -348,86 +343,25 @@ fn judge_reply(name: &str, url: &str, uid: &[u8; 16], reply: &pb::ServerToAgent)
     )
 }
 
-/// WebSocket: header 0 + AgentToServer, one reply, then agent_disconnect and close.
+/// WebSocket: header 0 + AgentToServer, one reply, then agent_disconnect
+/// and close. Over wss:// any certificate is accepted: the tls check judges it.
 async fn ws_exchange(
     ws_url: &str,
     secret: Option<&str>,
     uid: [u8; 16],
-) -> std::result::Result<pb::ServerToAgent, String> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = ws_url
-        .into_client_request()
-        .map_err(|e| format!("bad WebSocket URL: {e}"))?;
+) -> std::result::Result<pb::ServerToAgent, opamp_agent::Error> {
+    let mut options = WsOptions::default();
     if let Some(secret) = secret {
-        let value = format!("Bearer {secret}")
-            .parse()
-            .map_err(|_| "the agent secret is not a valid header value".to_string())?;
-        request.headers_mut().insert("authorization", value);
+        options = options.bearer(secret);
     }
-    let stream = connect_stream(ws_url).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .map_err(|e| format!("WebSocket upgrade failed: {e}"))?;
-    ws.send(Message::Binary(
-        frame::encode_message(&probe_first(uid)).into(),
-    ))
-    .await
-    .map_err(|e| format!("send failed: {e}"))?;
-    let reply = loop {
-        let message = ws
-            .next()
-            .await
-            .ok_or("the server closed the connection without a reply")?
-            .map_err(|e| format!("read failed: {e}"))?;
-        match message {
-            Message::Binary(bytes) => {
-                let payload = frame::decode(&bytes).map_err(|e| e.to_string())?;
-                break pb::ServerToAgent::decode(payload)
-                    .map_err(|e| format!("the reply is not a ServerToAgent: {e}"))?;
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(close) => {
-                return Err(format!("the server closed the connection: {close:?}"))
-            }
-            other => return Err(format!("unexpected message {other:?}")),
-        }
-    };
-    let bye = pb::AgentToServer {
-        instance_uid: uid.to_vec(),
-        sequence_num: 1,
-        capabilities: opamp_proto::caps::REPORTS_STATUS,
-        agent_disconnect: Some(pb::AgentDisconnect {}),
-        ..Default::default()
-    };
-    let _ = ws
-        .send(Message::Binary(frame::encode_message(&bye).into()))
-        .await;
-    let _ = ws.close(None).await;
+    if ws_url.starts_with("wss://") {
+        let config = tls::capturing_config(Arc::new(Mutex::new(Vec::new())))
+            .map_err(opamp_agent::Error::Tls)?;
+        options = options.tls(TlsOptions::default().with_config(config));
+    }
+    let mut socket = ws::connect(ws_url, &options).await?;
+    let reply = ws::exchange(&mut socket, &probe_first(uid)).await?;
+    let _ = ws::send(&mut socket, &message::disconnect(uid, 1, REPORTS_STATUS)).await;
+    ws::close(&mut socket).await;
     Ok(reply)
-}
-
-/// A byte stream a WebSocket can run over: plain TCP or TLS.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-/// TCP to the URL's host, with TLS for wss:// (any certificate: the tls
-/// check judges it).
-async fn connect_stream(ws_url: &str) -> std::result::Result<Box<dyn Io>, String> {
-    let host = url::host(ws_url);
-    let port = url::port(ws_url).unwrap_or(80);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    if !ws_url.starts_with("wss://") {
-        return Ok(Box::new(tcp));
-    }
-    let connector =
-        tls::capturing_connector(Arc::new(Mutex::new(Vec::new()))).map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(host.clone())
-        .map_err(|e| format!("bad host name {host}: {e}"))?;
-    let stream = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    Ok(Box::new(stream))
 }

@@ -250,25 +250,27 @@ impl rustls::client::danger::ServerCertVerifier for Capture {
     }
 }
 
-/// A TLS connector that accepts any server certificate and records the
-/// chain in `chain`. The trust check is separate (a request through the
-/// client, which verifies).
-pub(super) fn capturing_connector(
+/// A TLS client configuration that accepts any server certificate and
+/// records the chain in `chain`. The trust check is separate (a request
+/// through the client, which verifies).
+pub(super) fn capturing_config(
     chain: Arc<Mutex<Vec<Vec<u8>>>>,
-) -> std::result::Result<tokio_rustls::TlsConnector, rustls::Error> {
+) -> std::result::Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Capture { chain, provider }))
         .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// The certificate chain `host:port` presents (leaf first).
 async fn peer_certificates(host: &str, port: u16) -> std::result::Result<Vec<Vec<u8>>, String> {
     let chain = Arc::new(Mutex::new(Vec::new()));
-    let connector = capturing_connector(chain.clone()).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(
+        capturing_config(chain.clone()).map_err(|e| e.to_string())?,
+    );
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
         tokio::net::TcpStream::connect((host, port)),
