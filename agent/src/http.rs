@@ -33,6 +33,8 @@
 use crate::error::Error;
 use crate::pb;
 use crate::tls::TlsOptions;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use prost::Message as _;
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -42,6 +44,11 @@ use tokio::sync::Semaphore;
 
 /// The content type of OpAMP over plain HTTP, both ways.
 pub const PROTOBUF: &str = "application/x-protobuf";
+
+/// Header names and values every exchange sends, checked once at compile time.
+const INSTANCE_UID: HeaderName = HeaderName::from_static("opamp-instance-uid");
+const PROTOBUF_TYPE: HeaderValue = HeaderValue::from_static(PROTOBUF);
+const GZIP: HeaderValue = HeaderValue::from_static("gzip");
 
 /// How to send plain-HTTP exchanges.
 #[derive(Debug, Clone, Default)]
@@ -121,13 +128,15 @@ pub struct HttpTransport {
     inner: Arc<Inner>,
 }
 
+/// Everything a request needs that does not change between requests is
+/// prepared here once: the parsed URL, and the transport's own headers as
+/// each lane's client defaults (User-Agent, extra headers, Accept-Encoding).
 #[derive(Debug)]
 struct Inner {
     url: String,
+    target: reqwest::Url,
     lanes: Vec<Lane>,
-    headers: http::HeaderMap,
     gzip_requests: bool,
-    accept_gzip: bool,
 }
 
 #[derive(Debug)]
@@ -142,7 +151,8 @@ struct Lane {
 pub struct HttpReply {
     pub status: u16,
     pub headers: http::HeaderMap,
-    pub body: Vec<u8>,
+    /// The body as read from the connection (not copied), or decompressed.
+    pub body: Bytes,
     /// From sending the request to the end of the body, not counting the
     /// wait for a free connection.
     pub elapsed: Duration,
@@ -165,7 +175,7 @@ impl HttpReply {
     /// The decoded ServerToAgent, if the reply is protobuf (whatever the status).
     pub fn message(&self) -> Option<Result<pb::ServerToAgent, Error>> {
         self.is_protobuf()
-            .then(|| pb::ServerToAgent::decode(self.body.as_slice()).map_err(Error::from))
+            .then(|| pb::ServerToAgent::decode(&self.body[..]).map_err(Error::from))
     }
 
     /// The Retry-After header in seconds.
@@ -204,6 +214,10 @@ impl HttpTransport {
                 url: url.into(),
                 reason: e.to_string(),
             })?;
+        let target = reqwest::Url::parse(url).map_err(|e| Error::InvalidUrl {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
         let secure = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
@@ -228,6 +242,10 @@ impl HttpTransport {
             Some(n) => sources.len().min(n).max(1),
             None => sources.len(),
         };
+        let mut headers = crate::ws::header_map(&options.headers)?;
+        if options.accept_gzip {
+            headers.insert(http::header::ACCEPT_ENCODING, GZIP);
+        }
         let mut lanes = Vec::with_capacity(lane_count);
         for (k, source) in sources.into_iter().take(lane_count).enumerate() {
             let connections = options.connections.map(|n| share(n, k, lane_count).max(1));
@@ -239,6 +257,7 @@ impl HttpTransport {
                     .pool_idle_timeout(None)
                     .tcp_nodelay(true)
                     .http1_only()
+                    .default_headers(headers.clone())
                     .no_gzip()
                     .local_address(source);
             if let Some(n) = connections {
@@ -262,10 +281,9 @@ impl HttpTransport {
         Ok(HttpTransport {
             inner: Arc::new(Inner {
                 url: url.into(),
+                target,
                 lanes,
-                headers: crate::ws::header_map(&options.headers)?,
                 gzip_requests: options.gzip_requests,
-                accept_gzip: options.accept_gzip,
             }),
         })
     }
@@ -301,15 +319,11 @@ impl HttpTransport {
         lane: usize,
         message: &pb::AgentToServer,
     ) -> Result<HttpReply, Error> {
-        let mut headers = vec![(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(PROTOBUF),
-        )];
-        if let Ok(uid) = <[u8; 16]>::try_from(message.instance_uid.as_slice()) {
-            if let Ok(value) = http::HeaderValue::from_str(&crate::uid_string(&uid)) {
-                headers.push((http::HeaderName::from_static("opamp-instance-uid"), value));
-            }
-        }
+        let uid = <[u8; 16]>::try_from(message.instance_uid.as_slice())
+            .ok()
+            .and_then(uid_header)
+            .map(|value| (INSTANCE_UID, value));
+        let headers = std::iter::once((http::header::CONTENT_TYPE, PROTOBUF_TYPE)).chain(uid);
         self.send(lane, message.encode_to_vec(), headers).await
     }
 
@@ -350,11 +364,13 @@ impl HttpTransport {
         }
     }
 
+    /// One request with `headers` besides the client's defaults; the reply
+    /// headers and body are moved out of the response, not copied.
     async fn send(
         &self,
         lane: usize,
         body: Vec<u8>,
-        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
     ) -> Result<HttpReply, Error> {
         let inner = &self.inner;
         let lane = &inner.lanes[lane % inner.lanes.len()];
@@ -366,34 +382,31 @@ impl HttpTransport {
             None => None,
         };
         let started = Instant::now();
-        let mut request = lane.client.post(&inner.url).headers(inner.headers.clone());
+        let mut request = lane.client.post(inner.target.clone());
         for (name, value) in headers {
             request = request.header(name, value);
         }
         let body = if inner.gzip_requests {
-            request = request.header(http::header::CONTENT_ENCODING, "gzip");
+            request = request.header(http::header::CONTENT_ENCODING, GZIP);
             gzip(&body)?
         } else {
             body
         };
-        if inner.accept_gzip {
-            request = request.header(http::header::ACCEPT_ENCODING, "gzip");
-        }
         let http_error = |e: reqwest::Error| Error::Http {
             url: inner.url.clone(),
             reason: error_chain(&e),
         };
-        let response = request.body(body).send().await.map_err(http_error)?;
+        let mut response = request.body(body).send().await.map_err(http_error)?;
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        let headers = std::mem::take(response.headers_mut());
         let bytes = response.bytes().await.map_err(http_error)?;
         let gzipped = headers
             .get(http::header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
         let body = if gzipped {
-            gunzip(&bytes)?
+            Bytes::from(gunzip(&bytes)?)
         } else {
-            bytes.to_vec()
+            bytes
         };
         Ok(HttpReply {
             status,
@@ -402,6 +415,16 @@ impl HttpTransport {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// The `OpAMP-Instance-UID` value of `uid`: its UUID text, formatted on the
+/// stack (no intermediate String).
+fn uid_header(uid: [u8; 16]) -> Option<HeaderValue> {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::from_bytes(uid)
+        .hyphenated()
+        .encode_lower(&mut text);
+    HeaderValue::from_str(text).ok()
 }
 
 /// The size of part `k` of `n` split into `parts` nearly equal parts.
@@ -486,6 +509,53 @@ mod tests {
     }
 
     #[test]
+    fn the_uid_header_is_the_uuid_text() {
+        let uid = crate::new_uid();
+        assert_eq!(uid_header(uid).unwrap(), crate::uid_string(&uid).as_str());
+    }
+
+    /// The request as a server reads it: the transport's own headers (client
+    /// defaults) and the message's own, each exactly once.
+    #[tokio::test]
+    async fn requests_carry_every_header_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/opamp", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.unwrap();
+                assert!(read > 0, "the request ended before its headers");
+                request.extend_from_slice(&buffer[..read]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ncontent-length: 4\r\n\r\nbusy")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&request).to_ascii_lowercase()
+        });
+        let options = HttpOptions::default().bearer("s3cret").accept_gzip(true);
+        let transport = HttpTransport::new(&url, &options).unwrap();
+        let message = crate::message::heartbeat([7; 16], 0, 0);
+        let reply = transport.post(&message).await.unwrap();
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(&reply.body[..], b"busy");
+        let head = server.await.unwrap();
+        for line in [
+            "authorization: bearer s3cret\r\n",
+            "accept-encoding: gzip\r\n",
+            "content-type: application/x-protobuf\r\n",
+            "opamp-instance-uid: 07070707-0707-0707-0707-070707070707\r\n",
+            "user-agent: opamp-agent/",
+        ] {
+            assert_eq!(head.matches(line).count(), 1, "{line:?} in {head}");
+        }
+    }
+
+    #[test]
     fn gzip_round_trips() {
         let data = b"receivers: {}\n".repeat(50);
         let packed = gzip(&data).unwrap();
@@ -502,7 +572,7 @@ mod tests {
         let reply = HttpReply {
             status: 503,
             headers,
-            body: b"too many agents\n".to_vec(),
+            body: Bytes::from_static(b"too many agents\n"),
             elapsed: Duration::ZERO,
         };
         assert_eq!(reply.retry_after(), Some(Duration::from_secs(30)));
