@@ -2,11 +2,15 @@
 //!
 //! By default the server certificate is checked against the Mozilla root
 //! store (`webpki-roots`). A CA file replaces those roots (a private CA is the
-//! usual case for an OpAMP server); a client certificate and key add mTLS; a
+//! usual case for an OpAMP server). A server certificate identical to one of
+//! the CA file is trusted as it is, name and validity period still checked:
+//! that is how a self-signed certificate (`openssl req -x509`, which marks it
+//! CA:TRUE) is given to clients. A client certificate and key add mTLS; a
 //! complete [`rustls::ClientConfig`] replaces everything (for example one
 //! whose verifier records the server's chain for inspection).
 
 use crate::Error;
+use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -66,11 +70,15 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, 
     if let Some(config) = &options.config {
         return Ok(config.clone());
     }
-    let mut roots = rustls::RootCertStore::empty();
-    match &options.ca_file {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?;
+    let builder = match &options.ca_file {
         Some(path) => {
             let certs = read_certs(path, "CA file")?;
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
             if added == 0 {
                 return Err(Error::BadPem {
                     what: "CA file",
@@ -78,14 +86,25 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, 
                     reason: "holds no usable CA certificate".into(),
                 });
             }
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(CaFileVerifier {
+                    certificates: certs,
+                    webpki,
+                }))
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(Error::Tls)?
-        .with_root_certificates(roots);
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            builder.with_root_certificates(roots)
+        }
+    };
     let config = match &options.client_cert {
         None => builder.with_no_client_auth(),
         Some(client) => {
@@ -99,6 +118,88 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(config))
 }
 
+/// Verifies the server against a CA file: a server certificate identical to
+/// one of the file is trusted as it is (its name and validity period are still
+/// checked); any other must chain to the file's certificates (webpki).
+#[derive(Debug)]
+struct CaFileVerifier {
+    certificates: Vec<CertificateDer<'static>>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CaFileVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if !self
+            .certificates
+            .iter()
+            .any(|trusted| trusted.as_ref() == end_entity.as_ref())
+        {
+            return self.webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)?;
+        check_validity_period(end_entity, now)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Refuses a certificate outside its notBefore..notAfter window at `now`.
+fn check_validity_period(
+    der: &CertificateDer<'_>,
+    now: rustls::pki_types::UnixTime,
+) -> Result<(), rustls::Error> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    let seconds = now.as_secs() as i64;
+    let validity = certificate.validity();
+    if seconds < validity.not_before.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidYet,
+        ));
+    }
+    if seconds > validity.not_after.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired,
+        ));
+    }
+    Ok(())
+}
+
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::ReadFile {
         what,
@@ -107,10 +208,7 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
     })
 }
 
-fn read_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Error> {
+fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, Error> {
     let pem = read(path, what)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()

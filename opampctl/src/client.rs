@@ -25,17 +25,12 @@ fn builder(s: &Settings) -> Result<reqwest::ClientBuilder> {
         .user_agent(concat!("opampctl/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(s.timeout.min(Duration::from_secs(10)));
     if let Some(ca) = &s.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| CtlError::usage(format!("cannot read --ca-file {}: {e}", ca.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            CtlError::usage(format!(
-                "--ca-file {} holds no PEM certificate: {e}",
-                ca.display()
-            ))
-        })?;
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+        // The agent library's TLS settings: the CA file's certificates as
+        // roots, and a self-signed server certificate given as its own CA.
+        let options = opamp_agent::tls::TlsOptions::default().with_ca_file(ca);
+        let config = opamp_agent::tls::client_config(&options)
+            .map_err(|e| CtlError::usage(format!("--ca-file: {e}")))?;
+        b = b.use_preconfigured_tls(rustls::ClientConfig::clone(&config));
     }
     Ok(b)
 }
