@@ -344,3 +344,24 @@ async fn a_paused_rollout_does_not_reach_agents_that_match_later() {
     assert_eq!(files(&offer)["edge"], "v: 1\n");
     assert_eq!(offer.config_hash, v1.config_hash);
 }
+
+#[tokio::test]
+async fn a_configuration_too_big_to_offer_is_refused_at_save_time() {
+    let cfg = "opamp:\n  max_send_bytes: 2048\n";
+    let s = Server::start_with(Opts {
+        config: Some(cfg.into()),
+        ..Default::default()
+    });
+    let body = format!("# {}\nx: 1\n", "y".repeat(2100));
+    let (code, v) = save(&s, "big", &body, "").await;
+    assert_eq!(code, 413, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("opamp.max_send_bytes (2048 bytes)") && message.contains("\"big\""),
+        "{message}"
+    );
+    let (code, _) = s.get("/api/v1/configurations/big").await;
+    assert_eq!(code, 404, "nothing saved");
+    let (code, v) = save(&s, "small", "x: 1\n", "").await;
+    assert_eq!(code, 201, "{v}");
+}

@@ -145,6 +145,18 @@ pub async fn create(
         }
         Err(BodyError::Invalid(m)) => return Err(ApiError::bad_request(m)),
     }
+    let limit = app.config.opamp.max_send_bytes;
+    let offer = crate::opamp::single_offer_len(&input.name, &content_type, &input.body);
+    if offer > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "configuration {:?} would be offered in a {offer}-byte message, over opamp.max_send_bytes ({limit} bytes): no agent could receive it; shrink the body or raise opamp.max_send_bytes",
+                input.name
+            ),
+        ));
+    }
     let selector = match &input.selector {
         Some(s) => Some(
             Selector::parse(s)

@@ -354,6 +354,27 @@ pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str)
     });
 }
 
+/// Bytes of the ServerToAgent that offers one configuration file alone: what
+/// must fit `opamp.max_send_bytes` for the configuration to be deliverable.
+pub fn single_offer_len(name: &str, content_type: &str, body: &str) -> usize {
+    use prost::Message;
+    let file = pb::AgentConfigFile {
+        body: body.as_bytes().to_vec(),
+        content_type: content_type.to_string(),
+    };
+    let offer = pb::AgentRemoteConfig {
+        config: Some(pb::AgentConfigMap {
+            config_map: [(name.to_string(), file)].into(),
+        }),
+        config_hash: vec![0; 32],
+    };
+    let answer = Answer {
+        remote_config: Some(offer),
+        ..Default::default()
+    };
+    Reply::answer(vec![0; 16], answer).encoded_len()
+}
+
 /// Encodes a reply, enforcing `opamp.max_send_bytes`: an oversized remote
 /// config is dropped (and counted) rather than sent.
 pub fn encode_reply(app: &App, mut reply: Reply) -> Vec<u8> {
