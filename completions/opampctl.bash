@@ -22,6 +22,9 @@ _opampctl() {
             opampctl,alerts)
                 cmd="opampctl__subcmd__alerts"
                 ;;
+            opampctl,audit)
+                cmd="opampctl__subcmd__audit"
+                ;;
             opampctl,backup)
                 cmd="opampctl__subcmd__backup"
                 ;;
@@ -137,7 +140,7 @@ _opampctl() {
 
     case "${cmd}" in
         opampctl)
-            opts="-o -q -h -V --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help --version health agents configs rollout backup restore logs restart doctor troubleshoot db alerts bench completions man"
+            opts="-o -q -h -V --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help --version health agents configs rollout backup restore logs restart doctor troubleshoot db audit alerts bench completions man"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -527,6 +530,72 @@ _opampctl() {
                 return 0
             fi
             case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opampctl__subcmd__audit)
+            opts="-f -o -q -h --actor --action --since --limit --follow --interval --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --actor)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --action)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -49,6 +49,7 @@ complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "restart" -d 'Rest
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "doctor" -d 'Run every diagnostic check, each with a verdict and a remedy'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "troubleshoot" -d 'Focused diagnostics for one runbook problem'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "db" -d 'Database statistics and maintenance'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "audit" -d 'Review the audit log: logins, configuration changes, agents, users, tokens'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "alerts" -d 'Prometheus alerting rules for opampd'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "bench" -d 'Simulate agents against a running opampd and measure it, for sizing'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
@@ -587,6 +588,25 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_su
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l actor -d 'Only entries by this actor (user name, or token:NAME)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l action -d 'Only entries of this action (login, config.apply, agent.delete, user.create, …)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l since -d 'Only entries at or after this time: RFC 3339 (2026-01-31T12:00:00Z) or an age (30m, 2h, 7d)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l limit -d 'At most this many entries, newest first (1-1000)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l interval -d 'How often -f polls' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -s f -l follow -d 'Keep printing new entries as they are recorded (polls every --interval; Ctrl-C stops)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

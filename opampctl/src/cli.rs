@@ -197,6 +197,8 @@ opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
     /// Database statistics and maintenance
     #[command(subcommand)]
     Db(DbCmd),
+    /// Review the audit log: logins, configuration changes, agents, users, tokens
+    Audit(AuditArgs),
     /// Prometheus alerting rules for opampd
     #[command(subcommand)]
     Alerts(AlertsCmd),
@@ -207,6 +209,52 @@ opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
     Completions(CompletionsArgs),
     /// Print the man page, or write all man pages to a directory
     Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only entries by this actor (user name, or token:NAME)
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only entries of this action (login, config.apply, agent.delete, user.create, …)
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only entries at or after this time: RFC 3339 (2026-01-31T12:00:00Z) or an age (30m, 2h, 7d)
+    #[arg(long, value_name = "TIME|AGE", value_parser = parse_since)]
+    pub since: Option<String>,
+    /// At most this many entries, newest first (1-1000)
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Keep printing new entries as they are recorded (polls every --interval; Ctrl-C stops)
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How often -f polls
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+/// `--since`: an RFC 3339 time as it is, or an age (`30m`, `2h`, `7d`) as the time that long ago.
+fn parse_since(text: &str) -> std::result::Result<String, String> {
+    if chrono::DateTime::parse_from_rfc3339(text).is_ok() {
+        return Ok(text.to_string());
+    }
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let seconds = match (number.parse::<i64>(), unit) {
+        (Ok(n), "s") => n,
+        (Ok(n), "m") => n * 60,
+        (Ok(n), "h") => n * 3600,
+        (Ok(n), "d") => n * 86400,
+        _ => {
+            return Err(format!(
+            "{text:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor an age (30m, 2h, 7d)"
+        ))
+        }
+    };
+    let at = chrono::Utc::now() - chrono::Duration::seconds(seconds);
+    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 #[derive(Args, Debug)]

@@ -155,6 +155,7 @@ fn every_remote_command_exits_3_when_the_server_is_down() {
         vec!["logs", "-n", "5"],
         vec!["db", "stats"],
         vec!["db", "optimize"],
+        vec!["audit"],
         vec!["doctor"],
         vec!["troubleshoot", "agent-connect"],
         vec![
@@ -229,6 +230,8 @@ fn usage_errors_exit_2() {
             vec!["troubleshoot", "memory", "--samples", "1"],
             "--samples",
         ),
+        (vec!["audit", "--since", "yesterday"], "--since"),
+        (vec!["audit", "--limit", "0"], "--limit"),
     ];
     for (args, needle) in cases {
         let o = s.ctl(&args);

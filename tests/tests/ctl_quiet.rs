@@ -49,6 +49,8 @@ async fn quiet_prints_nothing_on_success_for_every_command() {
         vec!["db", "stats"],
         vec!["logs", "-n", "3"],
         vec!["alerts", "rules"],
+        vec!["audit"],
+        vec!["audit", "--action", "config.create", "-o", "wide"],
         vec!["configs", "delete", "otel", "--force"],
         vec!["agents", "delete", &id, "--force"],
     ];
@@ -85,6 +87,7 @@ async fn every_list_has_the_same_json_shape() {
         vec!["agents", "list", "--all"],
         vec!["configs", "list"],
         vec!["configs", "history", "otel"],
+        vec!["audit", "--action", "config.create"],
     ] {
         for format in ["json", "yaml"] {
             let mut a = args.clone();

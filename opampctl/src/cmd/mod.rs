@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod alerts;
+pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod configs;
@@ -31,6 +32,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     let client = Client::new(&settings)?;
     match cli.command {
         Command::Health(args) => health::run(&settings, &client, &args).await,
+        Command::Audit(args) => audit::run(&settings, &client, &args).await,
         Command::Agents(args) => agents::run(&settings, &client, args).await,
         Command::Configs(args) => configs::run(&settings, &client, args).await,
         Command::Rollout(args) => rollout::run(&settings, &client, args).await,
