@@ -126,6 +126,17 @@ pub async fn liveness(app: Arc<App>) {
                 .store
                 .write("jwt_prune", crate::auth::prune_revoked)
                 .await;
+            if let Some(before) = app.config.audit.retention_days.checked_mul(86_400_000) {
+                if before > 0 {
+                    let before = now - before as i64;
+                    let _ = app
+                        .store
+                        .write("audit_prune", move |c| {
+                            crate::store::users::prune_audit(c, before)
+                        })
+                        .await;
+                }
+            }
         }
     }
 }

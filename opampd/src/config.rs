@@ -24,6 +24,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,6 +78,9 @@ pub struct OpampConfig {
     pub retry_after_seconds: u64,
     /// Send a new instance uid to a second live connection that claims a uid in use.
     pub reassign_duplicate_uids: bool,
+    /// Accept agents without a secret on a listener that is not loopback-only.
+    /// Without it, an empty `agent_secrets` list is allowed on loopback listeners only.
+    pub allow_anonymous_agents: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,6 +101,10 @@ pub struct DatabaseConfig {
     pub event_retention_days: u64,
     /// Queries slower than this count as slow.
     pub slow_query_ms: u64,
+    /// SQLite `synchronous` of the writer: `normal` (a commit survives a crash
+    /// of opampd; the last commits may be lost on power loss) or `full`
+    /// (every commit is on disk before it is acknowledged).
+    pub synchronous: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,11 +120,20 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Audit entries older than this many days are pruned (0 = kept forever).
+    pub retention_days: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Time allowed for a client to send its request headers.
     pub header_timeout_seconds: u64,
-    /// Time allowed for a request body to arrive.
+    /// Time allowed for a request body to arrive (REST: plus a second per MiB declared).
     pub body_timeout_seconds: u64,
+    /// Close a connection (HTTP/1.1 keep-alive or HTTP/2) without any traffic for this long.
+    pub idle_timeout_seconds: u64,
     /// Largest REST request body.
     pub max_api_body_bytes: usize,
 }
@@ -133,6 +150,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -163,6 +181,7 @@ impl Default for OpampConfig {
             max_agents: 0,
             retry_after_seconds: 30,
             reassign_duplicate_uids: true,
+            allow_anonymous_agents: false,
         }
     }
 }
@@ -178,6 +197,15 @@ impl Default for DatabaseConfig {
             busy_timeout_ms: 5000,
             event_retention_days: 30,
             slow_query_ms: 100,
+            synchronous: "normal".into(),
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention_days: 365,
         }
     }
 }
@@ -197,6 +225,7 @@ impl Default for HttpConfig {
         HttpConfig {
             header_timeout_seconds: 10,
             body_timeout_seconds: 30,
+            idle_timeout_seconds: 120,
             max_api_body_bytes: 16 << 20,
         }
     }
@@ -292,12 +321,37 @@ impl Config {
             );
         }
         for (i, s) in self.opamp.agent_secrets.iter().enumerate() {
+            let setting = format!("opamp.agent_secrets[{i}]");
             if s.len() < 8 {
-                bail!("opamp.agent_secrets[{i}] is shorter than 8 characters: use a long random secret");
+                bail!("{setting} is shorter than 8 characters: use a long random secret, e.g. `openssl rand -base64 48`");
+            }
+            refuse_published_secret(&setting, s.as_bytes())?;
+        }
+        if self.opamp.agent_secrets.is_empty() && !self.opamp.allow_anonymous_agents {
+            let addresses = std::iter::once(("listen", &self.listen))
+                .chain(self.agent_listen.as_ref().map(|a| ("agent_listen", a)));
+            for (key, value) in addresses {
+                if !parse_addr(key, value)?.ip().is_loopback() {
+                    bail!(
+                        "{key} {value} is not a loopback address and opamp.agent_secrets is empty: \
+                         any host could pose as an agent. Set opamp.agent_secrets (e.g. \
+                         OPAMPD_OPAMP_AGENT_SECRETS=\"$(openssl rand -base64 48)\"), or set \
+                         opamp.allow_anonymous_agents: true to accept agents without a secret"
+                    );
+                }
             }
         }
         if self.database.max_open_conns == 0 || self.database.max_open_conns > 64 {
             bail!("database.max_open_conns must be between 1 and 64");
+        }
+        if self.http.idle_timeout_seconds == 0 || self.http.body_timeout_seconds == 0 {
+            bail!("http.idle_timeout_seconds and http.body_timeout_seconds must be greater than 0");
+        }
+        if !matches!(self.database.synchronous.as_str(), "normal" | "full") {
+            bail!(
+                "database.synchronous must be normal or full, got {:?}",
+                self.database.synchronous
+            );
         }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) | (None, Some(_)) => {
@@ -336,6 +390,43 @@ fn liveness_keys_agree(opamp: &OpampConfig, database: &DatabaseConfig) -> Result
              the stored last-seen time of a connected agent (in the database, its backups and after a restart) \
              would routinely be older than the staleness window; set last_seen_flush_seconds to at most {stale} \
              or raise stale_after_seconds"
+        );
+    }
+    Ok(())
+}
+
+/// Fragments of placeholder values (compared case-insensitively).
+const PLACEHOLDER_MARKS: &[&str] = &[
+    "change-me",
+    "change_me",
+    "changeme",
+    "replace-me",
+    "replace_me",
+    "replaceme",
+    "example",
+];
+
+/// Secret values that this repository publishes or once published (deploy
+/// manifests, examples, the test harness): anyone can read them, so a
+/// deployment that kept one is open.
+const PUBLISHED_SECRETS: &[&str] = &[
+    "REPLACE-ME-with-output-of-openssl-rand-hex-32",
+    "CHANGE-ME-current-agent-secret",
+    "CHANGE-ME-next-agent-secret",
+    "test-only-jwt-key-0123456789abcdefghijklmnopqrstuvwxyz",
+];
+
+/// Refuses a secret that is an obvious placeholder or was published in this
+/// repository, naming the setting and how to make a real one.
+pub fn refuse_published_secret(setting: &str, value: &[u8]) -> Result<()> {
+    let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+    let published = PUBLISHED_SECRETS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(text.trim()));
+    if published || PLACEHOLDER_MARKS.iter().any(|m| text.contains(m)) {
+        bail!(
+            "{setting} is a placeholder or a value published with opampd, not a secret: \
+             generate a real one, e.g. `openssl rand -base64 48`"
         );
     }
     Ok(())

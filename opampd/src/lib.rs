@@ -114,6 +114,11 @@ pub async fn run(
         conn_max_lifetime: Duration::from_secs(config.database.conn_max_lifetime.max(1)),
         flush_interval: Duration::from_millis(config.database.flush_interval_ms),
         busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
+        synchronous: if config.database.synchronous == "full" {
+            "FULL"
+        } else {
+            "NORMAL"
+        },
     };
     let db_path = config.db_path();
     let store = {
@@ -152,7 +157,10 @@ pub async fn run(
     // Agents get their rolled-out configurations from the first message on.
     rollouts::rebuild_targets(&app).await?;
 
-    let header_timeout = Duration::from_secs(app.config.http.header_timeout_seconds);
+    let timeouts = server::Timeouts {
+        header: Duration::from_secs(app.config.http.header_timeout_seconds),
+        idle: Duration::from_secs(app.config.http.idle_timeout_seconds),
+    };
     let drain = Duration::from_secs(10);
     let main_addr = server::local_addr(&listeners.main);
     let main_router = api::router(app.clone());
@@ -161,7 +169,7 @@ pub async fn run(
         listeners.main,
         main_router,
         tls.clone(),
-        header_timeout,
+        timeouts,
         shutdown_rx.clone(),
         drain,
     ));
@@ -171,7 +179,7 @@ pub async fn run(
             l,
             api::agent_router(app.clone()),
             tls.clone(),
-            header_timeout,
+            timeouts,
             shutdown_rx.clone(),
             drain,
         ));
@@ -254,6 +262,19 @@ fn create_data_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 fn apply_reload(app: &App, new: &Config) {
+    if new.opamp.agent_secrets.is_empty()
+        && !app
+            .agent_secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    {
+        tracing::warn!(
+            "reload: opamp.agent_secrets is now empty; keeping the current agent secrets \
+             (opening the agent plane needs a restart)"
+        );
+        return;
+    }
     let secrets: Vec<[u8; 32]> = new
         .opamp
         .agent_secrets

@@ -1,17 +1,86 @@
 //! Listeners: accept loop, optional TLS, HTTP/1.1 + HTTP/2 with upgrades,
-//! header-read timeout (slowloris), and graceful shutdown.
+//! slow-client protection and graceful shutdown.
+//!
+//! Slow clients: request headers must arrive within `http.header_timeout_seconds`
+//! (and the TLS handshake too); a REST request body within
+//! `http.body_timeout_seconds` plus a second per MiB it declares
+//! ([`body_deadline`]); a connection with no traffic at all for
+//! `http.idle_timeout_seconds` is closed gracefully (HTTP/2: GOAWAY), so idle
+//! keep-alive and HTTP/2 connections do not pile up. An upgraded connection
+//! (an agent's WebSocket) has its own keep-alive and read deadline.
 
 use anyhow::{Context, Result};
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
+
+/// Runs one connection: closes it gracefully on shutdown, or when it has
+/// had no traffic for the idle timeout. (A macro: the connection's type
+/// names the service closure.)
+macro_rules! drive {
+    ($conn:expr, $started:expr, $activity:expr, $idle:expr, $shutdown:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        let mut shutdown = $shutdown;
+        let mut closing = false;
+        // After an idle close is asked, the peer has this long to finish (an
+        // HTTP/2 peer must answer the GOAWAY's ping); then the socket is dropped.
+        let mut gone_by: Option<tokio::time::Instant> = None;
+        let quiet = || {
+            $started
+                .elapsed()
+                .saturating_sub(Duration::from_millis($activity.load(Ordering::Acquire)))
+        };
+        loop {
+            let check_in = $idle.saturating_sub(quiet()).max(Duration::from_millis(100));
+            let wake = gone_by.unwrap_or_else(|| tokio::time::Instant::now() + check_in);
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = shutdown.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(wake), if !closing || gone_by.is_some() => {
+                    if gone_by.is_some() {
+                        tracing::debug!("dropping an idle connection that did not close");
+                        break;
+                    }
+                    if quiet() >= $idle {
+                        tracing::debug!(idle_s = quiet().as_secs(), "closing an idle connection");
+                        closing = true;
+                        gone_by = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }};
+}
+
+/// How long an idle connection asked to close may take to do so.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Time limits of a listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Request headers (and the TLS handshake) must arrive within this.
+    pub header: Duration,
+    /// A connection without any traffic for this long is closed gracefully.
+    pub idle: Duration,
+}
 
 /// Serves `router` on `listener` until `shutdown` turns true, then stops
 /// accepting and waits (up to `drain`) for open connections to finish.
@@ -19,11 +88,13 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let header_timeout = timeouts.header;
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -50,18 +121,22 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let watcher = graceful.watcher();
+        // No HTTP/2 keep-alive pings: they would count as traffic and keep an
+        // idle connection open forever; the idle timeout closes dead peers too.
+        builder.http2().timer(TokioTimer::new());
         let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        let open = open.clone();
+        connections.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
+            let _done = ConnectionDone(open);
+            let started = Instant::now();
+            let activity = Arc::new(AtomicU64::new(0));
             match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let io = Tracked::new(stream, started, activity.clone());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    drive!(conn, started, activity, timeouts.idle, shutdown);
                 }
                 Some(acceptor) => {
                     let Ok(Ok(tls_stream)) =
@@ -70,19 +145,191 @@ pub async fn serve(
                         tracing::debug!(remote_addr = %remote, "TLS handshake failed or timed out");
                         return;
                     };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let io = Tracked::new(tls_stream, started, activity.clone());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    drive!(conn, started, activity, timeouts.idle, shutdown);
                 }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let waiting = connections.load(Ordering::Acquire);
+    let all_closed = open.acquire_many(u32::try_from(waiting).unwrap_or(u32::MAX));
+    if waiting > 0 && tokio::time::timeout(drain, all_closed).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
+    }
+}
+
+/// Counts a connection as finished when its task ends, however it ends.
+struct ConnectionDone(Arc<tokio::sync::Semaphore>);
+
+impl Drop for ConnectionDone {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
+/// An I/O stream that records when it last moved data (ms after `started`).
+struct Tracked<T> {
+    inner: T,
+    started: Instant,
+    activity: Arc<AtomicU64>,
+}
+
+impl<T> Tracked<T> {
+    fn new(inner: T, started: Instant, activity: Arc<AtomicU64>) -> Self {
+        Tracked {
+            inner,
+            started,
+            activity,
+        }
+    }
+
+    fn touch(&self) {
+        self.activity
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Release);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Gives a REST request body `http.body_timeout_seconds`, plus a second per
+/// MiB its Content-Length declares, to arrive in full; a body still arriving
+/// after that is answered with 408 (the OpAMP endpoint has its own deadline).
+pub async fn body_deadline(
+    State(app): State<Arc<crate::app::App>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared_mib = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        >> 20;
+    let allowed = Duration::from_secs(
+        app.config
+            .http
+            .body_timeout_seconds
+            .saturating_add(declared_mib),
+    );
+    let expired = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| {
+        axum::body::Body::new(DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(allowed)),
+            expired: expired.clone(),
+        })
+    });
+    let response = next.run(req).await;
+    if expired.load(Ordering::Acquire) {
+        tracing::info!(
+            allowed_s = allowed.as_secs(),
+            "request body not received in time"
+        );
+        return crate::api::ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s (http.body_timeout_seconds)",
+                allowed.as_secs()
+            ),
+        )
+        .into_response();
+    }
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received in time")]
+struct BodyTimedOut;
+
+/// A request body that fails once its deadline has passed.
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if std::future::Future::poll(self.deadline.as_mut(), cx).is_ready() {
+            self.expired.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -299,10 +299,29 @@ pub struct TokenInput {
     pub name: String,
     #[serde(default)]
     pub role: Option<String>,
-    /// Lifetime in days; none = no expiry.
+    /// Lifetime: a number of days, or `"never"`; absent = the server's
+    /// default lifetime (see `DEFAULT_TOKEN_DAYS`).
     #[serde(default)]
-    pub expires_in_days: Option<u64>,
+    pub expires_in_days: Option<TokenLifetime>,
 }
+
+/// How long a new API token lives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TokenLifetime {
+    Days(u64),
+    Never(NeverExpires),
+}
+
+/// The word `"never"`: a token without expiry, asked for explicitly.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum NeverExpires {
+    Never,
+}
+
+/// Lifetime of an API token created without `expires_in_days`.
+pub const DEFAULT_TOKEN_DAYS: u64 = 90;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApiToken {
@@ -352,6 +371,8 @@ pub struct DatabaseCheck {
     pub status: String,
     pub latency_ms: f64,
     pub schema_version: u32,
+    /// Only shown to a caller with a token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     pub writer_queue: u64,
     pub last_write_error: Option<String>,
@@ -411,7 +432,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 3;
+pub const DB_SCHEMA_VERSION: u32 = 4;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

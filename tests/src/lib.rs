@@ -73,7 +73,20 @@ pub struct Server {
     opts: Opts,
 }
 
-pub const JWT_KEY: &str = "test-only-jwt-key-0123456789abcdefghijklmnopqrstuvwxyz";
+/// The JWT key test servers with a config file use: random per test
+/// process, since opampd refuses any key written in this repository.
+pub fn jwt_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut raw = [0u8; 32];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
+            &mut raw,
+        )
+        .expect("random bytes");
+        raw.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
 
 impl Server {
     /// Starts opampd with defaults in a new temporary data directory.
@@ -120,7 +133,7 @@ impl Server {
             let path = self.dir.join("config.yaml");
             std::fs::write(&path, cfg).unwrap();
             cmd.arg("--config").arg(path);
-            cmd.env("JWT_SECRET_KEY", JWT_KEY);
+            cmd.env("JWT_SECRET_KEY", jwt_key());
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);

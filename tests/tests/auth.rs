@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use opamp_tests::client::*;
-use opamp_tests::{wait_for, Opts, Server, JWT_KEY};
+use opamp_tests::{jwt_key, wait_for, Opts, Server};
 use opampd::auth::{Auth, Role};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -74,10 +74,10 @@ async fn every_route_refuses_bad_and_weak_credentials() {
         b"some-other-key-that-is-long-enough-0123456789".to_vec(),
         60,
     )
-    .issue_jwt("admin", Role::Admin)
+    .issue_jwt("admin", Role::Admin, 0)
     .0;
-    let expired = Auth::new(JWT_KEY.as_bytes().to_vec(), 0)
-        .issue_jwt("admin", Role::Admin)
+    let expired = Auth::new(jwt_key().as_bytes().to_vec(), 0)
+        .issue_jwt("admin", Role::Admin, 0)
         .0;
     let bad: [(&str, Option<&str>, &str); 7] = [
         ("missing", None, "unauthenticated"),
@@ -620,7 +620,7 @@ async fn audit_log_records_who_did_what_and_never_a_secret() {
     };
     for (actor, action, outcome) in [
         ("carol", "auth.login", "ok"),
-        ("carol", "auth.login", "denied"),
+        ("anonymous", "auth.login", "denied"),
         ("admin", "auth.login", "ok"),
         ("carol", "auth.logout", "ok"),
         ("carol", "config.create", "ok"),
@@ -644,6 +644,16 @@ async fn audit_log_records_who_did_what_and_never_a_secret() {
             "no audit entry {actor} {action} {outcome}"
         );
     }
+    // Failed logins are anonymous, summarised per address with the usernames tried.
+    let denied = entries
+        .iter()
+        .find(|e| e["actor"] == "anonymous" && e["action"] == "auth.login")
+        .unwrap();
+    assert_eq!(denied["remote_addr"], "127.0.0.1", "{denied}");
+    assert!(denied["details"]["usernames"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("carol")));
     let login_ok = entries
         .iter()
         .find(|e| e["actor"] == "carol" && e["action"] == "auth.login")

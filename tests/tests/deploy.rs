@@ -834,10 +834,21 @@ fn systemd_unit_directives() {
         ("EnvironmentFile", "-/etc/opampd/opampd.env"),
         ("TimeoutStopSec", "30"),
         ("KillSignal", "SIGTERM"),
+        ("StateDirectoryMode", "0700"),
+        ("MemoryMax", "2G"),
+        ("TasksMax", "512"),
     ] {
         assert_eq!(one(k), want, "opampd.service {k}=");
     }
     assert!(!unit.contains_key("DynamicUser") || one("DynamicUser") == "no");
+    // The install steps generate both secrets instead of shipping any.
+    let text = read("systemd/opampd.service");
+    assert!(
+        text.contains("OPAMPD_OPAMP_AGENT_SECRETS=%s")
+            && text.contains("JWT_SECRET_KEY=%s")
+            && text.matches("\"$(openssl rand -base64 48)\"").count() == 2,
+        "opampd.service install steps generate JWT_SECRET_KEY and OPAMPD_OPAMP_AGENT_SECRETS"
+    );
 }
 
 #[test]
@@ -943,12 +954,10 @@ fn systemd_example_config() {
         c["log"]["format"].as_str(),
         Some("auto" | "text" | "json")
     ));
-    for s in seq_at(&c["opamp"]["agent_secrets"], "agent_secrets") {
-        assert!(
-            str_at(s, "agent secret").len() >= 8,
-            "agent secrets are at least 8 characters"
-        );
-    }
+    assert!(
+        seq_at(&c["opamp"]["agent_secrets"], "agent_secrets").is_empty(),
+        "the example ships no agent secret: the install steps generate one into opampd.env"
+    );
     let db = &c["database"];
     let (open, idle) = (
         db["max_open_conns"].as_u64().unwrap(),
@@ -1067,6 +1076,12 @@ fn compose_file() {
         env.get("JWT_SECRET_KEY").is_none(),
         "no JWT secret inline in the compose file"
     );
+    assert!(
+        env["OPAMPD_OPAMP_AGENT_SECRETS"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("${OPAMP_AGENT_SECRETS:?")),
+        "the agent secret comes from the operator's environment, required, without a default"
+    );
 
     // Prometheus, if present, mounts the files from deploy/prometheus.
     let prom = &c["services"]["prometheus"];
@@ -1155,18 +1170,24 @@ fn kubernetes_manifests() {
         "kustomization.yaml resources vs files in deploy/kubernetes"
     );
 
-    let secret = find_obj(&objs, "Secret", "opamp-jwt");
-    let secret_val = secret["stringData"]["jwt-secret-key"]
-        .as_str()
-        .or(secret["data"]["jwt-secret-key"].as_str());
+    // No Secret ships with a value: it is created by the documented command.
     assert!(
-        secret_val.is_some(),
-        "Secret opamp-jwt has key jwt-secret-key"
+        !objs
+            .iter()
+            .any(|(_, o)| o["kind"].as_str() == Some("Secret")),
+        "deploy/kubernetes must not ship a Secret (a value in a file is a value anyone can read)"
     );
-    assert!(
-        secret_val.unwrap().to_ascii_uppercase().contains("REPLACE"),
-        "the example secret value must be an obvious placeholder"
-    );
+    let kust_text = read("kubernetes/kustomization.yaml");
+    for needle in [
+        "create secret generic opamp-secrets",
+        "--from-literal=jwt-secret-key=\"$(openssl rand -base64 48)\"",
+        "--from-literal=agent-secrets=\"$(openssl rand -base64 48)\"",
+    ] {
+        assert!(
+            kust_text.contains(needle),
+            "kustomization.yaml documents `{needle}`"
+        );
+    }
 
     let pvc = find_obj(&objs, "PersistentVolumeClaim", "opamp-data");
     assert_eq!(
@@ -1239,13 +1260,18 @@ fn kubernetes_manifests() {
     );
 
     let env = seq_at(&c["env"], "env");
-    let jwt = env
-        .iter()
-        .find(|e| e["name"].as_str() == Some("JWT_SECRET_KEY"))
-        .expect("env JWT_SECRET_KEY");
-    let key_ref = &jwt["valueFrom"]["secretKeyRef"];
-    assert_eq!(key_ref["name"].as_str(), Some("opamp-jwt"));
-    assert_eq!(key_ref["key"].as_str(), Some("jwt-secret-key"));
+    for (name, key) in [
+        ("JWT_SECRET_KEY", "jwt-secret-key"),
+        ("OPAMPD_OPAMP_AGENT_SECRETS", "agent-secrets"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("env {name}"));
+        let key_ref = &var["valueFrom"]["secretKeyRef"];
+        assert_eq!(key_ref["name"].as_str(), Some("opamp-secrets"), "{name}");
+        assert_eq!(key_ref["key"].as_str(), Some(key), "{name}");
+    }
 
     // The PVC is a pod volume mounted at the data directory.
     let volume = seq_at(&pod["volumes"], "volumes")
@@ -1320,11 +1346,7 @@ fn kustomize_build() {
         &String::from_utf8_lossy(&out.stdout),
         "kubectl kustomize output",
     );
-    assert_eq!(
-        rendered.len(),
-        5,
-        "namespace, secret, pvc, deployment, service"
-    );
+    assert_eq!(rendered.len(), 4, "namespace, pvc, deployment, service");
 }
 
 // ---------------------------------------------------------------- scripts

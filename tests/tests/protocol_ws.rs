@@ -377,7 +377,7 @@ async fn agent_secret_is_checked_before_the_upgrade() {
     for secret in [
         "first-secret-123",
         "second-secret-456",
-        opamp_tests::JWT_KEY,
+        opamp_tests::jwt_key(),
         token.as_str(),
     ] {
         assert!(

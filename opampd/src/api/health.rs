@@ -1,8 +1,12 @@
 //! `/health`, `/health/ready`, `/health/live` and `/metrics`: open, cheap, never slow.
+//!
+//! `/health` answers everybody, but only a caller with an operator token
+//! (any role) sees the database path and the raw text of a write error;
+//! without one the error is reduced to its kind (disk full, read-only, I/O).
 
 use crate::app::App;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use opamp_proto::api::{AgentCounts, DatabaseCheck, HealthReport, PoolUsage};
@@ -25,7 +29,15 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
     (status, Json(serde_json::json!({"status": word}))).into_response()
 }
 
-pub async fn health(State(app): State<Arc<App>>) -> Response {
+pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let detailed = bearer.is_some() && app.auth.authenticate(&app.store, bearer).await.is_ok();
     let start = Instant::now();
     let probe = app.store.read("health_probe", |c| {
         Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
@@ -35,7 +47,13 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
         Ok(Ok(1))
     );
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let write_error = app.store.writer().last_error();
+    let write_error = app.store.writer().last_error().map(|e| {
+        if detailed {
+            e
+        } else {
+            error_kind(&e).to_string()
+        }
+    });
     let mut problems = Vec::new();
     if !db_ok {
         problems.push("database does not answer reads".to_string());
@@ -73,7 +91,11 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
             .into(),
             latency_ms,
             schema_version: crate::store::schema::SCHEMA_VERSION,
-            path: app.store.path().display().to_string(),
+            path: if detailed {
+                app.store.path().display().to_string()
+            } else {
+                String::new()
+            },
             writer_queue: app.store.writer().queued(),
             last_write_error: write_error,
         },
@@ -98,6 +120,22 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
         StatusCode::OK
     };
     (code, Json(report)).into_response()
+}
+
+/// The kind of a database write error, without paths or other detail.
+fn error_kind(raw: &str) -> &'static str {
+    let raw = raw.to_ascii_lowercase();
+    if raw.contains("full") {
+        "database or disk is full"
+    } else if raw.contains("readonly") || raw.contains("read-only") || raw.contains("read only") {
+        "the database is read-only"
+    } else if raw.contains("i/o") || raw.contains("ioerr") {
+        "disk I/O error"
+    } else if raw.contains("locked") || raw.contains("busy") {
+        "the database is locked"
+    } else {
+        "write failed (details in the opampd log, or /health with a token)"
+    }
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {

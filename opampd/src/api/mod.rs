@@ -419,7 +419,11 @@ pub fn router(app: Arc<App>) -> Router {
         .fold(Router::new(), |router, route| {
             router.route(route.path, route.handler)
         })
-        .fallback(api_not_found);
+        .fallback(api_not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::server::body_deadline,
+        ));
     Router::new()
         .merge(table)
         .route(&opamp_path, axum::routing::any(crate::opamp::endpoint))

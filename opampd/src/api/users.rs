@@ -16,47 +16,19 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dashmap::DashMap;
 use opamp_proto::api::{
-    ApiToken, AuditEntry, LoginRequest, LoginResponse, Page, TokenInput, User, UserInput, UserPatch,
+    ApiToken, AuditEntry, LoginRequest, LoginResponse, Page, TokenInput, TokenLifetime, User,
+    UserInput, UserPatch, DEFAULT_TOKEN_DAYS,
 };
 use serde::Deserialize;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
-/// Failed logins allowed per username and client address within [`LOGIN_WINDOW`].
-pub const MAX_LOGIN_FAILURES: usize = 10;
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
-
-/// Recent failed logins per (username, client address). One opampd process
-/// serves one user table, so a process-wide map is enough.
-fn failures() -> &'static DashMap<(String, IpAddr), Vec<Instant>> {
-    static MAP: OnceLock<DashMap<(String, IpAddr), Vec<Instant>>> = OnceLock::new();
-    MAP.get_or_init(DashMap::new)
-}
-
-/// Seconds until another attempt is allowed, if the key is over its limit.
-fn blocked_for(key: &(String, IpAddr)) -> Option<u64> {
-    let mut entry = failures().get_mut(key)?;
-    entry.retain(|t| t.elapsed() < LOGIN_WINDOW);
-    if entry.len() < MAX_LOGIN_FAILURES {
-        return None;
-    }
-    let oldest = entry.iter().min()?;
-    Some((LOGIN_WINDOW.saturating_sub(oldest.elapsed())).as_secs() + 1)
-}
-
-fn record_failure(key: (String, IpAddr)) {
-    let map = failures();
-    if map.len() > 10_000 {
-        map.retain(|_, v| v.iter().any(|t| t.elapsed() < LOGIN_WINDOW));
-    }
-    map.entry(key).or_default().push(Instant::now());
-}
+/// Longest username (also checked at login, before any other work).
+const MAX_USERNAME: usize = 64;
 
 /// A password hash to verify against when the user does not exist, so both
 /// failures take the same time.
@@ -81,18 +53,22 @@ pub async fn login(
         ))
         .into_response()
     })?;
-    let key = (req.username.to_lowercase(), remote.ip());
-    if let Some(secs) = blocked_for(&key) {
-        tracing::warn!(username = %printable(&req.username), remote_addr = %remote, "login refused: too many failed attempts");
-        let mut r = ApiError::new(
+    if req.username.len() > MAX_USERNAME || req.password.len() > MAX_PASSWORD {
+        return Err(ApiError::bad_request(format!(
+            "username or password too long: usernames have at most {MAX_USERNAME} characters, passwords {MAX_PASSWORD}"
+        ))
+        .into_response());
+    }
+    let logins = &app.auth.logins;
+    if let Some(secs) = logins.check(&req.username, remote.ip()) {
+        tracing::debug!(username = %printable(&req.username), remote_addr = %remote, "login refused: too many failed attempts");
+        audit_failure(&app, &req.username, remote.ip(), true);
+        return Err(retry_later(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
-            format!("too many failed logins for this user from this address; retry in {secs} s"),
-        )
-        .into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Err(r);
+            format!("too many failed logins from this address; retry in {secs} s"),
+            secs,
+        ));
     }
     let name = req.username.clone();
     let user = app
@@ -103,36 +79,19 @@ pub async fn login(
     let hash = user
         .as_ref()
         .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
-    let password = req.password;
-    let verified = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+    let verified = app
+        .auth
+        .passwords
+        .verify(req.password, hash)
         .await
-        .unwrap_or(false);
-    let addr = remote.to_string();
-    let actor = printable(&req.username);
+        .map_err(|busy| {
+            retry_later(StatusCode::SERVICE_UNAVAILABLE, "busy", busy.to_string(), 1)
+        })?;
     let role = user.as_ref().and_then(|u| Role::parse(&u.role));
     let (Some(user), Some(role), true) = (user, role, verified) else {
-        record_failure(key);
-        let reason = if role.is_none() {
-            "unknown user"
-        } else {
-            "wrong password"
-        };
-        tracing::warn!(username = %actor, remote_addr = %remote, "login failed");
-        let a = actor.clone();
-        app.store
-            .write("audit", move |c| {
-                insert_audit(
-                    c,
-                    &a,
-                    "auth.login",
-                    None,
-                    Some(&addr),
-                    "denied",
-                    &json!({"reason": reason}),
-                )
-            })
-            .await
-            .map_err(|e| ApiError::from(e).into_response())?;
+        logins.failed(&req.username, remote.ip());
+        tracing::warn!(username = %printable(&req.username), remote_addr = %remote, "login failed");
+        audit_failure(&app, &req.username, remote.ip(), false);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
@@ -140,9 +99,12 @@ pub async fn login(
         )
         .into_response());
     };
-    failures().remove(&key);
-    let (token, exp) = app.auth.issue_jwt(&user.username, role);
+    logins.succeeded(&req.username, remote.ip());
+    let (token, exp) = app
+        .auth
+        .issue_jwt(&user.username, role, user.session_generation);
     let who = user.username.clone();
+    let addr = remote.to_string();
     app.store
         .write("audit", move |c| {
             insert_audit(
@@ -163,6 +125,32 @@ pub async fn login(
         expires_at: rfc3339(exp * 1000),
         role: role.as_str().into(),
     }))
+}
+
+fn retry_later(status: StatusCode, code: &'static str, message: String, secs: u64) -> Response {
+    let mut r = ApiError::new(status, code, message).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// Adds a failed or throttled login to its address's audit summary (one row
+/// per address and window), written in the background when due.
+fn audit_failure(app: &Arc<App>, username: &str, ip: IpAddr, throttled: bool) {
+    let Some(summary) = app
+        .auth
+        .logins
+        .audit(&printable(username), ip, throttled, now_ms())
+    else {
+        return;
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        let _ = app
+            .store
+            .write("audit", move |c| users::record_login_failures(c, &summary))
+            .await;
+    });
 }
 
 fn auth_error(e: &AuthError) -> ApiError {
@@ -189,31 +177,20 @@ pub async fn logout(
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let addr = remote.to_string();
-    let p = match app.auth.authenticate(&app.store, bearer).await {
-        Ok(p) => p,
-        Err(e) => {
-            let err = auth_error(&e);
-            let code = err.code;
-            app.store
-                .write("audit", move |c| {
-                    insert_audit(
-                        c,
-                        "anonymous",
-                        "auth.logout",
-                        None,
-                        Some(&addr),
-                        "denied",
-                        &json!({"reason": code}),
-                    )
-                })
-                .await?;
-            return Err(err);
-        }
-    };
+    // A logout without a valid credential changes nothing: not audited (a
+    // flood of them must not fill the audit log), only logged at debug level.
+    let p = app
+        .auth
+        .authenticate(&app.store, bearer)
+        .await
+        .map_err(|e| {
+            tracing::debug!(remote_addr = %remote, error = %e, "logout without a valid credential");
+            auth_error(&e)
+        })?;
     let who = p.name.clone();
     match p.credential.clone() {
         Credential::Jwt { jti, exp } => {
-            let id = jti.clone();
+            let id = jti;
             app.store
                 .write("logout", move |c| {
                     c.execute(
@@ -231,7 +208,6 @@ pub async fn logout(
                     )
                 })
                 .await?;
-            app.auth.revoke_jti(&jti, exp);
         }
         Credential::ApiToken { id } => {
             app.store
@@ -331,15 +307,17 @@ pub async fn tokens_create(
             ),
         ));
     }
-    let expires_at = match input.expires_in_days {
-        None => None,
-        Some(d) if (1..=3650).contains(&d) => Some(now_ms() + d as i64 * 86_400_000),
-        Some(d) => {
+    let days = match input.expires_in_days {
+        None => Some(DEFAULT_TOKEN_DAYS),
+        Some(TokenLifetime::Never(_)) => None,
+        Some(TokenLifetime::Days(d)) if (1..=3650).contains(&d) => Some(d),
+        Some(TokenLifetime::Days(d)) => {
             return Err(ApiError::bad_request(format!(
-                "expires_in_days must be between 1 and 3650, got {d}"
+                "expires_in_days must be between 1 and 3650, or \"never\", got {d}"
             )))
         }
     };
+    let expires_at = days.map(|d| now_ms() + d as i64 * 86_400_000);
     let secret = auth::random_token();
     let row = TokenRow {
         id: uuid::Uuid::now_v7().to_string(),
@@ -412,7 +390,7 @@ fn user_to_api(u: &UserRow) -> User {
 
 fn check_username(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= MAX_USERNAME
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
@@ -445,10 +423,12 @@ fn parse_role(r: &str) -> ApiResult<Role> {
     })
 }
 
-async fn hash(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+async fn hash(app: &App, password: String) -> ApiResult<String> {
+    app.auth
+        .passwords
+        .hash(password)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(|busy| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", busy.to_string()))?
         .map_err(ApiError::from)
 }
 
@@ -492,9 +472,10 @@ pub async fn users_create(
     let role = parse_role(&input.role)?;
     let row = UserRow {
         username: input.username.clone(),
-        password_hash: hash(input.password).await?,
+        password_hash: hash(&app, input.password).await?,
         role: role.as_str().into(),
         created_at: now_ms(),
+        session_generation: now_ms(),
     };
     let stored = row.clone();
     let actor = who.name.clone();
@@ -541,7 +522,7 @@ pub async fn users_update(
     let password_hash = match patch.password {
         Some(p) => {
             check_password(&p)?;
-            Some(hash(p).await?)
+            Some(hash(&app, p).await?)
         }
         None => None,
     };
@@ -574,6 +555,8 @@ pub async fn users_update(
             if let Some(h) = &password_hash {
                 users::set_password_hash(c, &key, h)?;
             }
+            // A new password or role ends the user's existing sessions.
+            users::end_sessions(c, &key)?;
             insert_audit(
                 c,
                 &actor,

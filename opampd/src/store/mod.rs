@@ -33,6 +33,8 @@ pub struct StoreOptions {
     pub conn_max_lifetime: Duration,
     pub flush_interval: Duration,
     pub busy_timeout: Duration,
+    /// SQLite `synchronous` of the write connection: `NORMAL` or `FULL`.
+    pub synchronous: &'static str,
 }
 
 /// Handle to the database; cheap to clone.
@@ -76,6 +78,7 @@ impl Store {
             opts.busy_timeout,
         )
         .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.pragma_update(None, "synchronous", opts.synchronous)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             anyhow::bail!("database {} refused WAL mode (got {mode})", path.display());

@@ -144,6 +144,10 @@ const MIGRATIONS: &[&str] = &[
           AND json_extract(remote_status, '$.status') = 'applied'
           AND json_extract(remote_status, '$.hash') = json_extract(offered, '$.hash');
     "#,
+    // 4: a user's session generation; login tokens of an older one are refused.
+    r#"
+    ALTER TABLE users ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -9,7 +9,11 @@ pub struct UserRow {
     pub password_hash: String,
     pub role: String,
     pub created_at: i64,
+    /// Login tokens carry it; a different one is refused (see [`end_sessions`]).
+    pub session_generation: i64,
 }
+
+const USER_COLUMNS: &str = "username, password_hash, role, created_at, session_generation";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
@@ -17,13 +21,14 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         password_hash: r.get(1)?,
         role: r.get(2)?,
         created_at: r.get(3)?,
+        session_generation: r.get(4)?,
     })
 }
 
 pub fn get_user(c: &Connection, username: &str) -> Result<Option<UserRow>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT username, password_hash, role, created_at FROM users WHERE username = ?1",
-    )?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE username = ?1"
+    ))?;
     Ok(stmt.query_row([username], user_row).optional()?)
 }
 
@@ -34,10 +39,9 @@ pub fn list_users(
     limit: usize,
 ) -> Result<(Vec<UserRow>, u64)> {
     let total: i64 = c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
-    let mut stmt = c.prepare_cached(
-        "SELECT username, password_hash, role, created_at FROM users WHERE username > ?1
-         ORDER BY username LIMIT ?2",
-    )?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE username > ?1 ORDER BY username LIMIT ?2"
+    ))?;
     let rows = stmt
         .query_map(params![after.unwrap_or(""), limit as i64], user_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -46,9 +50,33 @@ pub fn list_users(
 
 pub fn insert_user(c: &Connection, u: &UserRow) -> Result<()> {
     c.execute(
-        "INSERT INTO users (username, password_hash, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![u.username, u.password_hash, u.role, u.created_at],
+        &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+        params![
+            u.username,
+            u.password_hash,
+            u.role,
+            u.created_at,
+            u.session_generation
+        ],
     )?;
+    Ok(())
+}
+
+/// Moves the user's session generation on: every login token issued before is refused.
+pub fn end_sessions(c: &Connection, username: &str) -> Result<()> {
+    let current: Option<i64> = c
+        .query_row(
+            "SELECT session_generation FROM users WHERE username = ?1",
+            [username],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(current) = current {
+        c.execute(
+            "UPDATE users SET session_generation = ?2 WHERE username = ?1",
+            params![username, crate::auth::next_generation(current)],
+        )?;
+    }
     Ok(())
 }
 
@@ -182,6 +210,49 @@ pub fn clamp_token_roles(c: &Connection, owner: &str, allowed: &[&str], to: &str
         ),
         params_from_iter(p.iter()),
     )?)
+}
+
+/// Writes an address's summary of failed logins: one row per address and
+/// window (identified by its start time), updated as the counts grow.
+pub fn record_login_failures(
+    c: &Connection,
+    summary: &crate::auth::throttle::FailureSummary,
+) -> Result<()> {
+    let details = serde_json::json!({
+        "failures": summary.failures,
+        "throttled": summary.throttled,
+        "usernames": summary.usernames,
+        "last_at": crate::store::rfc3339(crate::store::now_ms()),
+    })
+    .to_string();
+    let attempts = (summary.failures + summary.throttled) as i64;
+    let updated = c.execute(
+        "UPDATE audit_log SET details = ?3
+         WHERE at = ?1 AND remote_addr = ?2 AND actor = 'anonymous' AND action = 'auth.login'
+           AND json_extract(details, '$.failures') + json_extract(details, '$.throttled') <= ?4",
+        params![summary.window_at, summary.remote_addr, details, attempts],
+    )?;
+    if updated == 0 {
+        let exists: bool = c.query_row(
+            "SELECT EXISTS(SELECT 1 FROM audit_log WHERE at = ?1 AND remote_addr = ?2
+               AND actor = 'anonymous' AND action = 'auth.login')",
+            params![summary.window_at, summary.remote_addr],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            c.execute(
+                "INSERT INTO audit_log (at, actor, action, target, remote_addr, outcome, details)
+                 VALUES (?1, 'anonymous', 'auth.login', NULL, ?2, 'denied', ?3)",
+                params![summary.window_at, summary.remote_addr, details],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes audit entries older than `before` (ms); returns how many.
+pub fn prune_audit(c: &Connection, before: i64) -> Result<usize> {
+    Ok(c.execute("DELETE FROM audit_log WHERE at < ?1", [before])?)
 }
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,14 @@
 //! Operator authentication: HS256 JWTs from password login, and long-lived
 //! API tokens for scripts. Both are revocable; only digests of tokens are
 //! stored; every comparison of a secret is constant-time.
+//!
+//! A login token carries its user's session generation; changing the user's
+//! password or role (or deleting the user) moves the generation on, which
+//! ends every session issued before. `password` runs argon2 on its own
+//! bounded threads; `throttle` slows down failing logins.
+
+pub mod password;
+pub mod throttle;
 
 use crate::store::{now_ms, Store};
 use anyhow::{bail, Context, Result};
@@ -13,6 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -79,6 +88,9 @@ struct Claims {
     iat: i64,
     exp: i64,
     jti: String,
+    /// The user's session generation at login.
+    #[serde(default)]
+    gen: i64,
 }
 
 struct CachedToken {
@@ -90,7 +102,11 @@ pub struct Auth {
     key: Vec<u8>,
     ttl_ms: i64,
     tokens: DashMap<String, CachedToken>,
-    revoked_jti: DashMap<String, i64>,
+    /// Moves on with every invalidation, so a cache fill that read the
+    /// database before a revocation never outlives it.
+    token_epoch: AtomicU64,
+    pub passwords: password::PasswordHashing,
+    pub logins: throttle::LoginThrottle,
 }
 
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -125,6 +141,7 @@ pub fn load_jwt_key(config: &crate::config::Config, zero_config: bool) -> Result
                     "{source} is too weak: use at least {MIN_SECRET_BYTES} random bytes, e.g. `openssl rand -base64 48`"
                 );
             }
+            crate::config::refuse_published_secret(&source, &k)?;
             Ok(k)
         }
         None if zero_config || config.auth.generate_jwt_secret => {
@@ -219,7 +236,9 @@ impl Auth {
             key,
             ttl_ms: ttl_minutes as i64 * 60_000,
             tokens: DashMap::new(),
-            revoked_jti: DashMap::new(),
+            token_epoch: AtomicU64::new(0),
+            passwords: password::PasswordHashing::for_this_machine(),
+            logins: throttle::LoginThrottle::default(),
         }
     }
 
@@ -243,7 +262,7 @@ impl Auth {
         store
             .write("bootstrap_admin", move |c| {
                 let now = now_ms();
-                c.execute("INSERT INTO users (username, password_hash, role, created_at) VALUES ('admin', ?1, 'admin', ?2)", params![pw_hash, now])?;
+                c.execute("INSERT INTO users (username, password_hash, role, created_at, session_generation) VALUES ('admin', ?1, 'admin', ?2, ?2)", params![pw_hash, now])?;
                 c.execute(
                     "INSERT INTO api_tokens (id, name, token_hash, role, owner, created_at) VALUES (?1, 'bootstrap', ?2, 'admin', 'admin', ?3)",
                     params![uuid::Uuid::new_v4().to_string(), digest, now],
@@ -261,7 +280,8 @@ impl Auth {
         Ok(())
     }
 
-    pub fn issue_jwt(&self, user: &str, role: Role) -> (String, i64) {
+    /// A login token for `user` at its current session `generation`.
+    pub fn issue_jwt(&self, user: &str, role: Role, generation: i64) -> (String, i64) {
         let now = now_ms() / 1000;
         let exp = now + self.ttl_ms / 1000;
         let claims = Claims {
@@ -270,6 +290,7 @@ impl Auth {
             iat: now,
             exp,
             jti: uuid::Uuid::new_v4().to_string(),
+            gen: generation,
         };
         let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let payload = B64.encode(serde_json::to_vec(&claims).expect("claims serialize"));
@@ -280,7 +301,7 @@ impl Auth {
         (format!("{signing_input}.{sig}"), exp)
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<Principal, AuthError> {
+    fn verify_jwt(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let mut parts = token.splitn(3, '.');
         let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(AuthError::Invalid);
@@ -307,14 +328,17 @@ impl Auth {
         if claims.exp <= now_ms() / 1000 {
             return Err(AuthError::Expired);
         }
-        Ok(Principal {
-            name: claims.sub,
-            role: claims.role,
-            credential: Credential::Jwt {
-                jti: claims.jti,
-                exp: claims.exp,
+        Ok((
+            Principal {
+                name: claims.sub,
+                role: claims.role,
+                credential: Credential::Jwt {
+                    jti: claims.jti,
+                    exp: claims.exp,
+                },
             },
-        })
+            claims.gen,
+        ))
     }
 
     /// Checks a bearer token (JWT or API token).
@@ -330,50 +354,37 @@ impl Auth {
         if token.starts_with(TOKEN_PREFIX) {
             return self.check_api_token(store, token).await;
         }
-        let p = self.verify_jwt(token)?;
-        if let Credential::Jwt { jti, .. } = &p.credential {
-            if self.revoked_jti.contains_key(jti) {
-                return Err(AuthError::Revoked);
-            }
-            let id = jti.clone();
-            let revoked = store
-                .read("jwt_revoked", move |c| {
-                    Ok(c.query_row(
-                        "SELECT EXISTS(SELECT 1 FROM revoked_jwts WHERE jti = ?1)",
-                        [id],
-                        |r| r.get::<_, bool>(0),
-                    )?)
+        let (p, generation) = self.verify_jwt(token)?;
+        let Credential::Jwt { jti, .. } = &p.credential else {
+            return Err(AuthError::Invalid);
+        };
+        // One read per request: the token is not revoked, its user still
+        // exists, and the user's sessions have not been ended since.
+        let (user, id) = (p.name.clone(), jti.clone());
+        let row: Option<(String, i64, bool)> = store
+            .read("jwt_check", move |c| {
+                Ok(c.query_row(
+                    "SELECT role, session_generation,
+                            EXISTS(SELECT 1 FROM revoked_jwts WHERE jti = ?2)
+                     FROM users WHERE username = ?1",
+                    params![user, id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?)
+            })
+            .await
+            .map_err(|_| AuthError::Invalid)?;
+        match row {
+            Some((role, current, false)) if current == generation => {
+                // The user may have been demoted since (which also ends sessions).
+                let role = Role::parse(&role).ok_or(AuthError::Invalid)?;
+                Ok(Principal {
+                    role: role.min(p.role),
+                    ..p
                 })
-                .await
-                .map_err(|_| AuthError::Invalid)?;
-            if revoked {
-                self.revoked_jti.insert(jti.clone(), 0);
-                return Err(AuthError::Revoked);
             }
-            // The user may have been deleted or demoted since the token was issued.
-            let user = p.name.clone();
-            let role: Option<String> = store
-                .read("user_role", move |c| {
-                    Ok(
-                        c.query_row("SELECT role FROM users WHERE username = ?1", [user], |r| {
-                            r.get(0)
-                        })
-                        .optional()?,
-                    )
-                })
-                .await
-                .map_err(|_| AuthError::Invalid)?;
-            match role.as_deref().and_then(Role::parse) {
-                Some(r) => {
-                    return Ok(Principal {
-                        role: r.min(p.role),
-                        ..p
-                    })
-                }
-                None => return Err(AuthError::Revoked),
-            }
+            _ => Err(AuthError::Revoked),
         }
-        Ok(p)
     }
 
     async fn check_api_token(&self, store: &Store, token: &str) -> Result<Principal, AuthError> {
@@ -386,18 +397,32 @@ impl Auth {
             };
         }
         let d = digest.clone();
-        let row: Option<(String, String, String, Option<i64>, bool)> = store
+        let epoch = self.token_epoch.load(Ordering::SeqCst);
+        // A token whose owner does not exist (deleted, or a restored
+        // database without them) does not authenticate.
+        let row: Option<(String, String, String, Option<i64>, bool, String)> = store
             .read("token_lookup", move |c| {
                 Ok(c.query_row(
-                    "SELECT id, owner, role, expires_at, revoked FROM api_tokens WHERE token_hash = ?1",
+                    "SELECT t.id, t.owner, t.role, t.expires_at, t.revoked, u.role
+                     FROM api_tokens t JOIN users u ON u.username = t.owner
+                     WHERE t.token_hash = ?1",
                     [d],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
                 )
                 .optional()?)
             })
             .await
             .map_err(|_| AuthError::Invalid)?;
-        let Some((id, owner, role, expires_at, revoked)) = row else {
+        let Some((id, owner, role, expires_at, revoked, owner_role)) = row else {
             return Err(AuthError::Invalid);
         };
         if revoked {
@@ -407,37 +432,51 @@ impl Auth {
             return Err(AuthError::Expired);
         }
         let role = Role::parse(&role).ok_or(AuthError::Invalid)?;
+        let owner_role = Role::parse(&owner_role).ok_or(AuthError::Invalid)?;
         let principal = Principal {
             name: owner,
-            role,
+            role: role.min(owner_role),
             credential: Credential::ApiToken { id },
         };
         self.tokens.insert(
-            digest,
+            digest.clone(),
             CachedToken {
                 principal: principal.clone(),
                 expires_at,
             },
         );
+        // An invalidation between the read and the insert: the row read may
+        // predate a revocation, so the entry must not stay.
+        if self.token_epoch.load(Ordering::SeqCst) != epoch {
+            self.tokens.remove(&digest);
+        }
         Ok(principal)
     }
 
-    /// Forgets cached API tokens (after a revocation or role change).
+    /// Forgets cached API tokens; call after the change (revocation, role
+    /// change, deletion) is committed.
     pub fn invalidate_tokens(&self) {
+        self.token_epoch.fetch_add(1, Ordering::SeqCst);
         self.tokens.clear();
-    }
-
-    pub fn revoke_jti(&self, jti: &str, exp: i64) {
-        self.revoked_jti.insert(jti.to_string(), exp);
     }
 }
 
-/// Drops revocations of JWTs that have expired anyway.
+/// The next session generation of a user: ends every session issued before.
+pub fn next_generation(current: i64) -> i64 {
+    (current + 1).max(now_ms())
+}
+
+/// Drops revocations of JWTs and revoked API tokens that have expired anyway.
 pub fn prune_revoked(c: &Connection) -> Result<usize> {
-    Ok(c.execute(
+    let jwts = c.execute(
         "DELETE FROM revoked_jwts WHERE expires_at < ?1",
         [now_ms() / 1000],
-    )?)
+    )?;
+    let tokens = c.execute(
+        "DELETE FROM api_tokens WHERE revoked = 1 AND expires_at IS NOT NULL AND expires_at < ?1",
+        [now_ms()],
+    )?;
+    Ok(jwts + tokens)
 }
 
 /// Appends one audit entry. `details` must never hold a secret.
@@ -464,8 +503,9 @@ mod tests {
     #[test]
     fn jwt_roundtrip_and_tamper() {
         let a = Auth::new(vec![7; 40], 60);
-        let (t, _) = a.issue_jwt("alice", Role::Operator);
-        let p = a.verify_jwt(&t).unwrap();
+        let (t, _) = a.issue_jwt("alice", Role::Operator, 5);
+        let (p, generation) = a.verify_jwt(&t).unwrap();
+        assert_eq!(generation, 5);
         assert_eq!((p.name.as_str(), p.role), ("alice", Role::Operator));
         let other = Auth::new(vec![8; 40], 60);
         assert_eq!(other.verify_jwt(&t).unwrap_err(), AuthError::Invalid);
@@ -482,7 +522,7 @@ mod tests {
     #[test]
     fn expired_jwt_is_refused() {
         let a = Auth::new(vec![7; 40], 0);
-        let (t, _) = a.issue_jwt("alice", Role::Viewer);
+        let (t, _) = a.issue_jwt("alice", Role::Viewer, 0);
         assert_eq!(a.verify_jwt(&t).unwrap_err(), AuthError::Expired);
     }
 
