@@ -362,7 +362,7 @@ async fn tokens_are_bounded_by_their_creator() {
     )
     .await;
     assert_eq!(code, 403);
-    let (code, _, _) = call(
+    let (code, _, v) = call(
         &s,
         "POST",
         "/api/v1/configurations",
@@ -370,7 +370,11 @@ async fn tokens_are_bounded_by_their_creator() {
         Some(json!({"name": "c", "body": "x: 2"})),
     )
     .await;
-    assert_eq!(code, 403, "a login token follows the user's current role");
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (401, &json!("token_revoked")),
+        "a role change ends the user's login sessions"
+    );
 }
 
 #[tokio::test]
