@@ -32,7 +32,7 @@ use tower::ServiceExt;
 /// had no traffic for the idle timeout. (A macro: the connection's type
 /// names the service closure.)
 macro_rules! drive {
-    ($conn:expr, $started:expr, $activity:expr, $idle:expr, $shutdown:expr) => {{
+    ($conn:expr, $started:expr, $activity:expr, $in_flight:expr, $idle:expr, $shutdown:expr) => {{
         let mut conn = std::pin::pin!($conn);
         let mut shutdown = $shutdown;
         let mut closing = false;
@@ -45,7 +45,9 @@ macro_rules! drive {
                 .saturating_sub(Duration::from_millis($activity.load(Ordering::Acquire)))
         };
         loop {
-            let check_in = $idle.saturating_sub(quiet()).max(Duration::from_millis(100));
+            let check_in = $idle
+                .saturating_sub(quiet())
+                .max(Duration::from_millis(100));
             let wake = gone_by.unwrap_or_else(|| tokio::time::Instant::now() + check_in);
             tokio::select! {
                 _ = conn.as_mut() => break,
@@ -58,7 +60,7 @@ macro_rules! drive {
                         tracing::debug!("dropping an idle connection that did not close");
                         break;
                     }
-                    if quiet() >= $idle {
+                    if quiet() >= $idle && $in_flight.load(Ordering::Acquire) == 0 {
                         tracing::debug!(idle_s = quiet().as_secs(), "closing an idle connection");
                         closing = true;
                         gone_by = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
@@ -110,10 +112,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        // Requests being handled: a connection is not idle while its
+        // server is still working on an answer (a restore, a VACUUM).
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let counter = in_flight.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(remote));
-                router.clone().oneshot(req.map(axum::body::Body::new))
+                let busy = InFlight::new(counter.clone());
+                let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+                async move {
+                    let _busy = busy;
+                    answer.await
+                }
             });
         let mut builder = Builder::new(TokioExecutor::new());
         builder
@@ -136,7 +147,7 @@ pub async fn serve(
                 None => {
                     let io = Tracked::new(stream, started, activity.clone());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    drive!(conn, started, activity, timeouts.idle, shutdown);
+                    drive!(conn, started, activity, in_flight, timeouts.idle, shutdown);
                 }
                 Some(acceptor) => {
                     let Ok(Ok(tls_stream)) =
@@ -147,7 +158,7 @@ pub async fn serve(
                     };
                     let io = Tracked::new(tls_stream, started, activity.clone());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    drive!(conn, started, activity, timeouts.idle, shutdown);
+                    drive!(conn, started, activity, in_flight, timeouts.idle, shutdown);
                 }
             }
         });
@@ -157,6 +168,22 @@ pub async fn serve(
     let all_closed = open.acquire_many(u32::try_from(waiting).unwrap_or(u32::MAX));
     if waiting > 0 && tokio::time::timeout(drain, all_closed).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
+    }
+}
+
+/// One request being handled, counted until its response is ready.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(counter: Arc<AtomicU64>) -> InFlight {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

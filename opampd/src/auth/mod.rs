@@ -271,11 +271,12 @@ impl Auth {
                 Ok(())
             })
             .await?;
-        write_private(&token_path, format!("{token}\n").as_bytes())?;
+        // The password first: admin.token appearing means both are there.
         write_private(
             &data_dir.join("admin.password"),
             format!("{password}\n").as_bytes(),
         )?;
+        write_private(&token_path, format!("{token}\n").as_bytes())?;
         tracing::info!(token_file = %token_path.display(), "first start: created user 'admin'; its API token is in admin.token, its password in admin.password");
         Ok(())
     }
