@@ -114,7 +114,13 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
     (
         "opamp.agent_secrets",
         "Shared secrets agents send as an Authorization: Bearer or Secret-Key header; several \
-         at once allow rotation. Empty means open, with a warning at start.",
+         at once allow rotation. Placeholders and values published with opampd are refused. \
+         Empty means open: allowed only when every listener is loopback.",
+    ),
+    (
+        "opamp.allow_anonymous_agents",
+        "Accept agents without a secret on a listener that is not loopback (default false: \
+         opampd refuses to start there without agent secrets).",
     ),
     (
         "opamp.max_message_bytes, opamp.max_send_bytes",
@@ -176,6 +182,15 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
         "Queries slower than this count as slow in the metrics (default 100).",
     ),
     (
+        "database.synchronous",
+        "normal (default): a commit survives a crash of opampd; full: it survives power loss \
+         too, at the cost of an fsync per write batch.",
+    ),
+    (
+        "audit.retention_days",
+        "Audit entries older than this are pruned hourly (default 365; 0 keeps them).",
+    ),
+    (
         "auth.jwt_secret_file",
         "File holding the token signing key; else JWT_SECRET_KEY, else a key generated into \
          the data directory.",
@@ -191,7 +206,13 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
     ),
     (
         "http.header_timeout_seconds, http.body_timeout_seconds",
-        "Time allowed for request headers (default 10) and bodies (default 30).",
+        "Time allowed for request headers (default 10) and bodies (default 30; REST bodies \
+         one more second per MiB declared).",
+    ),
+    (
+        "http.idle_timeout_seconds",
+        "Close HTTP/1.1 keep-alive and HTTP/2 connections without traffic for this long \
+         (default 120).",
     ),
     (
         "http.max_api_body_bytes",

@@ -222,7 +222,7 @@ mod tests {
         let path = database(
             dir.path(),
             "ok.db",
-            "INSERT INTO users VALUES ('u', 'h', 'admin', 0)",
+            "INSERT INTO users (username, password_hash, role, created_at) VALUES ('u', 'h', 'admin', 0)",
         );
         assert_eq!(check(&path), Ok(schema::SCHEMA_VERSION));
         // ANALYZE (opampctl db optimize) adds statistics tables: still fine.
