@@ -50,6 +50,8 @@ complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "doctor" -d 'Run e
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "troubleshoot" -d 'Focused diagnostics for one runbook problem'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "db" -d 'Database statistics and maintenance'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "audit" -d 'Review the audit log: logins, configuration changes, agents, users, tokens'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "users" -d 'Manage user accounts and their roles (admin)'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "tokens" -d 'Manage API tokens: your own, or everybody\'s as admin'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "alerts" -d 'Prometheus alerting rules for opampd'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "bench" -d 'Simulate agents against a running opampd and measure it, for sizing'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
@@ -607,6 +609,153 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -s f -l follow 
 complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -f -a "list" -d 'List the users and their roles'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -f -a "create" -d 'Create a user; the password is read from stdin (--password-stdin)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -f -a "set-role" -d 'Change a user\'s role (their tokens above it are lowered to it)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -f -a "set-password" -d 'Set a user\'s password, read from stdin (--password-stdin)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and not __fish_seen_subcommand_from list create set-role set-password delete" -f -a "delete" -d 'Delete a user and revoke their tokens'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l role -d 'The user\'s role' -r -f -a "admin\t''
+operator\t''
+viewer\t''"
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l password-stdin -d 'Read the password from stdin (its first line)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-role" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l password-stdin -d 'Read the password from stdin (its first line)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from set-password" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand users; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -f -a "list" -d 'List your tokens (an admin: everybody\'s)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -f -a "create" -d 'Create a token; prints its secret once (also with -q)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and not __fish_seen_subcommand_from list create revoke" -f -a "revoke" -d 'Revoke a token by its id (see tokens list)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l role -d 'Its role, at most yours (default: yours)' -r -f -a "admin\t''
+operator\t''
+viewer\t''"
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l expires-in-days -d 'Lifetime in days (1-3650), or `never` (default: the server\'s, 90 days)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

@@ -199,6 +199,12 @@ opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
     Db(DbCmd),
     /// Review the audit log: logins, configuration changes, agents, users, tokens
     Audit(AuditArgs),
+    /// Manage user accounts and their roles (admin)
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Manage API tokens: your own, or everybody's as admin
+    #[command(subcommand)]
+    Tokens(TokensCmd),
     /// Prometheus alerting rules for opampd
     #[command(subcommand)]
     Alerts(AlertsCmd),
@@ -731,6 +737,83 @@ pub enum BenchTransport {
     Ws,
     /// Plain HTTP (POST per message)
     Http,
+}
+
+/// The roles of users and tokens.
+const ROLES: [&str; 3] = ["admin", "operator", "viewer"];
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCmd {
+    /// List the users and their roles
+    List,
+    /// Create a user; the password is read from stdin (--password-stdin)
+    Create {
+        /// User name: 1-64 of letters, digits, '.', '_', '-', '@'
+        name: String,
+        /// The user's role
+        #[arg(long, value_parser = ROLES)]
+        role: String,
+        /// Read the password from stdin (its first line)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's role (their tokens above it are lowered to it)
+    SetRole {
+        /// The user to change
+        name: String,
+        /// The new role
+        #[arg(value_parser = ROLES)]
+        role: String,
+    },
+    /// Set a user's password, read from stdin (--password-stdin)
+    SetPassword {
+        /// The user to change
+        name: String,
+        /// Read the password from stdin (its first line)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user and revoke their tokens
+    Delete {
+        /// The user to delete
+        name: String,
+    },
+}
+
+/// `--expires-in-days`: 1-3650 days, or `never`.
+fn parse_lifetime(text: &str) -> std::result::Result<opamp_proto::api::TokenLifetime, String> {
+    use opamp_proto::api::{NeverExpires, TokenLifetime};
+    if text == "never" {
+        return Ok(TokenLifetime::Never(NeverExpires::Never));
+    }
+    match text.parse::<u64>() {
+        Ok(days) if (1..=3650).contains(&days) => Ok(TokenLifetime::Days(days)),
+        _ => Err(format!(
+            "{text:?} is neither a number of days from 1 to 3650 nor `never`"
+        )),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// List your tokens (an admin: everybody's)
+    List,
+    /// Create a token; prints its secret once (also with -q)
+    Create {
+        /// What the token is for (1-64 characters)
+        name: String,
+        /// Its role, at most yours (default: yours)
+        #[arg(long, value_parser = ROLES)]
+        role: Option<String>,
+        /// Lifetime in days (1-3650), or `never` (default: the server's, 90 days)
+        #[arg(long, value_name = "DAYS|never", value_parser = parse_lifetime)]
+        expires_in_days: Option<opamp_proto::api::TokenLifetime>,
+    },
+    /// Revoke a token by its id (see tokens list)
+    Revoke {
+        /// The token's id (the ID column of tokens list)
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -156,6 +156,12 @@ fn every_remote_command_exits_3_when_the_server_is_down() {
         vec!["db", "stats"],
         vec!["db", "optimize"],
         vec!["audit"],
+        vec!["users", "list"],
+        vec!["users", "set-role", "alice", "viewer"],
+        vec!["users", "delete", "alice"],
+        vec!["tokens", "list"],
+        vec!["tokens", "create", "ci"],
+        vec!["tokens", "revoke", "x"],
         vec!["doctor"],
         vec!["troubleshoot", "agent-connect"],
         vec![
@@ -232,6 +238,16 @@ fn usage_errors_exit_2() {
         ),
         (vec!["audit", "--since", "yesterday"], "--since"),
         (vec!["audit", "--limit", "0"], "--limit"),
+        (
+            vec!["users", "create", "alice", "--role", "viewer"],
+            "--password-stdin",
+        ),
+        (vec!["users", "set-role", "alice", "root"], "root"),
+        (vec!["users", "set-password", "alice"], "--password-stdin"),
+        (
+            vec!["tokens", "create", "ci", "--expires-in-days", "0"],
+            "--expires-in-days",
+        ),
     ];
     for (args, needle) in cases {
         let o = s.ctl(&args);

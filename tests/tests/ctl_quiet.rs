@@ -51,6 +51,8 @@ async fn quiet_prints_nothing_on_success_for_every_command() {
         vec!["alerts", "rules"],
         vec!["audit"],
         vec!["audit", "--action", "config.create", "-o", "wide"],
+        vec!["users", "list"],
+        vec!["tokens", "list"],
         vec!["configs", "delete", "otel", "--force"],
         vec!["agents", "delete", &id, "--force"],
     ];
@@ -88,6 +90,7 @@ async fn every_list_has_the_same_json_shape() {
         vec!["configs", "list"],
         vec!["configs", "history", "otel"],
         vec!["audit", "--action", "config.create"],
+        vec!["users", "list"],
     ] {
         for format in ["json", "yaml"] {
             let mut a = args.clone();

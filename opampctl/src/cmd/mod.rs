@@ -14,6 +14,8 @@ pub mod restart;
 pub mod restore;
 pub mod rollout;
 pub mod supervisor;
+pub mod tokens;
+pub mod users;
 
 use crate::cli::{AlertsCmd, Cli, Command};
 use crate::client::Client;
@@ -33,6 +35,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Health(args) => health::run(&settings, &client, &args).await,
         Command::Audit(args) => audit::run(&settings, &client, &args).await,
+        Command::Users(command) => users::run(&settings, &client, command).await,
+        Command::Tokens(command) => tokens::run(&settings, &client, command).await,
         Command::Agents(args) => agents::run(&settings, &client, args).await,
         Command::Configs(args) => configs::run(&settings, &client, args).await,
         Command::Rollout(args) => rollout::run(&settings, &client, args).await,
