@@ -82,6 +82,11 @@ impl Client {
         })
     }
 
+    /// Whether a token was given (flag, environment, file or context).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -274,6 +274,27 @@ fn refused_tokens_exit_1_with_the_servers_reason() {
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("401"), "{}", stderr(&o));
     assert!(stderr(&o).contains("OPAMPCTL_TOKEN"), "{}", stderr(&o));
+    // doctor: a refused token is a failed check and a non-zero exit.
+    let o = ctl_env(
+        &["doctor", "-o", "json"],
+        &[
+            ("OPAMPCTL_SERVER", &s.url()),
+            ("OPAMPCTL_TOKEN", "opampd_wrong"),
+        ],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let token = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == "token")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(token["verdict"], "fail", "{report}");
+    assert!(
+        token["detail"].as_str().unwrap().contains("OPAMPCTL_TOKEN"),
+        "{report}"
+    );
     // No token at all: says how to give one.
     let o = ctl_env(&["agents", "list"], &[("OPAMPCTL_SERVER", &s.url())]);
     assert_eq!(code(&o), 1);

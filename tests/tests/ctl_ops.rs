@@ -320,6 +320,7 @@ async fn doctor_checks_everything_and_cleans_up_its_probes() {
         "database",
         "port",
         "server",
+        "token",
         "opamp-http",
         "opamp-ws",
         "db-pool",

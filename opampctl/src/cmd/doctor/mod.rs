@@ -6,7 +6,7 @@
 //! in which order) and [`Diagnosis`], the state the checks share. The checks
 //! are methods of `Diagnosis`, one file per group: `local` (config file and
 //! data directory), `database` (the database file, read pool, slow queries,
-//! size), `server` (port and health), `tls`, `connect` (OpAMP over HTTP and
+//! size), `server` (port, health and token), `tls`, `connect` (OpAMP over HTTP and
 //! WebSocket, agent secrets, agents), `memory` (the memory report and its
 //! trend). `report` has the check and report types and their rendering.
 
@@ -34,6 +34,7 @@ pub async fn doctor(settings: &Settings, client: &Client, args: &DoctorArgs) -> 
     diagnosis.check_database_file();
     diagnosis.check_port().await;
     diagnosis.check_server().await;
+    diagnosis.check_token().await;
     diagnosis.check_tls().await;
     diagnosis.check_opamp_http().await;
     diagnosis.check_opamp_ws().await;

@@ -59,6 +59,54 @@ impl Diagnosis<'_> {
     }
 }
 
+impl Diagnosis<'_> {
+    /// `token`: whether the server accepts the operator token (a refused one
+    /// fails: every command would fail with it).
+    pub(super) async fn check_token(&mut self) {
+        if self.server_down() {
+            return;
+        }
+        if !self.client.has_token() {
+            self.push(skip(
+                "token",
+                "no token given (--token, OPAMPCTL_TOKEN, --token-file or the context's token-file)",
+            ));
+            return;
+        }
+        let check = match self
+            .client
+            .send_any(self.client.request(Method::GET, "/api/v1/agents?limit=1"))
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                ok("token", "the server accepts the token")
+            }
+            Ok(response) if response.status().as_u16() == 401 => {
+                let refused = self.client.error_reply(response).await;
+                fail(
+                    "token",
+                    refused.message,
+                    "give a token the server accepts: --token, OPAMPCTL_TOKEN, --token-file, or a new one from `opampctl tokens create` with a valid token",
+                )
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let reply = self.client.error_reply(response).await;
+                warn(
+                    "token",
+                    format!(
+                        "GET /api/v1/agents with the token: {status}: {}",
+                        reply.message
+                    ),
+                    "use an operator or admin token",
+                )
+            }
+            Err(e) => fail("token", e.message, "check --server and the network"),
+        };
+        self.push(check);
+    }
+}
+
 fn port_verdict(port: u16, listeners: &[procfs::Listener], live: bool) -> Check {
     let owners: Vec<String> = listeners
         .iter()
