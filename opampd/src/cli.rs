@@ -124,7 +124,8 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
     ),
     (
         "opamp.max_message_bytes, opamp.max_send_bytes",
-        "Largest message accepted (after decompression) and sent (default 64 MiB).",
+        "Largest message accepted (after decompression) and sent (default 64 MiB); saving a \
+         configuration whose offer would not fit the send limit is refused.",
     ),
     (
         "opamp.heartbeat_interval_seconds",
