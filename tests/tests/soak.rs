@@ -5,15 +5,13 @@
 //! CI size: 600 agents for 75 s. Bigger by environment:
 //! `OPAMP_SOAK_AGENTS=5000 OPAMP_SOAK_SECONDS=600 cargo test -p opamp-tests --test soak`.
 
-use futures_util::{SinkExt, StreamExt};
-use opamp_proto::{frame, pb};
+use opamp_agent::agent::{Agent, AgentSettings, Event};
+use opamp_agent::{message, ws};
 use opamp_tests::client::*;
 use opamp_tests::{wait_for, Server};
-use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -43,79 +41,96 @@ struct Counters {
     replies: AtomicU64,
     configs: AtomicU64,
     reconnects: AtomicU64,
+    /// What the first agent-side errors were, for the failure message.
+    first_errors: Mutex<Vec<String>>,
+}
+
+impl Counters {
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_errors.lock().unwrap();
+        if first.len() < 10 {
+            first.push(what);
+        }
+    }
 }
 
 /// One agent: heartbeats every second, applies every config it is offered,
-/// and reconnects now and then (with the next sequence number).
+/// and reconnects now and then (going on with its sequence numbers).
 async fn agent(url: String, i: usize, until: Instant, c: Arc<Counters>) {
-    let uid = new_uid();
-    let mut seq = 0u64;
+    let mut agent = Agent::new(
+        AgentSettings::new(new_uid())
+            .identifying("service.name", &format!("soak-{i}"))
+            .identifying("service.version", "1.0.0")
+            .non_identifying("host.name", "test-host")
+            .non_identifying("os.type", "linux")
+            .effective_config(message::effective_yaml("receivers: {}")),
+    );
+    let options = ws::WsOptions::default();
     let mut first = true;
     while Instant::now() < until {
-        let Ok(mut ws) = ws_connect(&url, &[]).await else {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
+        let mut socket = match ws::connect(&url, &options).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                c.error(format!("agent {i}: connect: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
         let hello = if first {
-            full_report(uid, seq, &format!("soak-{i}"))
+            agent.full_report()
         } else {
-            heartbeat(uid, seq)
+            agent.heartbeat()
         };
         first = false;
-        if ws
-            .send(Message::Binary(frame::encode_message(&hello).into()))
-            .await
-            .is_err()
-        {
-            c.errors.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = ws::send(&mut socket, &hello).await {
+            c.error(format!("agent {i}: first message: {e}"));
             continue;
         }
         // Stay on this connection for 10-30 s, then reconnect.
         let stay = Instant::now() + Duration::from_secs(10 + (i as u64 * 7) % 20);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
+        'connection: loop {
+            // `ws::recv` only awaits the next WebSocket message: when the
+            // tick wins, dropping it loses nothing.
             tokio::select! {
-                m = ws.next() => match m {
-                    Some(Ok(Message::Binary(b))) => {
-                        let Ok(reply) = frame::decode(&b).map_err(|_| ()).and_then(|p| pb::ServerToAgent::decode(p).map_err(|_| ())) else {
-                            c.errors.fetch_add(1, Ordering::Relaxed);
+                received = ws::recv(&mut socket) => {
+                    let reply = match received {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            c.error(format!("agent {i}: receive: {e}"));
                             break;
-                        };
-                        if reply.error_response.is_some() || reply.instance_uid != uid.to_vec() {
-                            c.errors.fetch_add(1, Ordering::Relaxed);
                         }
-                        c.replies.fetch_add(1, Ordering::Relaxed);
-                        seq += 1;
-                        let next = if reply.flags & 1 == 1 {
-                            full_report(uid, seq, &format!("soak-{i}"))
-                        } else if let Some(rc) = reply.remote_config {
-                            c.configs.fetch_add(1, Ordering::Relaxed);
-                            applied(uid, seq, &rc.config_hash, pb::RemoteConfigStatuses::Applied, "")
-                        } else {
-                            continue;
-                        };
-                        if ws.send(Message::Binary(frame::encode_message(&next).into())).await.is_err() {
-                            c.errors.fetch_add(1, Ordering::Relaxed);
-                            break;
+                    };
+                    if let Some(error) = &reply.error_response {
+                        c.error(format!("agent {i}: server error: {}", error.error_message));
+                    } else if reply.instance_uid != agent.uid() {
+                        c.error(format!("agent {i}: a reply for another instance uid"));
+                    }
+                    c.replies.fetch_add(1, Ordering::Relaxed);
+                    let reaction = agent.handle(&reply);
+                    let applied = reaction
+                        .events
+                        .iter()
+                        .filter(|e| matches!(e, Event::ConfigApplied { .. }))
+                        .count();
+                    c.configs.fetch_add(applied as u64, Ordering::Relaxed);
+                    for next in &reaction.messages {
+                        if let Err(e) = ws::send(&mut socket, next).await {
+                            c.error(format!("agent {i}: answer: {e}"));
+                            break 'connection;
                         }
                     }
-                    Some(Ok(_)) => {}
-                    _ => { c.errors.fetch_add(1, Ordering::Relaxed); break; }
-                },
+                }
                 _ = tick.tick() => {
                     if Instant::now() > stay || Instant::now() > until {
-                        seq += 1;
-                        let mut bye = heartbeat(uid, seq);
-                        bye.agent_disconnect = Some(pb::AgentDisconnect {});
-                        let _ = ws.send(Message::Binary(frame::encode_message(&bye).into())).await;
-                        let _ = ws.close(None).await;
+                        let _ = ws::send(&mut socket, &agent.disconnect()).await;
+                        ws::close(&mut socket).await;
                         c.reconnects.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
-                    seq += 1;
-                    if ws.send(Message::Binary(frame::encode_message(&heartbeat(uid, seq)).into())).await.is_err() {
-                        c.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = ws::send(&mut socket, &agent.heartbeat()).await {
+                        c.error(format!("agent {i}: heartbeat: {e}"));
                         break;
                     }
                 }
@@ -194,7 +209,12 @@ async fn soak_many_agents_without_errors_growth_or_leaks() {
         c.reconnects.load(Ordering::Relaxed),
         rss.iter().step_by(10).collect::<Vec<_>>()
     );
-    assert_eq!(c.errors.load(Ordering::Relaxed), 0, "agent-side errors");
+    assert_eq!(
+        c.errors.load(Ordering::Relaxed),
+        0,
+        "agent-side errors, the first: {:#?}",
+        c.first_errors.lock().unwrap()
+    );
     assert_eq!(api_errors, 0, "API errors");
     assert!(
         c.reconnects.load(Ordering::Relaxed) >= agents as u64,
