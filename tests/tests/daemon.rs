@@ -89,12 +89,14 @@ fn zero_config_start_uses_data_in_the_working_dir_with_private_files() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     // The flag beats the environment, which beats the default.
-    let mut child = opampd(dir.path())
+    let child = opampd(dir.path())
         .args(["--listen", &addr])
         .env("OPAMPD_LISTEN", "127.0.0.1:1")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave opampd holding the test's output pipe.
+    let mut child = KillOnDrop(Some(child));
     let token = dir.path().join("data/admin.token");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !token.exists() {
@@ -132,9 +134,22 @@ fn zero_config_start_uses_data_in_the_working_dir_with_private_files() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    let mut child = child.0.take().unwrap();
     opamp_tests::signal(child.id(), libc::SIGTERM);
     assert!(
         child.wait().unwrap().success(),
         "SIGTERM drains and exits 0"
     );
+}
+
+/// Kills and reaps the child when a test fails before it could stop it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
