@@ -3,6 +3,8 @@
 //! idle clients, sessions that must end, what /health tells strangers,
 //! durability settings, audit retention and token pruning.
 
+mod common;
+
 use opamp_proto::pb;
 use opamp_tests::{jwt_key, root, wait_for, Opts, Server};
 use serde_json::{json, Value};
@@ -244,17 +246,8 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = s.http().request(m, format!("{}{path}", s.url()));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or(Value::Null))
+    let (code, _, value) = common::call(s, method, path, token, body).await;
+    (code, value)
 }
 
 async fn login(s: &Server, user: &str, password: &str) -> String {
