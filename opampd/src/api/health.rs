@@ -30,13 +30,7 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
 }
 
 pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+    let bearer = crate::auth::bearer_token(&headers);
     let detailed = bearer.is_some() && app.auth.authenticate(&app.store, bearer).await.is_ok();
     let start = Instant::now();
     let probe = app.store.read("health_probe", |c| {

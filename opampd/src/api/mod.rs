@@ -331,14 +331,7 @@ pub fn remote(parts: &Parts) -> Option<String> {
 }
 
 async fn authenticate(parts: &Parts, app: &Arc<App>, need: Role) -> Result<Principal, ApiError> {
-    let bearer = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+    let bearer = crate::auth::bearer_token(&parts.headers);
     let p = app
         .auth
         .authenticate(&app.store, bearer)

@@ -169,13 +169,7 @@ pub async fn logout(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+    let bearer = crate::auth::bearer_token(&headers);
     let addr = remote.to_string();
     // A logout without a valid credential changes nothing: not audited (a
     // flood of them must not fill the audit log), only logged at debug level.

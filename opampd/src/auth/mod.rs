@@ -497,6 +497,18 @@ pub fn insert_audit(
     Ok(())
 }
 
+/// The credential in an `Authorization: Bearer …` header (either case of
+/// the scheme), if the request carries one.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

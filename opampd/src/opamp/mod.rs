@@ -131,13 +131,7 @@ fn agent_authorized(app: &App, headers: &HeaderMap) -> bool {
     if secrets.is_empty() {
         return true;
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+    let presented = crate::auth::bearer_token(headers)
         .or_else(|| headers.get("secret-key").and_then(|v| v.to_str().ok()));
     let Some(presented) = presented else {
         return false;
