@@ -439,12 +439,12 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l dry-run -d
 complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand restart" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l config -d 'opampd config file: validated (opampd check-config), and where the server is when no --server, OPAMPCTL_SERVER or context says' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-path -d 'Path of the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -475,12 +475,12 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not 
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -f -a "agent-connect" -d 'Agents do not connect: OpAMP over HTTP and WebSocket, TLS, agent secret'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -f -a "db-pool" -d 'Slow API or waits on the database: read pool, slow queries, database size'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and not __fish_seen_subcommand_from startup agent-connect db-pool memory" -f -a "memory" -d 'Memory grows: RSS trend and the subsystems that hold memory'
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l config -d 'opampd config file: validated (opampd check-config), and where the server is when no --server, OPAMPCTL_SERVER or context says' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-path -d 'Path of the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -494,12 +494,12 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fi
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l config -d 'opampd config file: validated (opampd check-config), and where the server is when no --server, OPAMPCTL_SERVER or context says' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-path -d 'Path of the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -513,12 +513,12 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fi
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l config -d 'opampd config file to validate (opampd check-config)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l config -d 'opampd config file: validated (opampd check-config), and where the server is when no --server, OPAMPCTL_SERVER or context says' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l data-dir -d 'opampd data directory on this host: permissions and database (opened read-only)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l tls-cert -d 'TLS certificate file (PEM) to check [default: the server\'s, for an https URL]' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-path -d 'Path of the OpAMP endpoint' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

@@ -541,7 +541,7 @@ pub enum Supervisor {
 /// What the diagnostic checks may look at besides the server.
 #[derive(Args, Debug, Clone, Default)]
 pub struct DoctorArgs {
-    /// opampd config file to validate (opampd check-config)
+    /// opampd config file: validated (opampd check-config), and where the server is when no --server, OPAMPCTL_SERVER or context says
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// opampd data directory on this host: permissions and database (opened read-only)
@@ -558,10 +558,10 @@ pub struct DoctorArgs {
         value_name = "SECRET"
     )]
     pub agent_secret: Option<String>,
-    /// Path of the OpAMP endpoint
-    #[arg(long, default_value = "/v1/opamp", value_name = "PATH")]
-    pub opamp_path: String,
-    /// OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp
+    /// Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]
+    #[arg(long, value_name = "PATH")]
+    pub opamp_path: Option<String>,
+    /// OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]
     #[arg(long, value_name = "URL")]
     pub opamp_url: Option<String>,
 }

@@ -35,6 +35,10 @@ fn builder(s: &Settings) -> Result<reqwest::ClientBuilder> {
     Ok(b)
 }
 
+/// The end of the hint for a refused connection (`troubleshoot startup`
+/// leaves it out of its own report).
+pub const STARTUP_HINT: &str = " or `opampctl troubleshoot startup`";
+
 /// Describes a transport error, and says whether it means "unreachable".
 pub fn transport_error(base: &str, e: &reqwest::Error) -> CtlError {
     // The innermost cause says what happened ("Connection refused", "dns error: …").
@@ -50,10 +54,11 @@ pub fn transport_error(base: &str, e: &reqwest::Error) -> CtlError {
         ));
     }
     if e.is_connect() {
+        let refused = format!("is opampd running and listening there? check --server / OPAMPCTL_SERVER, `systemctl status opampd`{STARTUP_HINT}");
         let hint = if chain.contains("dns") || chain.contains("lookup") {
             "check the host name in --server / OPAMPCTL_SERVER"
         } else if chain.contains("refused") {
-            "is opampd running and listening there? check --server / OPAMPCTL_SERVER, `systemctl status opampd` or `opampctl troubleshoot startup`"
+            refused.as_str()
         } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS") {
             "the TLS handshake failed: pass the server's CA with --ca-file, or check the certificate with `opampctl doctor`"
         } else {

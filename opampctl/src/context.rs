@@ -50,6 +50,9 @@ pub struct ContextEntry {
 pub struct Settings {
     /// Base URL without a trailing slash.
     pub server: String,
+    /// Whether --server, OPAMPCTL_SERVER or the context named the server
+    /// (else it is [`DEFAULT_SERVER`]).
+    pub server_given: bool,
     pub token: Option<String>,
     /// Where the token came from, for error messages.
     pub token_source: String,
@@ -124,9 +127,18 @@ pub fn load_config_file() -> Result<Option<(PathBuf, ConfigFile)>> {
     Ok(Some((path, cfg)))
 }
 
+/// Whether the URL's host is this host: `localhost`, a loopback address
+/// (`127.0.0.0/8`, `::1`, `::ffff:127.x.y.z`) or the unspecified one
+/// (`0.0.0.0`, `::`, which reach this host). A name is not resolved:
+/// `127.example.com` is somebody else's.
 pub fn is_local_url(url: &str) -> bool {
     let host = url::host(url);
-    matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with("127.")
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 /// Tiny URL helpers (no URL crate needed for what opampctl does).
@@ -294,6 +306,7 @@ pub fn resolve(g: &Global) -> Result<Settings> {
         (None, "none".to_string())
     };
     Ok(Settings {
+        server_given: g.server.is_some() || ctx.server.is_some(),
         server,
         token,
         token_source,
@@ -316,8 +329,29 @@ mod tests {
         assert_eq!(url::port("https://example.com"), Some(443));
         assert_eq!(url::host("http://[::1]:9/"), "::1");
         assert_eq!(url::port("http://[::1]:9/"), Some(9));
-        assert!(is_local_url("http://localhost:1"));
-        assert!(!is_local_url("https://opamp.example.com"));
+        for local in [
+            "http://localhost:1",
+            "http://LOCALHOST:1",
+            "http://127.0.0.1:8080",
+            "http://127.0.0.2:8080",
+            "https://127.255.0.1",
+            "http://[::1]:8080",
+            "http://[::ffff:127.0.0.1]:8080",
+            "http://user@127.0.0.1:1/x",
+            "http://0.0.0.0:8080",
+        ] {
+            assert!(is_local_url(local), "{local}");
+        }
+        for remote in [
+            "https://opamp.example.com",
+            "http://127.example.com:8080",
+            "http://127.0.0.1.example.com",
+            "http://localhost.example.com",
+            "http://10.0.0.1:8080",
+            "http://[::2]:8080",
+        ] {
+            assert!(!is_local_url(remote), "{remote}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - `context`: global options + config-file contexts → [`context::Settings`].
 //! - `client`: REST over reqwest; failures become exit statuses (3 = unreachable).
 //! - `output`: tables, JSON/YAML, colour, a quiet exit on a closed pipe.
+//! - `files`: files opampctl writes (owner-only, never through a symlink,
+//!   temporaries in private directories).
 //! - `localdb`: SQLite files on this host (online backup, integrity and schema checks).
 //! - `procfs`: /proc and process limits (CPU, RSS, open files, ports, listeners).
 //! - `docs`: man page and completion generation.
@@ -19,6 +21,7 @@ pub mod cmd;
 pub mod context;
 pub mod docs;
 pub mod error;
+pub mod files;
 pub mod localdb;
 pub mod output;
 pub mod procfs;

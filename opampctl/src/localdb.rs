@@ -24,7 +24,9 @@ fn open_ro(path: &Path) -> Result<Connection, String> {
 }
 
 /// Copies the database at `src` to the new file `dest` as one consistent
-/// snapshot (SQLite online backup API, allowed while opampd writes).
+/// snapshot (SQLite online backup API, allowed while opampd writes). `dest`
+/// is created owner-only and never through a symlink; put it in a private
+/// directory (SQLite writes its journal beside it).
 pub fn online_backup(src: &Path, dest: &Path) -> Result<(), String> {
     if !src.is_file() {
         return Err(format!(
@@ -33,8 +35,16 @@ pub fn online_backup(src: &Path, dest: &Path) -> Result<(), String> {
         ));
     }
     let s = open_ro(src)?;
-    let mut d =
-        Connection::open(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    // An empty file is an empty database to SQLite.
+    crate::files::create_private(dest)
+        .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    let mut d = Connection::open_with_flags(
+        dest,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", dest.display()))?;
     {
         let b = rusqlite::backup::Backup::new(&s, &mut d)
             .map_err(|e| format!("cannot start the online backup of {}: {e}", src.display()))?;

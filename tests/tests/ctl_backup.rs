@@ -590,3 +590,142 @@ fn a_missing_backup_dir_and_zero_retention_are_usage_errors() {
         assert_eq!(mode & 0o777, 0o600, "{n}: {mode:o}");
     }
 }
+
+/// `YYYYmmdd_HHMMSS` (UTC) of the Unix time `secs`: the stamp in backup names.
+fn utc_stamp(secs: i64) -> String {
+    let (days, rest) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}_{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Dangling symlinks to `target` under `name(stamp)` in `dir`, for the
+/// stamps of the next few seconds: the names a command is about to write
+/// (a name already taken is left as it is).
+fn plant(dir: &Path, name: impl Fn(&str) -> String, target: &Path) -> Vec<PathBuf> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (0..8)
+        .map(|ahead| dir.join(name(&utc_stamp(now + ahead))))
+        .filter(|link| link.symlink_metadata().is_err())
+        .inspect(|link| std::os::unix::fs::symlink(target, link).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn backups_and_restores_never_write_through_a_planted_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(utc_stamp(0), "19700101_000000");
+    assert_eq!(utc_stamp(1_709_251_199), "20240229_235959");
+    let mut s = Server::start();
+    register(&s, "checkout").await;
+    wait_total(&s, 1).await;
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+
+    // Symlinks where the backup is about to go: refused, nothing written.
+    let links = plant(dir.path(), |stamp| format!("opamp_{stamp}.db.gz"), &victim);
+    let o = s.ctl(&["backup", "--dir", d]);
+    fails(&o, "already exists");
+    assert!(!victim.exists(), "nothing written through the symlink");
+    assert_eq!(names(dir.path()).len(), links.len(), "no temporary left");
+    for link in &links {
+        std::fs::remove_file(link).unwrap();
+    }
+
+    // Backups (from the server, and a local snapshot) are owner-only and
+    // leave no temporary file or directory.
+    let data = s.data_dir();
+    let file = backup_of(&s, dir.path());
+    let local = tempfile::tempdir().unwrap();
+    ok(&s.ctl(&[
+        "backup",
+        "--dir",
+        local.path().to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--verify",
+        "-q",
+    ]));
+    for backups in [dir.path(), local.path()] {
+        assert_eq!(names(backups).len(), 2, "{:?}", names(backups));
+        for n in names(backups) {
+            let mode = std::fs::metadata(backups.join(&n))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{n}: {mode:o}");
+        }
+    }
+
+    // An online restore stages its copy in a private directory under
+    // TMPDIR, and removes it; an unusable TMPDIR is a clear error.
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, token) = (s.url(), s.token());
+    let env = |tmpdir: &str| {
+        [
+            ("OPAMPCTL_SERVER", url.clone()),
+            ("OPAMPCTL_TOKEN", token.clone()),
+            ("TMPDIR", tmpdir.to_string()),
+        ]
+    };
+    let restore = |tmpdir: &str, extra: &[&str]| {
+        let env = env(tmpdir);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut args = vec!["restore", file.to_str().unwrap(), "--yes"];
+        args.extend(extra);
+        opamp_tests::ctl_env(&args, &env)
+    };
+    ok(&restore(tmp.path().to_str().unwrap(), &["-q"]));
+    assert_eq!(names(tmp.path()), Vec::<String>::new());
+    let missing = tmp.path().join("missing");
+    fails(
+        &restore(missing.to_str().unwrap(), &[]),
+        "private temporary directory",
+    );
+
+    // Offline: a symlink where the current database would be kept aside.
+    assert_eq!(s.stop(), Some(0));
+    let links = plant(
+        &data,
+        |stamp| format!("opamp.db.before-restore-{stamp}"),
+        &victim,
+    );
+    let o = restore(
+        tmp.path().to_str().unwrap(),
+        &["--data-dir", data.to_str().unwrap()],
+    );
+    fails(&o, "already exists");
+    assert!(!victim.exists(), "nothing written through the symlink");
+    let left = names(&data);
+    assert!(
+        !left.iter().any(|n| n.starts_with(".opampctl")),
+        "no temporary left: {left:?}"
+    );
+    for link in &links {
+        std::fs::remove_file(link).unwrap();
+    }
+    ok(&restore(
+        tmp.path().to_str().unwrap(),
+        &["--data-dir", data.to_str().unwrap(), "-q"],
+    ));
+    s.start_again();
+    wait_total(&s, 1).await;
+}

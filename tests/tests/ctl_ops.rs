@@ -95,6 +95,12 @@ fn logs_via_the_supervisors_run_the_runbook_commands() {
         &p,
         &["logs", "--via", "compose", "-n", "5"],
     ));
+    // Following: `docker compose logs` takes --tail and -f before the service.
+    ok(&ctl_path(
+        None,
+        &p,
+        &["logs", "--via", "compose", "-n", "7", "-f"],
+    ));
     ok(&ctl_path(None, &p, &["logs", "--via", "kubernetes", "-f"]));
     ok(&ctl_path(
         None,
@@ -112,6 +118,7 @@ fn logs_via_the_supervisors_run_the_runbook_commands() {
         [
             "journalctl [-u] [opampd] [-n] [20] [-f] [-p] [warning]",
             "docker [compose] [logs] [--tail] [5] [opamp-server]",
+            "docker [compose] [logs] [--tail] [7] [-f] [opamp-server]",
             "kubectl [-n] [opamp-platform] [logs] [-l] [app.kubernetes.io/name=opampd] [--all-containers] [--prefix] [--tail] [100] [-f]",
             "docker [compose] [-f] [deploy/docker-compose.yml] [logs] [--tail] [100] [opamp-server]",
         ]
@@ -311,10 +318,25 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 #[tokio::test]
-async fn doctor_checks_everything_and_cleans_up_its_probes() {
+async fn doctor_checks_everything_and_registers_no_probe_agent() {
     let s = Server::start();
     let data = s.data_dir();
+    // The old fixed name of the write probe, planted as a symlink to a file
+    // outside: the probe neither follows nor removes it.
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    let planted = data.join(".opampctl-doctor-probe");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
     let r = json(&s.ctl(&["doctor", "--data-dir", data.to_str().unwrap(), "-o", "json"]));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(planted.symlink_metadata().is_ok());
+    let probes: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(".opampctl"))
+        .collect();
+    assert_eq!(probes, [".opampctl-doctor-probe"], "no probe file left");
     for name in [
         "data-dir",
         "database",
@@ -341,9 +363,25 @@ async fn doctor_checks_everything_and_cleans_up_its_probes() {
         .unwrap()
         .contains("agent_secrets"));
     assert_eq!(r["server_reachable"], true);
-    // The probe agents are gone again.
-    let (_, v) = s.get("/api/v1/agents").await;
-    assert_eq!(v["total"], 0, "{v}");
+    assert!(
+        check(&r, "opamp-ws")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no agent was recorded"),
+        "{r}"
+    );
+    // Without an operator token too (nothing could delete a probe agent):
+    // the probes registered none, and deleted none.
+    let r = json(&ctl_env(
+        &["troubleshoot", "agent-connect", "-o", "json"],
+        &[("OPAMPCTL_SERVER", &s.url())],
+    ));
+    assert_eq!(check(&r, "opamp-http")["verdict"], "ok", "{r}");
+    assert_eq!(check(&r, "opamp-ws")["verdict"], "ok", "{r}");
+    let agents = json(&s.ctl(&["agents", "list", "-o", "json"]));
+    assert_eq!(agents["total"], 0, "{agents}");
+    let (_, audit) = s.get("/api/v1/audit?action=agent.delete").await;
+    assert!(!audit.to_string().contains("agent.delete"), "{audit}");
     let table = ok(&s.ctl(&["doctor"]));
     assert!(
         table.contains("VERDICT") && table.contains("What to do"),
@@ -427,6 +465,165 @@ fn troubleshoot_startup_finds_who_holds_the_port_and_bad_config() {
     );
     assert_eq!(check(&r, "data-dir")["verdict"], "fail");
     drop(l);
+}
+
+#[test]
+fn doctor_takes_the_server_address_from_the_opampd_config_file() {
+    let addr = opamp_tests::free_addr();
+    let s = Server::start_with(Opts {
+        config: Some(format!("listen: {addr}\nopamp:\n  path: /v1/opamp\n")),
+        listen: Some(addr.clone()),
+        ..Default::default()
+    });
+    let config = s.dir.join("config.yaml");
+    let config = config.to_str().unwrap();
+    let token = s.token();
+    let r = json(&ctl_env(
+        &["doctor", "--config", config, "-o", "json"],
+        &[("OPAMPCTL_TOKEN", &token)],
+    ));
+    assert_eq!(r["server"], format!("http://{addr}"), "{r}");
+    for name in ["server", "token", "opamp-http", "opamp-ws"] {
+        assert_eq!(check(&r, name)["verdict"], "ok", "{name}: {r}");
+    }
+    assert!(
+        check(&r, "config")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("comes from this file"),
+        "{r}"
+    );
+    // --server says otherwise: it wins.
+    let o = ctl_env(
+        &[
+            "doctor",
+            "--config",
+            config,
+            "--server",
+            "http://127.0.0.1:9",
+            "-o",
+            "json",
+        ],
+        &[("OPAMPCTL_TOKEN", &token)],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["server"], "http://127.0.0.1:9");
+}
+
+/// A loopback HTTP server that is not opampd: every request gets a 503
+/// (what a not-ready opampd would answer on /health/ready).
+fn impostor() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy",
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_port_held_by_another_program_is_reported_as_not_opampd() {
+    let addr = impostor();
+    let o = ctl_env(
+        &[
+            "doctor",
+            "--server",
+            &format!("http://{addr}"),
+            "--request-timeout",
+            "2s",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let text = stdout(&o);
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let port = check(&r, "port");
+    assert_eq!(port["verdict"], "fail", "{r}");
+    assert!(
+        port["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", std::process::id())),
+        "{port}"
+    );
+    let server = check(&r, "server");
+    assert_eq!(server["verdict"], "fail", "{r}");
+    assert!(
+        server["detail"].as_str().unwrap().contains("not as opampd"),
+        "{server}"
+    );
+    assert!(
+        server["remedy"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", std::process::id())),
+        "{server}"
+    );
+    assert!(!text.contains("starting or draining"), "{text}");
+    assert_eq!(check(&r, "opamp-http")["verdict"], "skip", "{r}");
+}
+
+#[test]
+fn troubleshoot_startup_does_not_recommend_itself() {
+    let url = format!("http://{}", opamp_tests::free_addr());
+    let run = |command: &[&str]| {
+        let mut args = command.to_vec();
+        args.extend(["--server", &url, "-o", "json"]);
+        let o = ctl_env(&args, &[]);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        r["checks"].to_string()
+    };
+    let startup = run(&["troubleshoot", "startup"]);
+    assert!(startup.contains("nothing listens"), "{startup}");
+    assert!(!startup.contains("troubleshoot startup"), "{startup}");
+    // doctor does send the operator there.
+    let doctor = run(&["doctor"]);
+    assert!(doctor.contains("troubleshoot startup"), "{doctor}");
+}
+
+#[test]
+fn local_servers_are_told_by_their_address_not_a_prefix() {
+    let port = opamp_tests::free_addr()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    for (host, local) in [
+        ("127.0.0.2", true),
+        ("[::1]", true),
+        ("localhost", true),
+        ("127.example.com", false),
+    ] {
+        let url = format!("http://{host}:{port}");
+        let o = ctl_env(
+            &[
+                "troubleshoot",
+                "startup",
+                "--server",
+                &url,
+                "--request-timeout",
+                "2s",
+                "-o",
+                "json",
+            ],
+            &[],
+        );
+        let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let verdict = check(&r, "port")["verdict"].clone();
+        assert_eq!(verdict != "skip", local, "{url}: {r}");
+    }
 }
 
 #[tokio::test]

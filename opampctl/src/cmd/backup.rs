@@ -2,14 +2,16 @@
 //!
 //! The backup is `opamp_YYYYmmdd_HHMMSS.db.gz` (UTC) plus
 //! `opamp_YYYYmmdd_HHMMSS.db.gz.sha256` in sha256sum format. Both are written
-//! under hidden temporary names in the same directory, synced, then renamed:
-//! a file under a final name is always complete. Any error removes the
-//! temporary files and exits non-zero.
+//! owner-only (0600) in a private temporary directory inside --dir, synced,
+//! then renamed to their final names, never over an existing file or
+//! symlink: a file under a final name is always complete. Any error removes
+//! the temporary directory and exits non-zero.
 
 use crate::cli::BackupArgs;
 use crate::client::Client;
 use crate::context::Settings;
 use crate::error::{CtlError, Result};
+use crate::files::{self, PrivateDir};
 use crate::localdb;
 use crate::output;
 use flate2::write::GzEncoder;
@@ -17,6 +19,7 @@ use reqwest::Method;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Result of a backup; the JSON of `-o json`.
@@ -79,18 +82,11 @@ struct GzOut {
     head: Vec<u8>,
 }
 
-/// A new file readable and writable by its owner only (0600): a backup holds
-/// password hashes, token digests and every agent's data.
-fn owner_only() -> std::fs::OpenOptions {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true).mode(0o600);
-    o
-}
-
 impl GzOut {
+    /// A new owner-only file (a backup holds password hashes, token digests
+    /// and every agent's data).
     fn create(path: &Path) -> std::io::Result<GzOut> {
-        let f = owner_only().open(path)?;
+        let f = files::create_private(path)?;
         Ok(GzOut {
             enc: GzEncoder::new(
                 Hashing {
@@ -132,6 +128,9 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> CtlError {
         }
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
             " (no permission: run as the user that owns the directory, or choose another --dir)"
+        }
+        Some(libc::EEXIST) | Some(libc::ELOOP) => {
+            " (something, perhaps a symlink, already has that name: opampctl never writes through or over it; remove it or choose another --dir)"
         }
         _ => "",
     };
@@ -195,7 +194,8 @@ pub fn prune(dir: &Path, days: u64, keep: &[&str]) -> Result<Vec<String>> {
 }
 
 /// Checks a written backup: checksum, decompression, integrity, schema.
-pub fn verify(file: &Path, expected_sha: &str, scratch_dir: &Path) -> Result<u32> {
+/// The decompressed copy goes to a new private directory in `scratch_parent`.
+pub fn verify(file: &Path, expected_sha: &str, scratch_parent: &Path) -> Result<u32> {
     let mut f = std::fs::File::open(file).map_err(|e| io_err("reading", file, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -213,20 +213,24 @@ pub fn verify(file: &Path, expected_sha: &str, scratch_dir: &Path) -> Result<u32
             file.display()
         )));
     }
-    let tmp = scratch_dir.join(format!(".opampctl-verify-{}.db", std::process::id()));
-    let _cleanup = Cleanup(vec![tmp.clone()]);
+    let scratch = PrivateDir::new_in(scratch_parent, "verify").map_err(|e| {
+        io_err(
+            "creating a private temporary directory in",
+            scratch_parent,
+            e,
+        )
+    })?;
+    let tmp = scratch.join("verify.db");
     gunzip_to(file, &tmp)?;
     localdb::check_db(&tmp)
         .map_err(|e| CtlError::failed(format!("verification of {} failed: {e}", file.display())))
 }
 
-/// Decompresses a .gz file to `dest` (a new file).
+/// Decompresses a .gz file to `dest` (a new owner-only file).
 pub fn gunzip_to(src: &Path, dest: &Path) -> Result<u64> {
     let f = std::fs::File::open(src).map_err(|e| io_err("reading", src, e))?;
     let mut dec = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
-    let mut out = owner_only()
-        .open(dest)
-        .map_err(|e| io_err("creating", dest, e))?;
+    let mut out = files::create_private(dest).map_err(|e| io_err("creating", dest, e))?;
     let n = std::io::copy(&mut dec, &mut out).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidInput
             || e.kind() == std::io::ErrorKind::InvalidData
@@ -258,7 +262,11 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| io_err("creating --dir", dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_err("creating --dir", dir, e))?;
     } else if !dir.is_dir() {
         return Err(CtlError::usage(format!(
             "--dir {} is not a directory",
@@ -273,24 +281,27 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
         let final_path = dir.join(&name);
         let sha_name = format!("{name}.sha256");
         let sha_path = dir.join(&sha_name);
-        if !final_path.exists() && !sha_path.exists() {
+        // symlink_metadata: a dangling symlink counts as taken too.
+        if final_path.symlink_metadata().is_err() && sha_path.symlink_metadata().is_err() {
             break (stamp, name, final_path, sha_name, sha_path);
         }
         tries += 1;
         if tries > 3 {
             return Err(CtlError::failed(format!(
-                "{} already exists: is another backup writing to {}?",
+                "{} already exists (as a file or a symlink), and opampctl never writes over one: is another backup writing to {}? Otherwise remove it",
                 final_path.display(),
                 dir.display()
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     };
-    let pid = std::process::id();
-    let tmp = dir.join(format!(".{name}.tmp-{pid}"));
-    let sha_tmp = dir.join(format!(".{sha_name}.tmp-{pid}"));
-    let raw_tmp = dir.join(format!(".opamp_{stamp}.db.tmp-{pid}"));
-    let mut cleanup = Cleanup(vec![tmp.clone(), sha_tmp.clone(), raw_tmp.clone()]);
+    // In --dir, so the finished files are renamed within one file system.
+    let scratch = PrivateDir::new_in(dir, "backup")
+        .map_err(|e| io_err("creating a private temporary directory in", dir, e))?;
+    let tmp = scratch.join(&name);
+    let sha_tmp = scratch.join(&sha_name);
+    let raw_tmp = scratch.join(&format!("opamp_{stamp}.db"));
+    let mut cleanup = Cleanup(Vec::new());
 
     let mut out = GzOut::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
     let (source, server_schema) = match &args.data_dir {
@@ -370,23 +381,23 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
     }
     // The checksum file first (under its temporary name), then both renames.
     {
-        let mut f = owner_only()
-            .open(&sha_tmp)
-            .map_err(|e| io_err("creating", &sha_tmp, e))?;
+        let mut f = files::create_private(&sha_tmp).map_err(|e| io_err("creating", &sha_tmp, e))?;
         f.write_all(format!("{sha}  {name}\n").as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| io_err("writing", &sha_tmp, e))?;
     }
-    std::fs::rename(&tmp, &final_path).map_err(|e| io_err("renaming to", &final_path, e))?;
+    files::rename_no_replace(&tmp, &final_path)
+        .map_err(|e| io_err("renaming to", &final_path, e))?;
     cleanup.0.push(final_path.clone());
-    std::fs::rename(&sha_tmp, &sha_path).map_err(|e| io_err("renaming to", &sha_path, e))?;
+    files::rename_no_replace(&sha_tmp, &sha_path)
+        .map_err(|e| io_err("renaming to", &sha_path, e))?;
     sync_dir(dir);
     cleanup.disarm();
 
     let mut schema_version = server_schema;
     let mut verified = false;
     if args.verify {
-        let v = match verify(&final_path, &sha, dir) {
+        let v = match verify(&final_path, &sha, scratch.path()) {
             Ok(v) => v,
             Err(e) => {
                 // A backup that fails verification is not kept under the backup name.

@@ -6,11 +6,12 @@
 //! or, with --data-dir and the daemon stopped, the current database is kept
 //! aside and the restored file renamed into place.
 
-use super::backup::{gunzip_to, sync_dir, Cleanup};
+use super::backup::{gunzip_to, sync_dir};
 use crate::cli::RestoreArgs;
 use crate::client::Client;
 use crate::context::Settings;
 use crate::error::{CtlError, Result};
+use crate::files::{self, PrivateDir};
 use crate::localdb;
 use crate::output;
 use opamp_proto::api::RestoreReport;
@@ -67,7 +68,8 @@ fn is_gzip(file: &Path) -> Result<bool> {
     Ok(n == 2 && head == [0x1f, 0x8b])
 }
 
-/// Checks the backup and writes the plain database to `dest`; returns its schema version.
+/// Checks the backup and writes the plain database to `dest` (a new
+/// owner-only file, in a private directory); returns its schema version.
 pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<u32> {
     if !file.is_file() {
         return Err(CtlError::usage(format!(
@@ -96,7 +98,7 @@ pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<u32> {
         gunzip_to(file, dest)
             .map_err(|e| CtlError::failed(format!("{}; nothing was changed", e.message)))?;
     } else {
-        std::fs::copy(file, dest).map_err(|e| {
+        files::copy_private(file, dest).map_err(|e| {
             CtlError::failed(format!(
                 "cannot copy {} to {}: {e}",
                 file.display(),
@@ -145,8 +147,13 @@ pub async fn run(settings: &Settings, client: &Client, args: &RestoreArgs) -> Re
 }
 
 async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Result<()> {
-    let tmp = std::env::temp_dir().join(format!(".opampctl-restore-{}.db", std::process::id()));
-    let _cleanup = Cleanup(vec![tmp.clone()]);
+    let scratch = PrivateDir::new_temp("restore").map_err(|e| {
+        CtlError::failed(format!(
+            "cannot create a private temporary directory in {}: {e} (set TMPDIR to a writable directory)",
+            std::env::temp_dir().display()
+        ))
+    })?;
+    let tmp = scratch.join("restore.db");
     prepare(settings, &args.file, &tmp)?;
     confirm(
         args,
@@ -235,8 +242,14 @@ async fn offline(
     }
     let db = dir.join("opamp.db");
     let ts = chrono::Utc::now().format("%Y%m%d_%H%M%S");
-    let incoming = dir.join(format!(".opamp.db.restore-{}", std::process::id()));
-    let mut cleanup = Cleanup(vec![incoming.clone()]);
+    // In the data directory, so the restored file is renamed within one file system.
+    let scratch = PrivateDir::new_in(dir, "restore").map_err(|e| {
+        CtlError::failed(format!(
+            "cannot create a private temporary directory in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let incoming = scratch.join("opamp.db");
     prepare(settings, &args.file, &incoming)?;
     if let Some(why) = daemon_running(client, &db).await? {
         return Err(CtlError::failed(format!(
@@ -253,9 +266,9 @@ async fn offline(
     )?;
     let aside = dir.join(format!("opamp.db.before-restore-{ts}"));
     if db.exists() {
-        if aside.exists() {
+        if aside.symlink_metadata().is_ok() {
             return Err(CtlError::failed(format!(
-                "{} already exists: retry in a second",
+                "{} already exists (as a file or a symlink), and opampctl never writes over one: remove it, or retry in a second; nothing was changed",
                 aside.display()
             )));
         }
@@ -272,7 +285,7 @@ async fn offline(
         // Keep the current database: a hard link (or a copy), never a move,
         // so opamp.db exists at every moment.
         if std::fs::hard_link(&db, &aside).is_err() {
-            std::fs::copy(&db, &aside).map_err(|e| {
+            files::copy_private(&db, &aside).map_err(|e| {
                 CtlError::failed(format!(
                     "cannot keep the current database as {}: {e}; nothing was changed",
                     aside.display()
@@ -293,7 +306,7 @@ async fn offline(
         ))
     })?;
     sync_dir(dir);
-    cleanup.disarm();
+    drop(scratch);
     let report = RestoreReport {
         kept_aside: if aside.exists() {
             aside.display().to_string()

@@ -1,54 +1,43 @@
 //! Agents connecting: one OpAMP exchange over plain HTTP and one over
-//! WebSocket as a probe agent (deleted afterwards), whether the endpoint
-//! requires an agent secret, and the fleet's connected and stale agents.
+//! WebSocket, whether the endpoint requires an agent secret, and the fleet's
+//! connected and stale agents.
+//!
+//! The probes register nothing: their AgentToServer has no instance uid, so
+//! opampd, after authenticating it, refuses it as a bad request before it
+//! looks up or records an agent. That refusal, an OpAMP ServerToAgent,
+//! shows that opampd answers OpAMP on the endpoint.
 
-use super::report::{fail, ok, skip, warn, Check, Verdict};
+use super::report::{fail, ok, skip, warn, Check};
 use super::{tls, Diagnosis};
 use crate::client::Client;
-use opamp_agent::caps::{REPORTS_STATUS, SERVER_ACCEPTS_STATUS};
-use opamp_agent::message;
 use opamp_agent::pb;
 use opamp_agent::tls::TlsOptions;
 use opamp_agent::ws::{self, WsOptions};
 use prost::Message as _;
 use reqwest::Method;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 impl Diagnosis<'_> {
-    /// `opamp-http`: a probe agent's AgentToServer POSTed, the reply judged.
+    /// `opamp-http`: the probe POSTed, the reply judged.
     pub(super) async fn check_opamp_http(&mut self) {
         if self.server_down() {
-            self.push(skip("opamp-http", "the server is unreachable"));
+            self.push(skip("opamp-http", self.down_reason()));
             return;
         }
         let url = self.opamp_url();
-        let uid = *uuid::Uuid::now_v7().as_bytes();
-        let mut request = self
-            .client
-            .plain(Method::POST, &url)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(probe_message(uid).encode_to_vec());
-        if let Some(secret) = &self.args.agent_secret {
-            request = request.bearer_auth(secret);
-        }
+        let request = probe_post(self.client, &url, self.args.agent_secret.as_deref());
         let check = match self.client.send_any(request).await {
             Err(e) => fail(
                 "opamp-http",
                 format!("POST {url}: {}", e.message),
                 "check the OpAMP URL (--opamp-url, opamp.path) and that agents can reach that listener",
             ),
-            Ok(response) => self.http_reply_verdict(&url, &uid, response).await,
+            Ok(response) => self.http_reply_verdict(&url, response).await,
         };
-        self.push_probe_check(check, &uid).await;
+        self.push(check);
     }
 
-    async fn http_reply_verdict(
-        &self,
-        url: &str,
-        uid: &[u8; 16],
-        response: reqwest::Response,
-    ) -> Check {
+    async fn http_reply_verdict(&self, url: &str, response: reqwest::Response) -> Check {
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -68,9 +57,9 @@ impl Diagnosis<'_> {
                 format!("POST {url}: 401, the agent secret was refused"),
                 "use one of opamp.agent_secrets; after changing them run `systemctl reload opampd`",
             ),
-            200 if content_type == "application/x-protobuf" => {
+            200 | 400 if content_type == "application/x-protobuf" => {
                 match pb::ServerToAgent::decode(body.as_ref()) {
-                    Ok(reply) => judge_reply("opamp-http", url, uid, &reply),
+                    Ok(reply) => judge_reply("opamp-http", &format!("POST {url}"), &reply),
                     Err(e) => fail(
                         "opamp-http",
                         format!("POST {url}: the reply is not a ServerToAgent: {e}"),
@@ -93,10 +82,10 @@ impl Diagnosis<'_> {
         }
     }
 
-    /// `opamp-ws`: a probe agent's first message over WebSocket, the reply judged.
+    /// `opamp-ws`: the probe over WebSocket, the reply judged.
     pub(super) async fn check_opamp_ws(&mut self) {
         if self.server_down() {
-            self.push(skip("opamp-ws", "the server is unreachable"));
+            self.push(skip("opamp-ws", self.down_reason()));
             return;
         }
         let http_url = self.opamp_url();
@@ -105,11 +94,10 @@ impl Diagnosis<'_> {
         } else {
             format!("ws://{}", http_url.trim_start_matches("http://"))
         };
-        let uid = *uuid::Uuid::now_v7().as_bytes();
         let timeout = self.settings.timeout;
         let result = tokio::time::timeout(
             timeout,
-            ws_exchange(&ws_url, self.args.agent_secret.as_deref(), uid),
+            ws_exchange(&ws_url, self.args.agent_secret.as_deref()),
         )
         .await;
         let check = match result {
@@ -138,32 +126,9 @@ impl Diagnosis<'_> {
                 format!("{ws_url}: {e}"),
                 "check that proxies pass WebSocket upgrades (Upgrade/Connection headers) on the OpAMP path",
             ),
-            Ok(Ok(reply)) => judge_reply("opamp-ws", &ws_url, &uid, &reply),
+            Ok(Ok(reply)) => judge_reply("opamp-ws", &ws_url, &reply),
         };
-        self.push_probe_check(check, &uid).await;
-    }
-
-    /// Pushes a probe's check; after a good exchange, deletes the probe agent.
-    async fn push_probe_check(&mut self, check: Check, uid: &[u8; 16]) {
-        let exchanged = check.verdict == Verdict::Ok;
         self.push(check);
-        if exchanged {
-            self.forget_probe(uid).await;
-        }
-    }
-
-    /// Deletes the inventory entry a probe created (best effort; needs an
-    /// operator token). When it stays, the last check says so.
-    async fn forget_probe(&mut self, uid: &[u8; 16]) {
-        let id = opamp_proto::uid_string(uid);
-        if delete_agent(self.client, &id).await {
-            return;
-        }
-        if let Some(last) = self.checks.last_mut() {
-            last.detail.push_str(&format!(
-                " (probe agent {id} stays in the inventory: delete it with `opampctl agents delete {id}`)"
-            ));
-        }
     }
 
     /// `agent-secret`: whether the endpoint requires one, and whether the
@@ -175,7 +140,7 @@ impl Diagnosis<'_> {
         let url = self.opamp_url();
         let open = match self
             .client
-            .send_any(empty_post(self.client, &url, None))
+            .send_any(probe_post(self.client, &url, None))
             .await
         {
             Ok(response) => response.status().as_u16() != 401,
@@ -194,7 +159,7 @@ impl Diagnosis<'_> {
             Some(secret) => {
                 let status = self
                     .client
-                    .send_any(empty_post(self.client, &url, Some(secret)))
+                    .send_any(probe_post(self.client, &url, Some(secret)))
                     .await
                     .map(|response| response.status().as_u16());
                 match status {
@@ -254,101 +219,59 @@ impl Diagnosis<'_> {
     }
 }
 
-/// Deletes agent `id`, waiting for it to appear (up to 2 s); true once deleted.
-async fn delete_agent(client: &Client, id: &str) -> bool {
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let response = client
-            .send_any(client.request(Method::DELETE, &format!("/api/v1/agents/{id}?force=true")))
-            .await;
-        match response.map(|response| response.status().as_u16()) {
-            Ok(204) | Ok(200) => return true,
-            Ok(404) => continue,
-            _ => break,
-        }
-    }
-    false
-}
-
-/// An AgentToServer without an instance uid: the protocol layer refuses it
-/// after authentication, so the status tells whether the secret was
-/// accepted, and no agent is recorded.
-fn empty_post(client: &Client, url: &str, secret: Option<&str>) -> reqwest::RequestBuilder {
+/// The probe POST: the probe message, with the agent secret if given.
+fn probe_post(client: &Client, url: &str, secret: Option<&str>) -> reqwest::RequestBuilder {
     let request = client
         .plain(Method::POST, url)
         .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-        .body(pb::AgentToServer::default().encode_to_vec());
+        .body(probe_message().encode_to_vec());
     match secret {
         Some(secret) => request.bearer_auth(secret),
         None => request,
     }
 }
 
-/// The probe agent's only message over plain HTTP: its description, then gone.
-fn probe_message(uid: [u8; 16]) -> pb::AgentToServer {
-    pb::AgentToServer {
-        agent_disconnect: Some(pb::AgentDisconnect {}),
-        ..probe_first(uid)
-    }
+/// An AgentToServer without an instance uid: authenticated, then refused
+/// before any agent is looked up or recorded.
+fn probe_message() -> pb::AgentToServer {
+    pb::AgentToServer::default()
 }
 
-/// The probe agent's first message over WebSocket (it says goodbye later).
-fn probe_first(uid: [u8; 16]) -> pb::AgentToServer {
-    let description = message::description(&[("service.name", "opampctl-doctor")], &[]);
-    message::full_report(
-        uid,
-        0,
-        REPORTS_STATUS,
-        message::FullState {
-            description: Some(description),
-            ..Default::default()
-        },
-    )
-}
-
-fn judge_reply(name: &str, url: &str, uid: &[u8; 16], reply: &pb::ServerToAgent) -> Check {
-    if let Some(err) = &reply.error_response {
+/// The reply to the probe: opampd refuses it as a bad request (an OpAMP
+/// error reply), which is the good outcome.
+fn judge_reply(name: &str, what: &str, reply: &pb::ServerToAgent) -> Check {
+    let Some(error) = &reply.error_response else {
         return fail(
+            name,
+            format!("{what}: a message without an instance uid was accepted: this is not opampd's answer"),
+            "something other than opampd answers there (a proxy, another OpAMP server?): check the OpAMP URL",
+        );
+    };
+    match pb::ServerErrorResponseType::try_from(error.r#type) {
+        Ok(pb::ServerErrorResponseType::BadRequest) => ok(
             name,
             format!(
-                "{url}: the server answered with an error: {}",
-                err.error_message
+                "{what}: the server answers OpAMP (the probe, which has no instance uid, was refused as it should be; no agent was recorded)"
             ),
-            "see the opampd log: `opampctl logs --level warn`",
-        );
-    }
-    if reply.instance_uid != uid.to_vec() {
-        return fail(
-            name,
-            format!("{url}: the reply does not echo the instance uid"),
-            "something other than opampd answers there (a proxy?)",
-        );
-    }
-    if reply.capabilities & SERVER_ACCEPTS_STATUS == 0 {
-        return fail(
-            name,
-            format!(
-                "{url}: the reply lacks the AcceptsStatus capability (capabilities {:#x})",
-                reply.capabilities
-            ),
-            "upgrade opampd; a server must announce its capabilities",
-        );
-    }
-    ok(
-        name,
-        format!(
-            "{url}: AgentToServer answered, capabilities {:#x} (AcceptsStatus)",
-            reply.capabilities
         ),
-    )
+        Ok(pb::ServerErrorResponseType::Unavailable) => warn(
+            name,
+            format!("{what}: the server is unavailable: {}", error.error_message),
+            "opampd is at opamp.max_agents or overloaded: agents retry later; see `opampctl health` and `opampctl logs --level warn`",
+        ),
+        _ => fail(
+            name,
+            format!("{what}: the server answered with an error: {}", error.error_message),
+            "see the opampd log: `opampctl logs --level warn`",
+        ),
+    }
 }
 
-/// WebSocket: header 0 + AgentToServer, one reply, then agent_disconnect
-/// and close. Over wss:// any certificate is accepted: the tls check judges it.
+/// WebSocket: header 0 + the probe, one reply, then close. Over wss:// any
+/// certificate is accepted: the tls check judges it.
 async fn ws_exchange(
     ws_url: &str,
     secret: Option<&str>,
-    uid: [u8; 16],
 ) -> std::result::Result<pb::ServerToAgent, opamp_agent::Error> {
     let mut options = WsOptions::default();
     if let Some(secret) = secret {
@@ -360,8 +283,7 @@ async fn ws_exchange(
         options = options.tls(TlsOptions::default().with_config(config));
     }
     let mut socket = ws::connect(ws_url, &options).await?;
-    let reply = ws::exchange(&mut socket, &probe_first(uid)).await?;
-    let _ = ws::send(&mut socket, &message::disconnect(uid, 1, REPORTS_STATUS)).await;
+    let reply = ws::exchange(&mut socket, &probe_message()).await;
     ws::close(&mut socket).await;
-    Ok(reply)
+    reply
 }

@@ -9,32 +9,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 impl Diagnosis<'_> {
-    /// `config`: --config FILE exists and `opampd check-config` accepts it.
+    /// `config`: --config FILE exists and `opampd check-config` accepts it;
+    /// says when the server address came from it.
     pub(super) fn check_config(&mut self) {
         let Some(config) = &self.args.config else {
             self.push(skip("config", "no --config FILE given"));
             return;
         };
-        if !config.is_file() {
-            self.push(fail(
-                "config",
-                format!("{} does not exist", config.display()),
-                "pass the path opampd is started with (see the unit file or OPAMPD_CONFIG)",
-            ));
-            return;
+        let mut check = config_verdict(config);
+        if let Some(note) = &self.target_note {
+            check.detail.push_str(&format!("; {note}"));
         }
-        if supervisor::which("opampd").is_none() {
-            self.push(warn(
-                "config",
-                format!(
-                    "opampd is not on PATH: cannot validate {}",
-                    config.display()
-                ),
-                "put opampd on PATH (or run on the server host) to validate the configuration",
-            ));
-            return;
-        }
-        self.push(check_config_with_opampd(config));
+        self.push(check);
     }
 
     /// `data-dir`: a writable directory, not open to other users, with a
@@ -65,6 +51,27 @@ impl Diagnosis<'_> {
         };
         self.push(data_dir_verdict(dir, &meta));
     }
+}
+
+fn config_verdict(config: &Path) -> Check {
+    if !config.is_file() {
+        return fail(
+            "config",
+            format!("{} does not exist", config.display()),
+            "pass the path opampd is started with (see the unit file or OPAMPD_CONFIG)",
+        );
+    }
+    if supervisor::which("opampd").is_none() {
+        return warn(
+            "config",
+            format!(
+                "opampd is not on PATH: cannot validate {}",
+                config.display()
+            ),
+            "put opampd on PATH (or run on the server host) to validate the configuration",
+        );
+    }
+    check_config_with_opampd(config)
 }
 
 fn check_config_with_opampd(config: &Path) -> Check {
@@ -104,9 +111,19 @@ fn check_config_with_opampd(config: &Path) -> Check {
 /// Writable (fail if not), closed to others and a private admin.token (warn if not).
 fn data_dir_verdict(dir: &Path, meta: &std::fs::Metadata) -> Check {
     let mode = meta.permissions().mode() & 0o777;
-    let probe = dir.join(".opampctl-doctor-probe");
-    let writable = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
+    // A new file under a name nobody can plant in advance, created without
+    // following symlinks, removed again.
+    let probe = dir.join(format!(
+        ".opampctl-doctor-probe-{}",
+        uuid::Uuid::new_v4().as_simple()
+    ));
+    let writable = match crate::files::create_private(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    };
     let mut notes = vec![format!(
         "{} mode {:o}, owner uid {}",
         dir.display(),

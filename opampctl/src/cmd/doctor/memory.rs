@@ -2,7 +2,8 @@
 //! (`troubleshoot memory`).
 
 use super::report::{self, ok, warn, Check, MemorySample};
-use super::Diagnosis;
+use super::target::Target;
+use super::{Diagnosis, Procedure};
 use crate::cli::{DoctorArgs, MemoryArgs};
 use crate::client::Client;
 use crate::context::Settings;
@@ -20,16 +21,17 @@ pub(super) async fn trend(settings: &Settings, client: &Client, args: &MemoryArg
         ));
     }
     let doctor_args = DoctorArgs::default();
-    let mut diagnosis = Diagnosis::new(settings, client, &doctor_args);
+    let target = Target::new(settings, client, &doctor_args)?;
+    let mut diagnosis = Diagnosis::new(&target, &doctor_args, Procedure::Memory);
     diagnosis.check_server().await;
     if diagnosis.server_down() {
-        return report::finish(settings, "troubleshoot memory", diagnosis, Vec::new());
+        return report::finish(diagnosis, Vec::new());
     }
     let started = Instant::now();
     let samples = sample(settings, client, args.samples, args.duration).await?;
     diagnosis.push(trend_verdict(&samples, started.elapsed()));
     diagnosis.check_memory().await;
-    report::finish(settings, "troubleshoot memory", diagnosis, samples)
+    report::finish(diagnosis, samples)
 }
 
 impl Diagnosis<'_> {

@@ -8,7 +8,9 @@
 //! data directory), `database` (the database file, read pool, slow queries,
 //! size), `server` (port, health and token), `tls`, `connect` (OpAMP over HTTP and
 //! WebSocket, agent secrets, agents), `memory` (the memory report and its
-//! trend). `report` has the check and report types and their rendering.
+//! trend). `target` picks the server (--server, or the address of the
+//! opampd config file of --config); `report` has the check and report types
+//! and their rendering.
 
 mod connect;
 mod database;
@@ -16,6 +18,7 @@ mod local;
 mod memory;
 mod report;
 mod server;
+mod target;
 mod tls;
 
 pub use report::{Check, HostInfo, MemorySample, Report, Summary, Verdict};
@@ -25,10 +28,12 @@ use crate::client::Client;
 use crate::context::Settings;
 use crate::error::Result;
 use opamp_proto::api::HealthReport;
+use target::Target;
 
 /// `opampctl doctor`: every check.
 pub async fn doctor(settings: &Settings, client: &Client, args: &DoctorArgs) -> Result<()> {
-    let mut diagnosis = Diagnosis::new(settings, client, args);
+    let target = Target::new(settings, client, args)?;
+    let mut diagnosis = Diagnosis::new(&target, args, Procedure::Doctor);
     diagnosis.check_config();
     diagnosis.check_data_dir();
     diagnosis.check_database_file();
@@ -44,7 +49,7 @@ pub async fn doctor(settings: &Settings, client: &Client, args: &DoctorArgs) -> 
         diagnosis.check_db_pool().await;
         diagnosis.check_memory().await;
     }
-    report::finish(settings, "doctor", diagnosis, Vec::new())
+    report::finish(diagnosis, Vec::new())
 }
 
 /// `opampctl troubleshoot …`: the checks of one runbook procedure.
@@ -55,39 +60,60 @@ pub async fn troubleshoot(
 ) -> Result<()> {
     match command {
         TroubleshootCmd::Startup(args) => {
-            let mut diagnosis = Diagnosis::new(settings, client, &args);
+            let target = Target::new(settings, client, &args)?;
+            let mut diagnosis = Diagnosis::new(&target, &args, Procedure::Startup);
             diagnosis.check_config();
             diagnosis.check_data_dir();
             diagnosis.check_database_file();
             diagnosis.check_port().await;
             diagnosis.check_server().await;
-            report::finish(settings, "troubleshoot startup", diagnosis, Vec::new())
+            report::finish(diagnosis, Vec::new())
         }
         TroubleshootCmd::AgentConnect(args) => {
-            let mut diagnosis = Diagnosis::new(settings, client, &args);
+            let target = Target::new(settings, client, &args)?;
+            let mut diagnosis = Diagnosis::new(&target, &args, Procedure::AgentConnect);
             diagnosis.check_server().await;
             diagnosis.check_tls().await;
             diagnosis.check_opamp_http().await;
             diagnosis.check_opamp_ws().await;
             diagnosis.check_agent_secret().await;
             diagnosis.check_agents();
-            report::finish(
-                settings,
-                "troubleshoot agent-connect",
-                diagnosis,
-                Vec::new(),
-            )
+            report::finish(diagnosis, Vec::new())
         }
         TroubleshootCmd::DbPool(args) => {
-            let mut diagnosis = Diagnosis::new(settings, client, &args);
+            let target = Target::new(settings, client, &args)?;
+            let mut diagnosis = Diagnosis::new(&target, &args, Procedure::DbPool);
             diagnosis.check_server().await;
             if !diagnosis.server_down() {
                 diagnosis.check_db_pool().await;
             }
             diagnosis.check_database_file();
-            report::finish(settings, "troubleshoot db-pool", diagnosis, Vec::new())
+            report::finish(diagnosis, Vec::new())
         }
         TroubleshootCmd::Memory(args) => memory::trend(settings, client, &args).await,
+    }
+}
+
+/// The command a diagnosis belongs to: its name in the report, and which
+/// other command its remedies may send the operator to (never itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Procedure {
+    Doctor,
+    Startup,
+    AgentConnect,
+    DbPool,
+    Memory,
+}
+
+impl Procedure {
+    fn name(self) -> &'static str {
+        match self {
+            Procedure::Doctor => "doctor",
+            Procedure::Startup => "troubleshoot startup",
+            Procedure::AgentConnect => "troubleshoot agent-connect",
+            Procedure::DbPool => "troubleshoot db-pool",
+            Procedure::Memory => "troubleshoot memory",
+        }
     }
 }
 
@@ -97,19 +123,33 @@ struct Diagnosis<'a> {
     settings: &'a Settings,
     client: &'a Client,
     args: &'a DoctorArgs,
+    procedure: Procedure,
+    /// Where agents send OpAMP.
+    opamp_url: String,
+    /// How --config gave the server address (for the config check).
+    target_note: Option<String>,
     /// `None` until the server check ran.
     reachable: Option<bool>,
+    /// Set by the server check when something other than opampd answers.
+    not_opampd: bool,
+    /// Set by the port check: who holds the port, when it is not opampd.
+    port_holder: Option<String>,
     health: Option<HealthReport>,
     checks: Vec<Check>,
 }
 
 impl<'a> Diagnosis<'a> {
-    fn new(settings: &'a Settings, client: &'a Client, args: &'a DoctorArgs) -> Diagnosis<'a> {
+    fn new(target: &'a Target, args: &'a DoctorArgs, procedure: Procedure) -> Diagnosis<'a> {
         Diagnosis {
-            settings,
-            client,
+            settings: &target.settings,
+            client: &target.client,
             args,
+            procedure,
+            opamp_url: target.opamp_url.clone(),
+            target_note: target.note.clone(),
             reachable: None,
+            not_opampd: false,
+            port_holder: None,
             health: None,
             checks: Vec::new(),
         }
@@ -119,16 +159,24 @@ impl<'a> Diagnosis<'a> {
         self.checks.push(check);
     }
 
-    /// True once the server check found nothing answering.
+    /// True once the server check found nothing answering, or something
+    /// that is not opampd: the checks that talk to opampd are skipped.
     fn server_down(&self) -> bool {
-        self.reachable == Some(false)
+        self.reachable == Some(false) || self.not_opampd
     }
 
-    /// The OpAMP endpoint: --opamp-url, or --opamp-path on the server.
-    fn opamp_url(&self) -> String {
-        match &self.args.opamp_url {
-            Some(url) => url.clone(),
-            None => format!("{}{}", self.client.base, self.args.opamp_path),
+    /// Why the checks that talk to opampd are skipped.
+    fn down_reason(&self) -> &'static str {
+        if self.not_opampd {
+            "what answers there is not opampd"
+        } else {
+            "the server is unreachable"
         }
+    }
+
+    /// The OpAMP endpoint: --opamp-url, else the server (or the agent
+    /// listener of --config) and the OpAMP path.
+    fn opamp_url(&self) -> String {
+        self.opamp_url.clone()
     }
 }

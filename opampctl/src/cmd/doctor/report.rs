@@ -118,20 +118,16 @@ pub struct MemorySample {
 
 /// Shows the report (unless quiet) and turns it into the exit status:
 /// 3 when the server is unreachable, 1 when a check failed.
-pub(super) fn finish(
-    settings: &Settings,
-    command: &str,
-    diagnosis: Diagnosis<'_>,
-    samples: Vec<MemorySample>,
-) -> Result<()> {
-    let report = build(command, diagnosis, samples);
+pub(super) fn finish(diagnosis: Diagnosis<'_>, samples: Vec<MemorySample>) -> Result<()> {
+    let settings = diagnosis.settings;
+    let report = build(diagnosis, samples);
     if !settings.quiet {
         output::show(settings, &report, |wide| render(settings, &report, wide))?;
     }
     exit_status(settings, &report)
 }
 
-fn build(command: &str, diagnosis: Diagnosis<'_>, samples: Vec<MemorySample>) -> Report {
+fn build(diagnosis: Diagnosis<'_>, samples: Vec<MemorySample>) -> Report {
     let count = |verdict: Verdict| {
         diagnosis
             .checks
@@ -140,7 +136,7 @@ fn build(command: &str, diagnosis: Diagnosis<'_>, samples: Vec<MemorySample>) ->
             .count()
     };
     Report {
-        command: command.into(),
+        command: diagnosis.procedure.name().into(),
         opampctl_version: env!("CARGO_PKG_VERSION").into(),
         server: diagnosis.client.base.clone(),
         generated_at: chrono::Utc::now().to_rfc3339(),

@@ -1,7 +1,8 @@
 //! The server: who holds its port on this host, and its health report.
 
 use super::report::{fail, ok, skip, warn, Check};
-use super::Diagnosis;
+use super::{Diagnosis, Procedure};
+use crate::client::STARTUP_HINT;
 use crate::cmd::health;
 use crate::context::url;
 use crate::error::Exit;
@@ -21,31 +22,76 @@ impl Diagnosis<'_> {
             return;
         };
         let listeners = procfs::listening_sockets(port);
-        let live = self
-            .client
-            .send_any(self.client.request(Method::GET, "/health/live"))
-            .await
-            .is_ok_and(|response| response.status().is_success());
-        self.push(port_verdict(port, &listeners, live));
+        let answer = match health::check(self.client).await {
+            Ok(summary) if is_opampd(&summary) => Answer::Opampd,
+            Ok(_) => Answer::Other,
+            Err(_) => Answer::Nothing,
+        };
+        // A process named opampd that does not answer (untrusted TLS, say)
+        // is still opampd: the server check says why it does not answer.
+        let opampd_process = listeners.iter().any(|listener| {
+            listener
+                .owner
+                .as_ref()
+                .is_some_and(|(_, command)| command == "opampd")
+        });
+        if answer != Answer::Opampd && !opampd_process && !listeners.is_empty() {
+            self.port_holder = Some(owners(&listeners).join(", "));
+        }
+        let check = port_verdict(port, &listeners, answer, opampd_process, self.procedure);
+        self.push(check);
     }
 
     /// `server`: /health/live, /health/ready and /health; remembers whether
-    /// the server answered and its health report for the later checks.
+    /// the server answered (and whether as opampd) and its health report
+    /// for the later checks.
     pub(super) async fn check_server(&mut self) {
+        let base = self.client.base.clone();
         match health::check(self.client).await {
+            Ok(summary) if !is_opampd(&summary) => {
+                self.reachable = Some(true);
+                self.not_opampd = true;
+                let detail = format!(
+                    "{base} answers HTTP, but not as opampd: /health/live {}, /health/ready {}, and /health is no opampd health report",
+                    summary.live.status_code, summary.ready.status_code
+                );
+                let remedy = match &self.port_holder {
+                    Some(holder) => format!(
+                        "{holder} holds that port: stop it, or give opampd another `listen` address (and use it in --server)"
+                    ),
+                    None => "another program answers at that address (a proxy without a route to opampd?): check --server and what listens there".to_string(),
+                };
+                self.push(fail("server", detail, remedy));
+            }
             Ok(summary) => {
                 self.reachable = Some(true);
-                let check = health_verdict(&self.client.base, &summary);
+                let check = health_verdict(&base, &summary, self.procedure);
                 self.health = summary.health;
                 self.push(check);
             }
             Err(e) if e.exit == Exit::Unreachable => {
                 self.reachable = Some(false);
-                self.push(fail(
-                    "server",
-                    e.message,
-                    "start opampd or fix --server; `opampctl troubleshoot startup --config FILE --data-dir DIR` checks why it does not start",
-                ));
+                let check = match &self.port_holder {
+                    Some(holder) => fail(
+                        "server",
+                        format!(
+                            "no opampd answers at {base}: {holder} holds the port ({})",
+                            e.message
+                        ),
+                        "stop that process, or give opampd another `listen` address (and use it in --server)",
+                    ),
+                    None if self.procedure == Procedure::Startup => fail(
+                        "server",
+                        e.message.replace(STARTUP_HINT, ""),
+                        "start opampd (e.g. `systemctl start opampd`); if it does not stay up, the checks above and its log (`opampctl logs --via journald`) say why",
+                    ),
+                    None => fail(
+                        "server",
+                        e.message,
+                        "start opampd or fix --server; `opampctl troubleshoot startup --config FILE --data-dir DIR` checks why it does not start",
+                    ),
+                };
+                self.push(check);
             }
             Err(e) => {
                 self.reachable = Some(true);
@@ -57,6 +103,30 @@ impl Diagnosis<'_> {
             }
         }
     }
+}
+
+/// Whether what answers is opampd: its readiness probe speaks opampd's
+/// words, or /health is opampd's report.
+fn is_opampd(summary: &health::HealthSummary) -> bool {
+    summary.health.is_some()
+        || matches!(
+            summary.ready.status.as_str(),
+            "ready" | "starting" | "draining"
+        )
+}
+
+/// The processes holding a port, for messages.
+fn owners(listeners: &[procfs::Listener]) -> Vec<String> {
+    listeners
+        .iter()
+        .map(|listener| match &listener.owner {
+            Some((pid, comm)) => format!("{comm} (pid {pid}) on {}", listener.local),
+            None => format!(
+                "a process of uid {} on {} (run as root to see which)",
+                listener.uid, listener.local
+            ),
+        })
+        .collect()
 }
 
 impl Diagnosis<'_> {
@@ -107,38 +177,57 @@ impl Diagnosis<'_> {
     }
 }
 
-fn port_verdict(port: u16, listeners: &[procfs::Listener], live: bool) -> Check {
-    let owners: Vec<String> = listeners
-        .iter()
-        .map(|listener| match &listener.owner {
-            Some((pid, comm)) => format!("{comm} (pid {pid}) on {}", listener.local),
-            None => format!(
-                "a process of uid {} on {} (run as root to see which)",
-                listener.uid, listener.local
-            ),
-        })
-        .collect();
+/// What answered on the server's health endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Opampd,
+    /// HTTP, but not opampd's health endpoints.
+    Other,
+    /// No HTTP answer (refused, timed out, a TLS failure).
+    Nothing,
+}
+
+fn port_verdict(
+    port: u16,
+    listeners: &[procfs::Listener],
+    answer: Answer,
+    opampd_process: bool,
+    procedure: Procedure,
+) -> Check {
+    let owners = owners(listeners).join(", ");
     if listeners.is_empty() {
-        fail(
+        let why = if procedure == Procedure::Startup {
+            "the checks above and `opampctl logs --via journald` say why"
+        } else {
+            "run `opampctl troubleshoot startup` and read `opampctl logs --via journald`"
+        };
+        return fail(
             "port",
             format!("nothing listens on port {port}"),
-            "start opampd (e.g. `systemctl start opampd`); if it does not stay up, run `opampctl troubleshoot startup` and read `opampctl logs --via journald`",
-        )
-    } else if live {
-        ok("port", format!("port {port}: {}", owners.join(", ")))
-    } else {
-        fail(
+            format!("start opampd (e.g. `systemctl start opampd`); if it does not stay up, {why}"),
+        );
+    }
+    match answer {
+        Answer::Opampd => ok("port", format!("port {port}: {owners}")),
+        Answer::Nothing if opampd_process => warn(
             "port",
-            format!(
-                "port {port} is taken by {}, which does not answer as opampd",
-                owners.join(", ")
-            ),
+            format!("port {port}: {owners}, which does not answer here"),
+            "see the server check for why",
+        ),
+        Answer::Other => fail(
+            "port",
+            format!("port {port} is taken by {owners}, which answers HTTP but not as opampd"),
             "stop that process, or give opampd another `listen` address (and --server here)",
-        )
+        ),
+        Answer::Nothing => fail(
+            "port",
+            format!("port {port} is taken by {owners}, which does not answer as opampd"),
+            "stop that process, or give opampd another `listen` address (and --server here)",
+        ),
     }
 }
 
-fn health_verdict(base: &str, summary: &health::HealthSummary) -> Check {
+fn health_verdict(base: &str, summary: &health::HealthSummary, procedure: Procedure) -> Check {
     let report = summary.health.as_ref();
     let detail = match report {
         Some(report) => format!(
@@ -169,12 +258,19 @@ fn health_verdict(base: &str, summary: &health::HealthSummary) -> Check {
         _ if summary.ready.status_code != 200 => fail(
             "server",
             format!("{detail}; not ready ({})", summary.ready.status),
-            "opampd is starting or draining; if it stays so, read `opampctl logs`",
+            format!(
+                "opampd is {}; if it stays so, read `opampctl logs`",
+                summary.ready.status
+            ),
         ),
         _ => fail(
             "server",
             format!("{detail}; {problems}"),
-            "the database does not answer: check the disk and `opampctl troubleshoot db-pool`",
+            if procedure == Procedure::DbPool {
+                "the database does not answer: check the disk, and the checks below"
+            } else {
+                "the database does not answer: check the disk and `opampctl troubleshoot db-pool`"
+            },
         ),
     }
 }
