@@ -16,6 +16,9 @@ _opampctl() {
             ",$1")
                 cmd="opampctl"
                 ;;
+            opampctl,__complete)
+                cmd="opampctl__subcmd____complete"
+                ;;
             opampctl,agents)
                 cmd="opampctl__subcmd__agents"
                 ;;
@@ -45,6 +48,12 @@ _opampctl() {
                 ;;
             opampctl,health)
                 cmd="opampctl__subcmd__health"
+                ;;
+            opampctl,login)
+                cmd="opampctl__subcmd__login"
+                ;;
+            opampctl,logout)
+                cmd="opampctl__subcmd__logout"
                 ;;
             opampctl,logs)
                 cmd="opampctl__subcmd__logs"
@@ -170,8 +179,54 @@ _opampctl() {
 
     case "${cmd}" in
         opampctl)
-            opts="-o -q -h -V --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help --version health agents configs rollout backup restore logs restart doctor troubleshoot db audit users tokens alerts bench completions man"
+            opts="-o -q -h -V --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help --version health agents configs rollout backup restore logs restart doctor troubleshoot db audit users tokens login logout alerts bench completions man __complete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opampctl__subcmd____complete)
+            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help agents configs"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -262,12 +317,24 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__agents__subcmd__delete)
-            opts="-o -q -h --force --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-l -y -o -q -h --force --selector --status --yes --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -W "connected stale disconnected" -- "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -308,12 +375,24 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__agents__subcmd__label)
-            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-l -y -o -q -h --selector --status --yes --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -W "connected stale disconnected" -- "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -416,12 +495,24 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__agents__subcmd__restart)
-            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-l -y -o -q -h --selector --status --yes --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -W "connected stale disconnected" -- "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -724,7 +815,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__bench)
-            opts="-o -q -h --agents --duration --heartbeat --transport --connections --config-bytes --server-pid --processes --source-ips --ramp --secret --opamp-url --gzip --restart-cmd --jitter --cleanup --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help hold status http rollout reconnect"
+            opts="-o -q -h --agents --duration --heartbeat --transport --connections --config-bytes --server-pid --processes --source-ips --ramp --secret --opamp-url --gzip --restart-cmd --jitter --keep --cleanup --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help hold status http rollout reconnect"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1502,6 +1593,106 @@ _opampctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opampctl__subcmd__login)
+            opts="-u -o -q -h --username --password-stdin --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opampctl__subcmd__logout)
+            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2824,8 +3015,56 @@ _opampctl() {
     esac
 }
 
+# Agent uids and configuration names come from the server: opampctl __complete agents|configs
+_opampctl_server_values() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" path="" kind="" wanted=0 position=-1 word i
+    local -a server=()
+    for (( i = 1; i < COMP_CWORD; i++ )); do
+        word="${COMP_WORDS[i]}"
+        case "${word}" in
+            --server|--context|--token|--token-file|--ca-file)
+                server+=("${word}" "${COMP_WORDS[i+1]}")
+                i=$((i + 1))
+                continue
+                ;;
+            --action|--actor|--agent-secret|--agents|--batch-size|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--samples|--secret|--selector|--server-pid|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--username|--version|--via|-f|-l|-n|-o|-u)
+                i=$((i + 1))
+                continue
+                ;;
+            -*)
+                continue
+                ;;
+        esac
+        if [[ -n "${kind}" ]]; then
+            position=$((position + 1))
+        else
+            path="${path} ${word}"
+            case "${path}" in
+                " agents show") kind=agents; wanted=0; position=0 ;;
+                " agents label") kind=agents; wanted=0; position=0 ;;
+                " agents delete") kind=agents; wanted=0; position=0 ;;
+                " agents restart") kind=agents; wanted=0; position=0 ;;
+                " configs show") kind=configs; wanted=0; position=0 ;;
+                " configs history") kind=configs; wanted=0; position=0 ;;
+                " configs diff") kind=configs; wanted=0; position=0 ;;
+                " configs rollback") kind=configs; wanted=0; position=0 ;;
+                " configs delete") kind=configs; wanted=0; position=0 ;;
+                " rollout start") kind=configs; wanted=0; position=0 ;;
+                " rollout status") kind=configs; wanted=0; position=0 ;;
+                " rollout pause") kind=configs; wanted=0; position=0 ;;
+                " rollout resume") kind=configs; wanted=0; position=0 ;;
+            esac
+        fi
+    done
+    if [[ -n "${kind}" && ${position} -eq ${wanted} && "${cur}" != -* ]]; then
+        COMPREPLY=( $(compgen -W "$("${COMP_WORDS[0]}" "${server[@]}" __complete "${kind}" 2>/dev/null)" -- "${cur}") )
+        return 0
+    fi
+    _opampctl "$@"
+}
+
 if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
-    complete -F _opampctl -o nosort -o bashdefault -o default opampctl
+    complete -F _opampctl_server_values -o nosort -o bashdefault -o default opampctl
 else
-    complete -F _opampctl -o bashdefault -o default opampctl
+    complete -F _opampctl_server_values -o bashdefault -o default opampctl
 fi

@@ -52,10 +52,13 @@ complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "db" -d 'Database 
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "audit" -d 'Review the audit log: logins, configuration changes, agents, users, tokens'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "users" -d 'Manage user accounts and their roles (admin)'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "tokens" -d 'Manage API tokens: your own, or everybody\'s as admin'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "login" -d 'Log in with a user name and password and keep the session token in a context'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "logout" -d 'End the session opampctl login stored for the context, and forget its token'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "alerts" -d 'Prometheus alerting rules for opampd'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "bench" -d 'Simulate agents against a running opampd and measure it, for sizing'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "man" -d 'Print the man page, or write all man pages to a directory'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "__complete" -d 'Agent uids or configuration names from the server, one per line, for the completion scripts; prints nothing when the server cannot be asked'
 complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l timeout -d 'How long --wait waits' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
@@ -86,9 +89,9 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "list" -d 'List agents'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "show" -d 'Show one agent'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "label" -d 'Set or remove server-side labels: k=v sets, k- removes'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "delete" -d 'Delete an agent from the inventory'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "restart" -d 'Ask a connected agent to restart'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "label" -d 'Set or remove server-side labels of one agent, or of every agent -l/--status picks'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "delete" -d 'Delete one agent from the inventory, or every agent -l/--status picks'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "restart" -d 'Ask a connected agent, or every agent -l/--status picks, to restart'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -s l -l selector -d 'Label selector: k=v, k!=v, k (present); comma means and' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l status -d 'Only agents with this status' -r -f -a "connected\t''
 stale\t''
@@ -121,6 +124,10 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_see
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -s l -l selector -d 'Act on every agent this label selector matches (k=v, k!=v, k; comma means and), instead of one UID' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l status -d 'Act on every agent with this status (with -l: agents that match both)' -r -f -a "connected\t''
+stale\t''
+disconnected\t''"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -131,9 +138,14 @@ json\t'JSON: stable field names, for scripts'
 yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -s y -l yes -d 'Do not ask before acting on the agents -l/--status picks (needed when standard input is not a terminal)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -s l -l selector -d 'Act on every agent this label selector matches (k=v, k!=v, k; comma means and), instead of one UID' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l status -d 'Act on every agent with this status (with -l: agents that match both)' -r -f -a "connected\t''
+stale\t''
+disconnected\t''"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -145,9 +157,14 @@ yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l force -d 'Delete even if the agent is connected (it comes back at its next message)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -s y -l yes -d 'Do not ask before acting on the agents -l/--status picks (needed when standard input is not a terminal)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s l -l selector -d 'Act on every agent this label selector matches (k=v, k!=v, k; comma means and), instead of one UID' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l status -d 'Act on every agent with this status (with -l: agents that match both)' -r -f -a "connected\t''
+stale\t''
+disconnected\t''"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -158,6 +175,7 @@ json\t'JSON: stable field names, for scripts'
 yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s y -l yes -d 'Do not ask before acting on the agents -l/--status picks (needed when standard input is not a terminal)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -756,6 +774,34 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_see
 complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand tokens; and __fish_seen_subcommand_from revoke" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -s u -l username -d 'The user to log in as [default: asked on a terminal]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l password-stdin -d 'Read the password from stdin (its first line) instead of asking on the terminal'
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand login" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand logout" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand alerts; and not __fish_seen_subcommand_from rules" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -809,7 +855,8 @@ yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l gzip -d 'http: send \'Accept-Encoding: gzip\''
-complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l cleanup -d 'Delete the simulated agents from the inventory afterwards (operator token)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l keep -d 'Leave the simulated agents in the inventory (by default they are deleted at the end, with an operator token)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l cleanup -d 'The default now: the simulated agents are deleted unless --keep'
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -840,3 +887,44 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l request-timeou
 complete -c opampctl -n "__fish_opampctl_using_subcommand man" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand man" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand __complete" -s h -l help -d 'Print help (see more with \'--help\')'
+
+# Agent uids and configuration names come from the server: opampctl __complete agents|configs
+function __fish_opampctl_server_values
+    set -l server
+    set -l tokens (commandline -opc)
+    for i in (seq 2 (count $tokens))
+        switch $tokens[$i]
+            case --server --context --token --token-file --ca-file
+                set -a server $tokens[$i] $tokens[(math $i + 1)]
+            case '--server=*' '--context=*' '--token=*' '--token-file=*' '--ca-file=*'
+                set -a server $tokens[$i]
+        end
+    end
+    opampctl $server __complete $argv[1] 2>/dev/null
+end
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from show" -f -a "(__fish_opampctl_server_values agents)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -f -a "(__fish_opampctl_server_values agents)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -f -a "(__fish_opampctl_server_values agents)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -f -a "(__fish_opampctl_server_values agents)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from rollback" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from delete" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from status" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from pause" -f -a "(__fish_opampctl_server_values configs)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -f -a "(__fish_opampctl_server_values configs)"

@@ -40,7 +40,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
 pub const FILES: &[(&str, &str)] = &[
     (
         "~/.config/opampctl/config.yaml",
-        "Named contexts: current-context and contexts: {NAME: {server, token-file, ca-file}}. $XDG_CONFIG_HOME is honoured.",
+        "Named contexts: current-context and contexts: {NAME: {server, token-file, ca-file, token}}; token is the session opampctl login stores (the file is then written owner-only, 0600). $XDG_CONFIG_HOME is honoured.",
     ),
     (
         "./data/admin.token, /var/lib/opampd/admin.token",
@@ -205,6 +205,11 @@ opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
     /// Manage API tokens: your own, or everybody's as admin
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Log in with a user name and password and keep the session token in a context
+    #[command(long_about = LOGIN_ABOUT)]
+    Login(LoginArgs),
+    /// End the session opampctl login stored for the context, and forget its token
+    Logout,
     /// Prometheus alerting rules for opampd
     #[command(subcommand)]
     Alerts(AlertsCmd),
@@ -215,6 +220,50 @@ opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
     Completions(CompletionsArgs),
     /// Print the man page, or write all man pages to a directory
     Man(ManArgs),
+    /// Agent uids or configuration names from the server, one per line, for
+    /// the completion scripts; prints nothing when the server cannot be asked
+    #[command(name = "__complete", hide = true)]
+    Complete(CompleteArgs),
+}
+
+/// The man page of `opampctl login`.
+const LOGIN_ABOUT: &str = "\
+Log in to opampd with a user name and password (POST /api/v1/auth/login) and \
+store the session token it returns in a context of opampctl's config file \
+(OPAMPCTL_CONFIG, else ~/.config/opampctl/config.yaml), which is written \
+owner-only (0600). Later commands with that context use the token, until it \
+expires or opampctl logout ends it.\n\n\
+The context is --context (or OPAMPCTL_CONTEXT), else the file's \
+current-context, else a context named default; a context that does not \
+exist yet is created with the server of --server (or the default), and \
+becomes the current context when the file has none.\n\n\
+On a terminal opampctl asks for the user name (without --username) and the \
+password, which is not echoed. Scripts pass --username and \
+--password-stdin. A wrong user name or password exits 1.";
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The user to log in as [default: asked on a terminal]
+    #[arg(short = 'u', long, value_name = "NAME")]
+    pub username: Option<String>,
+    /// Read the password from stdin (its first line) instead of asking on the terminal
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompleteArgs {
+    /// What to list
+    #[arg(value_enum)]
+    pub kind: CompleteKind,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompleteKind {
+    /// Agent instance uids
+    Agents,
+    /// Configuration names
+    Configs,
 }
 
 #[derive(Args, Debug)]
@@ -279,30 +328,65 @@ pub enum AgentsCmd {
     List(AgentsListArgs),
     /// Show one agent
     Show {
-        /// Instance uid (UUID)
+        /// Instance uid (UUID), or a unique prefix of one
+        #[arg(value_name = "UID")]
         uid: String,
     },
-    /// Set or remove server-side labels: k=v sets, k- removes
+    /// Set or remove server-side labels of one agent, or of every agent -l/--status picks
+    #[command(
+        override_usage = "opampctl agents label [OPTIONS] <UID> <LABEL>...\n       \
+opampctl agents label [OPTIONS] (-l <SELECTOR> | --status <STATUS>) <LABEL>..."
+    )]
     Label {
-        /// Instance uid (UUID)
-        uid: String,
+        /// Instance uid (UUID), or a unique prefix of one; left out when -l or --status picks the agents
+        #[arg(value_name = "UID")]
+        uid: Option<String>,
         /// k=v to set a label, k- to remove it
-        #[arg(required = true, value_name = "LABEL")]
+        #[arg(value_name = "LABEL")]
         labels: Vec<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
-    /// Delete an agent from the inventory
+    /// Delete one agent from the inventory, or every agent -l/--status picks
     Delete {
-        /// Instance uid (UUID)
-        uid: String,
+        /// Instance uid (UUID), or a unique prefix of one
+        #[arg(value_name = "UID", required_unless_present_any = ["selector", "status"], conflicts_with_all = ["selector", "status"])]
+        uid: Option<String>,
         /// Delete even if the agent is connected (it comes back at its next message)
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
-    /// Ask a connected agent to restart
+    /// Ask a connected agent, or every agent -l/--status picks, to restart
     Restart {
-        /// Instance uid (UUID)
-        uid: String,
+        /// Instance uid (UUID), or a unique prefix of one
+        #[arg(value_name = "UID", required_unless_present_any = ["selector", "status"], conflicts_with_all = ["selector", "status"])]
+        uid: Option<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
+}
+
+/// Picks many agents instead of one uid: `agents label|delete|restart`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FleetArgs {
+    /// Act on every agent this label selector matches (k=v, k!=v, k; comma means and), instead of one UID
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Act on every agent with this status (with -l: agents that match both)
+    #[arg(long, value_enum, value_name = "STATUS")]
+    pub status: Option<AgentStatus>,
+    /// Do not ask before acting on the agents -l/--status picks (needed when standard input is not a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+impl FleetArgs {
+    /// Whether the agents are picked by selector or status rather than by uid.
+    pub fn picks(&self) -> bool {
+        self.selector.is_some() || self.status.is_some()
+    }
 }
 
 #[derive(Args, Debug)]
@@ -346,15 +430,23 @@ pub enum ConfigsCmd {
     List,
     /// Show a configuration's newest (or a given) version
     Show {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
         name: String,
         /// The version to show
         #[arg(long, value_name = "N")]
         version: Option<u64>,
     },
     /// List every version of a configuration
-    History { name: String },
+    History {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
+        name: String,
+    },
     /// Show what changed between two versions
     Diff {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
         name: String,
         /// Older version [default: the one before --to]
         #[arg(long, value_name = "N")]
@@ -365,6 +457,8 @@ pub enum ConfigsCmd {
     },
     /// Make an earlier version's body the newest version again
     Rollback {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
         name: String,
         /// The version to go back to [default: the one before the newest]
         #[arg(long, value_name = "N")]
@@ -372,6 +466,8 @@ pub enum ConfigsCmd {
     },
     /// Delete a configuration and its versions
     Delete {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
         name: String,
         /// Delete even if it is rolled out to agents
         #[arg(long)]
@@ -402,6 +498,8 @@ pub struct ConfigsApplyArgs {
 pub enum RolloutCmd {
     /// Start rolling a version out (the newest by default)
     Start {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
         name: String,
         /// Version to roll out
         #[arg(long, value_name = "N")]
@@ -415,6 +513,8 @@ pub enum RolloutCmd {
     },
     /// Show a rollout's progress and the agents it waits for; exit 0 when completed or running, 1 when failed or paused
     Status {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
         name: String,
         /// Follow the progress until the rollout completes, fails or pauses
         #[arg(long, short = 'w')]
@@ -424,9 +524,15 @@ pub enum RolloutCmd {
         interval: Duration,
     },
     /// Pause a running rollout
-    Pause { name: String },
+    Pause {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
+        name: String,
+    },
     /// Resume a paused rollout
     Resume {
+        /// Configuration name
+        #[arg(id = "config", value_name = "CONFIG")]
         name: String,
         /// A new failure allowance: pause when more than N agents fail (to go on after failures paused it)
         #[arg(long, value_name = "N")]
@@ -608,8 +714,10 @@ const BENCH_ABOUT: &str = "\
 Simulate agents against a running opampd and measure what the server spends \
 on them, to size a deployment. Run it against a release build on a test \
 server, not against production: the simulated agents register (service.name \
-opampctl-bench, attribute bench.run=RUN) and stay in the inventory as \
-disconnected unless --cleanup deletes them.\n\n\
+opampctl-bench, attribute bench.run=RUN) and are deleted from the inventory \
+when the run ends, which needs an operator token; --keep leaves them there \
+(as disconnected agents), and so does a run without a token, which says so \
+and how to delete them later.\n\n\
 hold: connect --agents WebSocket agents (a full first report with an \
 effective config of --config-bytes, then a heartbeat every --heartbeat, each \
 reply awaited) and hold them for --duration. Reports connect time (p50, p99), \
@@ -700,8 +808,11 @@ pub struct BenchArgs {
     /// reconnect: the longest random delay before an agent reconnects
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub jitter: Duration,
-    /// Delete the simulated agents from the inventory afterwards (operator token)
+    /// Leave the simulated agents in the inventory (by default they are deleted at the end, with an operator token)
     #[arg(long)]
+    pub keep: bool,
+    /// The default now: the simulated agents are deleted unless --keep
+    #[arg(long, hide = true, conflicts_with = "keep")]
     pub cleanup: bool,
 }
 

@@ -156,6 +156,11 @@ impl Client {
             StatusCode::UNAUTHORIZED => {
                 let hint = if self.token.is_none() {
                     "no token given: pass --token, --token-file or OPAMPCTL_TOKEN (opampd writes an admin token to <data-dir>/admin.token at its first start)".to_string()
+                } else if self.token_source.starts_with("the login session") {
+                    format!(
+                        "the token from {} was refused (it may have expired): log in again with `opampctl login`",
+                        self.token_source
+                    )
                 } else {
                     format!("the token from {} was refused", self.token_source)
                 };

@@ -10,11 +10,17 @@
 //!   prod:
 //!     server: https://opamp.example.com:8080
 //!     token-file: ~/.config/opampctl/prod.token
+//!   staging:
+//!     server: https://staging.example.com:8080
+//!     token: eyJ…   # a session stored by `opampctl login`
 //! ```
+//!
+//! A context's `token` (a login session) is used before its `token-file`.
+//! `opampctl login` and `logout` rewrite the file owner-only ([`save_config_file`]).
 
 use crate::cli::{Format, Global};
 use crate::error::{CtlError, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -25,24 +31,27 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 /// Token files tried, in order, when none is given and the server is on this host.
 pub const DEFAULT_TOKEN_FILES: &[&str] = &["./data/admin.token", "/var/lib/opampd/admin.token"];
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ConfigFile {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_context: Option<String>,
     #[serde(default)]
     pub contexts: BTreeMap<String, ContextEntry>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ContextEntry {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// A login session token (`opampctl login`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Everything a command needs to know about where and how to talk and print.
@@ -91,7 +100,7 @@ fn expand_home(p: &Path) -> PathBuf {
 }
 
 /// The config file's path and whether it was named explicitly.
-fn config_path() -> Option<(PathBuf, bool)> {
+pub fn config_path() -> Option<(PathBuf, bool)> {
     if let Some(p) = std::env::var_os("OPAMPCTL_CONFIG").filter(|p| !p.is_empty()) {
         return Some((expand_home(Path::new(&p)), true));
     }
@@ -125,6 +134,44 @@ pub fn load_config_file() -> Result<Option<(PathBuf, ConfigFile)>> {
         ))
     })?;
     Ok(Some((path, cfg)))
+}
+
+/// Writes the config file owner-only (0600) under a new temporary name
+/// (never through a symlink), then renames it over the old file; creates its
+/// directory (0700) when needed.
+pub fn save_config_file(path: &Path, file: &ConfigFile) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    let failed = |e: &dyn std::fmt::Display| {
+        CtlError::failed(format!(
+            "cannot write the opampctl config file {}: {e}",
+            path.display()
+        ))
+    };
+    let text = serde_yaml::to_string(file).map_err(|e| failed(&e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| failed(&e))?;
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("config.yaml");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut out = crate::files::create_private(&tmp)?;
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failed(&e));
+    }
+    Ok(())
 }
 
 /// Whether the URL's host is this host: `localhost`, a loopback address
@@ -240,15 +287,79 @@ fn flag_given(flag: &str) -> bool {
         .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
 }
 
+/// The context `opampctl login` and `logout` work on, and the file it is
+/// (or will be) in.
+pub struct SessionContext {
+    pub path: PathBuf,
+    pub file: ConfigFile,
+    /// --context (or OPAMPCTL_CONTEXT), else the file's current context, else `default`.
+    pub name: String,
+}
+
+impl SessionContext {
+    /// The context as stored, if it exists.
+    pub fn entry(&self) -> Option<&ContextEntry> {
+        self.file.contexts.get(&self.name)
+    }
+}
+
+/// Finds the context login and logout work on; unlike [`resolve`], the
+/// context and the file need not exist yet.
+pub fn session_context(g: &Global) -> Result<SessionContext> {
+    let (path, _) = config_path().ok_or_else(|| {
+        CtlError::usage(
+            "neither OPAMPCTL_CONFIG nor HOME is set: there is no place for opampctl's config file",
+        )
+    })?;
+    // A file that does not exist yet is the one login creates.
+    let file = match path.exists() {
+        true => load_config_file()?.map(|(_, file)| file).unwrap_or_default(),
+        false => ConfigFile::default(),
+    };
+    let name = g
+        .context
+        .clone()
+        .or_else(|| file.current_context.clone())
+        .unwrap_or_else(|| "default".to_string());
+    Ok(SessionContext { path, file, name })
+}
+
+/// Settings to reach the server of `entry` (or --server, which comes first)
+/// with `token` as the only credential.
+pub fn settings_with(g: &Global, entry: &ContextEntry, token: Option<String>) -> Result<Settings> {
+    let server = match (&g.server, &entry.server) {
+        (Some(s), _) => check_server_url(s, "--server")?,
+        (None, Some(s)) => check_server_url(s, "the context's server")?,
+        (None, None) => DEFAULT_SERVER.to_string(),
+    };
+    Ok(Settings {
+        server,
+        token_source: "the login session".to_string(),
+        token,
+        format: g.output,
+        quiet: g.quiet,
+        color: color_wanted(g.no_color),
+        ca_file: g
+            .ca_file
+            .clone()
+            .or(entry.ca_file.as_deref().map(expand_home)),
+        timeout: g.request_timeout,
+    })
+}
+
 /// Builds the settings from the parsed global options.
 pub fn resolve(g: &Global) -> Result<Settings> {
     let file = load_config_file()?;
     let mut ctx = ContextEntry::default();
+    let mut ctx_name = None;
     if let Some((path, cfg)) = &file {
         let name = g.context.clone().or_else(|| cfg.current_context.clone());
         if let Some(name) = name {
             match cfg.contexts.get(&name) {
-                Some(c) => ctx = c.clone(),
+                Some(c) => {
+                    ctx = c.clone();
+                    ctx_name = Some(name);
+                }
                 None => {
                     let known: Vec<&str> = cfg.contexts.keys().map(String::as_str).collect();
                     return Err(CtlError::usage(format!(
@@ -287,6 +398,14 @@ pub fn resolve(g: &Global) -> Result<Settings> {
         (
             Some(read_token_file(p, "--token-file")?),
             format!("--token-file {}", p.display()),
+        )
+    } else if let Some(t) = ctx.token.as_ref().filter(|t| !t.trim().is_empty()) {
+        (
+            Some(t.trim().to_string()),
+            format!(
+                "the login session of context {:?}",
+                ctx_name.as_deref().unwrap_or("")
+            ),
         )
     } else if let Some(p) = &ctx.token_file {
         (

@@ -9,6 +9,8 @@ use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 use std::path::Path;
 
+mod completion;
+
 /// Date of the man pages (`.TH`): change it when their content changes
 /// materially. Fixed, so regenerating them is reproducible.
 pub const MAN_DATE: &str = "2026-11-25";
@@ -20,12 +22,110 @@ pub const COMPLETION_FILES: &[(&str, clap_complete::Shell)] = &[
     ("opampctl.fish", clap_complete::Shell::Fish),
 ];
 
-/// The completion script for `shell`.
+/// The completion script for `shell`: clap's, plus what asks the server for
+/// agent uids and configuration names (see [`server_values`]).
 pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
     let mut cmd = cli::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "opampctl", &mut out);
+    let script = String::from_utf8_lossy(&out).into_owned();
+    let values = server_values();
+    let script = match shell {
+        clap_complete::Shell::Bash => completion::bash(&script, &values, &value_options()),
+        clap_complete::Shell::Zsh => completion::zsh(&script, &values),
+        clap_complete::Shell::Fish => completion::fish(&script, &values),
+        _ => script,
+    };
+    script.into_bytes()
+}
+
+/// A positional argument whose candidates come from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerValue {
+    /// Subcommand names from the top, e.g. `["agents", "show"]`.
+    pub path: Vec<String>,
+    /// Its index among the command's positional arguments.
+    pub position: usize,
+    /// The argument's id (`uid` or `config`), unique to its kind.
+    pub id: String,
+    /// What `opampctl __complete` lists: `agents` or `configs`.
+    pub kind: &'static str,
+}
+
+/// The value names that mark an argument taking an agent uid or a
+/// configuration name, with the id such arguments have and the kind.
+const SERVER_VALUE_NAMES: &[(&str, &str, &str)] =
+    &[("UID", "uid", "agents"), ("CONFIG", "config", "configs")];
+
+/// Every positional argument named UID (an agent) or CONFIG (a
+/// configuration) in the clap definition. Panics when such an argument has
+/// another id than its kind's, or another argument uses that id: the zsh
+/// script finds the arguments by id.
+pub fn server_values() -> Vec<ServerValue> {
+    fn walk(cmd: &clap::Command, path: &mut Vec<String>, out: &mut Vec<ServerValue>) {
+        for (position, arg) in cmd.get_positionals().enumerate() {
+            let value_name = arg
+                .get_value_names()
+                .and_then(|names| names.first())
+                .map(|name| name.as_str());
+            let marked = SERVER_VALUE_NAMES
+                .iter()
+                .find(|(name, _, _)| Some(*name) == value_name);
+            let by_id = SERVER_VALUE_NAMES
+                .iter()
+                .find(|(_, id, _)| *id == arg.get_id().as_str());
+            assert_eq!(
+                marked.map(|m| m.1),
+                by_id.map(|m| m.1),
+                "opampctl {}: the argument {} must have the id and value name of its kind ({SERVER_VALUE_NAMES:?}) or neither",
+                path.join(" "),
+                arg.get_id()
+            );
+            if let Some((_, id, kind)) = marked {
+                out.push(ServerValue {
+                    path: path.clone(),
+                    position,
+                    id: id.to_string(),
+                    kind,
+                });
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            path.push(sub.get_name().to_string());
+            walk(sub, path, out);
+            path.pop();
+        }
+    }
+    let mut cmd = cli::command();
+    cmd.build();
+    let mut out = Vec::new();
+    walk(&cmd, &mut Vec::new(), &mut out);
     out
+}
+
+/// Every option that takes a value (`--server`, `-l`), for the bash script
+/// to skip their values when it counts positional arguments.
+fn value_options() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments().filter(|a| !a.is_positional()) {
+            if arg.get_action().takes_values() {
+                if let Some(long) = arg.get_long() {
+                    out.insert(format!("--{long}"));
+                }
+                if let Some(short) = arg.get_short() {
+                    out.insert(format!("-{short}"));
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut cmd = cli::command();
+    cmd.build();
+    let mut out = std::collections::BTreeSet::new();
+    walk(&cmd, &mut out);
+    out.into_iter().collect()
 }
 
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {

@@ -9,6 +9,7 @@
 //!   temporaries in private directories).
 //! - `localdb`: SQLite files on this host (online backup, integrity and schema checks).
 //! - `procfs`: /proc and process limits (CPU, RSS, open files, ports, listeners).
+//! - `prompt`: confirmations and questions on a terminal (--yes and --password-stdin otherwise).
 //! - `docs`: man page and completion generation.
 //! - `cmd/`: one file per subcommand.
 //!
@@ -25,6 +26,7 @@ pub mod files;
 pub mod localdb;
 pub mod output;
 pub mod procfs;
+pub mod prompt;
 
 use clap::Parser;
 use error::{CtlError, Exit};

@@ -135,3 +135,250 @@ async fn show_label_restart_delete() {
     fails(&s.ctl(&["agents", "restart", &uid]), "no agent");
     fails(&s.ctl(&["agents", "label", &uid, "a=b"]), "404");
 }
+
+/// Registers an agent with a uid of our choosing (to make prefixes collide).
+async fn register_uid(s: &Server, uid: [u8; 16], service: &str) -> String {
+    let (status, _, _) = http_exchange(&s.opamp_url(), &full_report(uid, 0, service)).await;
+    assert_eq!(status, 200);
+    uid_str(&uid)
+}
+
+fn uid_with(head: [u8; 3]) -> [u8; 16] {
+    let mut uid = *uuid::Uuid::new_v4().as_bytes();
+    uid[..3].copy_from_slice(&head);
+    uid
+}
+
+#[tokio::test]
+async fn unique_uid_prefixes_are_accepted_everywhere() {
+    let s = Server::start();
+    let a = register_uid(&s, uid_with([0xab, 0xcd, 0x01]), "checkout").await;
+    let b = register_uid(&s, uid_with([0xab, 0xcd, 0x02]), "billing").await;
+    wait_total(&s, 2).await;
+
+    let j = json(&s.ctl(&["agents", "show", "abcd01", "-o", "json"]));
+    assert_eq!(j["instance_uid"], a.as_str());
+    // Upper case, and without the dashes past the first group.
+    let hex: String = b.chars().filter(|c| *c != '-').take(12).collect();
+    let j = json(&s.ctl(&["agents", "show", &hex.to_uppercase(), "-o", "json"]));
+    assert_eq!(j["instance_uid"], b.as_str());
+    let j = json(&s.ctl(&["agents", "label", "abcd02", "env=prod", "-o", "json"]));
+    assert_eq!(j["instance_uid"], b.as_str());
+    assert_eq!(j["labels"]["env"], "prod");
+    let o = s.ctl(&["agents", "restart", "abcd01"]);
+    assert!(stderr(&o).contains(&a), "{}", stderr(&o));
+
+    // Ambiguous: a usage error naming the candidates.
+    for command in [
+        &["agents", "show", "abcd"][..],
+        &["agents", "delete", "ab", "--force"],
+    ] {
+        let o = s.ctl(command);
+        assert_eq!(code(&o), 2, "{command:?}: {}", stderr(&o));
+        let text = stderr(&o);
+        assert!(
+            text.contains("ambiguous") && text.contains(&a) && text.contains(&b),
+            "{text}"
+        );
+    }
+    // No match: not found, as for a whole uid.
+    fails(&s.ctl(&["agents", "show", "ffff"]), "no agent");
+    let o = s.ctl(&["agents", "delete", "abcd02", "--force"]);
+    ok(&o);
+    assert!(stderr(&o).contains(&b), "{}", stderr(&o));
+    let (_, v) = s.get("/api/v1/agents?uid_prefix=abcd").await;
+    assert_eq!(v["total"], 1, "{v}");
+    let (status, v) = s.get("/api/v1/agents?uid_prefix=xyz").await;
+    assert_eq!(status, 400, "{v}");
+}
+
+#[tokio::test]
+async fn label_restart_and_delete_act_on_a_fleet() {
+    let s = Server::start();
+    let mut checkout = Vec::new();
+    for _ in 0..3 {
+        checkout.push(register(&s, "checkout").await);
+    }
+    let billing = register(&s, "billing").await;
+    wait_total(&s, 4).await;
+
+    // Not on a terminal: --yes is needed, and nothing changes without it.
+    let o = s.ctl(&["agents", "label", "-l", "service.name=checkout", "env=prod"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("3 agents match") && stderr(&o).contains("--yes"),
+        "{}",
+        stderr(&o)
+    );
+    let j = json(&s.ctl(&["agents", "list", "-l", "env=prod", "-o", "json"]));
+    assert_eq!(j["total"], 0);
+
+    let o = s.ctl(&[
+        "agents",
+        "label",
+        "-l",
+        "service.name=checkout",
+        "env=prod",
+        "tier=web",
+        "--yes",
+    ]);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("labeled 3 of 3 agents"),
+        "{}",
+        stderr(&o)
+    );
+    let j = json(&s.ctl(&["agents", "list", "-l", "env=prod,tier=web", "-o", "json"]));
+    assert_eq!(j["total"], 3);
+
+    // Selector and status together; a machine-readable summary.
+    let j = json(&s.ctl(&[
+        "agents",
+        "restart",
+        "-l",
+        "env=prod",
+        "--status",
+        "connected",
+        "--yes",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(j["action"], "restart");
+    assert_eq!(
+        (
+            j["matched"].as_u64(),
+            j["succeeded"].as_u64(),
+            j["failed"].as_u64()
+        ),
+        (Some(3), Some(3), Some(0)),
+        "{j}"
+    );
+    let mut restarted: Vec<&str> = j["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["instance_uid"].as_str().unwrap())
+        .collect();
+    restarted.sort_unstable();
+    let mut expected: Vec<&str> = checkout.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(restarted, expected);
+
+    // A failure on any agent: exit 1, and the summary says which and why.
+    let o = s.ctl(&[
+        "agents",
+        "delete",
+        "--status",
+        "connected",
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&opamp_tests::stdout(&o)).unwrap();
+    assert_eq!(
+        (j["matched"].as_u64(), j["failed"].as_u64()),
+        (Some(4), Some(4)),
+        "{j}"
+    );
+    assert!(
+        j["results"][0]["error"].as_str().unwrap().contains("force"),
+        "{j}"
+    );
+    assert!(stderr(&o).contains("4 failed"), "{}", stderr(&o));
+
+    // -q: nothing at all on success.
+    let o = s.ctl(&[
+        "agents",
+        "delete",
+        "-l",
+        "service.name=billing",
+        "--force",
+        "--yes",
+        "-q",
+    ]);
+    assert_eq!(ok(&o), "");
+    assert_eq!(stderr(&o), "");
+    fails(&s.ctl(&["agents", "show", &billing]), "no agent");
+    // Nothing matches: nothing to do, and no question.
+    let o = s.ctl(&["agents", "restart", "-l", "service.name=billing"]);
+    ok(&o);
+    assert!(stderr(&o).contains("no agents match"), "{}", stderr(&o));
+
+    // Usage errors: a uid and a selector, no labels, no uid at all.
+    for args in [
+        &["agents", "delete", &checkout[0], "-l", "env=prod"][..],
+        &["agents", "label", "-l", "env=prod"],
+        &["agents", "label", &checkout[0]],
+        &["agents", "restart"],
+    ] {
+        let o = s.ctl(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[tokio::test]
+async fn completion_lists_uids_and_configuration_names_from_the_server() {
+    let s = Server::start();
+    let uid = register(&s, "checkout").await;
+    wait_total(&s, 1).await;
+    let (status, _) = s
+        .send_json(
+            "POST",
+            "/api/v1/configurations",
+            serde_json::json!({"name": "otel-gateway", "body": "receivers: {}\n", "content_type": "text/yaml"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    assert_eq!(ok(&s.ctl(&["__complete", "agents"])).trim(), uid);
+    assert_eq!(
+        ok(&s.ctl(&["__complete", "configs"])).trim(),
+        "otel-gateway"
+    );
+    // No server: nothing printed, no error, for a Tab press.
+    let o = opamp_tests::ctl_env(
+        &["__complete", "agents"],
+        &[("OPAMPCTL_SERVER", "http://127.0.0.1:1")],
+    );
+    assert_eq!(ok(&o), "");
+    assert_eq!(stderr(&o), "");
+
+    // The scripts call it for the arguments that take a uid or a name.
+    let bash = ok(&s.ctl(&["completions", "bash"]));
+    assert!(bash.contains("__complete \"${kind}\""), "bash script");
+    assert!(
+        bash.contains("\" agents show\") kind=agents"),
+        "bash script"
+    );
+    assert!(
+        bash.contains("\" rollout start\") kind=configs"),
+        "bash script"
+    );
+    assert!(
+        bash.contains("complete -F _opampctl_server_values"),
+        "bash script"
+    );
+    let committed =
+        std::fs::read_to_string(opamp_tests::root().join("completions/opampctl.bash")).unwrap();
+    assert_eq!(
+        committed, bash,
+        "completions/opampctl.bash is stale: run cargo xtask codegen"
+    );
+    let zsh = ok(&s.ctl(&["completions", "zsh"]));
+    assert!(
+        zsh.contains(":uid -- ") && zsh.contains(":_opampctl_server_values agents'"),
+        "zsh script"
+    );
+    assert!(
+        zsh.contains(":_opampctl_server_values configs'"),
+        "zsh script"
+    );
+    let fish = ok(&s.ctl(&["completions", "fish"]));
+    assert!(
+        fish.contains(
+            "__fish_seen_subcommand_from show\" -f -a \"(__fish_opampctl_server_values agents)\""
+        ),
+        "fish script"
+    );
+}

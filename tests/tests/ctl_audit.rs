@@ -149,3 +149,31 @@ fn audit_follow_prints_new_entries() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn agent_registrations_and_deletions_are_audited() {
+    use opamp_tests::client::{full_report, http_exchange, new_uid, uid_str};
+    let s = Server::start();
+    let uid = new_uid();
+    let (status, _, _) = http_exchange(&s.opamp_url(), &full_report(uid, 0, "checkout")).await;
+    assert_eq!(status, 200);
+    let id = uid_str(&uid);
+    let page = opamp_tests::wait_for("the registration audited", Duration::from_secs(10), || {
+        let page = json(&s.ctl(&["audit", "--action", "agent", "-o", "json"]));
+        std::future::ready((page["total"] == 1).then_some(page))
+    })
+    .await;
+    let entry = &page["items"][0];
+    assert_eq!(entry["action"], "agent.register", "{page}");
+    assert_eq!(entry["actor"], "agent", "{page}");
+    assert_eq!(entry["target"], id.as_str(), "{page}");
+    assert_eq!(entry["details"]["service.name"], "checkout", "{page}");
+    // A heartbeat, a reconnect: no new registration.
+    let (status, _, _) = http_exchange(&s.opamp_url(), &full_report(uid, 1, "checkout")).await;
+    assert_eq!(status, 200);
+
+    ok(&s.ctl(&["agents", "delete", &id, "--force"]));
+    let page = json(&s.ctl(&["audit", "--action", "agent", "-o", "json"]));
+    assert_eq!(actions(&page), ["agent.delete", "agent.register"], "{page}");
+    assert_eq!(page["items"][0]["target"], id.as_str(), "{page}");
+}

@@ -200,7 +200,7 @@ fn usage_errors_exit_2() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["agents", "list", "-l", "env="], "bad selector"),
         (vec!["agents", "show", "not-a-uid"], "not an instance uid"),
-        (vec!["agents", "restart", "12345"], "not an instance uid"),
+        (vec!["agents", "restart", "host-42"], "not an instance uid"),
         (vec!["configs", "apply", "-f", invalid], "YAML"),
         (
             vec!["configs", "apply", "-f", good, "--selector", "env="],

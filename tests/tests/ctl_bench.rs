@@ -198,7 +198,6 @@ fn rollout_reaches_every_agent_and_leaves_nothing_behind() {
         "20s",
         "--config-bytes",
         "512",
-        "--cleanup",
         "-o",
         "json",
     ]);
@@ -212,13 +211,68 @@ fn rollout_reaches_every_agent_and_leaves_nothing_behind() {
     );
     let name = v["configuration"].as_str().unwrap();
     assert!(name.starts_with("bench-"), "{name}");
-    // The configuration is deleted, and --cleanup deleted the agents.
+    // The configuration is deleted, and so are the agents.
     let o = server.ctl(&["configs", "show", name]);
     assert_eq!(code(&o), 1, "{}", stdout(&o));
     let selector = format!("bench.run={}", v["run_id"].as_str().unwrap());
     let o = server.ctl(&["agents", "list", "-l", &selector, "-o", "json"]);
     let page = json(&o);
     assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page:#}");
+}
+
+/// How many agents the inventory holds, once the writer has stored them.
+fn inventory(server: &Server) -> u64 {
+    let page = json(&server.ctl(&["agents", "list", "-o", "json"]));
+    page["total"].as_u64().unwrap()
+}
+
+#[test]
+fn the_simulated_agents_are_removed_unless_keep() {
+    let server = Server::start();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "hold",
+            "--agents",
+            "5",
+            "--duration",
+            "1s",
+            "--heartbeat",
+            "1s",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let o = server.ctl(&args);
+        all_connected(&json(&o), 5);
+        o
+    };
+    run(&[]);
+    assert_eq!(inventory(&server), 0, "a finished bench leaves no agents");
+    run(&["--keep"]);
+    assert_eq!(inventory(&server), 5, "--keep leaves them");
+    // Without a token nothing can be deleted: the run says so, and how to later.
+    let o = ctl_env(
+        &[
+            "bench",
+            "hold",
+            "--agents",
+            "2",
+            "--duration",
+            "1s",
+            "-o",
+            "json",
+        ],
+        &[("OPAMPCTL_SERVER", &server.url())],
+    );
+    all_connected(&json(&o), 2);
+    assert!(
+        stderr(&o).contains("stay in the inventory")
+            && stderr(&o).contains("agents delete -l bench.run="),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(inventory(&server), 7);
 }
 
 /// An opampd this test starts and restarts itself, on a fixed address, as a

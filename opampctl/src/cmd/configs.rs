@@ -144,7 +144,7 @@ async fn apply(settings: &Settings, client: &Client, args: &ConfigsApplyArgs) ->
 }
 
 /// The items of a list reply, paginated (`{"items": …}`) or a bare array.
-async fn list_all<T: DeserializeOwned>(client: &Client, path: &str) -> Result<Vec<T>> {
+pub(crate) async fn list_all<T: DeserializeOwned>(client: &Client, path: &str) -> Result<Vec<T>> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {

@@ -5,10 +5,12 @@ pub mod alerts;
 pub mod audit;
 pub mod backup;
 pub mod bench;
+pub mod complete;
 pub mod configs;
 pub mod db;
 pub mod doctor;
 pub mod health;
+pub mod login;
 pub mod logs;
 pub mod restart;
 pub mod restore;
@@ -28,6 +30,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Completions(args) => return crate::docs::completions(args.shell),
         Command::Man(args) => return crate::docs::man(args.dir.as_deref()),
         Command::Alerts(AlertsCmd::Rules) => return alerts::rules(cli.global.quiet),
+        // These choose their context themselves: login may create it.
+        Command::Login(args) => return login::login(&cli.global, args).await,
+        Command::Logout => return login::logout(&cli.global).await,
+        Command::Complete(args) => return complete::run(&cli.global, args.kind).await,
         _ => {}
     }
     let settings = context::resolve(&cli.global)?;
@@ -48,6 +54,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Troubleshoot(t) => doctor::troubleshoot(&settings, &client, t).await,
         Command::Db(d) => db::run(&settings, &client, d).await,
         Command::Bench(args) => bench::run(&settings, &client, &args).await,
-        Command::Completions(_) | Command::Man(_) | Command::Alerts(_) => Ok(()),
+        Command::Completions(_)
+        | Command::Man(_)
+        | Command::Alerts(_)
+        | Command::Login(_)
+        | Command::Logout
+        | Command::Complete(_) => Ok(()),
     }
 }

@@ -17,7 +17,7 @@ use crate::output;
 use opamp_proto::api::RestoreReport;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
-use std::io::{IsTerminal, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Reads the expected sha256 from `FILE.sha256` (sha256sum format), if present.
@@ -119,26 +119,6 @@ pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<u32> {
     Ok(v)
 }
 
-fn confirm(args: &RestoreArgs, what: &str) -> Result<()> {
-    if args.yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(CtlError::usage(format!(
-            "{what}: pass --yes to confirm (standard input is not a terminal to ask)"
-        )));
-    }
-    eprint!("{what}. Continue? [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-        Ok(())
-    } else {
-        Err(CtlError::failed("not confirmed; nothing was changed"))
-    }
-}
-
 pub async fn run(settings: &Settings, client: &Client, args: &RestoreArgs) -> Result<()> {
     match &args.data_dir {
         Some(dir) => offline(settings, client, args, dir).await,
@@ -155,8 +135,8 @@ async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Res
     })?;
     let tmp = scratch.join("restore.db");
     prepare(settings, &args.file, &tmp)?;
-    confirm(
-        args,
+    crate::prompt::confirm(
+        args.yes,
         &format!(
             "this replaces the database of {} with {} (the current one is kept aside on the server)",
             client.base,
@@ -256,8 +236,8 @@ async fn offline(
             "opampd is running: {why}. Stop it first (e.g. `systemctl stop opampd`), or restore through the API by leaving out --data-dir; nothing was changed"
         )));
     }
-    confirm(
-        args,
+    crate::prompt::confirm(
+        args.yes,
         &format!(
             "this replaces {} with {}",
             db.display(),

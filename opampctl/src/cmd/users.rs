@@ -83,17 +83,7 @@ pub fn read_password(password_stdin: bool) -> Result<String> {
             "give the password on stdin with --password-stdin (for example from a secret manager: `pass show opampd/alice | opampctl users create alice --role viewer --password-stdin`)",
         ));
     }
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| CtlError::usage(format!("cannot read the password from stdin: {e}")))?;
-    let password = line.trim_end_matches(['\r', '\n']).to_string();
-    if password.is_empty() {
-        return Err(CtlError::usage(
-            "--password-stdin: stdin held no password (an empty first line)",
-        ));
-    }
-    Ok(password)
+    crate::prompt::stdin_line("password", "--password-stdin")
 }
 
 async fn update(client: &Client, name: &str, patch: &UserPatch) -> Result<User> {

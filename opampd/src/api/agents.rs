@@ -23,6 +23,8 @@ pub struct ListParams {
     status: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// Only agents whose uid starts with this: how opampctl resolves a uid prefix.
+    uid_prefix: Option<String>,
 }
 
 pub const MAX_PAGE: usize = 1000;
@@ -55,6 +57,19 @@ pub async fn list(
             ));
         }
     }
+    let uid_prefix = match q.uid_prefix.as_deref() {
+        None => None,
+        Some(p) => {
+            let p = p.to_ascii_lowercase();
+            if p.is_empty() || p.len() > 36 || !p.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            {
+                return Err(ApiError::bad_request(format!(
+                    "uid_prefix {p:?} is not the start of an instance uid: use 1-36 hex digits and dashes, like 0190c1e2"
+                )));
+            }
+            Some(p)
+        }
+    };
     // The status filter is resolved from the fleet, like the STATUS column.
     let (now, stale_after) = (now_ms(), app.stale_after_ms());
     let uids = status.map(|wanted| match wanted {
@@ -69,6 +84,7 @@ pub async fn list(
         uids,
         limit: limit + 1,
         after: q.cursor.clone(),
+        uid_prefix,
     };
     let (mut rows, total) = app
         .store

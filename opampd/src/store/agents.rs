@@ -123,6 +123,15 @@ pub(super) fn apply_patches<'a>(
     let mut seen = conn.prepare_cached(
         "UPDATE agents SET last_seen = MAX(last_seen, ?2), sequence_num = COALESCE(?3, sequence_num) WHERE uid = ?1",
     )?;
+    let mut known = conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM agents WHERE uid = ?1)")?;
+    // A registration is audited in the transaction that stores the agent:
+    // its first row, or its first after a deletion.
+    let mut registered = conn.prepare_cached(
+        "INSERT INTO audit_log (at, actor, action, target, remote_addr, outcome, details)
+         VALUES (?1, 'agent', 'agent.register', ?2, ?3, 'ok',
+                 json_object('transport', COALESCE(?4, 'http'),
+                             'service.name', json_extract(COALESCE(?5, '{}'), '$.\"service.name\"')))",
+    )?;
     for p in patches {
         if p.only_liveness() {
             // The periodic last-seen flush: a lean update, not the full upsert.
@@ -132,6 +141,15 @@ pub(super) fn apply_patches<'a>(
                 p.sequence_num.map(|s| s as i64)
             ])?;
             continue;
+        }
+        if !known.query_row([&p.uid], |r| r.get::<_, bool>(0))? {
+            registered.execute(params![
+                now,
+                p.uid,
+                p.remote_addr,
+                p.transport,
+                p.identifying
+            ])?;
         }
         stmt.execute(params![
             p.uid,
@@ -230,6 +248,8 @@ pub struct ListQuery {
     pub limit: usize,
     /// Exclusive lower bound on uid.
     pub after: Option<String>,
+    /// Only uids that start with this (lowercase canonical form).
+    pub uid_prefix: Option<String>,
 }
 
 /// A set of uids a list is restricted to, or excludes.
@@ -254,6 +274,16 @@ pub fn list(conn: &Connection, q: &ListQuery) -> Result<(Vec<AgentRow>, u64)> {
         params.push(serde_json::to_string(uids)?);
         conds.push(format!(
             "uid {op} (SELECT value FROM json_each(?{}))",
+            params.len()
+        ));
+    }
+    if let Some(prefix) = &q.uid_prefix {
+        // A range on the primary key: '~' sorts after every uid character.
+        params.push(prefix.clone());
+        params.push(format!("{prefix}~"));
+        conds.push(format!(
+            "uid >= ?{} AND uid < ?{}",
+            params.len() - 1,
             params.len()
         ));
     }

@@ -76,7 +76,16 @@ pub async fn run(settings: &Settings, client: &Client, args: &BenchArgs) -> Resu
             measure::steady(&bench, &mut workers, &mut server).await
         }
         BenchMode::Rollout => {
-            measure::rollout(&bench, &mut workers, connected, &mut report, &mut server).await?
+            match measure::rollout(&bench, &mut workers, connected, &mut report, &mut server).await
+            {
+                Ok(measured) => measured,
+                Err(e) => {
+                    if !args.keep {
+                        cleanup(settings, client, &bench.run_id, args.agents).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         BenchMode::Reconnect => measure::reconnect(&bench, &mut workers, &mut report).await,
     };
@@ -89,7 +98,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BenchArgs) -> Resu
     if args.mode == BenchMode::Rollout {
         bench.delete_configuration().await;
     }
-    if args.cleanup {
+    if !args.keep {
         cleanup(settings, client, &bench.run_id, args.agents).await;
     }
     bench.show(&report)?;
@@ -291,8 +300,15 @@ fn exit_status(settings: &Settings, report: &BenchReport) -> Result<()> {
     })
 }
 
-/// Deletes the run's agents from the inventory (they are disconnected by now).
+/// Deletes the run's agents from the inventory (they are disconnected by
+/// now), or says how to when there is no token to do it with.
 async fn cleanup(settings: &Settings, client: &Client, run_id: &str, agents: usize) {
+    if !client.has_token() {
+        output::warn(format!(
+            "the {agents} simulated agents stay in the inventory: deleting them needs an operator token (--token, --token-file or OPAMPCTL_TOKEN); delete them later with `opampctl agents delete -l bench.run={run_id} --force --yes`"
+        ));
+        return;
+    }
     let deleted = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);
     futures_util::stream::iter(0..agents)
@@ -316,7 +332,9 @@ async fn cleanup(settings: &Settings, client: &Client, run_id: &str, agents: usi
         .await;
     let (deleted, failures) = (deleted.into_inner(), failures.into_inner());
     if failures > 0 {
-        output::warn(format!("--cleanup: {failures} agents could not be deleted"));
+        output::warn(format!(
+            "{failures} simulated agents could not be deleted: `opampctl agents delete -l bench.run={run_id} --force --yes` retries"
+        ));
     }
     output::info(
         settings,

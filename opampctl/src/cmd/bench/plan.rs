@@ -166,11 +166,15 @@ pub fn validate(settings: &Settings, args: &BenchArgs) -> Result<()> {
     if let Some(text) = &args.source_ips {
         parse_source_ips(text).map_err(CtlError::usage)?;
     }
-    if (args.mode == BenchMode::Rollout || args.cleanup) && settings.token.is_none() {
-        return Err(CtlError::usage(format!(
-            "bench {} needs an operator token: pass --token, --token-file or OPAMPCTL_TOKEN",
-            if args.cleanup { "--cleanup" } else { "rollout" }
-        )));
+    if args.mode == BenchMode::Rollout && settings.token.is_none() {
+        return Err(CtlError::usage(
+            "bench rollout needs an operator token: pass --token, --token-file or OPAMPCTL_TOKEN",
+        ));
+    }
+    if !args.keep && settings.token.is_none() {
+        crate::output::warn(
+            "no token: the simulated agents cannot be deleted at the end and will stay in the inventory (pass --token, --token-file or OPAMPCTL_TOKEN, or --keep to keep them on purpose)",
+        );
     }
     if let Some(pid) = args.server_pid {
         check_pid(pid)?;

@@ -1,4 +1,12 @@
 //! `opampctl agents list|show|label|delete|restart`.
+//!
+//! `resolve` turns a uid or a unique prefix into the agent's uid; `fleet`
+//! runs label, delete and restart on every agent -l/--status picks.
+
+mod fleet;
+mod resolve;
+
+pub use resolve::agent_uid;
 
 use crate::cli::{AgentsCmd, AgentsListArgs};
 use crate::client::{enc, Client};
@@ -6,6 +14,7 @@ use crate::context::Settings;
 use crate::error::{CtlError, Result};
 use crate::output::{self, status_cell};
 use comfy_table::Cell;
+use fleet::Action;
 use opamp_proto::api::{Agent, LabelPatch, Page};
 use reqwest::Method;
 use std::collections::BTreeMap;
@@ -14,23 +23,39 @@ pub async fn run(settings: &Settings, client: &Client, cmd: AgentsCmd) -> Result
     match cmd {
         AgentsCmd::List(args) => list(settings, client, &args).await,
         AgentsCmd::Show { uid } => show(settings, client, &uid).await,
-        AgentsCmd::Label { uid, labels } => label(settings, client, &uid, &labels).await,
-        AgentsCmd::Delete { uid, force } => delete(settings, client, &uid, force).await,
-        AgentsCmd::Restart { uid } => restart(settings, client, &uid).await,
+        AgentsCmd::Label { uid, labels, fleet } => {
+            if fleet.picks() {
+                // Without a uid every argument is a label.
+                let labels: Vec<String> = uid.into_iter().chain(labels).collect();
+                if labels.is_empty() {
+                    return Err(CtlError::usage(
+                        "no labels given: add k=v to set a label or k- to remove it",
+                    ));
+                }
+                let patch = parse_labels(&labels)?;
+                return fleet::run(settings, client, &fleet, Action::Label(patch)).await;
+            }
+            let Some(uid) = uid else {
+                return Err(CtlError::usage(
+                    "give the agent's uid and the labels, or pick agents with -l SELECTOR or --status STATUS",
+                ));
+            };
+            if labels.is_empty() {
+                return Err(CtlError::usage(
+                    "no labels given: add k=v to set a label or k- to remove it",
+                ));
+            }
+            label(settings, client, &uid, &labels).await
+        }
+        AgentsCmd::Delete { uid, force, fleet } => match uid {
+            Some(uid) => delete(settings, client, &uid, force).await,
+            None => fleet::run(settings, client, &fleet, Action::Delete { force }).await,
+        },
+        AgentsCmd::Restart { uid, fleet } => match uid {
+            Some(uid) => restart(settings, client, &uid).await,
+            None => fleet::run(settings, client, &fleet, Action::Restart).await,
+        },
     }
-}
-
-fn path_uid(uid: &str) -> Result<String> {
-    let u = uid.trim();
-    if u.is_empty() {
-        return Err(CtlError::usage("the agent uid is empty"));
-    }
-    if opamp_proto::parse_uid(u).is_none() {
-        return Err(CtlError::usage(format!(
-            "{u:?} is not an instance uid: expected a UUID like 0190c1e2-7dec-71d0-a765-00a0c91e6bf6 (see `opampctl agents list`)"
-        )));
-    }
-    Ok(enc(u))
 }
 
 /// Fetches agents: one page, or every page with `all`.
@@ -259,9 +284,8 @@ fn show_text(agent: &Agent) -> String {
 }
 
 async fn show(settings: &Settings, client: &Client, uid: &str) -> Result<()> {
-    let agent: Agent = client
-        .get(&format!("/api/v1/agents/{}", path_uid(uid)?))
-        .await?;
+    let uid = agent_uid(client, uid).await?;
+    let agent: Agent = client.get(&format!("/api/v1/agents/{}", enc(&uid))).await?;
     output::show(settings, &agent, |_| show_text(&agent))
 }
 
@@ -287,15 +311,42 @@ pub fn parse_labels(arguments: &[String]) -> Result<LabelPatch> {
     Ok(LabelPatch { labels })
 }
 
-async fn label(settings: &Settings, client: &Client, uid: &str, labels: &[String]) -> Result<()> {
-    let patch = parse_labels(labels)?;
-    let (_, agent): (_, Agent) = client
+/// Sets and removes labels of one agent (by its full uid).
+async fn label_one(client: &Client, uid: &str, patch: &LabelPatch) -> Result<Agent> {
+    let (_, agent) = client
         .send_json(
             Method::PATCH,
-            &format!("/api/v1/agents/{}/labels", path_uid(uid)?),
-            &patch,
+            &format!("/api/v1/agents/{}/labels", enc(uid)),
+            patch,
         )
         .await?;
+    Ok(agent)
+}
+
+/// Deletes one agent (by its full uid).
+async fn delete_one(client: &Client, uid: &str, force: bool) -> Result<()> {
+    let mut path = format!("/api/v1/agents/{}", enc(uid));
+    if force {
+        path.push_str("?force=true");
+    }
+    client.call(Method::DELETE, &path).await?;
+    Ok(())
+}
+
+/// Asks one agent (by its full uid) to restart; the server's answer.
+async fn restart_one(client: &Client, uid: &str) -> Result<serde_json::Value> {
+    client
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{}/restart", enc(uid)),
+        )
+        .await
+}
+
+async fn label(settings: &Settings, client: &Client, uid: &str, labels: &[String]) -> Result<()> {
+    let patch = parse_labels(labels)?;
+    let uid = agent_uid(client, uid).await?;
+    let agent = label_one(client, &uid, &patch).await?;
     if settings.human() {
         output::info(
             settings,
@@ -312,11 +363,8 @@ async fn label(settings: &Settings, client: &Client, uid: &str, labels: &[String
 }
 
 async fn delete(settings: &Settings, client: &Client, uid: &str, force: bool) -> Result<()> {
-    let mut path = format!("/api/v1/agents/{}", path_uid(uid)?);
-    if force {
-        path.push_str("?force=true");
-    }
-    client.call(Method::DELETE, &path).await?;
+    let uid = agent_uid(client, uid).await?;
+    delete_one(client, &uid, force).await?;
     if settings.human() {
         output::info(settings, format!("agent {uid} deleted"));
         Ok(())
@@ -329,12 +377,8 @@ async fn delete(settings: &Settings, client: &Client, uid: &str, force: bool) ->
 }
 
 async fn restart(settings: &Settings, client: &Client, uid: &str) -> Result<()> {
-    let v = client
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{}/restart", path_uid(uid)?),
-        )
-        .await?;
+    let uid = agent_uid(client, uid).await?;
+    let v = restart_one(client, &uid).await?;
     if settings.human() {
         let delivery = v["delivery"].as_str().unwrap_or("sent");
         output::info(settings, format!("restart of agent {uid}: {delivery}"));
