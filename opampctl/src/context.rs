@@ -313,7 +313,9 @@ pub fn session_context(g: &Global) -> Result<SessionContext> {
     })?;
     // A file that does not exist yet is the one login creates.
     let file = match path.exists() {
-        true => load_config_file()?.map(|(_, file)| file).unwrap_or_default(),
+        true => load_config_file()?
+            .map(|(_, file)| file)
+            .unwrap_or_default(),
         false => ConfigFile::default(),
     };
     let name = g
@@ -333,6 +335,7 @@ pub fn settings_with(g: &Global, entry: &ContextEntry, token: Option<String>) ->
         (None, None) => DEFAULT_SERVER.to_string(),
     };
     Ok(Settings {
+        server_given: g.server.is_some() || entry.server.is_some(),
         server,
         token_source: "the login session".to_string(),
         token,
