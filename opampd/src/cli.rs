@@ -142,7 +142,21 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
     ),
     (
         "opamp.max_agents",
-        "Agents served at once; past it new agents get 503 with Retry-After. 0 means no limit.",
+        "Agents served at once, however they arrive (a WebSocket, a new agent on a \
+         WebSocket, a plain-HTTP agent, a new instance uid on request); past it new agents \
+         get 503 with Retry-After (UNAVAILABLE with a retry delay on an open WebSocket). \
+         0 means no limit.",
+    ),
+    (
+        "opamp.max_agents_per_connection",
+        "Agents one WebSocket connection may carry (default 16); a further agent on it is \
+         refused with an error reply.",
+    ),
+    (
+        "opamp.allowed_origins",
+        "Browser origins (scheme://host[:port]) allowed to reach the OpAMP endpoint; a \
+         request with any other Origin header is refused with 403 (default none: agents \
+         send no Origin).",
     ),
     (
         "opamp.retry_after_seconds",

@@ -74,6 +74,10 @@ pub struct OpampConfig {
     pub ws_read_timeout_seconds: u64,
     /// Agents served at once; past it new agents get 503 + Retry-After. 0 = no limit.
     pub max_agents: usize,
+    /// Agents one WebSocket connection may carry (a terminating proxy multiplexes).
+    pub max_agents_per_connection: usize,
+    /// Browser origins allowed to open the OpAMP endpoint (agents send no `Origin`).
+    pub allowed_origins: Vec<String>,
     /// Retry-After seconds sent with 429/503.
     pub retry_after_seconds: u64,
     /// Send a new instance uid to a second live connection that claims a uid in use.
@@ -179,6 +183,8 @@ impl Default for OpampConfig {
             ws_ping_interval_seconds: 30,
             ws_read_timeout_seconds: 120,
             max_agents: 0,
+            max_agents_per_connection: 16,
+            allowed_origins: Vec::new(),
             retry_after_seconds: 30,
             reassign_duplicate_uids: true,
             allow_anonymous_agents: false,
@@ -303,6 +309,19 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
         })?;
+        if self.opamp.max_agents_per_connection == 0 {
+            bail!("opamp.max_agents_per_connection must be at least 1 (default 16)");
+        }
+        for origin in &self.opamp.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.trim_end_matches('/').matches('/').count() != 2
+            {
+                bail!(
+                    "opamp.allowed_origins entry {origin:?} is not an origin: write it as \
+                     scheme://host[:port], e.g. https://console.example.com"
+                );
+            }
+        }
         if self.opamp.max_message_bytes < 1024 {
             bail!("opamp.max_message_bytes must be at least 1024");
         }

@@ -1,7 +1,7 @@
 //! Plain-HTTP transport: one POST, one AgentToServer, one ServerToAgent.
 
 use super::reply::Reply;
-use super::{encode_reply, plain, process, Origin, PROTOBUF};
+use super::{encode_reply, plain, process, Origin, Rejected, PROTOBUF};
 use crate::app::App;
 use axum::body::Body;
 use axum::extract::Request;
@@ -74,21 +74,6 @@ pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Respon
             )
         }
     };
-    if !app
-        .fleet
-        .contains(<&[u8; 16]>::try_from(msg.instance_uid.as_slice()).unwrap_or(&[0; 16]))
-        && super::at_capacity(&app)
-    {
-        let mut r = plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "opampd is at its configured maximum of agents; retry later\n",
-        );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(app.config.opamp.retry_after_seconds),
-        );
-        return r;
-    }
     let origin = Origin {
         transport: super::session::Transport::Http,
         conn_id: 0,
@@ -96,10 +81,38 @@ pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Respon
     };
     match process(&app, &msg, &origin).await {
         Ok((out, _)) => {
+            let unavailable = out
+                .reply
+                .error_response
+                .as_ref()
+                .is_some_and(|e| e.r#type == pb::ServerErrorResponseType::Unavailable as i32);
             let bytes = encode_reply(&app, out.reply);
+            if unavailable {
+                let mut r = encoded_reply(StatusCode::SERVICE_UNAVAILABLE, bytes, false);
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(app.config.opamp.retry_after_seconds),
+                );
+                return r;
+            }
             encoded_reply(StatusCode::OK, bytes, accepts_gzip)
         }
-        Err(reply) => protobuf_reply(StatusCode::BAD_REQUEST, reply, false),
+        Err(Rejected::BadRequest(reply)) => protobuf_reply(StatusCode::BAD_REQUEST, *reply, false),
+        Err(Rejected::Full { .. }) => {
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "opampd is at its configured maximum of agents; retry later\n",
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(app.config.opamp.retry_after_seconds),
+            );
+            r
+        }
+        Err(Rejected::Held { .. }) => plain(
+            StatusCode::CONFLICT,
+            "this instance uid is in use by a live WebSocket connection of another client\n",
+        ),
     }
 }
 

@@ -20,7 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use opamp_proto::caps::FLAG_REQUEST_INSTANCE_UID;
 use opamp_proto::pb;
-use reply::{Answer, Command, Reply};
+use reply::{Answer, Command, Refusal, Reply};
 use session::{Ctx, Outcome, Session, Transport};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -35,6 +35,13 @@ pub async fn endpoint(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
+    if let Some(origin) = foreign_origin(&app, req.headers()) {
+        tracing::warn!(remote_addr = %remote, origin = %origin, "OpAMP request refused: browser Origin not in opamp.allowed_origins");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "requests from web pages are refused: agents send no Origin header (allow an origin with opamp.allowed_origins)\n",
+        );
+    }
     if !agent_authorized(&app, req.headers()) {
         tracing::warn!(remote_addr = %remote, "agent refused: missing or wrong agent secret");
         let mut r = plain(StatusCode::UNAUTHORIZED, "agent authentication failed: send a configured agent secret as 'Authorization: Bearer <secret>'\n");
@@ -121,6 +128,21 @@ pub(crate) fn at_capacity(app: &App) -> bool {
     max > 0 && app.fleet.live() >= max
 }
 
+/// The `Origin` of a request sent by a web page, unless `opamp.allowed_origins`
+/// lists it. Agents send no `Origin`; a browser always does on a WebSocket
+/// upgrade, so a page cannot pose as an agent and read rolled-out configurations.
+fn foreign_origin(app: &App, headers: &HeaderMap) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?;
+    let text = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+    let allowed = app
+        .config
+        .opamp
+        .allowed_origins
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(text.trim()));
+    (!allowed).then_some(text)
+}
+
 /// Digest of a secret, so comparisons take the same time whatever the lengths.
 pub fn secret_digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
@@ -153,21 +175,39 @@ pub struct Origin {
     pub remote: SocketAddr,
 }
 
-/// Applies one decoded AgentToServer. `Err` is a BAD_REQUEST reply.
-/// On success returns the outcome and the uid the agent now has.
+/// Why [`process`] applied nothing of a message (no session was created).
+#[derive(Debug)]
+pub enum Rejected {
+    /// The message is wrong: this BAD_REQUEST reply says why.
+    BadRequest(Box<Reply>),
+    /// A new agent past `opamp.max_agents`: try again later.
+    Full { instance_uid: Vec<u8> },
+    /// The uid is held by a live WebSocket of another connection.
+    Held { instance_uid: Vec<u8> },
+}
+
+impl Rejected {
+    pub const FULL: &'static str = "opampd is at its configured maximum of agents; retry later";
+    pub const HELD: &'static str =
+        "this instance uid is in use by a live WebSocket connection of another client";
+}
+
+/// Applies one decoded AgentToServer. On success returns the outcome and the
+/// uid the agent now has; the outcome's reply is an UNAVAILABLE error when a
+/// remote-config status could not be committed (it is not acknowledged).
 pub async fn process(
     app: &Arc<App>,
     msg: &pb::AgentToServer,
     origin: &Origin,
-) -> Result<(Outcome, [u8; 16]), Reply> {
+) -> Result<(Outcome, [u8; 16]), Rejected> {
     let Ok(uid) = <[u8; 16]>::try_from(msg.instance_uid.as_slice()) else {
-        return Err(Reply::bad_request(
+        return Err(Rejected::BadRequest(Box::new(Reply::bad_request(
             msg.instance_uid.clone(),
             format!(
                 "instance_uid must be 16 bytes, got {}",
                 msg.instance_uid.len()
             ),
-        ));
+        ))));
     };
     app.metrics.opamp_messages
         [crate::metrics::transport_index(origin.transport == Transport::WebSocket)]
@@ -181,10 +221,41 @@ pub async fn process(
         }
     }
 
+    // A plain-HTTP request cannot speak for an agent that a live WebSocket carries.
+    if origin.transport == Transport::Http
+        && app
+            .fleet
+            .with(&uid, |s| {
+                !s.is_disconnected()
+                    && s.transport() == Transport::WebSocket
+                    && app.fleet.conn_open(s.conn_id())
+            })
+            .unwrap_or(false)
+    {
+        tracing::warn!(uid = %opamp_proto::uid_string(&uid), remote_addr = %origin.remote,
+            "plain-HTTP request refused: a live WebSocket carries this agent");
+        return Err(Rejected::Held {
+            instance_uid: msg.instance_uid.clone(),
+        });
+    }
+
     // Which session the message applies to: a new uid if the agent asked for one.
     let assigned =
         (msg.flags & FLAG_REQUEST_INSTANCE_UID != 0).then(|| *uuid::Uuid::now_v7().as_bytes());
     let key = assigned.unwrap_or(uid);
+    // An agent of this connection moving to a new uid replaces its session.
+    let replacing = assigned.is_some()
+        && app
+            .fleet
+            .with(&uid, |s| s.conn_id() == origin.conn_id)
+            .unwrap_or(false);
+    if !app.fleet.contains(&key) && !replacing && at_capacity(app) {
+        tracing::warn!(remote_addr = %origin.remote, max_agents = app.config.opamp.max_agents,
+            transport = origin.transport.as_str(), "agent refused: max agents reached");
+        return Err(Rejected::Full {
+            instance_uid: msg.instance_uid.clone(),
+        });
+    }
     if !app.fleet.contains(&key) {
         let loaded = if assigned.is_some() {
             None
@@ -247,8 +318,28 @@ pub async fn process(
     if out.remote_status_changed {
         // A remote-config status is acknowledged only once it is durable: an
         // APPLIED the agent saw answered must survive a crash of the server.
-        app.store.writer().flush().await;
-        app.rollout_wakeup.notify_one();
+        if app.store.writer().flush().await {
+            app.rollout_wakeup.notify_one();
+        } else {
+            // Not committed: no acknowledgement. The agent sends the status
+            // again; forgetting it here makes that report count as new.
+            tracing::warn!(uid = %opamp_proto::uid_string(&key),
+                "remote-config status not acknowledged: its commit failed");
+            app.fleet.with(&key, |s| {
+                s.forget_reported_status();
+                s.forget_offer();
+            });
+            out.reply = Reply::error(
+                msg.instance_uid.clone(),
+                Refusal::Unavailable {
+                    retry_after: Some(std::time::Duration::from_secs(
+                        app.config.opamp.retry_after_seconds,
+                    )),
+                },
+                "the remote-config status could not be stored; send it again later".into(),
+            );
+            out.follow_up = None;
+        }
     }
     if !(connecting || out.disconnect || assigned.is_some()) {
         // The common case, a heartbeat: nothing to log or record.
@@ -271,6 +362,9 @@ pub async fn process(
     }
     if assigned.is_some() {
         tracing::info!(uid = %opamp_proto::uid_string(&uid), new_uid = %id, "assigned a new instance uid on request");
+        if replacing {
+            agent_left(app, &uid, origin.conn_id, "new instance uid");
+        }
     }
     if out.disconnect {
         agent_left(app, &key, origin.conn_id, "agent_disconnect");

@@ -253,6 +253,13 @@ impl Session {
         self.offered_hash = None;
     }
 
+    /// Forgets the reported remote-config status, so that the next report of
+    /// it counts as a change (its commit failed).
+    pub fn forget_reported_status(&mut self) {
+        self.reported_hash.clear();
+        self.reported_status = 0;
+    }
+
     /// Asks for a restart command with the reply to the next poll (plain HTTP).
     pub fn queue_restart(&mut self) {
         self.restart_pending = true;

@@ -8,7 +8,7 @@
 //! `ws_read_timeout_seconds` (no message, no pong) is closed.
 
 use super::reply::{Refusal, Reply};
-use super::{agent_left, encode_reply, process, Origin};
+use super::{agent_left, encode_reply, process, Origin, Rejected};
 use crate::app::App;
 use crate::fleet::Outgoing;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -205,21 +205,14 @@ async fn on_binary(
             .await
         }
     };
-    if let Ok(uid) = <[u8; 16]>::try_from(msg.instance_uid.as_slice()) {
-        if !uids.contains(&uid) && !app.fleet.contains(&uid) && super::at_capacity(app) {
-            // A new agent on a connection carrying others: no upgrade to refuse, so
-            // the refusal is an OpAMP error with the retry delay.
-            tracing::warn!(remote_addr = %origin.remote, max_agents = app.config.opamp.max_agents, "agent refused: max agents reached");
-            let refusal = Refusal::Unavailable {
-                retry_after: Some(Duration::from_secs(app.config.opamp.retry_after_seconds)),
-            };
-            let reply = Reply::error(
-                msg.instance_uid.clone(),
-                refusal,
-                "opampd is at its configured maximum of agents; retry later".into(),
-            );
-            return send(app, socket, reply).await;
-        }
+    let cap = app.config.opamp.max_agents_per_connection;
+    if uids.len() >= cap && !uids.iter().any(|u| u[..] == msg.instance_uid[..]) {
+        tracing::warn!(remote_addr = %origin.remote, max_agents_per_connection = cap, "agent refused: the WebSocket carries its maximum of agents");
+        let reply = Reply::bad_request(
+            msg.instance_uid.clone(),
+            format!("this connection already carries {cap} agents (opamp.max_agents_per_connection): open another connection"),
+        );
+        return send(app, socket, reply).await;
     }
     match process(app, &msg, origin).await {
         Ok((out, uid)) => {
@@ -242,6 +235,19 @@ async fn on_binary(
                 None => true,
             }
         }
-        Err(reply) => send(app, socket, reply).await,
+        Err(Rejected::BadRequest(reply)) => send(app, socket, *reply).await,
+        Err(Rejected::Full { instance_uid }) => {
+            // A new agent on a connection carrying others: no upgrade to refuse, so
+            // the refusal is an OpAMP error with the retry delay.
+            let refusal = Refusal::Unavailable {
+                retry_after: Some(Duration::from_secs(app.config.opamp.retry_after_seconds)),
+            };
+            let reply = Reply::error(instance_uid, refusal, Rejected::FULL.into());
+            send(app, socket, reply).await
+        }
+        Err(Rejected::Held { instance_uid }) => {
+            let reply = Reply::bad_request(instance_uid, Rejected::HELD.into());
+            send(app, socket, reply).await
+        }
     }
 }

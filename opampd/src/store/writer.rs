@@ -31,7 +31,8 @@ enum Op {
         job: Job,
         reply: JobReply,
     },
-    Flush(oneshot::Sender<()>),
+    /// Answered with whether everything queued before it is committed.
+    Flush(oneshot::Sender<bool>),
     /// Runs outside any transaction, after everything queued before it.
     Exclusive {
         operation: &'static str,
@@ -159,12 +160,14 @@ impl Writer {
         }
     }
 
-    /// Waits until everything queued before this call is committed (or failed).
-    pub async fn flush(&self) {
+    /// Waits until everything queued before this call is committed (true) or
+    /// its commit failed (false: it stays queued for the next attempt).
+    pub async fn flush(&self) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.send(Op::Flush(tx)) {
-            let _ = rx.await;
+        if !self.send(Op::Flush(tx)) {
+            return false;
         }
+        rx.await.unwrap_or(false)
     }
 
     pub fn queued(&self) -> u64 {
@@ -192,7 +195,7 @@ struct Batch {
     patches: HashMap<String, AgentPatch>,
     events: Vec<AgentEvent>,
     jobs: Vec<(&'static str, Job, JobReply)>,
-    flushes: Vec<oneshot::Sender<()>>,
+    flushes: Vec<oneshot::Sender<bool>>,
     /// An exclusive job ends the batch; it runs after the batch commits.
     exclusive: Option<(&'static str, ExclusiveJob, ExclusiveReply)>,
     ops: u64,
@@ -379,6 +382,7 @@ fn commit(
         tx.commit()
     })();
     metrics.db_query("commit", start.elapsed());
+    let committed = result.is_ok();
     match result {
         Ok(()) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -398,7 +402,7 @@ fn commit(
         }
     }
     for f in flushes {
-        let _ = f.send(());
+        let _ = f.send(committed);
     }
 }
 

@@ -1,0 +1,304 @@
+//! Attacks on the agent plane of a real opampd: sessions past the limits,
+//! browser origins, a uid spoken for by a second client, and acknowledgements
+//! of remote-config statuses whose commit failed.
+
+mod common;
+
+use common::*;
+use opamp_proto::pb;
+use opamp_tests::client::*;
+use opamp_tests::{wait_for, Opts, Server};
+use std::time::Duration;
+
+const REQUEST_INSTANCE_UID: u64 = 1;
+
+fn start(config: &str) -> Server {
+    Server::start_with(Opts {
+        config: Some(config.into()),
+        ..Default::default()
+    })
+}
+
+/// Waits until the API lists `n` connected agents (a new agent is stored a
+/// writer batch after it is live), and checks that it stays `n`.
+async fn connected(s: &Server, n: u64) {
+    let count = || async {
+        let (_, v) = s.get("/api/v1/agents?status=connected").await;
+        v["total"].as_u64().unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = count().await;
+    while last != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} agents connected, the API lists {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = count().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count().await, n);
+}
+
+fn unavailable_after(r: &pb::ServerToAgent) -> Option<u64> {
+    let e = r.error_response.as_ref()?;
+    (e.r#type == pb::ServerErrorResponseType::Unavailable as i32).then_some(())?;
+    match e.details {
+        Some(pb::server_error_response::Details::RetryInfo(ref info)) => {
+            Some(info.retry_after_nanoseconds / 1_000_000_000)
+        }
+        None => Some(0),
+    }
+}
+
+#[tokio::test]
+async fn max_agents_holds_wherever_a_session_is_created() {
+    let s = start("opamp:\n  max_agents: 2\n  retry_after_seconds: 42\n");
+    // Two plain-HTTP agents fill the server.
+    let first = new_uid();
+    let (code, _, _) = http_exchange(&s.opamp_url(), &full_report(first, 0, "first")).await;
+    assert_eq!(code, 200);
+    let second = new_uid();
+    let (code, _, _) = http_exchange(&s.opamp_url(), &full_report(second, 0, "second")).await;
+    assert_eq!(code, 200);
+
+    // A connected agent moving to a new uid replaces its session: still two.
+    let mut m = heartbeat(first, 1);
+    m.flags = REQUEST_INSTANCE_UID;
+    let (code, _, r) = http_exchange(&s.opamp_url(), &m).await;
+    assert_eq!(code, 200);
+    let moved: [u8; 16] = r
+        .unwrap()
+        .agent_identification
+        .expect("a new uid")
+        .new_instance_uid
+        .try_into()
+        .unwrap();
+    let (code, _, _) = http_exchange(&s.opamp_url(), &heartbeat(moved, 2)).await;
+    assert_eq!(code, 200);
+
+    // Past the limit: a new plain-HTTP agent, a stranger asking for a uid
+    // (again and again), a new agent on an open WebSocket, a new WebSocket.
+    let (code, headers, _) = http_exchange(&s.opamp_url(), &full_report(new_uid(), 0, "x")).await;
+    assert_eq!(code, 503);
+    assert_eq!(headers.get("retry-after").unwrap(), "42");
+    for _ in 0..5 {
+        let mut m = full_report(new_uid(), 0, "wants-a-uid");
+        m.flags = REQUEST_INSTANCE_UID;
+        let (code, headers, _) = http_exchange(&s.opamp_url(), &m).await;
+        assert_eq!(
+            code, 503,
+            "RequestInstanceUid creates no session past the limit"
+        );
+        assert_eq!(headers.get("retry-after").unwrap(), "42");
+    }
+    match ws_connect(&s.ws_url(), &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| "upgraded")),
+    }
+    connected(&s, 2).await;
+
+    // Room again after one leaves; the uid requested on a WebSocket counts too.
+    let (code, _, _) =
+        http_exchange(&s.opamp_url(), &agent::message::disconnect(second, 1, CAPS)).await;
+    assert_eq!(code, 200);
+    let mut ws = ws_connect(&s.ws_url(), &[]).await.unwrap();
+    let mut m = full_report(new_uid(), 0, "ws-wants-a-uid");
+    m.flags = REQUEST_INSTANCE_UID;
+    let r = ws_exchange(&mut ws, &m).await;
+    assert!(r.agent_identification.is_some(), "{r:?}");
+    let mut m = full_report(new_uid(), 0, "one-more-on-the-socket");
+    m.flags = REQUEST_INSTANCE_UID;
+    let r = ws_exchange(&mut ws, &m).await;
+    assert_eq!(unavailable_after(&r), Some(42), "{r:?}");
+    assert!(r.agent_identification.is_none());
+    let (code, _, _) = http_exchange(&s.opamp_url(), &heartbeat(moved, 3)).await;
+    assert_eq!(code, 200, "agents already served are unaffected");
+    connected(&s, 2).await;
+}
+
+#[tokio::test]
+async fn a_websocket_carries_at_most_max_agents_per_connection() {
+    let s = start("opamp:\n  max_agents_per_connection: 3\n");
+    let mut ws = ws_connect(&s.ws_url(), &[]).await.unwrap();
+    let carried = [new_uid(), new_uid(), new_uid()];
+    for (i, uid) in carried.iter().enumerate() {
+        let r = ws_exchange(&mut ws, &full_report(*uid, 0, &format!("proxied-{i}"))).await;
+        assert!(r.error_response.is_none(), "{r:?}");
+    }
+    for _ in 0..3 {
+        let extra = new_uid();
+        let r = ws_exchange(&mut ws, &full_report(extra, 0, "one-too-many")).await;
+        let e = r.error_response.expect("an error reply");
+        assert_eq!(e.r#type, pb::ServerErrorResponseType::BadRequest as i32);
+        assert!(
+            e.error_message.contains("opamp.max_agents_per_connection"),
+            "{}",
+            e.error_message
+        );
+        let (code, _) = s.get(&format!("/api/v1/agents/{}", uid_str(&extra))).await;
+        assert_eq!(code, 404, "a refused agent is not stored");
+    }
+    // The carried agents go on, and another connection is welcome.
+    let r = ws_exchange(&mut ws, &heartbeat(carried[0], 1)).await;
+    assert!(r.error_response.is_none(), "{r:?}");
+    let (_other, r) = ws_agent(&s, new_uid(), &[]).await;
+    assert!(r.error_response.is_none(), "{r:?}");
+    connected(&s, 4).await;
+}
+
+#[tokio::test]
+async fn browser_origins_are_refused_unless_allowed() {
+    let s = start("opamp:\n  allowed_origins: [\"https://console.example.org\"]\n");
+    for origin in ["https://evil.example.net", "null", "http://127.0.0.1"] {
+        match ws_connect(&s.ws_url(), &[("Origin", origin)]).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403, "{origin}");
+                let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
+                    .into_owned();
+                assert!(body.contains("opamp.allowed_origins"), "{body}");
+            }
+            other => panic!(
+                "{origin}: expected 403, got {:?}",
+                other.map(|_| "upgraded")
+            ),
+        }
+    }
+    // A page cannot register over plain HTTP either.
+    let transport = agent::http::HttpTransport::new(
+        &s.opamp_url(),
+        &agent::http::HttpOptions::default().header("Origin", "https://evil.example.net"),
+    )
+    .unwrap();
+    let uid = new_uid();
+    let reply = transport.post(&full_report(uid, 0, "page")).await.unwrap();
+    assert_eq!(reply.status, 403);
+    let (code, _) = s.get(&format!("/api/v1/agents/{}", uid_str(&uid))).await;
+    assert_eq!(code, 404);
+    assert!(s
+        .logs()
+        .contains("browser Origin not in opamp.allowed_origins"));
+    // Agents (no Origin) and the listed origin are served.
+    let (_, r) = ws_agent(&s, new_uid(), &[]).await;
+    assert!(r.error_response.is_none());
+    let mut ws = ws_connect(&s.ws_url(), &[("Origin", "https://console.example.org")])
+        .await
+        .expect("an allowed origin is served");
+    let r = ws_exchange(&mut ws, &full_report(new_uid(), 0, "console")).await;
+    assert!(r.error_response.is_none());
+}
+
+#[tokio::test]
+async fn plain_http_cannot_speak_for_an_agent_on_a_live_websocket() {
+    let s = Server::start();
+    let uid = new_uid();
+    let (mut ws, _) = ws_agent(&s, uid, &[]).await;
+    for seq in 1..=3 {
+        let (code, _, _) = http_exchange(&s.opamp_url(), &heartbeat(uid, seq)).await;
+        assert_eq!(code, 409);
+        let mut status = full_report(uid, seq, "impostor");
+        status.remote_config_status = Some(agent::message::remote_config_status(
+            &[7; 32],
+            pb::RemoteConfigStatuses::Failed,
+            "forged",
+        ));
+        let (code, _, _) = http_exchange(&s.opamp_url(), &status).await;
+        assert_eq!(code, 409);
+    }
+    // The WebSocket agent keeps working, and nothing the impostor said is stored.
+    let r = ws_exchange(&mut ws, &heartbeat(uid, 1)).await;
+    assert!(r.error_response.is_none(), "{r:?}");
+    let v = agent(&s, &uid).await;
+    assert_eq!(v["transport"], "websocket", "{v}");
+    assert_eq!(v["identifying_attributes"]["service.name"], "svc", "{v}");
+    assert!(v["remote_config"]["reported_hash"].is_null(), "{v}");
+    // Once the WebSocket is gone, the agent may poll over plain HTTP.
+    agent::ws::close(&mut ws).await;
+    wait_for(
+        "the agent moves to plain HTTP",
+        Duration::from_secs(10),
+        || async {
+            let (code, _, _) = http_exchange(&s.opamp_url(), &heartbeat(uid, 2)).await;
+            (code == 200).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Holds SQLite's write lock on opampd's database from another connection,
+/// so that every commit of opampd's writer fails (busy) until dropped.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(db: &std::path::Path) -> WriteLock {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        WriteLock(conn)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("ROLLBACK").unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_status_is_acknowledged_only_after_its_commit() {
+    let s = start("database:\n  busy_timeout_ms: 300\nopamp:\n  retry_after_seconds: 7\n");
+    let uid = new_uid();
+    let (mut ws, _) = ws_agent(&s, uid, &[]).await;
+    agent(&s, &uid).await;
+    let hash = [9u8; 32];
+    let lock = WriteLock::take(&s.data_dir().join("opamp.db"));
+    // The commit fails: the status is not acknowledged, however often it is sent.
+    for seq in 1..=3 {
+        let r = ws_exchange(
+            &mut ws,
+            &applied(uid, seq, &hash, pb::RemoteConfigStatuses::Applied, ""),
+        )
+        .await;
+        assert_eq!(unavailable_after(&r), Some(7), "{r:?}");
+    }
+    let http_agent = new_uid();
+    let (code, _, _) = http_exchange(&s.opamp_url(), &full_report(http_agent, 0, "poller")).await;
+    assert_eq!(code, 200, "a report without a status is answered as usual");
+    let (code, headers, r) = http_exchange(
+        &s.opamp_url(),
+        &applied(
+            http_agent,
+            1,
+            &hash,
+            pb::RemoteConfigStatuses::Failed,
+            "boom",
+        ),
+    )
+    .await;
+    assert_eq!(code, 503);
+    assert_eq!(headers.get("retry-after").unwrap(), "7");
+    assert_eq!(unavailable_after(&r.unwrap()), Some(7));
+    lock.release();
+    // Committed now: the same report is acknowledged, and it is stored.
+    let r = ws_exchange(
+        &mut ws,
+        &applied(uid, 4, &hash, pb::RemoteConfigStatuses::Applied, ""),
+    )
+    .await;
+    assert!(r.error_response.is_none(), "{r:?}");
+    let v = agent(&s, &uid).await;
+    assert_eq!(v["remote_config"]["reported_hash"], "09".repeat(32), "{v}");
+    let (code, _, r) = http_exchange(
+        &s.opamp_url(),
+        &applied(
+            http_agent,
+            2,
+            &hash,
+            pb::RemoteConfigStatuses::Failed,
+            "boom",
+        ),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(r.unwrap().error_response.is_none());
+}
