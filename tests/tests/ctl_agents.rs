@@ -382,3 +382,54 @@ async fn completion_lists_uids_and_configuration_names_from_the_server() {
         "fish script"
     );
 }
+
+/// Runs opampctl on a pseudo-terminal (script(1)) against `s`, typing `answer`.
+fn on_terminal(s: &Server, args: &[&str], answer: &str) -> (i32, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let command = format!(
+        "{} {}",
+        opamp_tests::bin("opampctl").display(),
+        args.join(" ")
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("NO_COLOR", "1")
+        .env("OPAMPCTL_SERVER", s.url())
+        .env("OPAMPCTL_TOKEN", s.token())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux runs a command on a terminal");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(answer.as_bytes()).unwrap();
+    drop(input);
+    let o = child.wait_with_output().unwrap();
+    (code(&o), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn on_a_terminal_a_fleet_action_asks_first() {
+    let s = Server::start();
+    register(&s, "checkout").await;
+    register(&s, "checkout").await;
+    wait_total(&s, 2).await;
+    let args = ["agents", "label", "-l", "service.name=checkout", "env=prod"];
+    let (status, screen) = on_terminal(&s, &args, "n\n");
+    assert_eq!(status, 1, "{screen}");
+    assert!(
+        screen.contains("2 agents match") && screen.contains("label 2 agents. Continue? [y/N]"),
+        "{screen}"
+    );
+    assert!(screen.contains("nothing was changed"), "{screen}");
+    let j = json(&s.ctl(&["agents", "list", "-l", "env=prod", "-o", "json"]));
+    assert_eq!(j["total"], 0);
+    let (status, screen) = on_terminal(&s, &args, "y\n");
+    assert_eq!(status, 0, "{screen}");
+    assert!(screen.contains("labeled 2 of 2 agents"), "{screen}");
+    let j = json(&s.ctl(&["agents", "list", "-l", "env=prod", "-o", "json"]));
+    assert_eq!(j["total"], 2);
+}

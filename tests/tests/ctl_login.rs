@@ -150,3 +150,49 @@ async fn login_stores_a_session_that_later_commands_use_and_logout_ends() {
     );
     ok(&o);
 }
+
+#[tokio::test]
+async fn on_a_terminal_login_asks_and_does_not_echo_the_password() {
+    let s = Server::start();
+    let (status, body) = s
+        .send_json(
+            "POST",
+            "/api/v1/users",
+            serde_json::json!({"username": "bob", "password": "battery staple 2", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    // script(1) runs opampctl on a pseudo-terminal fed from our stdin.
+    let command = format!("{} login", bin("opampctl").display());
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("NO_COLOR", "1")
+        .env("OPAMPCTL_CONFIG", &config)
+        .env("OPAMPCTL_SERVER", s.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux runs a command on a terminal");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"bob\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    input.write_all(b"battery staple 2\n").unwrap();
+    drop(input);
+    let o = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(code(&o), 0, "{screen}");
+    assert!(screen.contains("Username: "), "{screen}");
+    // Whatever the terminal echoed before the question, nothing after it.
+    let (_, after) = screen
+        .split_once("Password of bob at ")
+        .unwrap_or_else(|| panic!("no password question: {screen}"));
+    assert!(!after.contains("battery staple"), "{screen}");
+    assert!(after.contains("as bob (viewer)"), "{screen}");
+    assert!(stored(&config)["contexts"]["default"]["token"].is_string());
+}
