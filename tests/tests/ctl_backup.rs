@@ -627,6 +627,19 @@ fn plant(dir: &Path, name: impl Fn(&str) -> String, target: &Path) -> Vec<PathBu
         .collect()
 }
 
+/// The regular files restores kept aside in `data` (symlinks excluded).
+fn kept_aside(data: &Path) -> Vec<String> {
+    names(data)
+        .into_iter()
+        .filter(|n| n.starts_with("opamp.db.before-restore-"))
+        .filter(|n| {
+            data.join(n)
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_file())
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn backups_and_restores_never_write_through_a_planted_symlink() {
     use std::os::unix::fs::PermissionsExt;
@@ -708,24 +721,40 @@ async fn backups_and_restores_never_write_through_a_planted_symlink() {
         |stamp| format!("opamp.db.before-restore-{stamp}"),
         &victim,
     );
-    let o = restore(
+    // The restore keeps the database under the next free name instead, and
+    // leaves the links as they were.
+    let kept_before = kept_aside(&data);
+    ok(&restore(
         tmp.path().to_str().unwrap(),
-        &["--data-dir", data.to_str().unwrap()],
-    );
-    fails(&o, "already exists");
+        &["--data-dir", data.to_str().unwrap(), "-q"],
+    ));
     assert!(!victim.exists(), "nothing written through the symlink");
+    for link in &links {
+        assert!(
+            link.symlink_metadata().unwrap().file_type().is_symlink(),
+            "{} left as it was",
+            link.display()
+        );
+        std::fs::remove_file(link).unwrap();
+    }
     let left = names(&data);
     assert!(
         !left.iter().any(|n| n.starts_with(".opampctl")),
         "no temporary left: {left:?}"
     );
-    for link in &links {
-        std::fs::remove_file(link).unwrap();
-    }
+    let kept_after = kept_aside(&data);
+    assert_eq!(kept_after.len(), kept_before.len() + 1, "{kept_after:?}");
+    // Restores within one second (the server's earlier one included) each
+    // keep their own copy.
     ok(&restore(
         tmp.path().to_str().unwrap(),
         &["--data-dir", data.to_str().unwrap(), "-q"],
     ));
+    ok(&restore(
+        tmp.path().to_str().unwrap(),
+        &["--data-dir", data.to_str().unwrap(), "-q"],
+    ));
+    assert_eq!(kept_aside(&data).len(), kept_after.len() + 2);
     s.start_again();
     wait_total(&s, 1).await;
 }

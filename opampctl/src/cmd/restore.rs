@@ -221,7 +221,6 @@ async fn offline(
         )));
     }
     let db = dir.join("opamp.db");
-    let ts = chrono::Utc::now().format("%Y%m%d_%H%M%S");
     // In the data directory, so the restored file is renamed within one file system.
     let scratch = PrivateDir::new_in(dir, "restore").map_err(|e| {
         CtlError::failed(format!(
@@ -244,14 +243,10 @@ async fn offline(
             args.file.display()
         ),
     )?;
-    let aside = dir.join(format!("opamp.db.before-restore-{ts}"));
+    // A free name, whatever earlier restores left; the file is still
+    // created new below, so a link planted meanwhile is never written through.
+    let aside = opampd::store::dbfile::keep_aside_path(dir, chrono::Utc::now());
     if db.exists() {
-        if aside.symlink_metadata().is_ok() {
-            return Err(CtlError::failed(format!(
-                "{} already exists (as a file or a symlink), and opampctl never writes over one: remove it, or retry in a second; nothing was changed",
-                aside.display()
-            )));
-        }
         // The WAL goes into the file first, so the kept copy is the whole database.
         localdb::checkpoint_and_close(&db)
             .map_err(|e| CtlError::failed(format!("{e}; nothing was changed")))?;

@@ -173,17 +173,7 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
         .await
         .map_err(ApiError::internal)?
         .map_err(|reason| refused(&reason))?;
-    let ts = chrono::Utc::now().format("%Y%m%d_%H%M%S");
-    let keep_aside = app
-        .config
-        .data_dir
-        .join(format!("opamp.db.before-restore-{ts}"));
-    if keep_aside.exists() {
-        return Err(ApiError::conflict(format!(
-            "{} already exists (a restore in the same second?): retry in a moment",
-            keep_aside.display()
-        )));
-    }
+    let keep_aside = dbfile::keep_aside_path(&app.config.data_dir, chrono::Utc::now());
     let fleet_app = app.clone();
     let live_agents_added = app
         .store

@@ -12,7 +12,7 @@
 use super::{open_connection, schema};
 use rusqlite::{Connection, OpenFlags};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The 16-byte header every SQLite 3 database starts with.
@@ -33,6 +33,23 @@ impl std::error::Error for Refused {}
 
 fn refused(message: impl Into<String>) -> Refused {
     Refused(message.into())
+}
+
+/// Where a restore keeps the database it replaces: the first free name of
+/// `opamp.db.before-restore-TIMESTAMP`, `…-TIMESTAMP.2`, `…-TIMESTAMP.3`, …
+/// in `data_dir`. "Free" means nothing is there, not even a dangling
+/// symlink, so two restores in one second (one by the server, one by
+/// `opampctl restore --data-dir`) never collide, and a planted link is
+/// left alone. Whoever creates the file must still create it new.
+pub fn keep_aside_path(data_dir: &Path, now: chrono::DateTime<chrono::Utc>) -> PathBuf {
+    let stamp = now.format("%Y%m%d_%H%M%S");
+    (1..)
+        .map(|n| match n {
+            1 => data_dir.join(format!("opamp.db.before-restore-{stamp}")),
+            n => data_dir.join(format!("opamp.db.before-restore-{stamp}.{n}")),
+        })
+        .find(|path| path.symlink_metadata().is_err())
+        .expect("an unbounded sequence of names has a free one")
 }
 
 /// Checks a database file a restore would bring in: SQLite header,
@@ -210,6 +227,27 @@ mod tests {
         schema::migrate(&mut conn).unwrap();
         conn.execute_batch(extra).unwrap();
         path
+    }
+
+    #[test]
+    fn keep_aside_takes_the_first_free_name_and_passes_over_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::DateTime::from_timestamp(1_709_251_199, 0).unwrap();
+        let first = keep_aside_path(dir.path(), now);
+        assert_eq!(
+            first.file_name().unwrap(),
+            "opamp.db.before-restore-20240229_235959"
+        );
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &first).unwrap();
+        let second = keep_aside_path(dir.path(), now);
+        assert_eq!(
+            second.file_name().unwrap(),
+            "opamp.db.before-restore-20240229_235959.2"
+        );
+        std::fs::write(&second, b"").unwrap();
+        assert!(
+            keep_aside_path(dir.path(), now).ends_with("opamp.db.before-restore-20240229_235959.3")
+        );
     }
 
     fn refusal(path: &Path) -> String {
