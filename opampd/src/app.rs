@@ -52,6 +52,10 @@ pub async fn flush_last_seen(app: Arc<App>) {
             _ = shutdown.changed() => {}
         }
         let writer = app.store.writer();
+        if !writer.has_room() && !app.is_shutting_down() {
+            // The times stay unflushed in the sessions until the next round.
+            continue;
+        }
         app.fleet.for_each_mut(|s| {
             if let Some(patch) = s.take_unflushed_seen() {
                 writer.agent(patch);

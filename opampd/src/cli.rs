@@ -180,6 +180,13 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
         "How long the writer gathers changes into one transaction (default 50).",
     ),
     (
+        "database.max_queued_writes",
+        "Changes waiting for the database writer past which new ones wait for room (default \
+         50000): an agent message that changes stored state waits up to a second, then gets \
+         UNAVAILABLE with a retry delay (plain HTTP: 503 with Retry-After); an API write waits \
+         up to 10 seconds, then gets 503.",
+    ),
+    (
         "database.last_seen_flush_seconds",
         "How often heartbeat times and sequence numbers of live agents are written, in one \
          batch (default 15).",

@@ -98,6 +98,9 @@ pub struct DatabaseConfig {
     pub conn_max_lifetime: u64,
     /// How long the writer gathers changes into one transaction.
     pub flush_interval_ms: u64,
+    /// Queued writer operations past which agents and API writes wait for room
+    /// (agents: up to a second, then UNAVAILABLE / 503 with a retry delay).
+    pub max_queued_writes: u64,
     /// How often heartbeat times (last seen) are written.
     pub last_seen_flush_seconds: u64,
     pub busy_timeout_ms: u64,
@@ -199,6 +202,7 @@ impl Default for DatabaseConfig {
             max_idle_conns: 4,
             conn_max_lifetime: 3600,
             flush_interval_ms: 50,
+            max_queued_writes: 50_000,
             last_seen_flush_seconds: 15,
             busy_timeout_ms: 5000,
             event_retention_days: 30,
@@ -359,6 +363,9 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.database.max_queued_writes < 8 {
+            bail!("database.max_queued_writes must be at least 8 (default 50000)");
         }
         if self.database.max_open_conns == 0 || self.database.max_open_conns > 64 {
             bail!("database.max_open_conns must be between 1 and 64");

@@ -113,6 +113,7 @@ pub async fn run(
             .min(config.database.max_open_conns),
         conn_max_lifetime: Duration::from_secs(config.database.conn_max_lifetime.max(1)),
         flush_interval: Duration::from_millis(config.database.flush_interval_ms),
+        max_queued_writes: config.database.max_queued_writes,
         busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
         synchronous: if config.database.synchronous == "full" {
             "FULL"

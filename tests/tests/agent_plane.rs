@@ -302,3 +302,74 @@ async fn a_status_is_acknowledged_only_after_its_commit() {
     assert_eq!(code, 200);
     assert!(r.unwrap().error_response.is_none());
 }
+
+#[tokio::test]
+async fn a_full_writer_queue_pushes_back_instead_of_growing() {
+    let s = start(
+        "database:\n  max_queued_writes: 8\n  busy_timeout_ms: 3000\nopamp:\n  retry_after_seconds: 5\n",
+    );
+    let health_url = format!("{}/health", s.url());
+    let lock = WriteLock::take(&s.data_dir().join("opamp.db"));
+    // A flood of new agents while no commit succeeds (the writer retries
+    // once a second, so the queue fills).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut deepest = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let v: serde_json::Value = reqwest::get(&health_url)
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                deepest = deepest.max(v["database"]["writer_queue"].as_u64().unwrap());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            deepest
+        })
+    };
+    let url = s.opamp_url();
+    let flood: Vec<_> = (0..40)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let uid = new_uid();
+                let (code, headers, _) =
+                    http_exchange(&url, &full_report(uid, 0, &format!("flood-{i}"))).await;
+                (uid, code, headers.get("retry-after").cloned())
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for task in flood {
+        let (uid, code, retry_after) = task.await.unwrap();
+        match code {
+            200 => admitted.push(uid),
+            503 => {
+                assert_eq!(retry_after.unwrap(), "5");
+                refused.push(uid);
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deepest = sampler.await.unwrap();
+    assert!(!refused.is_empty(), "a full queue refuses agents, to retry");
+    assert!(
+        deepest <= 2 * 8,
+        "the queue stays within twice its bound, got {deepest}"
+    );
+    assert!(s.logs().contains("the database writer's queue is full"));
+    lock.release();
+    // Refused agents come back and are served; nothing admitted was lost.
+    for uid in &refused {
+        let (code, _, _) = http_exchange(&s.opamp_url(), &full_report(*uid, 0, "again")).await;
+        assert_eq!(code, 200);
+    }
+    for uid in admitted.iter().chain(&refused) {
+        agent(&s, uid).await;
+    }
+}

@@ -277,6 +277,11 @@ impl From<crate::store::WriteError> for ApiError {
                     "the database cannot be written (disk full or read-only?); see /health",
                 )
             }
+            crate::store::WriteError::Overloaded => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the database writer is overloaded (database.max_queued_writes); retry shortly",
+            ),
             crate::store::WriteError::Stopped => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -109,6 +109,17 @@ pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Respon
             );
             r
         }
+        Err(Rejected::Busy { .. }) => {
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "opampd is overloaded (database writer queue full); retry later\n",
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(app.config.opamp.retry_after_seconds),
+            );
+            r
+        }
         Err(Rejected::Held { .. }) => plain(
             StatusCode::CONFLICT,
             "this instance uid is in use by a live WebSocket connection of another client\n",

@@ -184,10 +184,13 @@ pub enum Rejected {
     Full { instance_uid: Vec<u8> },
     /// The uid is held by a live WebSocket of another connection.
     Held { instance_uid: Vec<u8> },
+    /// The database writer's queue stayed full: try again later.
+    Busy { instance_uid: Vec<u8> },
 }
 
 impl Rejected {
     pub const FULL: &'static str = "opampd is at its configured maximum of agents; retry later";
+    pub const BUSY: &'static str = "opampd is overloaded (database writer queue full); retry later";
     pub const HELD: &'static str =
         "this instance uid is in use by a live WebSocket connection of another client";
 }
@@ -235,6 +238,24 @@ pub async fn process(
         tracing::warn!(uid = %opamp_proto::uid_string(&uid), remote_addr = %origin.remote,
             "plain-HTTP request refused: a live WebSocket carries this agent");
         return Err(Rejected::Held {
+            instance_uid: msg.instance_uid.clone(),
+        });
+    }
+
+    // A message that changes stored state waits for room in the writer's
+    // queue: overload slows agents down (and past a second refuses them, to
+    // retry) instead of growing the queue.
+    let writes = changes_stored_state(app, &uid, msg);
+    // Held until the message is handled (its changes queued).
+    let room = if writes {
+        app.store.writer().reserve(OPS_PER_MESSAGE, ROOM_WAIT).await
+    } else {
+        None
+    };
+    if writes && room.is_none() {
+        tracing::warn!(uid = %opamp_proto::uid_string(&uid), remote_addr = %origin.remote,
+            queued = app.store.writer().queued(), "agent message refused: the database writer's queue is full");
+        return Err(Rejected::Busy {
             instance_uid: msg.instance_uid.clone(),
         });
     }
@@ -370,6 +391,26 @@ pub async fn process(
         agent_left(app, &key, origin.conn_id, "agent_disconnect");
     }
     Ok((out, key))
+}
+
+/// How long an agent message that changes stored state waits for room in a
+/// full writer queue before it is refused with a retry delay.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writer operations one message queues at most (its patch, a connect or
+/// disconnect event, the patch and event of a session it replaces).
+const OPS_PER_MESSAGE: u64 = 4;
+
+/// Whether handling `msg` may queue a database write: a new session, or a
+/// report beyond a heartbeat.
+fn changes_stored_state(app: &App, uid: &[u8; 16], msg: &pb::AgentToServer) -> bool {
+    msg.agent_description.is_some()
+        || msg.health.is_some()
+        || msg.effective_config.is_some()
+        || msg.remote_config_status.is_some()
+        || msg.agent_disconnect.is_some()
+        || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0
+        || !app.fleet.contains(uid)
 }
 
 /// Whether `msg` comes from a second live agent using a uid already in use.

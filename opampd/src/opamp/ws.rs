@@ -162,6 +162,14 @@ async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
     }
 }
 
+/// An UNAVAILABLE error reply with `opamp.retry_after_seconds`.
+fn retry_later(app: &App, instance_uid: Vec<u8>, why: &str) -> Reply {
+    let refusal = Refusal::Unavailable {
+        retry_after: Some(Duration::from_secs(app.config.opamp.retry_after_seconds)),
+    };
+    Reply::error(instance_uid, refusal, why.into())
+}
+
 fn is_capacity_error(e: &axum::Error) -> bool {
     let text = format!("{e:?}");
     text.contains("Capacity") || text.contains("MessageTooLong") || text.contains("too long")
@@ -239,11 +247,10 @@ async fn on_binary(
         Err(Rejected::Full { instance_uid }) => {
             // A new agent on a connection carrying others: no upgrade to refuse, so
             // the refusal is an OpAMP error with the retry delay.
-            let refusal = Refusal::Unavailable {
-                retry_after: Some(Duration::from_secs(app.config.opamp.retry_after_seconds)),
-            };
-            let reply = Reply::error(instance_uid, refusal, Rejected::FULL.into());
-            send(app, socket, reply).await
+            send(app, socket, retry_later(app, instance_uid, Rejected::FULL)).await
+        }
+        Err(Rejected::Busy { instance_uid }) => {
+            send(app, socket, retry_later(app, instance_uid, Rejected::BUSY)).await
         }
         Err(Rejected::Held { instance_uid }) => {
             let reply = Reply::bad_request(instance_uid, Rejected::HELD.into());

@@ -32,6 +32,8 @@ pub struct StoreOptions {
     pub max_idle_conns: usize,
     pub conn_max_lifetime: Duration,
     pub flush_interval: Duration,
+    /// Queued writer operations past which writers wait (`database.max_queued_writes`).
+    pub max_queued_writes: u64,
     pub busy_timeout: Duration,
     /// SQLite `synchronous` of the write connection: `NORMAL` or `FULL`.
     pub synchronous: &'static str,
@@ -98,7 +100,12 @@ impl Store {
             [],
         )?;
         let pool = ReadPool::new(path, opts, metrics.clone())?;
-        let writer = Writer::start(conn, opts.flush_interval, metrics.clone());
+        let writer = Writer::start(
+            conn,
+            opts.flush_interval,
+            opts.max_queued_writes,
+            metrics.clone(),
+        );
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),

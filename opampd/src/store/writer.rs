@@ -54,7 +54,13 @@ pub enum WriteError {
     Storage(String),
     #[error("the database writer has stopped")]
     Stopped,
+    /// The writer's queue stayed full (`database.max_queued_writes`).
+    #[error("the database writer is overloaded")]
+    Overloaded,
 }
+
+/// How long an API write waits for room in a full queue before it is refused.
+const EXEC_ROOM_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Writer {
     tx: Mutex<Option<Sender<Op>>>,
@@ -62,9 +68,12 @@ pub struct Writer {
     shared: Arc<Shared>,
 }
 
-#[derive(Default)]
 struct Shared {
     queued: AtomicU64,
+    /// Past this many queued operations, writers wait ([`Writer::wait_for_room`]).
+    max_queued: u64,
+    /// Woken whenever the thread takes operations off the queue.
+    room: tokio::sync::Notify,
     commits: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -73,10 +82,17 @@ impl Writer {
     pub(super) fn start(
         conn: Connection,
         flush_interval: Duration,
+        max_queued: u64,
         metrics: Arc<Metrics>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            queued: AtomicU64::new(0),
+            max_queued: max_queued.max(1),
+            room: tokio::sync::Notify::new(),
+            commits: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("opampd-writer".into())
@@ -119,15 +135,21 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
     {
+        let room = self
+            .reserve(1, EXEC_ROOM_WAIT)
+            .await
+            .ok_or(WriteError::Overloaded)?;
         let (reply, rx) = oneshot::channel();
         // The job runs inside a savepoint of the writer's batch transaction.
         let job: Job =
             Box::new(move |conn: &Connection| f(conn).map(|v| Box::new(v) as Box<dyn Any + Send>));
-        if !self.send(Op::Exec {
+        let sent = self.send(Op::Exec {
             operation,
             job,
             reply,
-        }) {
+        });
+        drop(room);
+        if !sent {
             return Err(WriteError::Stopped);
         }
         match rx.await {
@@ -174,6 +196,48 @@ impl Writer {
         self.shared.queued.load(Ordering::Relaxed)
     }
 
+    /// Whether the queue is below `database.max_queued_writes`.
+    pub fn has_room(&self) -> bool {
+        self.queued() < self.shared.max_queued
+    }
+
+    /// Reserves room for `ops` operations in the queue, waiting up to `limit`
+    /// while it is full (`database.max_queued_writes`); `None` if it stayed
+    /// full. Whoever is about to queue changes reserves first, and the
+    /// reservation is released when the [`Room`] is dropped: overload becomes
+    /// waiting (and past the limit a refusal to retry), never an unbounded
+    /// queue. The queue holds at most twice the bound: reservations plus the
+    /// operations of their holders.
+    pub async fn reserve(&self, ops: u64, limit: Duration) -> Option<Room<'_>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let queued = &self.shared.queued;
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut current = queued.load(Ordering::Relaxed);
+            while current + ops <= self.shared.max_queued {
+                match queued.compare_exchange_weak(
+                    current,
+                    current + ops,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        return Some(Room {
+                            shared: &self.shared,
+                            ops,
+                        })
+                    }
+                    Err(now) => current = now,
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.shared
             .last_error
@@ -188,6 +252,19 @@ impl Writer {
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Room reserved in the writer's queue ([`Writer::reserve`]), released on drop.
+pub struct Room<'a> {
+    shared: &'a Shared,
+    ops: u64,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.shared.queued.fetch_sub(self.ops, Ordering::Relaxed);
+        self.shared.room.notify_waiters();
     }
 }
 
@@ -309,6 +386,7 @@ fn run(
             }
         }
         shared.queued.fetch_sub(batch.ops, Ordering::Relaxed);
+        shared.room.notify_waiters();
         for (uid, mut old) in carry.drain() {
             if let Some(newer) = batch.patches.remove(&uid) {
                 old.merge(newer);
@@ -346,7 +424,9 @@ fn commit(
     } = batch;
     let mut replies = Vec::with_capacity(jobs.len());
     let result: rusqlite::Result<()> = (|| {
-        let mut tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock at the start, waiting up to the busy
+        // timeout for another process (opampctl) to release it.
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if !patches.is_empty() {
             let t = Instant::now();
             agents::apply_patches(&tx, patches.values())?;
