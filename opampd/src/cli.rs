@@ -153,6 +153,12 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
          refused with an error reply.",
     ),
     (
+        "opamp.max_stored_bytes_per_agent",
+        "Largest description, health or effective configuration stored for one agent \
+         (default 1 MiB, in stored JSON); a larger one is not stored, the rest of the report \
+         is, and the agent's events say what was left out.",
+    ),
+    (
         "opamp.allowed_origins",
         "Browser origins (scheme://host[:port]) allowed to reach the OpAMP endpoint; a \
          request with any other Origin header is refused with 403 (default none: agents \

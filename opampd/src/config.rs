@@ -76,6 +76,9 @@ pub struct OpampConfig {
     pub max_agents: usize,
     /// Agents one WebSocket connection may carry (a terminating proxy multiplexes).
     pub max_agents_per_connection: usize,
+    /// Largest description, health or effective config stored for one agent;
+    /// a larger one is not stored (an agent event says so).
+    pub max_stored_bytes_per_agent: usize,
     /// Browser origins allowed to open the OpAMP endpoint (agents send no `Origin`).
     pub allowed_origins: Vec<String>,
     /// Retry-After seconds sent with 429/503.
@@ -187,6 +190,7 @@ impl Default for OpampConfig {
             ws_read_timeout_seconds: 120,
             max_agents: 0,
             max_agents_per_connection: 16,
+            max_stored_bytes_per_agent: 1 << 20,
             allowed_origins: Vec::new(),
             retry_after_seconds: 30,
             reassign_duplicate_uids: true,
@@ -313,6 +317,9 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
         })?;
+        if self.opamp.max_stored_bytes_per_agent < 1024 {
+            bail!("opamp.max_stored_bytes_per_agent must be at least 1024 (default 1048576)");
+        }
         if self.opamp.max_agents_per_connection == 0 {
             bail!("opamp.max_agents_per_connection must be at least 1 (default 16)");
         }

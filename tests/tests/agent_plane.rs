@@ -373,3 +373,69 @@ async fn a_full_writer_queue_pushes_back_instead_of_growing() {
         agent(&s, uid).await;
     }
 }
+
+#[tokio::test]
+async fn reports_over_the_per_agent_storage_limit_are_not_stored() {
+    let s = start("opamp:\n  max_stored_bytes_per_agent: 4096\n");
+    let uid = new_uid();
+    let mut ws = ws_connect(&s.ws_url(), &[]).await.unwrap();
+    let r = ws_exchange(&mut ws, &full_report(uid, 0, "modest")).await;
+    assert!(r.error_response.is_none());
+    agent(&s, &uid).await;
+    // A huge effective config and a huge health: the rest of the report is kept.
+    let mut m = full_report(uid, 1, "renamed");
+    m.effective_config = Some(agent::message::effective_yaml(&format!(
+        "padding: {}\n",
+        "x".repeat(64 * 1024)
+    )));
+    m.health = Some(agent::message::health(false, &"y".repeat(8 * 1024), "big"));
+    let r = ws_exchange(&mut ws, &m).await;
+    assert!(r.error_response.is_none(), "the agent is answered as usual");
+    let v = wait_for("the new name stored", Duration::from_secs(10), || async {
+        let v = agent(&s, &uid).await;
+        (v["identifying_attributes"]["service.name"] == "renamed").then_some(v)
+    })
+    .await;
+    assert_eq!(
+        v["health"]["healthy"], true,
+        "the stored health is kept: {v}"
+    );
+    let (_, ec) = s
+        .get(&format!(
+            "/api/v1/agents/{}/effective-config",
+            uid_str(&uid)
+        ))
+        .await;
+    assert_eq!(ec["files"][""]["body"], "receivers: {}", "{ec}");
+    let (_, events) = s
+        .get(&format!("/api/v1/agents/{}/events", uid_str(&uid)))
+        .await;
+    let reasons: Vec<String> = events
+        .as_array()
+        .or(events["items"].as_array())
+        .expect("a list of events")
+        .iter()
+        .filter(|e| e["event"] == "not_stored")
+        .map(|e| e["details"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{events}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("opamp.max_stored_bytes_per_agent (4096)")),
+        "{reasons:?}"
+    );
+    // A description past the limit is not stored either.
+    let mut m = full_report(uid, 2, &"z".repeat(8 * 1024));
+    m.effective_config = None;
+    m.health = None;
+    ws_exchange(&mut ws, &m).await;
+    let r = ws_exchange(&mut ws, &heartbeat(uid, 3)).await;
+    assert!(r.error_response.is_none());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = agent(&s, &uid).await;
+    assert_eq!(
+        v["identifying_attributes"]["service.name"], "renamed",
+        "{v}"
+    );
+}

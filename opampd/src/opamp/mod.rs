@@ -333,6 +333,11 @@ pub async fn process(
         p.transport = Some(origin.transport.as_str());
         p.remote_addr = Some(origin.remote.to_string());
     }
+    if let Some(p) = patch.as_mut() {
+        for event in over_storage_limit(app, p, origin, now) {
+            app.store.writer().event(event);
+        }
+    }
     if let Some(patch) = patch {
         app.store.writer().agent(patch);
     }
@@ -411,6 +416,60 @@ fn changes_stored_state(app: &App, uid: &[u8; 16], msg: &pb::AgentToServer) -> b
         || msg.agent_disconnect.is_some()
         || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0
         || !app.fleet.contains(uid)
+}
+
+/// Takes out of `patch` each report larger than
+/// `opamp.max_stored_bytes_per_agent` (what is stored keeps its previous
+/// value) and returns the events that say so.
+fn over_storage_limit(
+    app: &App,
+    patch: &mut AgentPatch,
+    origin: &Origin,
+    now: i64,
+) -> Vec<AgentEvent> {
+    let limit = app.config.opamp.max_stored_bytes_per_agent;
+    let description = patch.identifying.as_ref().map_or(0, String::len)
+        + patch.non_identifying.as_ref().map_or(0, String::len);
+    let mut dropped = Vec::new();
+    if description > limit {
+        patch.identifying = None;
+        patch.non_identifying = None;
+        dropped.push(("description", description));
+    }
+    if let Some(n) = patch
+        .health
+        .as_ref()
+        .map(String::len)
+        .filter(|n| *n > limit)
+    {
+        patch.health = None;
+        dropped.push(("health", n));
+    }
+    if let Some(n) = patch
+        .effective_config
+        .as_ref()
+        .map(String::len)
+        .filter(|n| *n > limit)
+    {
+        patch.effective_config = None;
+        patch.effective_config_hash = None;
+        dropped.push(("effective config", n));
+    }
+    dropped
+        .into_iter()
+        .map(|(what, bytes)| {
+            tracing::warn!(uid = %patch.uid, what, bytes, limit, "agent report not stored: over opamp.max_stored_bytes_per_agent");
+            AgentEvent {
+                uid: patch.uid.clone(),
+                at: now,
+                event: "not_stored",
+                remote_addr: Some(origin.remote.to_string()),
+                details: Some(format!(
+                    "{what} of {bytes} bytes exceeds opamp.max_stored_bytes_per_agent ({limit}); the stored one was kept"
+                )),
+            }
+        })
+        .collect()
 }
 
 /// Whether `msg` comes from a second live agent using a uid already in use.
