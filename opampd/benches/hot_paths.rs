@@ -96,6 +96,7 @@ fn benches(c: &mut Criterion) {
                 now_ms: 1,
                 remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
+                max_send_bytes: 64 << 20,
             },
         );
         let mut seq = 1;
@@ -108,6 +109,7 @@ fn benches(c: &mut Criterion) {
                     now_ms: 2,
                     remote_addr: "127.0.0.1:1".parse().ok(),
                     new_uid: None,
+                    max_send_bytes: 64 << 20,
                 },
             );
             seq += 1;
@@ -126,6 +128,7 @@ fn benches(c: &mut Criterion) {
                     now_ms: 1,
                     remote_addr: None,
                     new_uid: None,
+                    max_send_bytes: 64 << 20,
                 },
             ))
         })

@@ -125,7 +125,9 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
     (
         "opamp.max_message_bytes, opamp.max_send_bytes",
         "Largest message accepted (after decompression) and sent (default 64 MiB); saving a \
-         configuration whose offer would not fit the send limit is refused.",
+         configuration, or starting a rollout, whose offer would not fit the send limit is \
+         refused; an agent whose configurations do not fit together gets none of them and \
+         shows as failed.",
     ),
     (
         "opamp.heartbeat_interval_seconds",

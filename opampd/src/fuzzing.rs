@@ -42,6 +42,7 @@ fn run_session(msgs: &[pb::AgentToServer]) {
                 now_ms: 1,
                 remote_addr: None,
                 new_uid: None,
+                max_send_bytes: 64 << 20,
             },
         );
         // The reply always echoes the uid and carries AcceptsStatus.

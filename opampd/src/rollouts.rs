@@ -22,7 +22,7 @@ use crate::opamp::session::{attr_strings, status_name};
 use crate::selector::Selector;
 use crate::store::configs::{self, RolloutAgent, RolloutRow};
 use crate::store::rfc3339;
-use crate::targeting::{Target, VersionRef};
+use crate::targeting::{Desired, Target, VersionRef};
 use anyhow::Result;
 use opamp_proto::api::{RolloutFailure, RolloutStatus, RolloutWaiting};
 use serde_json::{json, Map, Value};
@@ -108,6 +108,104 @@ pub async fn matching_agents(app: &App, selector: &Selector) -> Result<Vec<Strin
     Ok(uids.into_iter().collect())
 }
 
+/// An agent that could not receive what a rollout would have it run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Oversized {
+    pub instance_uid: String,
+    /// Bytes of the reply that would carry its configurations.
+    pub bytes: usize,
+    /// Its configurations, `name vN`, in name order.
+    pub configs: Vec<String>,
+    /// How many of the targeted agents are over the limit.
+    pub agents: usize,
+}
+
+/// Checks, before a rollout of `version` of configuration `name` starts,
+/// that every agent in `uids` could receive everything it would then run
+/// (one file per matching configuration) within `opamp.max_send_bytes`.
+/// Returns the largest offer over the limit, if any.
+pub async fn oversized_offer(
+    app: &App,
+    name: &str,
+    version: &configs::VersionRow,
+    uids: &[String],
+) -> Result<Option<Oversized>> {
+    let limit = app.config.opamp.max_send_bytes;
+    let mut views = Vec::with_capacity(uids.len());
+    let mut stored_only = Vec::new();
+    for id in uids {
+        let Some(uid) = opamp_proto::parse_uid(id) else {
+            continue;
+        };
+        match app.fleet.with(&uid, |s| s.selector_view()) {
+            Some(view) => views.push((id.clone(), uid, view)),
+            None => stored_only.push(id.clone()),
+        }
+    }
+    let stored = app
+        .store
+        .read("rollout_agent_views", move |c| {
+            let mut out = Vec::with_capacity(stored_only.len());
+            for id in stored_only {
+                if let Some(row) = crate::store::agents::get(c, &id)? {
+                    out.push((id, row.labels, row.identifying, row.non_identifying));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    for (id, labels, identifying, non_identifying) in stored {
+        let obj = |t: &str| -> Map<String, Value> { serde_json::from_str(t).unwrap_or_default() };
+        let mut view = attr_strings(&obj(&identifying), &obj(&non_identifying));
+        let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
+        view.extend(labels);
+        if let Some(uid) = opamp_proto::parse_uid(&id) {
+            views.push((id, uid, view));
+        }
+    }
+    let body: Arc<str> = version.body.as_str().into();
+    let mut sizes: std::collections::HashMap<Vec<(String, u64)>, usize> = Default::default();
+    let mut worst: Option<Oversized> = None;
+    let mut over = 0;
+    for (id, uid, view) in views {
+        let mut files = app
+            .targets
+            .desired_for(&uid, &view)
+            .map(|d| d.files.clone())
+            .unwrap_or_default();
+        files.insert(
+            name.to_string(),
+            (version.content_type.clone(), body.clone(), version.version),
+        );
+        let desired = Desired {
+            files,
+            hash: [0; 32],
+        };
+        let parts = desired.parts();
+        let bytes = *sizes.entry(parts.clone()).or_insert_with(|| {
+            crate::opamp::reply::Reply::largest_offer_len(&crate::opamp::session::remote_config(
+                &desired,
+            ))
+        });
+        if bytes <= limit {
+            continue;
+        }
+        over += 1;
+        if worst.as_ref().is_none_or(|w| bytes > w.bytes) {
+            worst = Some(Oversized {
+                instance_uid: id,
+                bytes,
+                configs: parts
+                    .into_iter()
+                    .map(|(n, v)| format!("{n} v{v}"))
+                    .collect(),
+                agents: 0,
+            });
+        }
+    }
+    Ok(worst.map(|w| Oversized { agents: over, ..w }))
+}
+
 /// Batch numbers in uid order: `batch_size` agents per batch, 0 = one batch.
 pub fn assign_batches(uids: Vec<String>, batch_size: u64) -> Vec<(String, u64)> {
     uids.into_iter()
@@ -142,6 +240,17 @@ struct Report {
     hash: String,
     status: String,
     error: String,
+    /// An offer too big to send: its hash (hex) and why.
+    not_sent: Option<(String, String)>,
+}
+
+/// The offer that could not be sent, from an offered-record.
+fn stored_not_sent(offered: Option<&str>) -> Option<(String, String)> {
+    let record: Value = serde_json::from_str(offered?).ok()?;
+    Some((
+        record["hash"].as_str()?.to_string(),
+        record["error"].as_str()?.to_string(),
+    ))
 }
 
 fn stored_report(s: &configs::StoredAgent) -> Report {
@@ -159,6 +268,7 @@ fn stored_report(s: &configs::StoredAgent) -> Report {
         hash: rs["hash"].as_str().unwrap_or("").to_string(),
         status: rs["status"].as_str().unwrap_or("unset").to_string(),
         error: rs["error"].as_str().unwrap_or("").to_string(),
+        not_sent: stored_not_sent(s.offered.as_deref()),
     }
 }
 
@@ -172,10 +282,12 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
             s.selector_view(),
             hex::encode(s.reported_hash()),
             status_name(s.reported_status()),
+            s.undeliverable()
+                .map(|(hash, reason)| (hex::encode(hash), reason.to_string())),
         )
     });
     match (live, stored) {
-        (Some((view, hash, status)), stored) => Some(Report {
+        (Some((view, hash, status, not_sent)), stored) => Some(Report {
             view,
             // The stored error may lag the live status by one writer flush.
             error: stored
@@ -184,6 +296,7 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
                 .unwrap_or_default(),
             hash,
             status: status.to_string(),
+            not_sent,
         }),
         (None, stored) => stored,
     }
@@ -216,6 +329,14 @@ pub fn evaluate(
         }
         let uid = opamp_proto::parse_uid(&a.uid).unwrap_or([0; 16]);
         let desired = app.targets.desired_for(&uid, &r.view);
+        if let Some(reason) = not_sent(rollout, desired.as_deref(), &r) {
+            p.failed += 1;
+            p.failures.push(RolloutFailure {
+                instance_uid: a.uid.clone(),
+                error: reason.to_string(),
+            });
+            continue;
+        }
         let current = desired.as_ref().filter(|d| {
             d.files
                 .get(&rollout.name)
@@ -248,6 +369,18 @@ pub fn evaluate(
         }
     }
     p
+}
+
+/// Why the rollout's version, in what `desired` the agent should run, could
+/// not be sent to it (too big for `opamp.max_send_bytes`): a failure.
+fn not_sent<'a>(rollout: &RolloutRow, desired: Option<&Desired>, r: &'a Report) -> Option<&'a str> {
+    let desired = desired?;
+    let (hash, reason) = r.not_sent.as_ref()?;
+    let ours = desired
+        .files
+        .get(&rollout.name)
+        .is_some_and(|f| f.2 == rollout.version);
+    (ours && *hash == desired.hash_hex()).then_some(reason.as_str())
 }
 
 /// Names a released agent the rollout waits for (agents come in uid order).

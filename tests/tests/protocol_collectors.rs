@@ -9,7 +9,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use opamp_proto::pb;
 use opamp_tests::client::*;
-use opamp_tests::{wait_for, Opts, Server};
+use opamp_tests::{stdout, wait_for, Opts, Server};
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -364,4 +364,125 @@ async fn a_configuration_too_big_to_offer_is_refused_at_save_time() {
     assert_eq!(code, 404, "nothing saved");
     let (code, v) = save(&s, "small", "x: 1\n", "").await;
     assert_eq!(code, 201, "{v}");
+}
+
+/// Bytes of a ServerToAgent as sent (the WebSocket header byte aside).
+fn sent_len(m: &pb::ServerToAgent) -> usize {
+    prost::Message::encoded_len(m)
+}
+
+#[tokio::test]
+async fn configurations_too_big_together_are_not_sent_and_the_agent_shows_as_failed() {
+    const LIMIT: usize = 2048;
+    let s = Server::start_with(Opts {
+        config: Some(format!("opamp:\n  max_send_bytes: {LIMIT}\n")),
+        ..Default::default()
+    });
+    // Each fits alone; together they do not.
+    let body = |c: char| format!("# {}\nx: 1\n", c.to_string().repeat(1200));
+    assert_eq!(save(&s, "base", &body('a'), "").await.0, 201);
+    assert_eq!(save(&s, "prod", &body('b'), "env=prod").await.0, 201);
+    start_rollout(&s, "prod", json!({})).await;
+
+    // One WebSocket and one plain-HTTP agent receive `base` alone.
+    let (ws_uid, http_uid) = (new_uid(), new_uid());
+    let (mut ws, first) = ws_agent(&s, ws_uid, &[]).await;
+    assert!(first.remote_config.is_none());
+    let (code, _, first) =
+        http_exchange(&s.opamp_url(), &report_with(http_uid, 0, "svc", &[])).await;
+    assert_eq!(code, 200);
+    assert!(first.unwrap().remote_config.is_none());
+    start_rollout(&s, "base", json!({"max_failures": 0})).await;
+    let rc = recv_offer(&mut ws).await;
+    assert_eq!(files(&rc).len(), 1);
+    let (_, _, reply) = http_exchange(&s.opamp_url(), &heartbeat(http_uid, 1)).await;
+    assert_eq!(
+        files(&reply.unwrap().remote_config.expect("base offered")).len(),
+        1
+    );
+
+    // Labelled env=prod, each should run base + prod: too big to send.
+    for uid in [&ws_uid, &http_uid] {
+        let (code, v) = s
+            .send_json(
+                "PATCH",
+                &format!("/api/v1/agents/{}/labels", uid_str(uid)),
+                json!({"labels": {"env": "prod"}}),
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+    }
+    let reply = ws_exchange(&mut ws, &heartbeat(ws_uid, 1)).await;
+    assert!(
+        reply.remote_config.is_none(),
+        "nothing pushed, nothing sent"
+    );
+    assert!(sent_len(&reply) <= LIMIT);
+    let (code, _, reply) = http_exchange(&s.opamp_url(), &heartbeat(http_uid, 2)).await;
+    let reply = reply.expect("a protobuf reply");
+    assert_eq!(code, 200);
+    assert!(
+        reply.remote_config.is_none(),
+        "the poll is answered without it"
+    );
+    assert!(sent_len(&reply) <= LIMIT);
+    for uid in [&ws_uid, &http_uid] {
+        let a = wait_for("shown as failed", Duration::from_secs(10), || async {
+            let a = agent(&s, uid).await;
+            (a["remote_config"]["status"] == "failed").then_some(a)
+        })
+        .await;
+        let error = a["remote_config"]["error"].as_str().unwrap();
+        assert!(
+            error.contains("opamp.max_send_bytes (2048 bytes)")
+                && error.contains("base v1, prod v1"),
+            "{error}"
+        );
+    }
+    // Not recorded as offered: a retry or a reconnect does not get it either,
+    // and nothing over the limit is ever sent.
+    let reply = ws_exchange(&mut ws, &heartbeat(ws_uid, 1)).await;
+    assert!(reply.remote_config.is_none() && sent_len(&reply) <= LIMIT);
+    drop(ws);
+    let (mut ws, reply) = ws_agent(&s, ws_uid, &[]).await;
+    assert!(reply.remote_config.is_none() && sent_len(&reply) <= LIMIT);
+    assert_quiet(&mut ws, "no offer after a reconnect").await;
+
+    // The rollout counts both agents as failed, with the reason.
+    let st = wait_rollout(&s, "base", "both failed", |v| v["failed"] == 2).await;
+    assert_eq!(st["state"], "paused", "{st}");
+    for f in st["failures"].as_array().unwrap() {
+        assert!(
+            f["error"]
+                .as_str()
+                .unwrap()
+                .contains("opamp.max_send_bytes"),
+            "{f}"
+        );
+    }
+    let out = s.ctl(&["agents", "show", &uid_str(&http_uid)]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("status=failed") && text.contains("max_send_bytes"),
+        "{text}"
+    );
+
+    // What is known at rollout time is refused then, naming the agents.
+    assert_eq!(save(&s, "base", &body('c'), "").await.0, 201);
+    let (code, v) = s
+        .send_json("POST", "/api/v1/configurations/base/rollout", json!({}))
+        .await;
+    assert_eq!(code, 413, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("opamp.max_send_bytes (2048 bytes)")
+            && message.contains("base v2 + prod v1")
+            && message.contains("and 1 other agent"),
+        "{message}"
+    );
+    assert_eq!(
+        rollout_status(&s, "base").await["version"],
+        1,
+        "not started"
+    );
 }

@@ -399,11 +399,15 @@ fn remote_config_state(r: &AgentRow) -> RemoteConfigState {
     let files = offered["files"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = files.iter().filter_map(|f| f["name"].as_str()).collect();
     let offered_hash = offered["hash"].as_str().map(str::to_owned);
+    // An offer too big to send is recorded with the reason, never as made.
+    let not_sent = offered["error"].as_str().map(str::to_owned);
     let status = match (&offered_hash, &reported_hash) {
+        _ if not_sent.is_some() => "failed",
         (Some(o), Some(rh)) if o == rh => reported_status,
         (Some(_), _) => "pending",
         (None, _) => reported_status,
     };
+    let error = not_sent.or(error);
     let applied: Value = r
         .applied
         .as_deref()

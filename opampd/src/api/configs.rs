@@ -621,12 +621,11 @@ pub async fn rollout_start(
         .await?
         .ok_or_else(|| not_found(&name))?;
     let version = req.version.unwrap_or(row.latest_version);
-    load_version(&app, &name, version).await?;
+    let chosen = load_version(&app, &name, version).await?;
     let selector = Selector::parse(&row.selector).unwrap_or_default();
-    let agents = rollouts::assign_batches(
-        rollouts::matching_agents(&app, &selector).await?,
-        batch_size,
-    );
+    let matching = rollouts::matching_agents(&app, &selector).await?;
+    refuse_oversized(&app, &name, &chosen, &matching).await?;
+    let agents = rollouts::assign_batches(matching, batch_size);
     let (key, actor) = (name.clone(), who.name.clone());
     let selector_text = row.selector.clone();
     let count = agents.len();
@@ -691,6 +690,38 @@ pub async fn rollout_start(
     rollouts::retarget(&app).await?;
     let p = rollouts::progress_of(&app, &rollout).await?;
     Ok((StatusCode::ACCEPTED, Json(rollouts::to_api(&rollout, p))))
+}
+
+/// Refuses (413) a rollout that would send an agent more than
+/// `opamp.max_send_bytes`: all the configurations it would then run, together.
+async fn refuse_oversized(
+    app: &App,
+    name: &str,
+    version: &VersionRow,
+    uids: &[String],
+) -> ApiResult<()> {
+    let Some(o) = rollouts::oversized_offer(app, name, version, uids).await? else {
+        return Ok(());
+    };
+    let others = match o.agents {
+        1 => String::new(),
+        2 => " (and 1 other agent)".into(),
+        n => format!(" (and {} other agents)", n - 1),
+    };
+    Err(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!(
+            "rolling out {name:?} version {} would send agent {}{others} a {}-byte message \
+             ({}), over opamp.max_send_bytes ({} bytes): no rollout started; shrink these \
+             configurations, narrow their selectors, or raise opamp.max_send_bytes",
+            version.version,
+            o.instance_uid,
+            o.bytes,
+            o.configs.join(" + "),
+            app.config.opamp.max_send_bytes
+        ),
+    ))
 }
 
 /// The latest rollout of a configuration.

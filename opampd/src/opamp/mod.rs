@@ -306,6 +306,7 @@ pub async fn process(
                 now_ms: now,
                 remote_addr: Some(origin.remote),
                 new_uid: assigned,
+                max_send_bytes: app.config.opamp.max_send_bytes,
             },
         );
         (out, connecting)
@@ -340,6 +341,10 @@ pub async fn process(
     }
     if let Some(patch) = patch {
         app.store.writer().agent(patch);
+    }
+    if let Some(reason) = &out.not_offered {
+        log_too_big(&key, reason);
+        app.rollout_wakeup.notify_one();
     }
     if out.remote_status_changed {
         // A remote-config status is acknowledged only once it is durable: an
@@ -545,39 +550,76 @@ pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str)
 /// Bytes of the ServerToAgent that offers one configuration file alone: what
 /// must fit `opamp.max_send_bytes` for the configuration to be deliverable.
 pub fn single_offer_len(name: &str, content_type: &str, body: &str) -> usize {
-    use prost::Message;
     let file = pb::AgentConfigFile {
         body: body.as_bytes().to_vec(),
         content_type: content_type.to_string(),
     };
-    let offer = pb::AgentRemoteConfig {
+    Reply::largest_offer_len(&pb::AgentRemoteConfig {
         config: Some(pb::AgentConfigMap {
             config_map: [(name.to_string(), file)].into(),
         }),
         config_hash: vec![0; 32],
-    };
-    let answer = Answer {
-        remote_config: Some(offer),
-        ..Default::default()
-    };
-    Reply::answer(vec![0; 16], answer).encoded_len()
+    })
 }
 
-/// Encodes a reply, enforcing `opamp.max_send_bytes`: an oversized remote
-/// config is dropped (and counted) rather than sent.
+/// Encodes a reply, enforcing `opamp.max_send_bytes`. Offers are checked
+/// before they are made ([`Session::take_offer`]); should a reply still be too
+/// big, it goes without its remote config, which is then recorded as not sent
+/// (the agent shows as failed with the reason) rather than as offered.
 pub fn encode_reply(app: &App, mut reply: Reply) -> Vec<u8> {
     use prost::Message;
-    if reply.encoded_len() > app.config.opamp.max_send_bytes {
+    let limit = app.config.opamp.max_send_bytes;
+    let bytes = reply.encoded_len();
+    if bytes > limit {
         app.metrics.outgoing_dropped.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             uid = %hex::encode(&reply.instance_uid),
-            bytes = reply.encoded_len(),
-            limit = app.config.opamp.max_send_bytes,
-            "ServerToAgent over opamp.max_send_bytes: not sent; the remote config was dropped"
+            bytes,
+            limit,
+            "ServerToAgent over opamp.max_send_bytes: sent without its remote config"
         );
+        if let Some(rc) = &reply.remote_config {
+            let uid = reply
+                .agent_identification
+                .as_ref()
+                .map_or(reply.instance_uid.as_slice(), |a| {
+                    a.new_instance_uid.as_slice()
+                });
+            if let (Ok(uid), Ok(hash)) = (
+                <[u8; 16]>::try_from(uid),
+                <[u8; 32]>::try_from(rc.config_hash.as_slice()),
+            ) {
+                not_sent(app, &uid, hash, bytes);
+            }
+        }
         reply = reply.without_offers();
     }
     reply.encode_to_vec()
+}
+
+/// Records that the offer of `hash` to `uid` was not sent after all.
+fn not_sent(app: &App, uid: &[u8; 16], hash: [u8; 32], bytes: usize) {
+    let limit = app.config.opamp.max_send_bytes;
+    let patch = app.fleet.with(uid, |s| {
+        let reason = match s.desired() {
+            Some(d) if d.hash == hash => session::too_big_reason(d, bytes, limit),
+            _ => format!(
+                "not sent: a {bytes}-byte message, over opamp.max_send_bytes ({limit} bytes)"
+            ),
+        };
+        s.offer_undeliverable(hash, reason);
+        let mut patch = AgentPatch::new(&opamp_proto::uid_string(s.uid()));
+        patch.offered = Some(session::undeliverable_json(s).to_string());
+        patch
+    });
+    if let Some(patch) = patch {
+        app.store.writer().agent(patch);
+    }
+}
+
+/// Logs an offer found too big to send (once per configuration set and agent).
+fn log_too_big(uid: &[u8; 16], reason: &str) {
+    tracing::warn!(uid = %opamp_proto::uid_string(uid), %reason, "remote config not offered: over opamp.max_send_bytes");
 }
 
 /// Offers an agent its desired configuration now, if it needs it and a
@@ -588,20 +630,34 @@ pub fn push_offer(app: &App, uid: &[u8; 16]) -> bool {
         if !s.pushable() {
             return None;
         }
-        let rc = s.take_offer(&app.targets)?;
         let mut patch = AgentPatch::new(&opamp_proto::uid_string(s.uid()));
-        patch.offered = Some(session::offered_json(s).to_string());
-        let msg = Reply::answer(
-            s.uid().to_vec(),
-            Answer {
-                remote_config: Some(rc),
-                ..Default::default()
-            },
-        );
-        Some((s.conn_id(), msg, patch))
+        match s.take_offer(&app.targets, app.config.opamp.max_send_bytes)? {
+            session::Offer::Send(rc) => {
+                patch.offered = Some(session::offered_json(s).to_string());
+                let msg = Reply::answer(
+                    s.uid().to_vec(),
+                    Answer {
+                        remote_config: Some(rc),
+                        ..Default::default()
+                    },
+                );
+                Some(Ok((s.conn_id(), msg, patch)))
+            }
+            session::Offer::TooBig(reason) => {
+                log_too_big(s.uid(), &reason);
+                patch.offered = Some(session::undeliverable_json(s).to_string());
+                Some(Err(patch))
+            }
+        }
     });
-    let Some(Some((conn_id, msg, patch))) = pushed else {
-        return false;
+    let (conn_id, msg, patch) = match pushed {
+        Some(Some(Ok(push))) => push,
+        Some(Some(Err(patch))) => {
+            app.store.writer().agent(patch);
+            app.rollout_wakeup.notify_one();
+            return false;
+        }
+        _ => return false,
     };
     app.store.writer().agent(patch);
     if app

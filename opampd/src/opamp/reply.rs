@@ -116,6 +116,22 @@ impl Reply {
         Reply::error(instance_uid, Refusal::BadRequest, message)
     }
 
+    /// Bytes of the largest answer that can carry `remote_config` (every
+    /// flag, a new instance uid): an offer fits the send limit when this does.
+    pub fn largest_offer_len(remote_config: &pb::AgentRemoteConfig) -> usize {
+        let rest = Reply::answer(
+            vec![0; 16],
+            Answer {
+                flags: u64::MAX,
+                remote_config: None,
+                new_instance_uid: Some([0; 16]),
+            },
+        );
+        // ServerToAgent.remote_config is field 3.
+        prost::Message::encoded_len(&rest.0)
+            + prost::encoding::message::encoded_len(3, remote_config)
+    }
+
     /// The same reply without what can make it large (the remote config and
     /// package offers): what is sent when the whole would exceed the send limit.
     pub fn without_offers(mut self) -> Reply {
@@ -223,6 +239,39 @@ mod tests {
                 }
             ))
         );
+    }
+
+    #[test]
+    fn the_largest_offer_len_bounds_every_answer_with_that_offer() {
+        let mut rc = offer();
+        rc.config = Some(pb::AgentConfigMap {
+            config_map: [(
+                "big".to_string(),
+                pb::AgentConfigFile {
+                    body: vec![b'x'; 300],
+                    content_type: "text/yaml".into(),
+                },
+            )]
+            .into(),
+        });
+        let bound = Reply::largest_offer_len(&rc);
+        let full = Reply::answer(
+            vec![1; 16],
+            Answer {
+                flags: u64::MAX,
+                remote_config: Some(rc.clone()),
+                new_instance_uid: Some([2; 16]),
+            },
+        );
+        assert_eq!(prost::Message::encoded_len(&*full), bound);
+        let plain = Reply::answer(
+            vec![1; 16],
+            Answer {
+                remote_config: Some(rc),
+                ..Default::default()
+            },
+        );
+        assert!(prost::Message::encoded_len(&*plain) < bound);
     }
 
     #[test]

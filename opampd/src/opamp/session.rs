@@ -51,6 +51,9 @@ pub struct Session {
     reported_status: i32,
     /// Hash offered on the current connection (reset on reconnect or state loss).
     offered_hash: Option<[u8; 32]>,
+    /// A desired configuration too big to send, and why: never offered (nor
+    /// recorded as offered), shown as failed until what the agent should run changes.
+    undeliverable: Option<([u8; 32], String)>,
     /// The last reply asked for ReportFullState.
     full_state_requested: bool,
     desired: Option<Arc<Desired>>,
@@ -78,6 +81,7 @@ impl Session {
             reported_hash: Vec::new(),
             reported_status: 0,
             offered_hash: None,
+            undeliverable: None,
             full_state_requested: false,
             desired: None,
             desired_epoch: u64::MAX,
@@ -145,6 +149,11 @@ impl Session {
 
     pub fn uid(&self) -> &[u8; 16] {
         &self.uid
+    }
+
+    /// What the agent should run, as last computed.
+    pub fn desired(&self) -> Option<&Desired> {
+        self.desired.as_deref()
     }
 
     /// Last sequence number received; `None` when the server holds no state.
@@ -294,8 +303,10 @@ impl Session {
                 .map_or(0, |_| std::mem::size_of::<std::net::SocketAddr>())
     }
 
-    /// The remote config to offer now, if any (and records the offer).
-    pub fn take_offer(&mut self, targets: &Targets) -> Option<pb::AgentRemoteConfig> {
+    /// The remote config to offer now, if any (and records the offer). A
+    /// configuration whose reply would exceed `max_send_bytes` is not offered:
+    /// [`Offer::TooBig`] the first time, `None` afterwards.
+    pub fn take_offer(&mut self, targets: &Targets, max_send_bytes: usize) -> Option<Offer> {
         if self.capabilities & ACCEPTS_REMOTE_CONFIG == 0 {
             return None;
         }
@@ -304,9 +315,73 @@ impl Session {
         if self.reported_hash == desired.hash || self.offered_hash == Some(desired.hash) {
             return None;
         }
+        if self
+            .undeliverable
+            .as_ref()
+            .is_some_and(|(hash, _)| *hash == desired.hash)
+        {
+            return None;
+        }
+        let rc = remote_config(&desired);
+        let bytes = Reply::largest_offer_len(&rc);
+        if bytes > max_send_bytes {
+            let reason = too_big_reason(&desired, bytes, max_send_bytes);
+            self.offer_undeliverable(desired.hash, reason.clone());
+            return Some(Offer::TooBig(reason));
+        }
         self.offered_hash = Some(desired.hash);
-        Some(remote_config(&desired))
+        Some(Offer::Send(rc))
     }
+
+    /// Records that the offer of `hash` cannot be sent (it is not offered).
+    pub fn offer_undeliverable(&mut self, hash: [u8; 32], reason: String) {
+        if self.offered_hash == Some(hash) {
+            self.offered_hash = None;
+        }
+        self.undeliverable = Some((hash, reason));
+    }
+
+    /// Why the configuration the agent should run cannot be sent to it, if so.
+    pub fn undeliverable(&self) -> Option<(&[u8; 32], &str)> {
+        self.undeliverable
+            .as_ref()
+            .map(|(hash, reason)| (hash, reason.as_str()))
+    }
+}
+
+/// What [`Session::take_offer`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Offer {
+    /// Send this remote config; it is recorded as offered.
+    Send(pb::AgentRemoteConfig),
+    /// The configuration does not fit the send limit: nothing is offered,
+    /// and this is why (the agent's remote-config status shows it as failed).
+    TooBig(String),
+}
+
+/// Why an offer of `bytes` cannot go out, for the agent's status and the rollout.
+pub fn too_big_reason(desired: &Desired, bytes: usize, limit: usize) -> String {
+    let names: Vec<String> = desired
+        .parts()
+        .into_iter()
+        .map(|(name, version)| format!("{name} v{version}"))
+        .collect();
+    format!(
+        "not sent: the configurations for this agent ({}) make a {bytes}-byte message, over \
+         opamp.max_send_bytes ({limit} bytes); shrink them, target fewer to this agent, or raise \
+         opamp.max_send_bytes",
+        names.join(", ")
+    )
+}
+
+/// JSON record of an offer that could not be sent: what the offered-record
+/// holds instead of an offer, so the API shows the agent as failed.
+pub fn undeliverable_json(s: &Session) -> Value {
+    let mut record = offered_json(s);
+    if let (Some((_, reason)), Value::Object(map)) = (&s.undeliverable, &mut record) {
+        map.insert("error".into(), Value::String(reason.clone()));
+    }
+    record
 }
 
 pub fn remote_config(d: &Desired) -> pb::AgentRemoteConfig {
@@ -343,6 +418,9 @@ pub struct Outcome {
     pub remote_status_changed: bool,
     /// The agent's new uid, when it asked for one.
     pub new_uid: Option<[u8; 16]>,
+    /// The configuration the agent should run is too big to send: why (it
+    /// was not offered; its status now says so).
+    pub not_offered: Option<String>,
 }
 
 impl Outcome {
@@ -355,6 +433,7 @@ impl Outcome {
             disconnect: false,
             remote_status_changed: false,
             new_uid: None,
+            not_offered: None,
         }
     }
 }
@@ -385,6 +464,8 @@ pub struct Ctx<'a> {
     pub remote_addr: Option<std::net::SocketAddr>,
     /// A new instance uid assigned in this reply (the session already uses it).
     pub new_uid: Option<[u8; 16]>,
+    /// `opamp.max_send_bytes`: an offer whose reply would be larger is not made.
+    pub max_send_bytes: usize,
 }
 
 /// Applies one AgentToServer to the session. `msg.instance_uid` is valid (16 bytes).
@@ -488,6 +569,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
     };
     let mut follow_up = None;
     let mut disconnect = false;
+    let mut not_offered = None;
     if msg.agent_disconnect.is_some() {
         disconnect = true;
         s.disconnected = true;
@@ -506,12 +588,22 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
                     disconnect,
                     remote_status_changed,
                     new_uid: ctx.new_uid,
+                    not_offered,
                 };
             }
         }
-    } else if let Some(rc) = s.take_offer(ctx.targets) {
-        p!().offered = Some(offered_json(s).to_string());
-        answer.remote_config = Some(rc);
+    } else {
+        match s.take_offer(ctx.targets, ctx.max_send_bytes) {
+            Some(Offer::Send(rc)) => {
+                p!().offered = Some(offered_json(s).to_string());
+                answer.remote_config = Some(rc);
+            }
+            Some(Offer::TooBig(reason)) => {
+                p!().offered = Some(undeliverable_json(s).to_string());
+                not_offered = Some(reason);
+            }
+            None => {}
+        }
     }
     Outcome {
         reply: Reply::answer(msg.instance_uid.clone(), answer),
@@ -520,6 +612,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         disconnect,
         remote_status_changed,
         new_uid: ctx.new_uid,
+        not_offered,
     }
 }
 
@@ -715,6 +808,7 @@ mod tests {
                 now_ms: 1,
                 remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
+                max_send_bytes: 64 << 20,
             },
         )
     }
@@ -808,6 +902,7 @@ mod tests {
                 now_ms: 1,
                 remote_addr: None,
                 new_uid: Some([2; 16]),
+                max_send_bytes: 64 << 20,
             },
         );
         assert_eq!(
@@ -980,6 +1075,34 @@ mod tests {
             error_message: String::new(),
         });
         assert!(check(&mut s, applying, &t).reply.remote_config.is_none());
+    }
+
+    #[test]
+    fn an_offer_over_the_send_limit_is_not_made_and_says_why_once() {
+        let t = target("service.name=a");
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let ctx = |max_send_bytes| Ctx {
+            targets: &t,
+            now_ms: 1,
+            remote_addr: None,
+            new_uid: None,
+            max_send_bytes,
+        };
+        let out = handle(&mut s, &full(0, CAPS), &ctx(100));
+        assert!(out.reply.remote_config.is_none());
+        let reason = out.not_offered.expect("the reason");
+        assert!(
+            reason.contains("over opamp.max_send_bytes (100 bytes)"),
+            "{reason}"
+        );
+        let offered: Value = serde_json::from_str(&out.patch.unwrap().offered.unwrap()).unwrap();
+        assert_eq!(offered["error"], reason.as_str(), "recorded as not sent");
+        assert!(s.offered_hash.is_none(), "not recorded as offered");
+        let again = handle(&mut s, &heartbeat(1, CAPS), &ctx(100));
+        assert!(again.reply.remote_config.is_none() && again.not_offered.is_none());
+        assert!(again.patch.is_none(), "said once");
+        let retried = handle(&mut s, &heartbeat(1, CAPS), &ctx(100));
+        assert!(retried.reply.remote_config.is_none());
     }
 
     #[test]

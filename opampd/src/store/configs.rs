@@ -363,11 +363,15 @@ pub struct StoredAgent {
     pub identifying: String,
     pub non_identifying: String,
     pub remote_status: Option<String>,
+    pub capabilities: u64,
+    /// JSON: the last offer (or the offer that could not be sent, with its `error`).
+    pub offered: Option<String>,
 }
 
 pub fn rollout_agents(c: &Connection, rollout_id: i64) -> Result<Vec<RolloutAgent>> {
     let mut stmt = c.prepare_cached(
-        "SELECT ra.uid, ra.batch, a.uid, a.labels, a.identifying, a.non_identifying, a.remote_status
+        "SELECT ra.uid, ra.batch, a.uid, a.labels, a.identifying, a.non_identifying, a.remote_status,
+                a.capabilities, a.offered
          FROM rollout_agents ra LEFT JOIN agents a ON a.uid = ra.uid
          WHERE ra.rollout_id = ?1 ORDER BY ra.uid",
     )?;
@@ -383,6 +387,8 @@ pub fn rollout_agents(c: &Connection, rollout_id: i64) -> Result<Vec<RolloutAgen
                         identifying: r.get(4)?,
                         non_identifying: r.get(5)?,
                         remote_status: r.get(6)?,
+                        capabilities: r.get::<_, i64>(7)? as u64,
+                        offered: r.get(8)?,
                     }),
                     None => None,
                 },
