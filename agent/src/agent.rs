@@ -14,6 +14,11 @@
 //!   config, status APPLIED with the offer's hash, optionally APPLYING first)
 //!   or refused (FAILED with a message) as the [`OfferPolicy`] says; an offer
 //!   for the hash already applied is not answered again;
+//! - connection settings are remembered, each part only with its capability
+//!   (AcceptsOpAMPConnectionSettings, ReportsOwnMetrics / Logs / Traces), and
+//!   with ReportsConnectionSettingsStatus answered APPLIED (or FAILED, as the
+//!   connection-settings [`OfferPolicy`] says) with the offer's hash; an
+//!   offer with the hash last taken is ignored, as opamp-go does;
 //! - `agent_identification` replaces the instance uid (and ends a
 //!   `RequestInstanceUid` request);
 //! - a restart command restarts the agent: sequence numbers start again from
@@ -62,6 +67,8 @@ pub struct AgentSettings {
     pub offers: OfferPolicy,
     /// Report APPLYING before APPLIED (or FAILED).
     pub report_applying: bool,
+    /// What the agent does with connection-settings offers.
+    pub connection_offers: OfferPolicy,
 }
 
 impl AgentSettings {
@@ -78,6 +85,7 @@ impl AgentSettings {
             first_sequence_num: 0,
             offers: OfferPolicy::Apply,
             report_applying: false,
+            connection_offers: OfferPolicy::Apply,
         }
     }
 
@@ -118,6 +126,12 @@ impl AgentSettings {
     /// Sets what the agent does with remote-config offers.
     pub fn offers(mut self, policy: OfferPolicy) -> AgentSettings {
         self.offers = policy;
+        self
+    }
+
+    /// Sets what the agent does with connection-settings offers.
+    pub fn connection_offers(mut self, policy: OfferPolicy) -> AgentSettings {
+        self.connection_offers = policy;
         self
     }
 
@@ -179,6 +193,12 @@ pub enum Event {
     },
     /// A reply naming another instance uid (ignored).
     OtherInstanceUid { uid: Vec<u8> },
+    /// Connection settings were taken (the parts the capabilities allow).
+    ConnectionSettingsApplied { hash: Vec<u8> },
+    /// Connection settings were refused (by the connection-settings [`OfferPolicy`]).
+    ConnectionSettingsFailed { hash: Vec<u8>, message: String },
+    /// Connection settings were not acted upon.
+    ConnectionSettingsIgnored { hash: Vec<u8>, reason: &'static str },
 }
 
 /// What to send and what happened, after one ServerToAgent.
@@ -198,6 +218,7 @@ pub struct Counters {
     pub offers_failed: u64,
     pub restarts: u64,
     pub server_errors: u64,
+    pub connection_offers: u64,
 }
 
 /// One simulated agent.
@@ -216,6 +237,10 @@ pub struct Agent {
     full_state_due: bool,
     offers: OfferPolicy,
     report_applying: bool,
+    connection_offers: OfferPolicy,
+    /// The connection settings taken, each part as last offered.
+    connection_settings: pb::ConnectionSettingsOffers,
+    connection_settings_status: Option<pb::ConnectionSettingsStatus>,
     counters: Counters,
 }
 
@@ -233,6 +258,9 @@ impl Agent {
             full_state_due: false,
             offers: settings.offers,
             report_applying: settings.report_applying,
+            connection_offers: settings.connection_offers,
+            connection_settings: pb::ConnectionSettingsOffers::default(),
+            connection_settings_status: None,
             counters: Counters::default(),
         }
     }
@@ -283,6 +311,17 @@ impl Agent {
     /// The status of the last offer, as last reported.
     pub fn remote_config_status(&self) -> Option<&pb::RemoteConfigStatus> {
         self.remote_config_status.as_ref()
+    }
+
+    /// The connection settings taken: each part (opamp, own metrics, logs,
+    /// traces) as last offered; `hash` is the hash of the last offer taken.
+    pub fn connection_settings(&self) -> &pb::ConnectionSettingsOffers {
+        &self.connection_settings
+    }
+
+    /// The status of the last connection settings, as last reported.
+    pub fn connection_settings_status(&self) -> Option<&pb::ConnectionSettingsStatus> {
+        self.connection_settings_status.as_ref()
     }
 
     /// True when the server asked for a full report that was not sent yet.
@@ -340,6 +379,10 @@ impl Agent {
             health: state.health,
             effective_config: state.effective_config,
             remote_config_status: state.remote_config_status,
+            connection_settings_status: self
+                .connection_settings_status
+                .clone()
+                .filter(|_| self.has(caps::REPORTS_CONNECTION_SETTINGS_STATUS)),
             ..self.base()
         }
     }
@@ -443,17 +486,27 @@ impl Agent {
         if let Some(offer) = &reply.remote_config {
             changed = self.take_offer(offer, &mut reaction);
         }
+        let connection_changed = reply
+            .connection_settings
+            .as_ref()
+            .is_some_and(|offer| self.take_connection_settings(offer, &mut reaction));
         if self.full_state_due {
             reaction.messages.push(self.full_report());
-        } else if changed {
+        } else if changed || connection_changed {
             let mut m = self.base();
-            if self.has(caps::REPORTS_REMOTE_CONFIG) {
+            if connection_changed && self.has(caps::REPORTS_CONNECTION_SETTINGS_STATUS) {
+                m.connection_settings_status = self.connection_settings_status.clone();
+            }
+            if changed && self.has(caps::REPORTS_REMOTE_CONFIG) {
                 m.remote_config_status = self.remote_config_status.clone();
             }
-            if self.has(caps::REPORTS_EFFECTIVE_CONFIG) {
+            if changed && self.has(caps::REPORTS_EFFECTIVE_CONFIG) {
                 m.effective_config = self.effective_config.as_deref().cloned();
             }
-            if m.remote_config_status.is_some() || m.effective_config.is_some() {
+            if m.remote_config_status.is_some()
+                || m.effective_config.is_some()
+                || m.connection_settings_status.is_some()
+            {
                 reaction.messages.push(m);
             } else {
                 // Nothing to report: give the sequence number back.
@@ -462,6 +515,75 @@ impl Agent {
             }
         }
         reaction
+    }
+
+    /// Takes or refuses connection settings; true when there is a status to report.
+    fn take_connection_settings(
+        &mut self,
+        offer: &pb::ConnectionSettingsOffers,
+        reaction: &mut Reaction,
+    ) -> bool {
+        let hash = offer.hash.clone();
+        let ignore = |reason| Event::ConnectionSettingsIgnored {
+            hash: hash.clone(),
+            reason,
+        };
+        if !hash.is_empty() && hash == self.connection_settings.hash {
+            reaction.events.push(ignore("this hash was already taken"));
+            return false;
+        }
+        let error = match &self.connection_offers {
+            OfferPolicy::Ignore => {
+                reaction
+                    .events
+                    .push(ignore("the offer policy ignores offers"));
+                return false;
+            }
+            OfferPolicy::Apply => None,
+            OfferPolicy::Fail(message) => Some(message.clone()),
+        };
+        self.counters.connection_offers += 1;
+        let status = match error {
+            None => {
+                // Each part only with its capability; an absent part is unchanged.
+                let taken = &mut self.connection_settings;
+                let gated = |capability: u64| self.capabilities & capability != 0;
+                if gated(caps::ACCEPTS_OPAMP_CONNECTION_SETTINGS) && offer.opamp.is_some() {
+                    taken.opamp = offer.opamp.clone();
+                }
+                if gated(caps::REPORTS_OWN_METRICS) && offer.own_metrics.is_some() {
+                    taken.own_metrics = offer.own_metrics.clone();
+                }
+                if gated(caps::REPORTS_OWN_LOGS) && offer.own_logs.is_some() {
+                    taken.own_logs = offer.own_logs.clone();
+                }
+                if gated(caps::REPORTS_OWN_TRACES) && offer.own_traces.is_some() {
+                    taken.own_traces = offer.own_traces.clone();
+                }
+                taken.hash = hash.clone();
+                reaction
+                    .events
+                    .push(Event::ConnectionSettingsApplied { hash: hash.clone() });
+                message::connection_settings_status(
+                    &hash,
+                    pb::ConnectionSettingsStatuses::Applied,
+                    "",
+                )
+            }
+            Some(error) => {
+                reaction.events.push(Event::ConnectionSettingsFailed {
+                    hash: hash.clone(),
+                    message: error.clone(),
+                });
+                message::connection_settings_status(
+                    &hash,
+                    pb::ConnectionSettingsStatuses::Failed,
+                    &error,
+                )
+            }
+        };
+        self.connection_settings_status = Some(status);
+        self.has(caps::REPORTS_CONNECTION_SETTINGS_STATUS)
     }
 
     /// Applies or refuses an offer; true when the state changed.
@@ -867,5 +989,83 @@ mod tests {
             b.effective_config().unwrap()
         ));
         assert_eq!(Arc::strong_count(&config), 3);
+    }
+
+    fn connection_offer(hash: u8) -> pb::ServerToAgent {
+        pb::ServerToAgent {
+            connection_settings: Some(pb::ConnectionSettingsOffers {
+                hash: vec![hash; 32],
+                opamp: Some(pb::OpAmpConnectionSettings {
+                    destination_endpoint: "wss://server/v1/opamp".into(),
+                    heartbeat_interval_seconds: 30,
+                    ..Default::default()
+                }),
+                own_metrics: Some(pb::TelemetryConnectionSettings {
+                    destination_endpoint: "https://otlp/v1/metrics".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..reply()
+        }
+    }
+
+    #[test]
+    fn connection_settings_are_taken_with_their_capabilities_and_reported() {
+        let caps = caps::REPORTS_STATUS
+            | caps::ACCEPTS_OPAMP_CONNECTION_SETTINGS
+            | caps::REPORTS_CONNECTION_SETTINGS_STATUS;
+        let mut a = Agent::new(AgentSettings::new(UID).capabilities(caps));
+        a.full_report();
+        let reaction = a.handle(&connection_offer(1));
+        assert_eq!(
+            reaction.events,
+            [Event::ConnectionSettingsApplied { hash: vec![1; 32] }]
+        );
+        let [m] = reaction.messages.as_slice() else {
+            panic!("one message: {reaction:?}")
+        };
+        let status = m.connection_settings_status.as_ref().unwrap();
+        assert_eq!(
+            (status.status, status.last_connection_settings_hash.clone()),
+            (pb::ConnectionSettingsStatuses::Applied as i32, vec![1; 32])
+        );
+        assert!(m.remote_config_status.is_none() && m.effective_config.is_none());
+        let taken = a.connection_settings();
+        assert_eq!(
+            taken.opamp.as_ref().unwrap().destination_endpoint,
+            "wss://server/v1/opamp"
+        );
+        assert!(taken.own_metrics.is_none(), "no ReportsOwnMetrics");
+        assert!(a.full_report().connection_settings_status.is_some());
+        let again = a.handle(&connection_offer(1));
+        assert!(again.messages.is_empty());
+        assert_eq!(a.counters().connection_offers, 1);
+        // Without the status capability the settings are taken silently.
+        let mut quiet = Agent::new(
+            AgentSettings::new(UID).capabilities(caps::REPORTS_STATUS | caps::REPORTS_OWN_METRICS),
+        );
+        assert!(quiet.handle(&connection_offer(2)).messages.is_empty());
+        assert!(quiet.connection_settings().own_metrics.is_some());
+        assert!(quiet.full_report().connection_settings_status.is_none());
+        // A refusing agent reports FAILED and keeps what it had.
+        let mut refusing = Agent::new(
+            AgentSettings::new(UID)
+                .capabilities(caps)
+                .connection_offers(OfferPolicy::Fail("cannot reach".into())),
+        );
+        let reaction = refusing.handle(&connection_offer(3));
+        let status = reaction.messages[0]
+            .connection_settings_status
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (status.status, status.error_message.as_str()),
+            (
+                pb::ConnectionSettingsStatuses::Failed as i32,
+                "cannot reach"
+            )
+        );
+        assert!(refusing.connection_settings().opamp.is_none());
     }
 }

@@ -143,6 +143,20 @@ pub fn remote_config_status(
     }
 }
 
+/// The status of the last connection settings the agent received, named by
+/// the hash the server sent with them.
+pub fn connection_settings_status(
+    hash: &[u8],
+    status: pb::ConnectionSettingsStatuses,
+    error_message: &str,
+) -> pb::ConnectionSettingsStatus {
+    pb::ConnectionSettingsStatus {
+        last_connection_settings_hash: hash.to_vec(),
+        status: status as i32,
+        error_message: error_message.into(),
+    }
+}
+
 /// A heartbeat carrying a remote-config status.
 pub fn status_report(
     uid: [u8; 16],

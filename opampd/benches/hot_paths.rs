@@ -86,6 +86,7 @@ fn benches(c: &mut Criterion) {
         })
     });
     let t = targets();
+    let connection = opampd::opamp::connection::ConnectionSettings::default();
     c.bench_function("session_heartbeat", |b| {
         let mut s = Session::new([3; 16], Transport::WebSocket);
         session::handle(
@@ -93,6 +94,7 @@ fn benches(c: &mut Criterion) {
             &full(0),
             &Ctx {
                 targets: &t,
+                connection: &connection,
                 now_ms: 1,
                 remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
@@ -106,6 +108,7 @@ fn benches(c: &mut Criterion) {
                 &heartbeat(seq),
                 &Ctx {
                     targets: &t,
+                    connection: &connection,
                     now_ms: 2,
                     remote_addr: "127.0.0.1:1".parse().ok(),
                     new_uid: None,
@@ -125,6 +128,7 @@ fn benches(c: &mut Criterion) {
                 &msg,
                 &Ctx {
                     targets: &t,
+                    connection: &connection,
                     now_ms: 1,
                     remote_addr: None,
                     new_uid: None,

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::logring::LogRing;
 use crate::metrics::Metrics;
+use crate::opamp::connection::ConnectionSettings;
 use crate::opamp::session::Transport;
 use crate::store::{now_ms, Store};
 use crate::targeting::Targets;
@@ -26,12 +27,22 @@ pub struct App {
     pub draining: AtomicBool,
     /// SHA-256 digests of the accepted agent secrets (replaced on SIGHUP).
     pub agent_secrets: RwLock<Vec<[u8; 32]>>,
+    /// The connection settings offered to agents (rebuilt on SIGHUP: new agent secrets).
+    pub connection_settings: RwLock<Arc<ConnectionSettings>>,
     /// Woken when an agent reports a new remote config status or a rollout changes.
     pub rollout_wakeup: Notify,
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl App {
+    /// The connection settings offered to agents now.
+    pub fn connection_settings(&self) -> Arc<ConnectionSettings> {
+        self.connection_settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn stale_after_ms(&self) -> i64 {
         self.config.opamp.stale_after_seconds as i64 * 1000
     }

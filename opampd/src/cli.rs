@@ -175,6 +175,26 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
         "Give a second live agent that claims a uid in use a new uid (default true).",
     ),
     (
+        "opamp.public_url",
+        "The URL agents use to reach opampd (ws://, wss://, http:// or https://, e.g. \
+         wss://opamp.example.com/v1/opamp). Agents with AcceptsOpAMPConnectionSettings are \
+         offered it as their OpAMP destination, with opamp.heartbeat_interval_seconds and, when \
+         agent secrets are set, the first one as Authorization: Bearer. Unset: no OpAMP \
+         connection settings are offered.",
+    ),
+    (
+        "telemetry.own_metrics.endpoint, telemetry.own_logs.endpoint, telemetry.own_traces.endpoint",
+        "OTLP/HTTP URL (http:// or https://, with the path, e.g. \
+         https://otlp.example.com/v1/metrics) offered to agents that report their own metrics, \
+         logs or traces. Unset: not offered.",
+    ),
+    (
+        "telemetry.own_metrics.headers, telemetry.own_logs.headers, telemetry.own_traces.headers",
+        "Headers sent with that telemetry (name: value); in the environment as \
+         name=value,name=value. An agent is offered a set of connection settings once; a \
+         changed set (new URL, headers or first agent secret) is offered once more.",
+    ),
+    (
         "database.max_open_conns, database.max_idle_conns",
         "Read pool size and idle connections kept (default 4 and 4); the writer is one more \
          connection.",
@@ -298,7 +318,8 @@ pub const SIGNALS: &[(&str, &str)] = &[
     ),
     (
         "SIGHUP",
-        "Reload what can be reloaded: the log level and the agent secrets. Other changes are \
+        "Reload what can be reloaded: the log level and the agent secrets (agents that accept \
+         OpAMP connection settings are offered the new first secret). Other changes are \
          reported and need a restart.",
     ),
 ];
@@ -332,7 +353,8 @@ mod tests {
 
     fn keys(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<String>) {
         match value {
-            serde_yaml::Value::Mapping(map) => {
+            // An empty mapping is a free-form map (headers): a key of its own.
+            serde_yaml::Value::Mapping(map) if !map.is_empty() => {
                 for (key, child) in map {
                     let key = key.as_str().unwrap_or_default();
                     let path = if prefix.is_empty() {

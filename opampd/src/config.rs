@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub audit: AuditConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +90,29 @@ pub struct OpampConfig {
     /// Accept agents without a secret on a listener that is not loopback-only.
     /// Without it, an empty `agent_secrets` list is allowed on loopback listeners only.
     pub allow_anonymous_agents: bool,
+    /// The URL agents use to reach this server (`wss://opamp.example.com/v1/opamp`):
+    /// the destination of the OpAMP connection settings offered to agents.
+    /// Unset: no OpAMP connection settings are offered.
+    pub public_url: Option<String>,
+}
+
+/// Where agents send their own telemetry (offered to agents that report it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub own_metrics: TelemetryDestination,
+    pub own_logs: TelemetryDestination,
+    pub own_traces: TelemetryDestination,
+}
+
+/// One OTLP/HTTP destination: its full URL and the headers to send.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryDestination {
+    /// Full OTLP/HTTP URL including the path, e.g. `https://otlp.example.com/v1/metrics`.
+    pub endpoint: Option<String>,
+    /// Header name → value (an API key, ...).
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -161,6 +186,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             audit: AuditConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -195,6 +221,7 @@ impl Default for OpampConfig {
             retry_after_seconds: 30,
             reassign_duplicate_uids: true,
             allow_anonymous_agents: false,
+            public_url: None,
         }
     }
 }
@@ -398,12 +425,72 @@ impl Config {
         if self.tls.require_client_cert && self.tls.client_ca_file.is_none() {
             bail!("tls.require_client_cert needs tls.client_ca_file");
         }
+        if let Some(url) = &self.opamp.public_url {
+            check_url("opamp.public_url", url, &["ws", "wss", "http", "https"])?;
+        }
+        for (key, destination) in self.telemetry.destinations() {
+            match &destination.endpoint {
+                Some(url) => check_url(&format!("{key}.endpoint"), url, &["http", "https"])?,
+                None if !destination.headers.is_empty() => bail!(
+                    "{key}.headers is set but {key}.endpoint is not: set the OTLP/HTTP URL the \
+                     agents send to, e.g. https://otlp.example.com/v1/metrics"
+                ),
+                None => {}
+            }
+            for (name, value) in &destination.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    bail!("{key}.headers: {name:?} is not a valid HTTP header name");
+                }
+                if http::HeaderValue::from_str(value).is_err() {
+                    bail!("{key}.headers.{name}: the value is not a valid HTTP header value (no control characters)");
+                }
+            }
+        }
         Ok(())
     }
 
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("opamp.db")
     }
+}
+
+impl TelemetryConfig {
+    /// The three destinations with their key paths.
+    pub fn destinations(&self) -> [(&'static str, &TelemetryDestination); 3] {
+        [
+            ("telemetry.own_metrics", &self.own_metrics),
+            ("telemetry.own_logs", &self.own_logs),
+            ("telemetry.own_traces", &self.own_traces),
+        ]
+    }
+}
+
+/// Key paths whose value is a free-form map (header name → value): any key
+/// is accepted there, and the environment sets them as `name=value,name=value`.
+fn is_free_form(path: &str) -> bool {
+    path.starts_with("telemetry.") && path.ends_with(".headers")
+}
+
+/// Refuses a URL that is not absolute with one of `schemes` and a host.
+fn check_url(key: &str, value: &str, schemes: &[&str]) -> Result<()> {
+    let expected = schemes
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let uri: http::Uri = value.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "{key} {value:?} is not a URL ({e}): expected {expected} followed by a host"
+        )
+    })?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if !schemes.contains(&scheme) {
+        bail!("{key} {value:?} must start with one of {expected}");
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        bail!("{key} {value:?} has no host: expected {expected}host[:port]/path");
+    }
+    Ok(())
 }
 
 /// Liveness settings that cannot work together, refused with both keys named.
@@ -524,6 +611,15 @@ fn merge(
             format!("{prefix}.{key}")
         };
         match base_map.get_mut(&k) {
+            Some(slot) if is_free_form(&path) => {
+                if !matches!(v, Value::Mapping(_) | Value::Null) {
+                    bail!(
+                        "config file {}: `{path}` must be a mapping of header names to values",
+                        file.display()
+                    );
+                }
+                *slot = v;
+            }
             None => bail!(
                 "config file {}: unknown key `{path}` (see `opampd check-config --print-defaults` for the valid keys)",
                 file.display()
@@ -568,7 +664,7 @@ fn collect_leaves(v: &serde_yaml::Value, prefix: String, out: &mut Vec<String>) 
             } else {
                 format!("{prefix}.{key}")
             };
-            if matches!(child, serde_yaml::Value::Mapping(_)) {
+            if matches!(child, serde_yaml::Value::Mapping(_)) && !is_free_form(&path) {
                 collect_leaves(child, path, out);
             } else {
                 out.push(path);
@@ -591,6 +687,19 @@ fn set_path(tree: &mut serde_yaml::Value, path: &str, value: serde_yaml::Value) 
 
 fn env_value(tree: &serde_yaml::Value, path: &str, raw: &str) -> Result<serde_yaml::Value> {
     use serde_yaml::Value;
+    if is_free_form(path) {
+        let mut map = serde_yaml::Mapping::new();
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = pair.split_once('=') else {
+                bail!("expected name=value pairs separated by commas, got {pair:?}");
+            };
+            map.insert(
+                Value::String(name.trim().into()),
+                Value::String(value.trim().into()),
+            );
+        }
+        return Ok(Value::Mapping(map));
+    }
     Ok(match get_path(tree, path) {
         Some(Value::Sequence(_)) => Value::Sequence(
             raw.split(',')
@@ -708,5 +817,71 @@ mod tests {
         );
         let err = load("tls:\n  cert_file: a.pem\n", &[], Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn connection_settings_are_read_and_checked() {
+        let file = "opamp:\n  public_url: wss://opamp.example.net/v1/opamp\ntelemetry:\n  own_metrics:\n    endpoint: https://otlp.example.net/v1/metrics\n    headers:\n      X-Api-Key: k1\n";
+        let c = load(file, &[], Overrides::default()).unwrap();
+        assert_eq!(
+            c.opamp.public_url.as_deref(),
+            Some("wss://opamp.example.net/v1/opamp")
+        );
+        assert_eq!(c.telemetry.own_metrics.headers["X-Api-Key"], "k1");
+        let c = load(
+            "",
+            &[
+                (
+                    "OPAMPD_TELEMETRY_OWN_LOGS_ENDPOINT",
+                    "http://otlp:4318/v1/logs",
+                ),
+                ("OPAMPD_TELEMETRY_OWN_LOGS_HEADERS", "A=1, B = 2"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.own_logs.headers,
+            [("A".to_string(), "1".to_string()), ("B".into(), "2".into())].into()
+        );
+        let err = load(
+            "opamp:\n  public_url: ftp://x/\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("opamp.public_url \"ftp://x/\" must start with one of ws://"),
+            "{err}"
+        );
+        let err = load(
+            "opamp:\n  public_url: /v1/opamp\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("opamp.public_url"), "{err}");
+        let err = load(
+            "telemetry:\n  own_traces:\n    headers:\n      A: b\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("telemetry.own_traces.endpoint is not"),
+            "{err}"
+        );
+        let err = load(
+            "telemetry:\n  own_traces:\n    endpoint: https://o/v1/traces\n    headers:\n      \"bad name\": b\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not a valid HTTP header name"),
+            "{err}"
+        );
     }
 }

@@ -28,6 +28,16 @@ fn targets() -> &'static Targets {
     })
 }
 
+fn connection_settings() -> &'static crate::opamp::connection::ConnectionSettings {
+    static SETTINGS: OnceLock<crate::opamp::connection::ConnectionSettings> = OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let mut config = crate::config::Config::default();
+        config.opamp.public_url = Some("wss://opamp.example/v1/opamp".into());
+        config.telemetry.own_metrics.endpoint = Some("https://otlp.example/v1/metrics".into());
+        crate::opamp::connection::ConnectionSettings::new(&config, &["fuzz-secret".into()])
+    })
+}
+
 fn run_session(msgs: &[pb::AgentToServer]) {
     let mut s = Session::new([7; 16], Transport::WebSocket);
     for m in msgs {
@@ -39,6 +49,7 @@ fn run_session(msgs: &[pb::AgentToServer]) {
             m,
             &Ctx {
                 targets: targets(),
+                connection: connection_settings(),
                 now_ms: 1,
                 remote_addr: None,
                 new_uid: None,
@@ -50,6 +61,17 @@ fn run_session(msgs: &[pb::AgentToServer]) {
         assert!(out.reply.capabilities & 1 == 1 || out.reply.command.is_some());
         if out.reply.remote_config.is_some() {
             assert!(m.capabilities & opamp_proto::caps::ACCEPTS_REMOTE_CONFIG != 0);
+        }
+        if let Some(offer) = &out.reply.connection_settings {
+            use opamp_proto::caps::{ACCEPTS_OPAMP_CONNECTION_SETTINGS, REPORTS_OWN_METRICS};
+            assert_eq!(
+                offer.opamp.is_some(),
+                m.capabilities & ACCEPTS_OPAMP_CONNECTION_SETTINGS != 0
+            );
+            assert_eq!(
+                offer.own_metrics.is_some(),
+                m.capabilities & REPORTS_OWN_METRICS != 0
+            );
         }
     }
 }

@@ -131,6 +131,11 @@ pub async fn run(
     if config.opamp.agent_secrets.is_empty() {
         tracing::warn!("no opamp.agent_secrets configured: any agent that can reach the OpAMP endpoint is accepted");
     }
+    let connection_settings =
+        opamp::connection::ConnectionSettings::new(&config, &config.opamp.agent_secrets);
+    if !connection_settings.offers_opamp() {
+        tracing::info!("{}", opamp::connection::NO_PUBLIC_URL);
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = Arc::new(App {
         agent_secrets: RwLock::new(
@@ -142,6 +147,7 @@ pub async fn run(
                 .collect(),
         ),
         auth: auth::Auth::new(jwt_key, config.auth.token_ttl_minutes),
+        connection_settings: RwLock::new(Arc::new(connection_settings)),
         config,
         store,
         fleet: fleet::Fleet::default(),
@@ -284,6 +290,13 @@ fn apply_reload(app: &App, new: &Config) {
         .collect();
     let count = secrets.len();
     *app.agent_secrets.write().unwrap_or_else(|e| e.into_inner()) = secrets;
+    // The first secret is part of the OpAMP connection settings: a new one
+    // is offered to the agents that accept them.
+    let settings =
+        opamp::connection::ConnectionSettings::new(&app.config, &new.opamp.agent_secrets);
+    *app.connection_settings
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     tracing::info!(
         agent_secrets = count,
         "reloaded agent secrets; other changes need a restart"

@@ -43,6 +43,16 @@ fn masked(config: &Config) -> Config {
         .iter()
         .map(|_| "********".to_string())
         .collect();
+    // Telemetry headers usually carry API keys.
+    for destination in [
+        &mut c.telemetry.own_metrics,
+        &mut c.telemetry.own_logs,
+        &mut c.telemetry.own_traces,
+    ] {
+        for value in destination.headers.values_mut() {
+            *value = "********".to_string();
+        }
+    }
     c
 }
 
@@ -73,6 +83,9 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         opampd::auth::load_jwt_key_check(&config, cli.config.is_none())?;
         opampd::server::tls_acceptor(&config.tls)?;
+        if config.opamp.public_url.is_none() {
+            eprintln!("note: {}", opampd::opamp::connection::NO_PUBLIC_URL);
+        }
         eprintln!(
             "ok: configuration is valid ({})",
             cli.config

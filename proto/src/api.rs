@@ -40,6 +40,9 @@ pub struct Agent {
     pub health: Option<Health>,
     pub effective_config_hash: Option<String>,
     pub remote_config: RemoteConfigState,
+    /// The connection settings offered to the agent and what it reported.
+    #[serde(default)]
+    pub connection_settings: ConnectionSettingsState,
     pub first_seen: String,
     pub last_seen: String,
     pub remote_addr: Option<String>,
@@ -65,6 +68,20 @@ pub struct Health {
     pub status_time: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub components: BTreeMap<String, Health>,
+}
+
+/// The connection settings (OpAMP destination, own telemetry) offered to an
+/// agent and what the agent reported about them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ConnectionSettingsState {
+    /// Hash of the last set offered (hex); none when nothing was offered.
+    pub offered_hash: Option<String>,
+    /// Hash the agent last reported in a ConnectionSettingsStatus (hex).
+    pub reported_hash: Option<String>,
+    /// `none` (nothing offered or reported), `offered` (delivered, not
+    /// reported), or what the agent reported: `applying|applied|failed|unset`.
+    pub status: String,
+    pub error: Option<String>,
 }
 
 /// What the server wants an agent to run and what the agent said about it.
@@ -432,7 +449,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 4;
+pub const DB_SCHEMA_VERSION: u32 = 5;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

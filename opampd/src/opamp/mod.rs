@@ -7,6 +7,7 @@
 //! [`process`], which applies [`session`] rules and persists through the
 //! store's batching writer.
 
+pub mod connection;
 pub mod http;
 pub mod reply;
 pub mod session;
@@ -296,6 +297,7 @@ pub async fn process(
         app.fleet.insert_if_absent(session.arriving(origin.conn_id));
     }
     let targets = &app.targets;
+    let connection = app.connection_settings();
     let result = app.fleet.with(&key, |s| {
         let connecting = s.connect(origin.transport, origin.conn_id);
         let out = session::handle(
@@ -303,6 +305,7 @@ pub async fn process(
             msg,
             &Ctx {
                 targets,
+                connection: &connection,
                 now_ms: now,
                 remote_addr: Some(origin.remote),
                 new_uid: assigned,
@@ -515,8 +518,8 @@ fn duplicate_reply(app: &App, uid: [u8; 16], msg: &pb::AgentToServer, origin: &O
         msg.instance_uid.clone(),
         Answer {
             flags: opamp_proto::caps::FLAG_REPORT_FULL_STATE,
-            remote_config: None,
             new_instance_uid: Some(new_uid),
+            ..Default::default()
         },
     ))
 }

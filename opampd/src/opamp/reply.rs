@@ -12,14 +12,17 @@
 //! [`Reply`] derefs to the message for reading (tests, logs, encoding).
 
 use opamp_proto::caps::{
-    SERVER_ACCEPTS_EFFECTIVE_CONFIG, SERVER_ACCEPTS_STATUS, SERVER_OFFERS_REMOTE_CONFIG,
+    SERVER_ACCEPTS_EFFECTIVE_CONFIG, SERVER_ACCEPTS_STATUS, SERVER_OFFERS_CONNECTION_SETTINGS,
+    SERVER_OFFERS_REMOTE_CONFIG,
 };
 use opamp_proto::pb;
 use std::time::Duration;
 
 /// Server capabilities announced in every reply that is not an error.
-pub const SERVER_CAPABILITIES: u64 =
-    SERVER_ACCEPTS_STATUS | SERVER_OFFERS_REMOTE_CONFIG | SERVER_ACCEPTS_EFFECTIVE_CONFIG;
+pub const SERVER_CAPABILITIES: u64 = SERVER_ACCEPTS_STATUS
+    | SERVER_OFFERS_REMOTE_CONFIG
+    | SERVER_ACCEPTS_EFFECTIVE_CONFIG
+    | SERVER_OFFERS_CONNECTION_SETTINGS;
 
 /// A ServerToAgent built by one of the constructors below; what the
 /// transports send.
@@ -34,6 +37,8 @@ pub struct Answer {
     pub remote_config: Option<pb::AgentRemoteConfig>,
     /// A new instance uid for the agent to use from now on.
     pub new_instance_uid: Option<[u8; 16]>,
+    /// Connection settings (`opamp::connection`).
+    pub connection_settings: Option<pb::ConnectionSettingsOffers>,
 }
 
 /// A command for the agent.
@@ -59,6 +64,7 @@ impl Reply {
             capabilities: SERVER_CAPABILITIES,
             flags: answer.flags,
             remote_config: answer.remote_config,
+            connection_settings: answer.connection_settings,
             agent_identification: answer.new_instance_uid.map(|uid| pb::AgentIdentification {
                 new_instance_uid: uid.to_vec(),
             }),
@@ -123,8 +129,8 @@ impl Reply {
             vec![0; 16],
             Answer {
                 flags: u64::MAX,
-                remote_config: None,
                 new_instance_uid: Some([0; 16]),
+                ..Default::default()
             },
         );
         // ServerToAgent.remote_config is field 3.
@@ -169,6 +175,10 @@ mod tests {
                 flags: FLAG_REPORT_FULL_STATE,
                 remote_config: Some(offer()),
                 new_instance_uid: Some([2; 16]),
+                connection_settings: Some(pb::ConnectionSettingsOffers {
+                    hash: vec![3; 32],
+                    ..Default::default()
+                }),
             },
         );
         assert_eq!(reply.instance_uid, vec![1; 16]);
@@ -182,6 +192,10 @@ mod tests {
                 .unwrap()
                 .new_instance_uid,
             vec![2; 16]
+        );
+        assert_eq!(
+            reply.connection_settings.as_ref().unwrap().hash,
+            vec![3; 32]
         );
         assert!(reply.command.is_none() && reply.error_response.is_none());
         let ack = Reply::ack(vec![3; 16]);
@@ -261,6 +275,7 @@ mod tests {
                 flags: u64::MAX,
                 remote_config: Some(rc.clone()),
                 new_instance_uid: Some([2; 16]),
+                connection_settings: None,
             },
         );
         assert_eq!(prost::Message::encoded_len(&*full), bound);
@@ -282,6 +297,7 @@ mod tests {
                 flags: FLAG_REPORT_FULL_STATE,
                 remote_config: Some(offer()),
                 new_instance_uid: None,
+                connection_settings: None,
             },
         )
         .without_offers();

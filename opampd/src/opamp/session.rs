@@ -11,6 +11,7 @@
 //! already offered on this connection, and again whenever the agent reports a
 //! hash other than the one offered; a restart command goes out alone.
 
+use super::connection::{self, ConnectionSettings};
 use super::reply::{Answer, Command, Reply};
 use crate::store::{self, AgentPatch};
 use crate::targeting::{Desired, Targets};
@@ -68,6 +69,8 @@ pub struct Session {
     persisted_seen: i64,
     restart_pending: bool,
     disconnected: bool,
+    /// Connection settings offered and reported.
+    connection: connection::AgentState,
 }
 
 impl Session {
@@ -93,6 +96,7 @@ impl Session {
             persisted_seen: 0,
             restart_pending: false,
             disconnected: false,
+            connection: connection::AgentState::default(),
         }
     }
 
@@ -120,6 +124,7 @@ impl Session {
         }
         s.persisted_seen = row.last_seen;
         s.remote_addr = row.remote_addr.as_deref().and_then(|a| a.parse().ok());
+        s.connection = connection::AgentState::from_json(row.connection_settings.as_deref());
         s
     }
 
@@ -460,6 +465,8 @@ fn status_code(name: &str) -> i32 {
 /// Context for [`handle`].
 pub struct Ctx<'a> {
     pub targets: &'a Targets,
+    /// The connection settings the server offers.
+    pub connection: &'a ConnectionSettings,
     pub now_ms: i64,
     pub remote_addr: Option<std::net::SocketAddr>,
     /// A new instance uid assigned in this reply (the session already uses it).
@@ -549,6 +556,11 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         );
         remote_status_changed = changed;
     }
+    if let Some(status) = &msg.connection_settings_status {
+        if s.connection.record_status(status) {
+            p!().connection_settings = Some(s.connection.to_json());
+        }
+    }
 
     let ask = if retry {
         s.full_state_requested
@@ -564,8 +576,8 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
     let flags = if ask { FLAG_REPORT_FULL_STATE } else { 0 };
     let mut answer = Answer {
         flags,
-        remote_config: None,
         new_instance_uid: ctx.new_uid,
+        ..Default::default()
     };
     let mut follow_up = None;
     let mut disconnect = false;
@@ -603,6 +615,18 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
                 not_offered = Some(reason);
             }
             None => {}
+        }
+    }
+    // Connection settings go in a reply without a remote config (they wait
+    // for the next one), so they never push an offer over the send limit.
+    if !disconnect && follow_up.is_none() && answer.remote_config.is_none() {
+        let capabilities = s.capabilities;
+        if let Some(offer) =
+            s.connection
+                .take_offer(ctx.connection, capabilities, msg.sequence_num, retry)
+        {
+            p!().connection_settings = Some(s.connection.to_json());
+            answer.connection_settings = Some(offer);
         }
     }
     Outcome {
@@ -805,6 +829,7 @@ mod tests {
             &msg,
             &Ctx {
                 targets,
+                connection: &ConnectionSettings::default(),
                 now_ms: 1,
                 remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
@@ -899,6 +924,7 @@ mod tests {
             &full(0, CAPS),
             &Ctx {
                 targets: &t,
+                connection: &ConnectionSettings::default(),
                 now_ms: 1,
                 remote_addr: None,
                 new_uid: Some([2; 16]),
@@ -1081,8 +1107,10 @@ mod tests {
     fn an_offer_over_the_send_limit_is_not_made_and_says_why_once() {
         let t = target("service.name=a");
         let mut s = Session::new([1; 16], Transport::WebSocket);
+        let connection = ConnectionSettings::default();
         let ctx = |max_send_bytes| Ctx {
             targets: &t,
+            connection: &connection,
             now_ms: 1,
             remote_addr: None,
             new_uid: None,

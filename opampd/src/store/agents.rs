@@ -24,6 +24,8 @@ pub struct AgentPatch {
     pub remote_addr: Option<String>,
     /// JSON: what the server last offered (name → version, hash).
     pub offered: Option<String>,
+    /// JSON: connection settings offered and reported (`opamp::connection`).
+    pub connection_settings: Option<String>,
 }
 
 impl AgentPatch {
@@ -51,7 +53,8 @@ impl AgentPatch {
             remote_status,
             sequence_num,
             remote_addr,
-            offered
+            offered,
+            connection_settings
         );
         self.last_seen = self.last_seen.max(newer.last_seen);
     }
@@ -73,6 +76,7 @@ impl AgentPatch {
             || self.remote_status.is_some()
             || self.remote_addr.is_some()
             || self.offered.is_some()
+            || self.connection_settings.is_some()
     }
 }
 
@@ -93,12 +97,14 @@ pub(super) fn apply_patches<'a>(
     let mut stmt = conn.prepare_cached(
         "INSERT INTO agents (uid, status, transport, capabilities, identifying, non_identifying, health,
                              effective_config, effective_config_hash, remote_status, sequence_num,
-                             first_seen, last_seen, updated_at, remote_addr, offered, applied)
+                             first_seen, last_seen, updated_at, remote_addr, offered, applied,
+                             connection_settings)
          VALUES (?1, COALESCE(?2, 'disconnected'), COALESCE(?3, 'http'), COALESCE(?4, 0), COALESCE(?5, '{}'),
                  COALESCE(?6, '{}'), ?7, ?8, ?9, ?10, COALESCE(?11, 0), COALESCE(?12, ?16), COALESCE(?12, ?16),
                  ?16, ?14, ?15,
                  CASE WHEN json_extract(?10, '$.status') = 'applied'
-                       AND json_extract(?10, '$.hash') = json_extract(?15, '$.hash') THEN ?15 END)
+                       AND json_extract(?10, '$.hash') = json_extract(?15, '$.hash') THEN ?15 END,
+                 ?17)
          ON CONFLICT(uid) DO UPDATE SET
             status = COALESCE(?2, status),
             transport = COALESCE(?3, transport),
@@ -114,6 +120,7 @@ pub(super) fn apply_patches<'a>(
             updated_at = COALESCE(?13, updated_at),
             remote_addr = COALESCE(?14, remote_addr),
             offered = COALESCE(?15, offered),
+            connection_settings = COALESCE(?17, connection_settings),
             applied = CASE WHEN (?10 IS NOT NULL OR ?15 IS NOT NULL)
                         AND json_extract(COALESCE(?10, remote_status), '$.status') = 'applied'
                         AND json_extract(COALESCE(?10, remote_status), '$.hash')
@@ -168,6 +175,7 @@ pub(super) fn apply_patches<'a>(
             p.remote_addr,
             p.offered,
             now,
+            p.connection_settings,
         ])?;
     }
     Ok(())
@@ -205,11 +213,13 @@ pub struct AgentRow {
     pub offered: Option<String>,
     /// JSON like `offered`: the last offer the agent reported APPLIED.
     pub applied: Option<String>,
+    /// JSON: connection settings offered and reported (`opamp::connection`).
+    pub connection_settings: Option<String>,
 }
 
 const COLUMNS: &str = "uid, status, transport, capabilities, identifying, non_identifying, labels, health,
     effective_config, effective_config_hash, remote_status, sequence_num, first_seen, last_seen, updated_at,
-    remote_addr, offered, applied";
+    remote_addr, offered, applied, connection_settings";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
@@ -231,6 +241,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
         remote_addr: r.get(15)?,
         offered: r.get(16)?,
         applied: r.get(17)?,
+        connection_settings: r.get(18)?,
     })
 }
 

@@ -148,6 +148,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE users ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: the connection settings offered to each agent and its reported
+    // status (JSON), so a restart does not offer them again.
+    r#"
+    ALTER TABLE agents ADD COLUMN connection_settings TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -24,7 +24,8 @@ type ExclusiveReply = oneshot::Sender<anyhow::Result<Box<dyn Any + Send>>>;
 type Job = Box<dyn FnOnce(&Connection) -> JobResult + Send>;
 
 enum Op {
-    Agent(AgentPatch),
+    /// Boxed: a patch is several times larger than the other operations.
+    Agent(Box<AgentPatch>),
     Event(AgentEvent),
     Exec {
         operation: &'static str,
@@ -122,7 +123,7 @@ impl Writer {
 
     /// Queues an agent state change (coalesced with others for the same agent).
     pub fn agent(&self, patch: AgentPatch) {
-        self.send(Op::Agent(patch));
+        self.send(Op::Agent(Box::new(patch)));
     }
 
     /// Queues a connection event.
@@ -294,9 +295,9 @@ impl Batch {
         self.ops += 1;
         match op {
             Op::Agent(p) => match self.patches.get_mut(&p.uid) {
-                Some(existing) => existing.merge(p),
+                Some(existing) => existing.merge(*p),
                 None => {
-                    self.patches.insert(p.uid.clone(), p);
+                    self.patches.insert(p.uid.clone(), *p);
                 }
             },
             Op::Event(e) => self.events.push(e),

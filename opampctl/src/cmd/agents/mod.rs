@@ -280,7 +280,22 @@ fn show_text(agent: &Agent) -> String {
             .map(|e| format!(" error={e}"))
             .unwrap_or_default()
     ));
+    let cs = &agent.connection_settings;
+    lines.push(format!(
+        "connection_settings: {} status={}{}",
+        cs.offered_hash.as_deref().map_or("-", short_hash),
+        cs.status,
+        cs.error
+            .as_deref()
+            .map(|e| format!(" error={e}"))
+            .unwrap_or_default()
+    ));
     lines.join("\n")
+}
+
+/// The first 12 hex digits of a hash, as shown in text output.
+fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 async fn show(settings: &Settings, client: &Client, uid: &str) -> Result<()> {
