@@ -1152,4 +1152,36 @@ mod tests {
         let out = check(&mut s, full(0, REPORTS_STATUS), &t);
         assert!(out.reply.remote_config.is_none());
     }
+
+    #[test]
+    fn connection_settings_wait_for_a_reply_without_a_remote_config() {
+        let t = target("service.name=a");
+        let mut config = crate::config::Config::default();
+        config.opamp.public_url = Some("wss://opamp.example/v1/opamp".into());
+        let connection = ConnectionSettings::new(&config, &[]);
+        let caps = CAPS | ACCEPTS_OPAMP_CONNECTION_SETTINGS;
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let mut send = |msg| {
+            handle(
+                &mut s,
+                &msg,
+                &Ctx {
+                    targets: &t,
+                    connection: &connection,
+                    now_ms: 1,
+                    remote_addr: None,
+                    new_uid: None,
+                    max_send_bytes: 64 << 20,
+                },
+            )
+            .reply
+        };
+        let first = send(full(0, caps));
+        assert!(first.remote_config.is_some() && first.connection_settings.is_none());
+        assert!(send(heartbeat(1, caps)).connection_settings.is_some());
+        assert!(
+            send(heartbeat(2, caps)).connection_settings.is_none(),
+            "once"
+        );
+    }
 }
