@@ -5,6 +5,7 @@
 
 use crate::cli::{self, ENVIRONMENT, EXIT_STATUS, FILES};
 use crate::error::{CtlError, Result};
+use crate::files::{self, PrivateDir};
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 use std::path::Path;
@@ -282,9 +283,17 @@ pub fn man(dir: Option<&Path>) -> Result<()> {
             std::fs::create_dir_all(d).map_err(|e| {
                 CtlError::failed(format!("cannot create --dir {}: {e}", d.display()))
             })?;
+            // Each page is written new and renamed over its name: an earlier
+            // page is replaced, a planted symlink is never written through.
+            let scratch = PrivateDir::new_in(d, "man").map_err(|e| {
+                CtlError::failed(format!(
+                    "cannot create a private temporary directory in --dir {}: {e}",
+                    d.display()
+                ))
+            })?;
             for (name, text) in &pages {
                 let p = d.join(name);
-                std::fs::write(&p, text)
+                files::write_replacing(&scratch, &p, text, 0o644)
                     .map_err(|e| CtlError::failed(format!("cannot write {}: {e}", p.display())))?;
             }
             eprintln!("wrote {} man pages to {}", pages.len(), d.display());

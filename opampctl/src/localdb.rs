@@ -1,6 +1,7 @@
-//! SQLite files on this host: online backups, the checks a restore makes
-//! (opampd's own, from `opampd::store::dbfile`), statistics, and telling
-//! whether a daemon holds a database.
+//! SQLite files on this host: the checks a restore makes (opampd's own, from
+//! `opampd::store::dbfile`), statistics, and telling whether a daemon holds a
+//! database. Online backups are opampd's own too
+//! (`opampd::store::maintenance::backup_to`).
 //!
 //! A database opampd has open is only ever read here, through the online
 //! backup API or read-only connections; writes happen only to files opampd
@@ -12,51 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use opampd::store::dbfile::SQLITE_MAGIC;
-
-fn open_ro(path: &Path) -> Result<Connection, String> {
-    let c = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("cannot open {} as a SQLite database: {e}", path.display()))?;
-    let _ = c.busy_timeout(Duration::from_secs(5));
-    Ok(c)
-}
-
-/// Copies the database at `src` to the new file `dest` as one consistent
-/// snapshot (SQLite online backup API, allowed while opampd writes). `dest`
-/// is created owner-only and never through a symlink; put it in a private
-/// directory (SQLite writes its journal beside it).
-pub fn online_backup(src: &Path, dest: &Path) -> Result<(), String> {
-    if !src.is_file() {
-        return Err(format!(
-            "{} does not exist: is --data-dir the opampd data directory?",
-            src.display()
-        ));
-    }
-    let s = open_ro(src)?;
-    // An empty file is an empty database to SQLite.
-    crate::files::create_private(dest)
-        .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-    let mut d = Connection::open_with_flags(
-        dest,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("cannot open {}: {e}", dest.display()))?;
-    {
-        let b = rusqlite::backup::Backup::new(&s, &mut d)
-            .map_err(|e| format!("cannot start the online backup of {}: {e}", src.display()))?;
-        b.step(-1)
-            .map_err(|e| format!("online backup of {} failed: {e}", src.display()))?;
-    }
-    d.pragma_update(None, "journal_mode", "DELETE")
-        .map_err(|e| format!("finishing {}: {e}", dest.display()))?;
-    d.close()
-        .map_err(|(_, e)| format!("finishing {}: {e}", dest.display()))?;
-    Ok(())
-}
 
 /// Checks a database file as opampd's restore does: SQLite header,
 /// integrity, and exactly the schema opampd creates at the file's schema
@@ -175,7 +131,7 @@ mod tests {
         let db = dir.join("opamp.db");
         let _c = opampd_like(&db);
         let copy = dir.join("copy.db");
-        online_backup(&db, &copy).unwrap();
+        opampd::store::maintenance::backup_to(&db, &copy).unwrap();
         assert_eq!(check_db(&copy), Ok(opampd::store::schema::SCHEMA_VERSION));
         let junk = dir.join("junk.db");
         std::fs::write(&junk, b"definitely not sqlite").unwrap();

@@ -1,8 +1,12 @@
-//! What opampctl reads from /proc and the process limits (Linux): another
-//! process's CPU time and resident memory, this process's open-file limit and
-//! user id, the kernel release, the ephemeral port range, and the listening
-//! TCP sockets with their owners. Every reader returns `None` (or a stated
-//! default) when the entry is missing or unreadable; none of them fails.
+//! What opampctl reads from /proc and the process limits (Linux): whether a
+//! process exists, another process's CPU time and resident memory, this
+//! process's open-file limit and user id, the kernel release, the ephemeral
+//! port range, and the listening TCP sockets with their owners. The CPU time
+//! and the open-file limit are opampd's readers (`opampd::procinfo`). Every
+//! reader returns `None` (or a stated default) when the entry is missing or
+//! unreadable; none of them fails.
+
+use std::path::Path;
 
 /// A process's resident memory in KiB (VmRSS of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -13,55 +17,13 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-/// A process's CPU time in seconds (utime + stime of /proc/PID/stat).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime is field 14.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / clock_ticks())
-}
+/// A process's CPU time and this process's open-file limit: opampd's
+/// readers, shared.
+pub use opampd::procinfo::{cpu_seconds, raise_nofile};
 
-/// Clock ticks per second, the unit of /proc/PID/stat's times (100 if unknown).
-#[allow(unsafe_code)]
-pub fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
-/// Raises this process's open-file soft limit to its hard limit; returns the
-/// soft limit now in force (1024 when it cannot be read).
-#[allow(unsafe_code)]
-// rlim_t is not u64 on every target.
-#[allow(clippy::unnecessary_cast)]
-pub fn raise_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, exclusively borrowed rlimit for both calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur as u64;
-            }
-        }
-    }
-    limit.rlim_cur as u64
+/// Whether a process with this id exists (a zombie counts).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Ephemeral ports per source address, from ip_local_port_range.
@@ -214,6 +176,8 @@ mod tests {
     fn own_process_is_measurable() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
+        assert!(process_exists(me));
+        assert!(!process_exists(u32::MAX));
         assert!(cpu_seconds(me).is_some());
         assert!(rss_kib(u32::MAX).is_none());
         assert!(cpu_seconds(u32::MAX).is_none());
@@ -238,10 +202,8 @@ mod tests {
     }
 
     #[test]
-    fn limits_and_ranges_are_read() {
-        assert!(raise_nofile() >= 1);
+    fn ranges_and_the_user_are_read() {
         assert!(ephemeral_ports().is_some_and(|ports| ports > 0));
-        assert!(clock_ticks() > 0.0);
         assert_ne!(current_uid(), u32::MAX);
     }
 }

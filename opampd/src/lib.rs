@@ -9,7 +9,7 @@
 //! - `store/`: the only code that touches SQLite (batching writer, read pool).
 //! - `api/`: REST handlers, health probes, metrics; `auth`: tokens and roles.
 //! - `cli`: the command line (flags, and the man page's other sections).
-//! - `config`, `metrics`, `procinfo`, `logring`: cross-cutting pieces.
+//! - `config`, `metrics`, `procinfo`, `logring`, `files`: cross-cutting pieces.
 
 pub mod api;
 pub mod app;
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod configs;
+pub mod files;
 pub mod fleet;
 pub mod fuzzing;
 pub mod logring;

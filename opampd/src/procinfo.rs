@@ -1,4 +1,5 @@
-//! Process and machine facts read from /proc (Linux), for metrics and diagnostics.
+//! Process and machine facts read from /proc and the process limits (Linux),
+//! for metrics and diagnostics; opampctl uses the same readers.
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcSample {
@@ -11,62 +12,106 @@ pub struct ProcSample {
 
 /// Reads this process's CPU time, memory and file descriptors.
 pub fn sample() -> ProcSample {
-    let mut s = ProcSample::default();
-    let ticks = clock_ticks();
-    let page = page_size();
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the parenthesised command name; utime is field 14.
-        if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            s.cpu_seconds = (num(11) + num(12)) as f64 / ticks;
-            s.vsize_bytes = num(20);
-            s.rss_bytes = num(21) * page;
-        }
+    let mut sample = ProcSample::default();
+    if let Some(stat) = Stat::read("self") {
+        sample.cpu_seconds = stat.cpu_seconds();
+        sample.vsize_bytes = stat.field(VSIZE).unwrap_or(0);
+        sample.rss_bytes = stat.field(RSS_PAGES).unwrap_or(0) * page_size();
     }
-    s.open_fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count() as u64)
+    sample.open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.count() as u64)
         .unwrap_or(0);
-    s.max_fds = max_fds();
-    s
+    sample.max_fds = nofile_limit().map_or(0, |(soft, _)| soft);
+    sample
 }
 
-fn max_fds() -> u64 {
-    let mut lim = libc::rlimit {
+/// A process's CPU time in seconds (utime + stime of /proc/PID/stat), or
+/// `None` when there is no such process.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    Stat::read(&pid.to_string()).map(|stat| stat.cpu_seconds())
+}
+
+/// Clock ticks per second, the unit of /proc/PID/stat's times (100 if unknown).
+#[allow(unsafe_code)]
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// This process's open-file limits (soft, hard), `None` if unreadable.
+#[allow(unsafe_code)]
+// rlim_t is not u64 on every target.
+#[allow(clippy::unnecessary_cast)]
+pub fn nofile_limit() -> Option<(u64, u64)> {
+    let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY-free: getrlimit only writes into the struct we pass.
-    if rlimit(&mut lim) {
-        lim.rlim_cur
-    } else {
-        0
+    // SAFETY: `limit` is a valid, exclusively borrowed rlimit for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
     }
+    Some((limit.rlim_cur as u64, limit.rlim_max as u64))
 }
 
+/// Raises this process's open-file soft limit to its hard limit; returns the
+/// soft limit now in force (1024 when it cannot be read).
 #[allow(unsafe_code)]
-fn rlimit(lim: &mut libc::rlimit) -> bool {
-    // SAFETY: `lim` is a valid, exclusively borrowed rlimit for the call.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim) == 0 }
+pub fn raise_nofile() -> u64 {
+    let Some((soft, hard)) = nofile_limit() else {
+        return 1024;
+    };
+    if soft < hard {
+        let raised = libc::rlimit {
+            rlim_cur: hard as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: `raised` is a valid rlimit that outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return hard;
+        }
+    }
+    soft
 }
 
-#[allow(unsafe_code)]
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+/// Indexes of /proc/PID/stat's fields after the command name (field 3 is 0).
+const UTIME: usize = 11;
+const STIME: usize = 12;
+const VSIZE: usize = 20;
+const RSS_PAGES: usize = 21;
+
+/// The fields of /proc/PID/stat after the parenthesised command name.
+struct Stat(Vec<String>);
+
+impl Stat {
+    /// `pid` is a process id or `self`.
+    fn read(pid: &str) -> Option<Stat> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = text.get(text.rfind(')')? + 2..)?;
+        Some(Stat(rest.split_whitespace().map(str::to_owned).collect()))
+    }
+
+    fn field(&self, index: usize) -> Option<u64> {
+        self.0.get(index)?.parse().ok()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let ticks = self.field(UTIME).unwrap_or(0) + self.field(STIME).unwrap_or(0);
+        ticks as f64 / clock_ticks()
     }
 }
 
 #[allow(unsafe_code)]
 fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page > 0 {
+        page as u64
     } else {
         4096
     }
@@ -90,5 +135,26 @@ pub fn machine_memory_bytes() -> u64 {
     match cgroup {
         Some(limit) if limit > 0 && (total == 0 || limit < total) => limit,
         _ => total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_measured_and_a_missing_one_is_none() {
+        assert!(cpu_seconds(std::process::id()).is_some());
+        assert!(cpu_seconds(u32::MAX).is_none());
+        assert!(clock_ticks() > 0.0);
+        let sample = sample();
+        assert!(sample.rss_bytes > 0 && sample.open_fds > 0, "{sample:?}");
+        assert!(
+            sample.cpu_seconds >= 0.0 && sample.max_fds >= 1,
+            "{sample:?}"
+        );
+        let (soft, hard) = nofile_limit().unwrap();
+        assert!(soft >= 1 && soft <= hard);
+        assert!(raise_nofile() >= soft);
     }
 }

@@ -758,3 +758,57 @@ async fn backups_and_restores_never_write_through_a_planted_symlink() {
     s.start_again();
     wait_total(&s, 1).await;
 }
+
+#[test]
+fn a_killed_backups_temporary_directory_is_removed_by_the_next_backup() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // What a backup killed mid-way leaves: its private directory, named
+    // with its process id, holding a partial file.
+    let leftover = |pid: u32| {
+        let path = dir.path().join(format!(
+            ".opampctl-backup-{pid}-{}",
+            uid_str(&new_uid()).replace('-', "")
+        ));
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("opamp_20000101_000000.db.gz"), b"partial").unwrap();
+        path
+    };
+    let gone_pid = || {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    // One of a live process (this test) is another backup still running.
+    let live = leftover(std::process::id());
+    let dead = leftover(gone_pid());
+    let o = s.ctl(&["backup", "--dir", d]);
+    ok(&o);
+    assert!(
+        stderr(&o).contains(&format!("removed {}", dead.display()))
+            && stderr(&o).contains("is gone"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dead.exists(), "the dead process's directory is removed");
+    assert!(
+        live.join("opamp_20000101_000000.db.gz").exists(),
+        "the live one is kept"
+    );
+
+    let dead = leftover(gone_pid());
+    let r = json(&s.ctl(&["backup", "--dir", d, "-o", "json"]));
+    assert_eq!(
+        r["leftovers_removed"],
+        serde_json::json!([dead.display().to_string()]),
+        "{r}"
+    );
+    assert!(!dead.exists() && live.exists());
+    let backups = names(dir.path())
+        .into_iter()
+        .filter(|name| name.starts_with("opamp_"))
+        .count();
+    assert_eq!(backups, 4, "{:?}", names(dir.path()));
+}

@@ -206,3 +206,34 @@ fn every_subcommand_has_help_and_an_operator_section() {
         "17 3 * * * opampctl -q backup --dir /var/backups/opampd --retention-days 14 --verify"
     ));
 }
+
+#[test]
+fn man_dir_replaces_its_pages_and_never_writes_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let planted = tmp.path().join("opampctl.1");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    for _ in 0..2 {
+        // The second run replaces the first run's pages.
+        let o = ctl_env(&["man", "--dir", dir], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let meta = planted.symlink_metadata().unwrap();
+        assert!(meta.is_file(), "the symlink is replaced by the page");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            std::fs::read(&planted).unwrap(),
+            std::fs::read(root().join("man/opampctl.1")).unwrap()
+        );
+        let left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !name.ends_with(".1"))
+            .collect();
+        assert!(left.is_empty(), "no temporary left: {left:?}");
+    }
+}

@@ -5,7 +5,9 @@
 //! owner-only (0600) in a private temporary directory inside --dir, synced,
 //! then renamed to their final names, never over an existing file or
 //! symlink: a file under a final name is always complete. Any error removes
-//! the temporary directory and exits non-zero.
+//! the temporary directory and exits non-zero. A backup that was killed
+//! leaves its temporary directory behind; the next backup in --dir removes
+//! it once the process that made it is gone.
 
 use crate::cli::BackupArgs;
 use crate::client::Client;
@@ -37,6 +39,8 @@ pub struct BackupReport {
     pub source: String,
     pub verified: bool,
     pub pruned: Vec<String>,
+    /// Temporary directories of killed backups, removed.
+    pub leftovers_removed: Vec<String>,
 }
 
 /// Removes the listed files when dropped, unless disarmed.
@@ -248,6 +252,31 @@ pub fn gunzip_to(src: &Path, dest: &Path) -> Result<u64> {
     Ok(n)
 }
 
+/// Removes the temporary directories that killed backups left in `dir` (see
+/// [`files::remove_leftovers`]), saying so on stderr; returns those removed.
+fn remove_leftovers(settings: &Settings, dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    for leftover in files::remove_leftovers(dir, "backup") {
+        let path = leftover.path.display().to_string();
+        match leftover.removed {
+            Ok(()) => {
+                if settings.human() && !settings.quiet {
+                    eprintln!(
+                        "removed {path}: the temporary directory of a backup that was stopped (its process {} is gone)",
+                        leftover.pid
+                    );
+                }
+                removed.push(path);
+            }
+            Err(e) => eprintln!(
+                "warning: cannot remove {path}, the temporary directory of a backup that was stopped (process {}): {e}; remove it by hand",
+                leftover.pid
+            ),
+        }
+    }
+    removed
+}
+
 pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Result<()> {
     let dir = &args.dir;
     if args.retention_days == Some(0) {
@@ -273,6 +302,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
             dir.display()
         )));
     }
+    let leftovers_removed = remove_leftovers(settings, dir);
     // A backup in the same second as the previous one waits for the next second.
     let mut tries = 0;
     let (stamp, name, final_path, sha_name, sha_path) = loop {
@@ -307,7 +337,14 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
     let (source, server_schema) = match &args.data_dir {
         Some(data_dir) => {
             let db = data_dir.join("opamp.db");
-            localdb::online_backup(&db, &raw_tmp).map_err(CtlError::failed)?;
+            if !db.is_file() {
+                return Err(CtlError::failed(format!(
+                    "{} does not exist: is --data-dir the opampd data directory?",
+                    db.display()
+                )));
+            }
+            opampd::store::maintenance::backup_to(&db, &raw_tmp)
+                .map_err(|e| CtlError::failed(format!("{e:#}")))?;
             let mut f =
                 std::fs::File::open(&raw_tmp).map_err(|e| io_err("reading", &raw_tmp, e))?;
             let mut buf = vec![0u8; 256 * 1024];
@@ -431,6 +468,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
         source: source.into(),
         verified,
         pruned,
+        leftovers_removed,
     };
     if settings.quiet {
         return Ok(());

@@ -13,22 +13,45 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Copies the live database to `dest` (a new file) as one consistent snapshot.
+/// Copies the database at `source` to `dest` as one consistent snapshot
+/// (SQLite's online backup API, from a read-only connection, allowed while
+/// opampd writes). `dest` must be a new name: it is created owner-only and
+/// never through a symlink ([`crate::files::create_private`]); SQLite writes
+/// its journal beside it, so put it in a private directory. The copy is left
+/// in rollback-journal mode: the file alone is the whole database.
 pub fn backup_to(source: &Path, dest: &Path) -> Result<()> {
+    if !source.is_file() {
+        anyhow::bail!("{} does not exist", source.display());
+    }
     let src = open_connection(
         source,
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         Duration::from_secs(5),
-    )?;
-    let mut dst =
-        Connection::open(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    )
+    .with_context(|| format!("cannot open {} as a SQLite database", source.display()))?;
+    // An empty file is an empty database to SQLite.
+    crate::files::create_private(dest)
+        .with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut dst = Connection::open_with_flags(
+        dest,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", dest.display()))?;
     {
-        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst)
+            .with_context(|| format!("cannot start the online backup of {}", source.display()))?;
         // One step: the whole copy reads from a single snapshot.
-        backup.step(-1).context("online backup failed")?;
+        backup
+            .step(-1)
+            .with_context(|| format!("online backup of {} failed", source.display()))?;
     }
-    dst.pragma_update(None, "journal_mode", "DELETE")?;
-    dst.close().map_err(|(_, e)| e)?;
+    dst.pragma_update(None, "journal_mode", "DELETE")
+        .with_context(|| format!("finishing {}", dest.display()))?;
+    dst.close()
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("finishing {}", dest.display()))?;
     Ok(())
 }
 
