@@ -647,10 +647,10 @@ pub enum Supervisor {
 /// What the diagnostic checks may look at besides the server.
 #[derive(Args, Debug, Clone, Default)]
 pub struct DoctorArgs {
-    /// opampd config file: validated (opampd check-config), and where the server is when no --server, OPAMPCTL_SERVER or context says
+    /// opampd config file: validated (opampd check-config); gives the server address when no --server, OPAMPCTL_SERVER or context names one, and the data directory when no --data-dir does
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// opampd data directory on this host: permissions and database (opened read-only)
+    /// opampd data directory on this host: permissions, database (opened read-only), and its admin.token when no token is given [default: data_dir of --config]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// TLS certificate file (PEM) to check [default: the server's, for an https URL]

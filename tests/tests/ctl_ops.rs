@@ -317,6 +317,15 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no check {name} in {report}"))
 }
 
+/// A check's verdict and detail.
+fn verdict<'a>(report: &'a Value, name: &str) -> (&'a str, &'a str) {
+    let check = check(report, name);
+    (
+        check["verdict"].as_str().unwrap(),
+        check["detail"].as_str().unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn doctor_checks_everything_and_registers_no_probe_agent() {
     let s = Server::start();
@@ -509,6 +518,65 @@ fn doctor_takes_the_server_address_from_the_opampd_config_file() {
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(r["server"], "http://127.0.0.1:9");
+}
+
+#[test]
+fn doctor_takes_the_data_dir_and_token_from_the_opampd_config_file() {
+    let addr = opamp_tests::free_addr();
+    let outside = tempfile::tempdir().unwrap();
+    let data = outside.path().join("data");
+    let s = Server::start_with(Opts {
+        config: Some(format!("listen: {addr}\ndata_dir: {}\n", data.display())),
+        listen: Some(addr.clone()),
+        data_dir: Some(data.clone()),
+        ..Default::default()
+    });
+    let config = s.dir.join("config.yaml");
+    let config = config.to_str().unwrap();
+    // No token given: the data directory's admin.token is used.
+    let r = json(&ctl_env(&["doctor", "--config", config, "-o", "json"], &[]));
+    let (token, detail) = verdict(&r, "token");
+    assert_eq!(token, "ok", "{r}");
+    assert!(
+        detail.contains(data.join("admin.token").to_str().unwrap()),
+        "{r}"
+    );
+    let (data_dir, detail) = verdict(&r, "data-dir");
+    assert_eq!(data_dir, "ok", "{r}");
+    assert!(
+        detail.contains(data.to_str().unwrap()) && detail.contains("data_dir of"),
+        "{r}"
+    );
+    assert_eq!(verdict(&r, "database").0, "ok", "{r}");
+    // --token and --data-dir say otherwise: they win.
+    let elsewhere = s.dir.join("elsewhere");
+    let args = [
+        "doctor",
+        "--config",
+        config,
+        "--token",
+        "not-the-token",
+        "--data-dir",
+        elsewhere.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    let o = ctl_env(&args, &[]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(verdict(&r, "token").0, "fail", "{r}");
+    let (data_dir, detail) = verdict(&r, "data-dir");
+    assert_eq!(data_dir, "fail", "{r}");
+    assert!(detail.contains(elsewhere.to_str().unwrap()), "{r}");
+    // A file without data_dir: nothing to check there, and it says why.
+    let bare = s.dir.join("bare.yaml");
+    std::fs::write(&bare, format!("listen: {addr}\n")).unwrap();
+    let args = ["doctor", "--config", bare.to_str().unwrap(), "-o", "json"];
+    let r: Value = serde_json::from_str(&stdout(&ctl_env(&args, &[]))).unwrap();
+    let (data_dir, detail) = verdict(&r, "data-dir");
+    assert_eq!(data_dir, "skip", "{r}");
+    assert!(detail.contains("sets no data_dir"), "{r}");
+    assert_eq!(verdict(&r, "token").0, "skip", "{r}");
 }
 
 /// A loopback HTTP server that is not opampd: every request gets a 503

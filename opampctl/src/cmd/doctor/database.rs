@@ -13,12 +13,14 @@ use std::path::Path;
 const LARGE_WAL: u64 = 256 << 20;
 
 impl Diagnosis<'_> {
-    /// `database`: the file in --data-dir, opened read-only.
+    /// `database`: the file in the data directory (--data-dir, or data_dir
+    /// of --config), opened read-only.
     pub(super) fn check_database_file(&mut self) {
-        let Some(dir) = &self.args.data_dir else {
+        let Some(dir) = self.data_dir.clone() else {
+            let why = self.no_data_dir();
             self.push(skip(
                 "database",
-                "no --data-dir DIR given (the server's view is in the health check)",
+                format!("{why} (the server's view is in the health check)"),
             ));
             return;
         };

@@ -26,10 +26,11 @@ impl Diagnosis<'_> {
     /// `data-dir`: a writable directory, not open to other users, with a
     /// private admin.token.
     pub(super) fn check_data_dir(&mut self) {
-        let Some(dir) = &self.args.data_dir else {
-            self.push(skip("data-dir", "no --data-dir DIR given"));
+        let Some(dir) = self.data_dir.clone() else {
+            self.push(skip("data-dir", self.no_data_dir()));
             return;
         };
+        let dir = dir.as_path();
         let meta = match std::fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => meta,
             Ok(_) => {
@@ -49,7 +50,22 @@ impl Diagnosis<'_> {
                 return;
             }
         };
-        self.push(data_dir_verdict(dir, &meta));
+        let mut check = data_dir_verdict(dir, &meta);
+        if let Some(note) = &self.data_dir_note {
+            check.detail.push_str(&format!("; {note}"));
+        }
+        self.push(check);
+    }
+
+    /// Why there is no data directory to check.
+    pub(super) fn no_data_dir(&self) -> String {
+        match &self.args.config {
+            Some(config) => format!(
+                "no --data-dir DIR given, and {} sets no data_dir",
+                config.display()
+            ),
+            None => "no --data-dir DIR given".to_string(),
+        }
     }
 }
 

@@ -9,8 +9,10 @@
 //! size), `server` (port, health and token), `tls`, `connect` (OpAMP over HTTP and
 //! WebSocket, agent secrets, agents), `memory` (the memory report and its
 //! trend). `target` picks the server (--server, or the address of the
-//! opampd config file of --config); `report` has the check and report types
-//! and their rendering.
+//! opampd config file of --config), the data directory (--data-dir, or the
+//! data_dir of --config) and, when none is given, the token (the data
+//! directory's admin.token); `report` has the check and report types and
+//! their rendering.
 
 mod connect;
 mod database;
@@ -128,6 +130,12 @@ struct Diagnosis<'a> {
     opamp_url: String,
     /// How --config gave the server address (for the config check).
     target_note: Option<String>,
+    /// --data-dir, else the `data_dir` of --config.
+    data_dir: Option<std::path::PathBuf>,
+    /// How --config gave the data directory (for the data-dir check).
+    data_dir_note: Option<String>,
+    /// How the data directory gave the token (for the token check).
+    token_note: Option<String>,
     /// `None` until the server check ran.
     reachable: Option<bool>,
     /// Set by the server check when something other than opampd answers.
@@ -147,6 +155,9 @@ impl<'a> Diagnosis<'a> {
             procedure,
             opamp_url: target.opamp_url.clone(),
             target_note: target.note.clone(),
+            data_dir: target.data_dir.clone(),
+            data_dir_note: target.data_dir_note.clone(),
+            token_note: target.token_note.clone(),
             reachable: None,
             not_opampd: false,
             port_holder: None,

@@ -148,9 +148,10 @@ impl Diagnosis<'_> {
             .send_any(self.client.request(Method::GET, "/api/v1/agents?limit=1"))
             .await
         {
-            Ok(response) if response.status().is_success() => {
-                ok("token", "the server accepts the token")
-            }
+            Ok(response) if response.status().is_success() => match &self.token_note {
+                Some(note) => ok("token", format!("the server accepts the token; {note}")),
+                None => ok("token", "the server accepts the token"),
+            },
             Ok(response) if response.status().as_u16() == 401 => {
                 let refused = self.client.error_reply(response).await;
                 fail(

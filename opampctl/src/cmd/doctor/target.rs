@@ -1,14 +1,17 @@
 //! Which server a diagnosis looks at: --server, OPAMPCTL_SERVER or the
 //! context when one names it, else the address the opampd configuration
 //! file of `--config` gives (`listen`, `tls.cert_file`, `opamp.path`,
-//! `agent_listen`), else the default.
+//! `agent_listen`), else the default. And which data directory: --data-dir,
+//! else the `data_dir` of `--config`; its `admin.token` is the token when
+//! none is given and the server is that directory's (on this host, or at the
+//! address of `--config`).
 
 use crate::cli::DoctorArgs;
 use crate::client::Client;
 use crate::context::Settings;
 use crate::error::Result;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The server of one diagnosis and its OpAMP endpoint.
 pub(super) struct Target {
@@ -18,6 +21,12 @@ pub(super) struct Target {
     pub opamp_url: String,
     /// How the address was taken from --config, or why it was not.
     pub note: Option<String>,
+    /// --data-dir, else the `data_dir` of --config.
+    pub data_dir: Option<PathBuf>,
+    /// Where the data directory came from, when not from --data-dir.
+    pub data_dir_note: Option<String>,
+    /// Where the token came from, when from the data directory.
+    pub token_note: Option<String>,
 }
 
 /// Where the opampd of a configuration file serves.
@@ -31,6 +40,14 @@ pub(super) struct ConfigAddress {
     pub agent_server: Option<String>,
 }
 
+/// Where the opampd of a configuration file keeps its data, as written
+/// there; `None` when the file leaves it to opampd's default (relative to
+/// opampd's working directory) or cannot be read.
+pub(super) fn data_dir_from_config(file: &Path) -> Option<PathBuf> {
+    let tree = read_tree(file).ok()?;
+    tree.get("data_dir")?.as_str().map(PathBuf::from)
+}
+
 impl Target {
     pub(super) fn new(settings: &Settings, client: &Client, args: &DoctorArgs) -> Result<Target> {
         let mut target = Target {
@@ -38,7 +55,11 @@ impl Target {
             client: client.clone(),
             opamp_url: String::new(),
             note: None,
+            data_dir: args.data_dir.clone(),
+            data_dir_note: None,
+            token_note: None,
         };
+        let mut address_from_file = false;
         let mut opamp_path = args.opamp_path.clone();
         let mut agent_server = None;
         if let (Some(file), false) = (&args.config, settings.server_given) {
@@ -49,7 +70,7 @@ impl Target {
                         address.server
                     ));
                     target.settings.server = address.server;
-                    target.client = Client::new(&target.settings)?;
+                    address_from_file = true;
                     opamp_path = opamp_path.or(address.opamp_path);
                     agent_server = address.agent_server;
                 }
@@ -61,6 +82,34 @@ impl Target {
                 }
             }
         }
+        if let (None, Some(file)) = (&target.data_dir, &args.config) {
+            target.data_dir = data_dir_from_config(file);
+            if target.data_dir.is_some() {
+                target.data_dir_note = Some(format!(
+                    "the data directory is data_dir of {} (--data-dir overrides it)",
+                    file.display()
+                ));
+            }
+        }
+        // The data directory's admin.token, for the server it belongs to.
+        if let (Some(dir), false) = (&target.data_dir, token_given(settings)) {
+            if address_from_file || target.settings.server_is_local() {
+                let file = dir.join("admin.token");
+                if let Some(token) = std::fs::read_to_string(&file)
+                    .ok()
+                    .map(|token| token.trim().to_string())
+                    .filter(|token| !token.is_empty())
+                {
+                    target.settings.token = Some(token);
+                    target.settings.token_source = file.display().to_string();
+                    target.token_note = Some(format!(
+                        "the token is {} (--token, --token-file or OPAMPCTL_TOKEN override it)",
+                        file.display()
+                    ));
+                }
+            }
+        }
+        target.client = Client::new(&target.settings)?;
         let path = opamp_path.unwrap_or_else(default_opamp_path);
         let agent_server = agent_server.as_deref().unwrap_or(&target.client.base);
         target.opamp_url = args
@@ -69,6 +118,15 @@ impl Target {
             .unwrap_or_else(|| format!("{agent_server}{path}"));
         Ok(target)
     }
+}
+
+/// Whether the token came from --token, --token-file, OPAMPCTL_TOKEN or the
+/// context, rather than from the default token files (or nowhere).
+fn token_given(settings: &Settings) -> bool {
+    settings.token.is_some()
+        && !crate::context::DEFAULT_TOKEN_FILES
+            .iter()
+            .any(|file| settings.token_source == format!("{file} (default lookup)"))
 }
 
 fn default_opamp_path() -> String {
@@ -80,12 +138,7 @@ fn default_opamp_path() -> String {
 /// reports) still says where opampd listens; a key the file leaves out has
 /// opampd's default.
 pub(super) fn address_from_config(file: &Path) -> std::result::Result<ConfigAddress, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read it: {e}"))?;
-    let tree: serde_yaml::Value = if text.trim().is_empty() {
-        serde_yaml::Value::Null
-    } else {
-        serde_yaml::from_str(&text).map_err(|e| format!("it is not YAML: {e}"))?
-    };
+    let tree = read_tree(file)?;
     let text_at = |path: &[&str]| {
         let mut value = &tree;
         for key in path {
@@ -112,6 +165,15 @@ pub(super) fn address_from_config(file: &Path) -> std::result::Result<ConfigAddr
         opamp_path: text_at(&["opamp", "path"]),
         agent_server,
     })
+}
+
+/// The YAML of an opampd configuration file (empty: no keys).
+fn read_tree(file: &Path) -> std::result::Result<serde_yaml::Value, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read it: {e}"))?;
+    if text.trim().is_empty() {
+        return Ok(serde_yaml::Value::Null);
+    }
+    serde_yaml::from_str(&text).map_err(|e| format!("it is not YAML: {e}"))
 }
 
 /// The address to connect to for a listen address: a wildcard (`0.0.0.0`,
