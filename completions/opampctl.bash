@@ -79,6 +79,9 @@ _opampctl() {
             opampctl,users)
                 cmd="opampctl__subcmd__users"
                 ;;
+            opampctl__subcmd__agents,components)
+                cmd="opampctl__subcmd__agents__subcmd__components"
+                ;;
             opampctl__subcmd__agents,delete)
                 cmd="opampctl__subcmd__agents__subcmd__delete"
                 ;;
@@ -271,8 +274,54 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__agents)
-            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help list show label delete restart"
+            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help list show label delete restart components"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opampctl__subcmd__agents__subcmd__components)
+            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -2123,7 +2172,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__rollout__subcmd__start)
-            opts="-o -q -h --version --batch-size --max-failures --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --version --batch-size --max-failures --dry-run --force --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -21,6 +21,10 @@
 //!   offer with the hash last taken is ignored, as opamp-go does;
 //! - `agent_identification` replaces the instance uid (and ends a
 //!   `RequestInstanceUid` request);
+//! - with ReportsAvailableComponents, a full report carries only the hash of
+//!   the component list; `ReportAvailableComponents` is answered with the
+//!   whole list (as opamp-go does);
+//! - custom capabilities, when set, go with every full report;
 //! - a restart command restarts the agent: sequence numbers start again from
 //!   0 with a full report;
 //! - an `error_response` is recorded and answered with nothing.
@@ -69,6 +73,10 @@ pub struct AgentSettings {
     pub report_applying: bool,
     /// What the agent does with connection-settings offers.
     pub connection_offers: OfferPolicy,
+    /// The components the agent can run (sent with ReportsAvailableComponents).
+    pub available_components: Option<pb::AvailableComponents>,
+    /// Custom capabilities (reverse-FQDN names); none when empty.
+    pub custom_capabilities: Vec<String>,
 }
 
 impl AgentSettings {
@@ -86,7 +94,22 @@ impl AgentSettings {
             offers: OfferPolicy::Apply,
             report_applying: false,
             connection_offers: OfferPolicy::Apply,
+            available_components: None,
+            custom_capabilities: Vec::new(),
         }
+    }
+
+    /// Sets the component list and adds ReportsAvailableComponents.
+    pub fn available_components(mut self, components: pb::AvailableComponents) -> AgentSettings {
+        self.available_components = Some(components);
+        self.capabilities |= caps::REPORTS_AVAILABLE_COMPONENTS;
+        self
+    }
+
+    /// Sets the custom capabilities.
+    pub fn custom_capabilities(mut self, names: &[&str]) -> AgentSettings {
+        self.custom_capabilities = names.iter().map(|n| n.to_string()).collect();
+        self
     }
 
     /// Sets the capabilities.
@@ -177,6 +200,8 @@ pub enum Event {
     ConfigFailed { hash: Vec<u8>, message: String },
     /// An offer was not acted upon.
     OfferIgnored { hash: Vec<u8>, reason: &'static str },
+    /// The server asked for the whole component list.
+    ComponentsRequested,
     /// The server gave the agent a new instance uid.
     NewInstanceUid { old: [u8; 16], new: [u8; 16] },
     /// `agent_identification` with a uid that is not 16 bytes (ignored).
@@ -219,6 +244,7 @@ pub struct Counters {
     pub restarts: u64,
     pub server_errors: u64,
     pub connection_offers: u64,
+    pub components_requests: u64,
 }
 
 /// One simulated agent.
@@ -241,6 +267,8 @@ pub struct Agent {
     /// The connection settings taken, each part as last offered.
     connection_settings: pb::ConnectionSettingsOffers,
     connection_settings_status: Option<pb::ConnectionSettingsStatus>,
+    available_components: Option<Arc<pb::AvailableComponents>>,
+    custom_capabilities: Vec<String>,
     counters: Counters,
 }
 
@@ -261,6 +289,8 @@ impl Agent {
             connection_offers: settings.connection_offers,
             connection_settings: pb::ConnectionSettingsOffers::default(),
             connection_settings_status: None,
+            available_components: settings.available_components.map(Arc::new),
+            custom_capabilities: settings.custom_capabilities,
             counters: Counters::default(),
         }
     }
@@ -329,6 +359,11 @@ impl Agent {
         self.full_state_due
     }
 
+    /// The component list the agent reports.
+    pub fn available_components(&self) -> Option<&pb::AvailableComponents> {
+        self.available_components.as_deref()
+    }
+
     pub fn counters(&self) -> Counters {
         self.counters
     }
@@ -383,6 +418,40 @@ impl Agent {
                 .connection_settings_status
                 .clone()
                 .filter(|_| self.has(caps::REPORTS_CONNECTION_SETTINGS_STATUS)),
+            available_components: self.components_report(false),
+            custom_capabilities: (!self.custom_capabilities.is_empty()).then(|| {
+                pb::CustomCapabilities {
+                    capabilities: self.custom_capabilities.clone(),
+                }
+            }),
+            ..self.base()
+        }
+    }
+
+    /// The component list (or only its hash), with ReportsAvailableComponents.
+    fn components_report(&self, whole: bool) -> Option<pb::AvailableComponents> {
+        let components = self
+            .available_components
+            .as_deref()
+            .filter(|_| self.has(caps::REPORTS_AVAILABLE_COMPONENTS))?;
+        Some(if whole {
+            components.clone()
+        } else {
+            message::components_hash_only(components)
+        })
+    }
+
+    /// Changes the component list and returns the message that reports its hash.
+    pub fn set_available_components(
+        &mut self,
+        components: pb::AvailableComponents,
+    ) -> pb::AgentToServer {
+        self.available_components = Some(Arc::new(components));
+        if self.full_state_due {
+            return self.full_report();
+        }
+        pb::AgentToServer {
+            available_components: self.components_report(false),
             ..self.base()
         }
     }
@@ -482,6 +551,11 @@ impl Agent {
             self.full_state_due = true;
             reaction.events.push(Event::FullStateRequested);
         }
+        let components_asked = reply.flags & caps::FLAG_REPORT_AVAILABLE_COMPONENTS != 0;
+        if components_asked {
+            self.counters.components_requests += 1;
+            reaction.events.push(Event::ComponentsRequested);
+        }
         let mut changed = false;
         if let Some(offer) = &reply.remote_config {
             changed = self.take_offer(offer, &mut reaction);
@@ -491,9 +565,16 @@ impl Agent {
             .as_ref()
             .is_some_and(|offer| self.take_connection_settings(offer, &mut reaction));
         if self.full_state_due {
-            reaction.messages.push(self.full_report());
-        } else if changed || connection_changed {
+            let mut m = self.full_report();
+            if components_asked {
+                m.available_components = self.components_report(true);
+            }
+            reaction.messages.push(m);
+        } else if changed || connection_changed || components_asked {
             let mut m = self.base();
+            if components_asked {
+                m.available_components = self.components_report(true);
+            }
             if connection_changed && self.has(caps::REPORTS_CONNECTION_SETTINGS_STATUS) {
                 m.connection_settings_status = self.connection_settings_status.clone();
             }
@@ -506,6 +587,7 @@ impl Agent {
             if m.remote_config_status.is_some()
                 || m.effective_config.is_some()
                 || m.connection_settings_status.is_some()
+                || m.available_components.is_some()
             {
                 reaction.messages.push(m);
             } else {
@@ -671,6 +753,34 @@ mod tests {
                 .non_identifying("host.name", "web-1")
                 .effective_config(message::effective_yaml("receivers: {}")),
         )
+    }
+
+    #[test]
+    fn components_go_as_a_hash_until_the_server_asks_for_the_list() {
+        let list = message::available_components(&[("receivers", "otlp", "otlpreceiver v1")]);
+        let mut a = Agent::new(
+            AgentSettings::new(UID)
+                .available_components(list.clone())
+                .custom_capabilities(&["io.example.pause/v1"]),
+        );
+        let first = a.full_report();
+        let sent = first.available_components.unwrap();
+        assert!(sent.components.is_empty() && sent.hash == list.hash);
+        assert_eq!(
+            first.custom_capabilities.unwrap().capabilities,
+            vec!["io.example.pause/v1"]
+        );
+        let reaction = a.handle(&pb::ServerToAgent {
+            flags: caps::FLAG_REPORT_AVAILABLE_COMPONENTS,
+            ..reply()
+        });
+        assert_eq!(reaction.events, vec![Event::ComponentsRequested]);
+        assert_eq!(
+            reaction.messages[0].available_components.as_ref(),
+            Some(&list)
+        );
+        assert_eq!(a.counters().components_requests, 1);
+        assert!(a.handle(&reply()).messages.is_empty());
     }
 
     fn reply() -> pb::ServerToAgent {

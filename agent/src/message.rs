@@ -197,6 +197,55 @@ pub fn full_report(
     }
 }
 
+/// The components an agent can run, grouped by kind as collectors report
+/// them: `(kind, type, module)` triples such as `("receivers", "otlp",
+/// "go.opentelemetry.io/collector/receiver/otlpreceiver v0.118.0")`. Each
+/// type carries the module as `code.namespace` metadata; the hash is SHA-256
+/// over every triple in order, so the same list always has the same hash.
+pub fn available_components(components: &[(&str, &str, &str)]) -> pb::AvailableComponents {
+    use sha2::{Digest, Sha256};
+    let mut sorted = components.to_vec();
+    sorted.sort();
+    let mut hash = Sha256::new();
+    let mut map: std::collections::BTreeMap<String, pb::ComponentDetails> = Default::default();
+    for (kind, r#type, module) in &sorted {
+        for part in [kind, r#type, module] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        map.entry(kind.to_string())
+            .or_default()
+            .sub_component_map
+            .insert(
+                r#type.to_string(),
+                pb::ComponentDetails {
+                    metadata: vec![kv("code.namespace", module)],
+                    sub_component_map: Default::default(),
+                },
+            );
+    }
+    pb::AvailableComponents {
+        components: map,
+        hash: hash.finalize().to_vec(),
+    }
+}
+
+/// Only the hash of a component list: what an agent sends until the server
+/// asks for the list (ReportAvailableComponents).
+pub fn components_hash_only(components: &pb::AvailableComponents) -> pb::AvailableComponents {
+    pb::AvailableComponents {
+        components: Default::default(),
+        hash: components.hash.clone(),
+    }
+}
+
+/// Custom capabilities, e.g. `io.opentelemetry.pause/v1`.
+pub fn custom_capabilities(names: &[&str]) -> pb::CustomCapabilities {
+    pb::CustomCapabilities {
+        capabilities: names.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
 /// The last message of an agent that stops: `agent_disconnect` set.
 pub fn disconnect(uid: [u8; 16], sequence_num: u64, capabilities: u64) -> pb::AgentToServer {
     pb::AgentToServer {
@@ -289,6 +338,27 @@ mod tests {
         assert_eq!(s.last_remote_config_hash, b"hash");
         assert_eq!(s.status, pb::RemoteConfigStatuses::Failed as i32);
         assert_eq!(s.error_message, "bad yaml");
+    }
+
+    #[test]
+    fn available_components_hash_depends_on_the_list_not_its_order() {
+        let a = available_components(&[
+            ("receivers", "otlp", "otlpreceiver v1"),
+            ("exporters", "debug", "debugexporter v1"),
+        ]);
+        let b = available_components(&[
+            ("exporters", "debug", "debugexporter v1"),
+            ("receivers", "otlp", "otlpreceiver v1"),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(a.hash.len(), 32);
+        assert!(
+            a.components["receivers"].sub_component_map["otlp"].metadata[0].key == "code.namespace"
+        );
+        let c = available_components(&[("receivers", "otlp", "otlpreceiver v2")]);
+        assert_ne!(a.hash, c.hash);
+        let only = components_hash_only(&a);
+        assert!(only.components.is_empty() && only.hash == a.hash);
     }
 
     #[test]

@@ -366,6 +366,12 @@ opampctl agents label [OPTIONS] (-l <SELECTOR> | --status <STATUS>) <LABEL>..."
         #[command(flatten)]
         fleet: FleetArgs,
     },
+    /// List the components an agent can run, as it reported them (kind, type/name, version)
+    Components {
+        /// Instance uid (UUID), or a unique prefix of one
+        #[arg(value_name = "UID")]
+        uid: String,
+    },
 }
 
 /// Picks many agents instead of one uid: `agents label|delete|restart`.
@@ -391,7 +397,7 @@ impl FleetArgs {
 
 #[derive(Args, Debug)]
 pub struct AgentsListArgs {
-    /// Label selector: k=v, k!=v, k (present); comma means and
+    /// Label selector: k=v, k!=v, k (present); comma means and; component=KIND/TYPE needs an available component
     #[arg(short = 'l', long, value_name = "SELECTOR")]
     pub selector: Option<String>,
     /// Only agents with this status
@@ -510,6 +516,12 @@ pub enum RolloutCmd {
         /// Failure allowance: pause the rollout when more than N agents fail (default 0: at the first failure)
         #[arg(long, value_name = "N")]
         max_failures: Option<u64>,
+        /// Change nothing: list the targeted agents and the components each lacks
+        #[arg(long)]
+        dry_run: bool,
+        /// Also roll out to agents whose available components lack one the configuration uses (skipped by default)
+        #[arg(long)]
+        force: bool,
     },
     /// Show a rollout's progress and the agents it waits for; exit 0 when completed or running, 1 when failed or paused
     Status {

@@ -66,6 +66,7 @@ fn targets() -> Targets {
         },
         previous: None,
         released: None,
+        requires: Default::default(),
     }]);
     t
 }
@@ -87,6 +88,7 @@ fn benches(c: &mut Criterion) {
     });
     let t = targets();
     let connection = opampd::opamp::connection::ConnectionSettings::default();
+    let components = opampd::components::Cache::default();
     c.bench_function("session_heartbeat", |b| {
         let mut s = Session::new([3; 16], Transport::WebSocket);
         session::handle(
@@ -99,6 +101,7 @@ fn benches(c: &mut Criterion) {
                 remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
                 max_send_bytes: 64 << 20,
+                components: &components,
             },
         );
         let mut seq = 1;
@@ -113,6 +116,7 @@ fn benches(c: &mut Criterion) {
                     remote_addr: "127.0.0.1:1".parse().ok(),
                     new_uid: None,
                     max_send_bytes: 64 << 20,
+                    components: &components,
                 },
             );
             seq += 1;
@@ -133,6 +137,7 @@ fn benches(c: &mut Criterion) {
                     remote_addr: None,
                     new_uid: None,
                     max_send_bytes: 64 << 20,
+                    components: &components,
                 },
             ))
         })
@@ -148,7 +153,7 @@ fn benches(c: &mut Criterion) {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     c.bench_function("selector_match", |b| {
-        b.iter(|| black_box(sel.matches(|k| attrs.get(k).map(String::as_str))))
+        b.iter(|| black_box(sel.matches(&attrs)))
     });
     c.bench_function("selector_parse", |b| {
         b.iter(|| {

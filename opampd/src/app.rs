@@ -19,6 +19,8 @@ pub struct App {
     pub store: Store,
     pub fleet: Fleet,
     pub targets: Targets,
+    /// The component lists agents reported, by hash.
+    pub components: crate::components::Cache,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
     pub logs: LogRing,

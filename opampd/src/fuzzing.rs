@@ -23,6 +23,7 @@ fn targets() -> &'static Targets {
             },
             previous: None,
             released: None,
+            requires: Default::default(),
         }]);
         t
     })
@@ -54,6 +55,7 @@ fn run_session(msgs: &[pb::AgentToServer]) {
                 remote_addr: None,
                 new_uid: None,
                 max_send_bytes: 64 << 20,
+                components: &crate::components::Cache::default(),
             },
         );
         // The reply always echoes the uid and carries AcceptsStatus.

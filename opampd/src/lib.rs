@@ -5,6 +5,7 @@
 //! - `opamp/`: the OpAMP endpoint — `ws` and `http` transports, `session` rules.
 //! - `fleet`: live agents and their push channels (sharded, no global lock).
 //! - `targeting`: which configuration each agent should run.
+//! - `components`: agents' available components, and what a configuration uses.
 //! - `configs`, `rollouts`: configuration rules; staged rollouts and their progress.
 //! - `store/`: the only code that touches SQLite (batching writer, read pool).
 //! - `api/`: REST handlers, health probes, metrics; `auth`: tokens and roles.
@@ -15,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod components;
 pub mod config;
 pub mod configs;
 pub mod files;
@@ -153,6 +155,7 @@ pub async fn run(
         store,
         fleet: fleet::Fleet::default(),
         targets: targeting::Targets::default(),
+        components: Default::default(),
         metrics,
         logs: opts.logs,
         started,
@@ -163,6 +166,7 @@ pub async fn run(
     });
     app.auth.bootstrap(&app.store, &app.config.data_dir).await?;
     // Agents get their rolled-out configurations from the first message on.
+    app.components.load(&app.store).await?;
     rollouts::rebuild_targets(&app).await?;
 
     let timeouts = server::Timeouts {

@@ -19,14 +19,14 @@
 use crate::app::App;
 use crate::auth::insert_audit;
 use crate::opamp::session::{attr_strings, status_name};
-use crate::selector::Selector;
+use crate::selector::{AgentView, Selector};
 use crate::store::configs::{self, RolloutAgent, RolloutRow};
 use crate::store::rfc3339;
 use crate::targeting::{Desired, Target, VersionRef};
 use anyhow::Result;
-use opamp_proto::api::{RolloutFailure, RolloutStatus, RolloutWaiting};
+use opamp_proto::api::{RolloutFailure, RolloutIncompatible, RolloutStatus, RolloutWaiting};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,12 +57,18 @@ pub async fn rebuild_targets(app: &App) -> Result<()> {
                 .filter_map(|u| opamp_proto::parse_uid(u))
                 .collect()
         });
+        let requires = if row.rollout.force {
+            BTreeSet::new()
+        } else {
+            crate::components::required(&row.current.body)
+        };
         targets.push(Target {
             name: row.name,
             selector,
             current: version(row.current),
             previous: row.previous.map(version),
             released: released.map(Arc::new),
+            requires: Arc::new(requires),
         });
     }
     app.targets.replace(targets);
@@ -85,27 +91,56 @@ pub async fn retarget(app: &App) -> Result<()> {
     Ok(())
 }
 
+/// An agent a rollout targets, and the components it lacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targeted {
+    pub uid: String,
+    /// `None`: it never reported its components (not skipped).
+    pub missing: Option<Vec<String>>,
+}
+
 /// Agents that accept remote configuration and match `selector`: stored ones
-/// and live ones not stored yet, ordered by uid.
-pub async fn matching_agents(app: &App, selector: &Selector) -> Result<Vec<String>> {
+/// and live ones not stored yet, ordered by uid, each with the components of
+/// `requires` it lacks (the live session's list over the stored one).
+pub async fn matching_agents(
+    app: &App,
+    selector: &Selector,
+    requires: &BTreeSet<String>,
+) -> Result<Vec<Targeted>> {
     let sel = selector.clone();
-    let mut uids: std::collections::BTreeSet<String> = app
+    let mut agents: BTreeMap<String, Option<Arc<crate::components::ComponentSet>>> = app
         .store
         .read("rollout_agents_match", move |c| {
             configs::matching_agents(c, &sel)
         })
         .await?
         .into_iter()
+        .map(|(uid, hash)| {
+            let set = app.components.get_hex(hash.as_deref());
+            (uid, set)
+        })
         .collect();
     for uid in app.fleet.uids() {
         let matched = app.fleet.with(&uid, |s| {
-            s.accepts_remote_config() && !s.is_disconnected() && selector.matches(|k| s.lookup(k))
+            let matched =
+                s.accepts_remote_config() && !s.is_disconnected() && selector.matches(&*s);
+            matched.then(|| s.components().cloned())
         });
-        if matched == Some(true) {
-            uids.insert(opamp_proto::uid_string(&uid));
+        if let Some(Some(set)) = matched {
+            let id = opamp_proto::uid_string(&uid);
+            let entry = agents.entry(id).or_default();
+            if set.is_some() {
+                *entry = set;
+            }
         }
     }
-    Ok(uids.into_iter().collect())
+    Ok(agents
+        .into_iter()
+        .map(|(uid, set)| Targeted {
+            missing: crate::components::missing(requires, set.as_deref()),
+            uid,
+        })
+        .collect())
 }
 
 /// An agent that could not receive what a rollout would have it run.
@@ -148,17 +183,27 @@ pub async fn oversized_offer(
             let mut out = Vec::with_capacity(stored_only.len());
             for id in stored_only {
                 if let Some(row) = crate::store::agents::get(c, &id)? {
-                    out.push((id, row.labels, row.identifying, row.non_identifying));
+                    out.push((
+                        id,
+                        row.labels,
+                        row.identifying,
+                        row.non_identifying,
+                        row.components_hash,
+                    ));
                 }
             }
             Ok(out)
         })
         .await?;
-    for (id, labels, identifying, non_identifying) in stored {
+    for (id, labels, identifying, non_identifying, components_hash) in stored {
         let obj = |t: &str| -> Map<String, Value> { serde_json::from_str(t).unwrap_or_default() };
-        let mut view = attr_strings(&obj(&identifying), &obj(&non_identifying));
+        let mut values = attr_strings(&obj(&identifying), &obj(&non_identifying));
         let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
-        view.extend(labels);
+        values.extend(labels);
+        let view = AgentView {
+            values,
+            components: app.components.get_hex(components_hash.as_deref()),
+        };
         if let Some(uid) = opamp_proto::parse_uid(&id) {
             views.push((id, uid, view));
         }
@@ -207,10 +252,23 @@ pub async fn oversized_offer(
 }
 
 /// Batch numbers in uid order: `batch_size` agents per batch, 0 = one batch.
-pub fn assign_batches(uids: Vec<String>, batch_size: u64) -> Vec<(String, u64)> {
+/// Agents in `skipped` do not count towards batches; they are put in batch
+/// 0 (they receive the version once they report the components it uses).
+pub fn assign_batches(
+    uids: Vec<String>,
+    batch_size: u64,
+    skipped: &HashSet<String>,
+) -> Vec<(String, u64)> {
+    let mut index = 0u64;
     uids.into_iter()
-        .enumerate()
-        .map(|(i, u)| (u, (i as u64).checked_div(batch_size).unwrap_or(0)))
+        .map(|u| {
+            if skipped.contains(&u) {
+                return (u, 0);
+            }
+            let batch = index.checked_div(batch_size).unwrap_or(0);
+            index += 1;
+            (u, batch)
+        })
         .collect()
 }
 
@@ -229,6 +287,10 @@ pub struct Progress {
     pub batches: u64,
     /// Every agent of the released batches has applied or failed.
     pub released_done: bool,
+    /// Agents skipped: they lack components the version uses.
+    pub incompatible: u64,
+    /// The first [`WAITING_MAX`] of them, with what they lack.
+    pub incompatible_agents: Vec<RolloutIncompatible>,
 }
 
 /// How many waiting agents a rollout status names.
@@ -236,7 +298,7 @@ pub const WAITING_MAX: usize = 100;
 
 /// What one agent reports, as the rollout needs it.
 struct Report {
-    view: BTreeMap<String, String>,
+    view: AgentView,
     hash: String,
     status: String,
     error: String,
@@ -253,11 +315,15 @@ fn stored_not_sent(offered: Option<&str>) -> Option<(String, String)> {
     ))
 }
 
-fn stored_report(s: &configs::StoredAgent) -> Report {
+fn stored_report(app: &App, s: &configs::StoredAgent) -> Report {
     let obj = |t: &str| -> Map<String, Value> { serde_json::from_str(t).unwrap_or_default() };
-    let mut view = attr_strings(&obj(&s.identifying), &obj(&s.non_identifying));
+    let mut values = attr_strings(&obj(&s.identifying), &obj(&s.non_identifying));
     let labels: BTreeMap<String, String> = serde_json::from_str(&s.labels).unwrap_or_default();
-    view.extend(labels);
+    values.extend(labels);
+    let view = AgentView {
+        values,
+        components: app.components.get_hex(s.components_hash.as_deref()),
+    };
     let rs: Value = s
         .remote_status
         .as_deref()
@@ -275,7 +341,7 @@ fn stored_report(s: &configs::StoredAgent) -> Report {
 /// The agent's report: the live session's (fresh) where there is one, the
 /// stored row otherwise; `None` for an agent deleted since the start.
 fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
-    let stored = a.stored.as_ref().map(stored_report);
+    let stored = a.stored.as_ref().map(|s| stored_report(app, s));
     let uid = opamp_proto::parse_uid(&a.uid)?;
     let live = app.fleet.with(&uid, |s| {
         (
@@ -305,10 +371,13 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
 /// Counts a rollout's agents. Agents of unreleased batches are pending; an
 /// agent that no longer matches the selector (or was deleted) has left the
 /// rollout and is not counted.
+/// An agent whose component list lacks one of `requires` is incompatible:
+/// skipped, neither pending nor holding its batch.
 pub fn evaluate(
     app: &App,
     rollout: &RolloutRow,
     selector: &Selector,
+    requires: &BTreeSet<String>,
     agents: &[RolloutAgent],
 ) -> Progress {
     let mut p = Progress {
@@ -318,10 +387,22 @@ pub fn evaluate(
     for a in agents {
         p.batches = p.batches.max(a.batch + 1);
         let Some(r) = report(app, a) else { continue };
-        if !selector.matches(|k| r.view.get(k).map(String::as_str)) {
+        if !selector.matches(&r.view) {
             continue;
         }
         p.total += 1;
+        let lacking =
+            crate::components::missing(requires, r.view.components.as_deref()).unwrap_or_default();
+        if !lacking.is_empty() {
+            p.incompatible += 1;
+            if p.incompatible_agents.len() < WAITING_MAX {
+                p.incompatible_agents.push(RolloutIncompatible {
+                    instance_uid: a.uid.clone(),
+                    missing: lacking,
+                });
+            }
+            continue;
+        }
         let released = rollout.state == "completed" || a.batch < rollout.released_batches;
         if !released {
             p.pending += 1;
@@ -406,7 +487,16 @@ pub async fn progress_of(app: &App, rollout: &RolloutRow) -> Result<Progress> {
         .read("rollout_agents", move |c| configs::rollout_agents(c, id))
         .await?;
     let selector = Selector::parse(&rollout.selector).unwrap_or_default();
-    Ok(evaluate(app, rollout, &selector, &agents))
+    // The latest rollout of a configuration is its target, which knows what
+    // the version requires (nothing when forced).
+    let requires = app
+        .targets
+        .snapshot()
+        .iter()
+        .find(|t| t.name == rollout.name && t.current.version == rollout.version)
+        .map(|t| t.requires.clone())
+        .unwrap_or_default();
+    Ok(evaluate(app, rollout, &selector, &requires, &agents))
 }
 
 /// The API view of a rollout.
@@ -436,6 +526,9 @@ pub fn to_api(r: &RolloutRow, p: Progress) -> RolloutStatus {
         } else {
             r.released_batches.min(p.batches)
         },
+        incompatible: p.incompatible,
+        incompatible_agents: p.incompatible_agents,
+        force: r.force,
     }
 }
 
@@ -580,6 +673,7 @@ mod tests {
             updated_at: 0,
             started_by: None,
             selector: String::new(),
+            force: false,
         }
     }
 
@@ -595,11 +689,20 @@ mod tests {
     #[test]
     fn batches_follow_uid_order() {
         let uids = vec!["a".into(), "b".into(), "c".into()];
+        let none = HashSet::new();
         assert_eq!(
-            assign_batches(uids.clone(), 2),
+            assign_batches(uids.clone(), 2, &none),
             vec![("a".into(), 0), ("b".into(), 0), ("c".into(), 1)]
         );
-        assert!(assign_batches(uids, 0).iter().all(|(_, b)| *b == 0));
+        assert!(assign_batches(uids.clone(), 0, &none)
+            .iter()
+            .all(|(_, b)| *b == 0));
+        let skipped = HashSet::from(["a".to_string()]);
+        assert_eq!(
+            assign_batches(uids, 1, &skipped),
+            vec![("a".into(), 0), ("b".into(), 0), ("c".into(), 1)],
+            "a skipped agent counts towards no batch"
+        );
     }
 
     #[test]

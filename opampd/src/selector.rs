@@ -3,6 +3,12 @@
 //! A key matches a server-set label first, then the agent's identifying and
 //! non-identifying attributes (string values only). The empty selector matches
 //! every agent.
+//!
+//! The key `component` is the agent's available components instead:
+//! `component=receivers/otlp` matches an agent whose reported list has a
+//! receiver of type `otlp`, `component!=…` one whose list lacks it (or that
+//! never reported a list), `component` an agent that reported a list, and
+//! `!component` one that never did.
 
 use std::fmt;
 
@@ -12,6 +18,47 @@ pub enum Term {
     Ne(String, String),
     Exists(String),
     Absent(String),
+}
+
+/// The selector key that names an available component (`kind/type`).
+pub const COMPONENT_KEY: &str = "component";
+
+/// What a selector is matched against: one agent.
+pub trait Subject {
+    /// The label, else the string attribute, named `key`.
+    fn value(&self, key: &str) -> Option<&str>;
+    /// Whether the agent's component list has `kind/type`; `None` when it
+    /// never reported a list.
+    fn has_component(&self, kind_type: &str) -> Option<bool>;
+}
+
+/// An agent's labels and attributes only, for code without component lists.
+impl Subject for std::collections::BTreeMap<String, String> {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+
+    fn has_component(&self, _: &str) -> Option<bool> {
+        None
+    }
+}
+
+/// One agent as selectors see it: labels over string attributes, and the
+/// component list it reported.
+#[derive(Debug, Clone, Default)]
+pub struct AgentView {
+    pub values: std::collections::BTreeMap<String, String>,
+    pub components: Option<std::sync::Arc<crate::components::ComponentSet>>,
+}
+
+impl Subject for AgentView {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn has_component(&self, kind_type: &str) -> Option<bool> {
+        self.components.as_ref().map(|set| set.has(kind_type))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -110,6 +157,12 @@ impl Selector {
                 if value.is_empty() {
                     return Err(err(vstart, "expected a value"));
                 }
+                if key == COMPONENT_KEY && !crate::components::valid_selector_value(&value) {
+                    return Err(err(
+                        vstart,
+                        &format!("component {value:?}: name it as kind/type, e.g. component=receivers/otlp"),
+                    ));
+                }
                 if ne {
                     Term::Ne(key, value)
                 } else {
@@ -133,13 +186,17 @@ impl Selector {
         Ok(Selector { terms })
     }
 
-    /// Whether an agent whose key lookup is `get` matches.
-    pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+    /// Whether `agent` matches.
+    pub fn matches(&self, agent: &(impl Subject + ?Sized)) -> bool {
         self.terms.iter().all(|t| match t {
-            Term::Eq(k, v) => get(k) == Some(v.as_str()),
-            Term::Ne(k, v) => get(k) != Some(v.as_str()),
-            Term::Exists(k) => get(k).is_some(),
-            Term::Absent(k) => get(k).is_none(),
+            Term::Eq(k, v) if k == COMPONENT_KEY => agent.has_component(v) == Some(true),
+            Term::Ne(k, v) if k == COMPONENT_KEY => agent.has_component(v) != Some(true),
+            Term::Exists(k) if k == COMPONENT_KEY => agent.has_component("").is_some(),
+            Term::Absent(k) if k == COMPONENT_KEY => agent.has_component("").is_none(),
+            Term::Eq(k, v) => agent.value(k) == Some(v.as_str()),
+            Term::Ne(k, v) => agent.value(k) != Some(v.as_str()),
+            Term::Exists(k) => agent.value(k).is_some(),
+            Term::Absent(k) => agent.value(k).is_none(),
         })
     }
 
@@ -150,6 +207,24 @@ impl Selector {
         let mut params = Vec::new();
         for t in &self.terms {
             let (Term::Eq(k, _) | Term::Ne(k, _) | Term::Exists(k) | Term::Absent(k)) = t;
+            if k == COMPONENT_KEY {
+                conds.push(match t {
+                    Term::Eq(_, v) | Term::Ne(_, v) => {
+                        params.push(v.clone());
+                        let has = crate::store::components::has_component_sql(
+                            first_param + params.len() - 1,
+                        );
+                        if matches!(t, Term::Eq(..)) {
+                            has
+                        } else {
+                            format!("NOT {has}")
+                        }
+                    }
+                    Term::Exists(_) => "components_hash IS NOT NULL".to_string(),
+                    Term::Absent(_) => "components_hash IS NULL".to_string(),
+                });
+                continue;
+            }
             params.push(json_path(k));
             let p = first_param + params.len() - 1;
             let value = format!(
@@ -241,17 +316,51 @@ mod tests {
         );
     }
 
+    struct Agent(Option<&'static [&'static str]>);
+
+    impl Subject for Agent {
+        fn value(&self, k: &str) -> Option<&str> {
+            match k {
+                "env" => Some("prod"),
+                "gpu" => Some("yes"),
+                _ => None,
+            }
+        }
+
+        fn has_component(&self, kind_type: &str) -> Option<bool> {
+            self.0.map(|list| list.contains(&kind_type))
+        }
+    }
+
     #[test]
     fn matching_follows_terms() {
         let s = Selector::parse("env=prod,team!=b,gpu,!old").unwrap();
-        let agent = |k: &str| match k {
-            "env" => Some("prod"),
-            "gpu" => Some("yes"),
-            _ => None,
-        };
-        assert!(s.matches(agent));
-        assert!(!Selector::parse("env=dev").unwrap().matches(agent));
-        assert!(Selector::parse("").unwrap().matches(agent));
-        assert!(!Selector::parse("!gpu").unwrap().matches(agent));
+        let agent = Agent(None);
+        assert!(s.matches(&agent));
+        assert!(!Selector::parse("env=dev").unwrap().matches(&agent));
+        assert!(Selector::parse("").unwrap().matches(&agent));
+        assert!(!Selector::parse("!gpu").unwrap().matches(&agent));
+    }
+
+    #[test]
+    fn component_terms_match_the_reported_list() {
+        let with = Agent(Some(&["receivers/otlp"]));
+        let unknown = Agent(None);
+        let check = |sel: &str, agent: &Agent| Selector::parse(sel).unwrap().matches(agent);
+        assert!(check("component=receivers/otlp", &with));
+        assert!(!check("component=receivers/otlp", &unknown));
+        assert!(!check("component=exporters/otlp", &with));
+        assert!(check("component!=exporters/otlp", &with));
+        assert!(check("component!=exporters/otlp", &unknown));
+        assert!(check("component", &with) && !check("component", &unknown));
+        assert!(check("!component", &unknown) && !check("!component", &with));
+        check_error(
+            "env=prod,component=otlp",
+            "bad selector at position 20: component \"otlp\": name it as kind/type, e.g. component=receivers/otlp",
+        );
+    }
+
+    fn check_error(input: &str, expected: &str) {
+        assert_eq!(Selector::parse(input).unwrap_err().to_string(), expected);
     }
 }

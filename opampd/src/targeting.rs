@@ -6,10 +6,12 @@
 //! it is deterministic. Until a rollout completes, its version reaches only
 //! the agents of its released batches; any other matching agent (an
 //! unreleased batch, or one that matched later) keeps the previous version.
+//! An agent whose reported component list lacks a component the version
+//! uses keeps the previous version too, unless the rollout was forced.
 
-use crate::selector::Selector;
+use crate::selector::{AgentView, Selector};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -31,6 +33,20 @@ pub struct Target {
     /// only ones `current` reaches (the others keep `previous`). `None` once
     /// it has completed: every matching agent gets `current`.
     pub released: Option<Arc<HashSet<[u8; 16]>>>,
+    /// The components (`kind/type`) `current` uses, which an agent must have
+    /// reported to receive it; empty when the rollout was forced.
+    pub requires: Arc<BTreeSet<String>>,
+}
+
+impl Target {
+    /// The components of `current` the agent lacks (empty: none, or the
+    /// agent never reported its components).
+    pub fn lacking(&self, view: &AgentView) -> Vec<String> {
+        if self.requires.is_empty() {
+            return Vec::new();
+        }
+        crate::components::missing(&self.requires, view.components.as_deref()).unwrap_or_default()
+    }
 }
 
 /// What one agent should run.
@@ -101,20 +117,17 @@ impl Targets {
             .clone()
     }
 
-    /// What an agent with these attributes should run; `None` when nothing targets it.
-    pub fn desired_for(
-        &self,
-        uid: &[u8; 16],
-        attrs: &BTreeMap<String, String>,
-    ) -> Option<Arc<Desired>> {
+    /// What an agent seen as `view` should run; `None` when nothing targets it.
+    pub fn desired_for(&self, uid: &[u8; 16], view: &AgentView) -> Option<Arc<Desired>> {
         let targets = self.snapshot();
         let mut files = BTreeMap::new();
         for t in targets.iter() {
-            if !t.selector.matches(|k| attrs.get(k).map(String::as_str)) {
+            if !t.selector.matches(view) {
                 continue;
             }
             let v = match &t.released {
                 Some(released) if !released.contains(uid) => t.previous.as_ref(),
+                _ if !t.lacking(view).is_empty() => t.previous.as_ref(),
                 _ => Some(&t.current),
             };
             if let Some(v) = v {
@@ -151,6 +164,17 @@ mod tests {
             },
             previous: None,
             released: None,
+            requires: Default::default(),
+        }
+    }
+
+    fn view(values: &[(&str, &str)]) -> AgentView {
+        AgentView {
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            components: None,
         }
     }
 
@@ -161,7 +185,7 @@ mod tests {
             target("zeta", "", 1, "z: 1"),
             target("alpha", "env=prod", 2, "a: 2"),
         ]);
-        let attrs = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+        let attrs = view(&[("env", "prod")]);
         let d = t.desired_for(&[1; 16], &attrs).unwrap();
         assert_eq!(
             d.parts(),
@@ -183,20 +207,57 @@ mod tests {
         tg.released = Some(Arc::new(HashSet::from([[8; 16]])));
         t.replace(vec![tg.clone()]);
         assert_eq!(
-            t.desired_for(&[7; 16], &BTreeMap::new()).unwrap().parts(),
+            t.desired_for(&[7; 16], &view(&[])).unwrap().parts(),
             vec![("c".to_string(), 1)],
             "not released, or matched after the start"
         );
         assert_eq!(
-            t.desired_for(&[8; 16], &BTreeMap::new()).unwrap().parts(),
+            t.desired_for(&[8; 16], &view(&[])).unwrap().parts(),
             vec![("c".to_string(), 2)]
         );
         tg.released = None;
         t.replace(vec![tg]);
         assert_eq!(
-            t.desired_for(&[7; 16], &BTreeMap::new()).unwrap().parts(),
+            t.desired_for(&[7; 16], &view(&[])).unwrap().parts(),
             vec![("c".to_string(), 2)],
             "completed: every matching agent"
+        );
+    }
+
+    #[test]
+    fn an_agent_lacking_a_component_keeps_the_previous_version() {
+        use crate::components::ComponentSet;
+        use opamp_agent::message;
+        let t = Targets::default();
+        let mut tg = target("c", "", 2, "receivers:\n  otlp:\n");
+        tg.previous = Some(VersionRef {
+            version: 1,
+            content_type: "text/yaml".into(),
+            body: "old".into(),
+        });
+        tg.requires = Arc::new(BTreeSet::from(["receivers/otlp".to_string()]));
+        t.replace(vec![tg]);
+        let mut agent = view(&[]);
+        let with = |list: &[(&str, &str, &str)]| {
+            Some(Arc::new(ComponentSet::from_report(
+                &message::available_components(list),
+            )))
+        };
+        agent.components = with(&[("receivers", "filelog", "m v1")]);
+        assert_eq!(
+            t.desired_for(&[1; 16], &agent).unwrap().parts(),
+            vec![("c".to_string(), 1)]
+        );
+        agent.components = with(&[("receivers", "otlp", "m v1")]);
+        assert_eq!(
+            t.desired_for(&[1; 16], &agent).unwrap().parts(),
+            vec![("c".to_string(), 2)]
+        );
+        agent.components = None;
+        assert_eq!(
+            t.desired_for(&[1; 16], &agent).unwrap().parts(),
+            vec![("c".to_string(), 2)],
+            "never reported: not skipped"
         );
     }
 

@@ -47,6 +47,33 @@ pub struct Agent {
     pub last_seen: String,
     pub remote_addr: Option<String>,
     pub sequence_num: u64,
+    /// The custom capabilities the agent reported (reverse-FQDN names).
+    #[serde(default)]
+    pub custom_capabilities: Vec<String>,
+    /// Hash (hex) of the component list the agent reported; `None` when it
+    /// never reported one opampd holds.
+    #[serde(default)]
+    pub available_components_hash: Option<String>,
+    /// The components the agent can run, as it reported them; only in
+    /// `GET /agents/{uid}` (lists leave them out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_components: Option<Vec<AvailableComponent>>,
+}
+
+/// One component an agent can run (AvailableComponents), flattened:
+/// `receivers` / `otlp`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AvailableComponent {
+    /// `receivers`, `processors`, `exporters`, `extensions`, `connectors`
+    /// (or what else the agent groups its components by).
+    pub kind: String,
+    /// The component type, e.g. `otlp`; nested levels are joined with `/`.
+    pub name: String,
+    /// From the metadata (`version`, or the version of `code.namespace`).
+    pub version: Option<String>,
+    /// The metadata as reported.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
 }
 
 impl Agent {
@@ -201,6 +228,38 @@ pub struct RolloutRequest {
     pub batch_size: Option<u64>,
     #[serde(default)]
     pub max_failures: Option<u64>,
+    /// Roll out to agents that lack components the configuration uses, too.
+    #[serde(default)]
+    pub force: bool,
+    /// Change nothing: say which targeted agents lack which components.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a rollout request with `dry_run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutPlan {
+    pub name: String,
+    pub version: u64,
+    /// The component types the version's YAML uses, as `kind/type`.
+    pub components: Vec<String>,
+    /// Every agent the rollout would target, in uid order.
+    pub agents: Vec<RolloutPlanAgent>,
+    /// How many targeted agents lack components (skipped unless forced).
+    pub incompatible: u64,
+    /// How many targeted agents never reported their components.
+    pub unknown: u64,
+}
+
+/// One agent of a [`RolloutPlan`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutPlanAgent {
+    pub instance_uid: String,
+    /// `compatible`, `incompatible` or `unknown` (no component list reported).
+    pub components: String,
+    /// The components it lacks, as `kind/type`.
+    #[serde(default)]
+    pub missing: Vec<String>,
 }
 
 /// `POST /configurations/{name}/rollback`.
@@ -246,6 +305,23 @@ pub struct RolloutStatus {
     /// How many agents of the released batches the rollout waits for.
     #[serde(default)]
     pub waiting_total: u64,
+    /// Agents skipped because they lack components the version uses.
+    #[serde(default)]
+    pub incompatible: u64,
+    /// The skipped agents and what each lacks, in uid order, at most 100.
+    #[serde(default)]
+    pub incompatible_agents: Vec<RolloutIncompatible>,
+    /// Started with `force`: agents lacking components are not skipped.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// An agent a rollout skips: it lacks components the version uses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutIncompatible {
+    pub instance_uid: String,
+    /// `kind/type` of every component it lacks.
+    pub missing: Vec<String>,
 }
 
 /// An agent a rollout waits for.
@@ -449,7 +525,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 5;
+pub const DB_SCHEMA_VERSION: u32 = 6;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -43,6 +43,8 @@ pub const SERVER_OFFERS_CONNECTION_SETTINGS: u64 = 0x20;
 
 /// ServerToAgent flags.
 pub const FLAG_REPORT_FULL_STATE: u64 = 0x1;
+/// ServerToAgent flag: send the full list of available components.
+pub const FLAG_REPORT_AVAILABLE_COMPONENTS: u64 = 0x2;
 /// AgentToServer flags.
 pub const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
 

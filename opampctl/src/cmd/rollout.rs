@@ -6,7 +6,7 @@ use crate::context::Settings;
 use crate::error::{CtlError, Exit, Result};
 use crate::output;
 use comfy_table::Cell;
-use opamp_proto::api::{RolloutRequest, RolloutResume, RolloutStatus};
+use opamp_proto::api::{RolloutPlan, RolloutRequest, RolloutResume, RolloutStatus};
 use reqwest::Method;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,8 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
             version,
             batch_size,
             max_failures,
+            dry_run,
+            force,
         } => {
             if batch_size == Some(0) {
                 return Err(CtlError::usage("--batch-size must be at least 1"));
@@ -25,7 +27,15 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
                 version,
                 batch_size,
                 max_failures,
+                force,
+                dry_run,
             };
+            if dry_run {
+                let (_, plan): (_, RolloutPlan) = client
+                    .send_json(Method::POST, &path(&name, "")?, &req)
+                    .await?;
+                return show_plan(settings, &plan, force);
+            }
             let (_, st): (_, RolloutStatus) = client
                 .send_json(Method::POST, &path(&name, "")?, &req)
                 .await?;
@@ -42,6 +52,16 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
                         st.name
                     ),
                 );
+                if st.incompatible > 0 {
+                    output::info(
+                        settings,
+                        format!(
+                            "{} skipped: they lack components the configuration uses (`opampctl rollout status {}` names them; --force rolls out to them too)",
+                            count(st.incompatible, "agent"),
+                            st.name
+                        ),
+                    );
+                }
                 Ok(())
             } else {
                 output::machine(settings, &st)
@@ -57,6 +77,45 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
             change(settings, client, &name, "resume", max_failures).await
         }
     }
+}
+
+/// A dry run: every targeted agent and what it lacks.
+fn show_plan(settings: &Settings, plan: &RolloutPlan, force: bool) -> Result<()> {
+    output::show(settings, plan, |_| {
+        let mut t = output::table(settings, &["INSTANCE UID", "COMPONENTS", "MISSING"]);
+        for a in &plan.agents {
+            t.add_row(vec![
+                Cell::new(&a.instance_uid),
+                Cell::new(&a.components),
+                Cell::new(if a.missing.is_empty() {
+                    "-".to_string()
+                } else {
+                    a.missing.join(", ")
+                }),
+            ]);
+        }
+        output::render(&t)
+    })?;
+    if settings.human() {
+        let targeted = plan.agents.len() as u64;
+        let skipped = if force || plan.incompatible == 0 {
+            String::new()
+        } else {
+            format!("; {} would be skipped", count(plan.incompatible, "agent"))
+        };
+        output::info(
+            settings,
+            format!(
+                "dry run of {} version {}: {} targeted, {} lacking components, {} never reported them{skipped}; nothing changed",
+                plan.name,
+                plan.version,
+                count(targeted, "agent"),
+                plan.incompatible,
+                plan.unknown
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn count(n: u64, what: &str) -> String {
@@ -125,8 +184,16 @@ const WAITING_SHOWN: usize = 10;
 
 fn line(st: &RolloutStatus) -> String {
     format!(
-        "{} v{} {}: {} applied, {} applying, {} pending, {} failed of {}",
-        st.name, st.version, st.state, st.applied, st.applying, st.pending, st.failed, st.total
+        "{} v{} {}: {} applied, {} applying, {} pending, {} failed, {} incompatible of {}",
+        st.name,
+        st.version,
+        st.state,
+        st.applied,
+        st.applying,
+        st.pending,
+        st.failed,
+        st.incompatible,
+        st.total
     )
 }
 
@@ -134,7 +201,15 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
     let mut t = output::table(
         settings,
         &[
-            "NAME", "VERSION", "STATE", "TOTAL", "APPLIED", "APPLYING", "PENDING", "FAILED",
+            "NAME",
+            "VERSION",
+            "STATE",
+            "TOTAL",
+            "APPLIED",
+            "APPLYING",
+            "PENDING",
+            "FAILED",
+            "INCOMPATIBLE",
         ],
     );
     t.add_row(vec![
@@ -146,6 +221,7 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
         Cell::new(st.applying),
         Cell::new(st.pending),
         Cell::new(st.failed),
+        Cell::new(st.incompatible),
     ]);
     let mut text = output::render(&t);
     if let Some(r) = &st.reason {
@@ -163,6 +239,25 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
         text.push_str(&format!(
             "\nwaiting: {} {} ({})",
             w.instance_uid, w.state, w.status
+        ));
+    }
+    for i in st.incompatible_agents.iter().take(shown) {
+        text.push_str(&format!(
+            "\nincompatible: {} lacks {}",
+            i.instance_uid,
+            i.missing.join(", ")
+        ));
+    }
+    let named_incompatible = st.incompatible_agents.len().min(shown) as u64;
+    if st.incompatible > named_incompatible {
+        text.push_str(&format!(
+            "\n… and {} more incompatible{}",
+            st.incompatible - named_incompatible,
+            if wide {
+                ""
+            } else {
+                " (-o wide names up to 100)"
+            }
         ));
     }
     let named = st.waiting.len().min(shown) as u64;

@@ -283,7 +283,10 @@ async fn after_restore(app: &Arc<App>) -> u64 {
             }
         }
     }
-    // Configurations and rollouts come from the restored database too.
+    // Configurations, rollouts and component lists come from the restored database too.
+    if let Err(e) = app.components.load(&app.store).await {
+        tracing::error!(error = %format!("{e:#}"), "after the restore: cannot read the component lists");
+    }
     if let Err(e) = crate::rollouts::retarget(app).await {
         tracing::error!(error = %format!("{e:#}"), "after the restore: cannot rebuild the configuration targets");
     }

@@ -126,7 +126,12 @@ pub async fn show(
 ) -> ApiResult<Json<Agent>> {
     let uid = parse_uid(&uid)?;
     let row = load(&app, &uid).await?;
-    Ok(Json(to_api(&app, &row)))
+    let mut agent = to_api(&app, &row);
+    agent.available_components = app
+        .components
+        .get_hex(row.components_hash.as_deref())
+        .map(|set| set.entries.clone());
+    Ok(Json(agent))
 }
 
 pub async fn remove(
@@ -201,6 +206,11 @@ pub async fn labels(
 ) -> ApiResult<Json<Agent>> {
     let uid = parse_uid(&uid)?;
     for (k, v) in &body.labels {
+        if k == crate::selector::COMPONENT_KEY {
+            return Err(ApiError::bad_request(format!(
+                "label key {k:?} is reserved: selectors use it for the agent's available components"
+            )));
+        }
         if !valid_label_key(k) {
             return Err(ApiError::bad_request(format!(
                 "label key {k:?}: use 1-128 letters, digits, '.', '_', '-', '/'"
@@ -374,6 +384,13 @@ pub fn to_api(app: &App, r: &AgentRow) -> Agent {
         last_seen: rfc3339(last_seen),
         remote_addr: r.remote_addr.clone(),
         sequence_num: r.sequence_num,
+        custom_capabilities: r
+            .custom_capabilities
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default(),
+        available_components_hash: r.components_hash.clone(),
+        available_components: None,
     }
 }
 

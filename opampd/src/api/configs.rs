@@ -16,10 +16,11 @@ use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use opamp_proto::api::{
     ConfigDiff, ConfigVersion, Configuration, ConfigurationInput, Page, RollbackRequest,
-    RolloutRequest, RolloutResume, RolloutStatus,
+    RolloutPlan, RolloutPlanAgent, RolloutRequest, RolloutResume, RolloutStatus,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -595,12 +596,14 @@ pub async fn rollback(
 /// Largest batch size and failure allowance accepted.
 const MAX_COUNT: u64 = 1_000_000_000;
 
+/// Starts a rollout (202 and its status), or with `dry_run` says which
+/// targeted agents lack which components (200 and a [`RolloutPlan`]).
 pub async fn rollout_start(
     State(app): State<Arc<App>>,
     Operator(who, addr): Operator,
     Path(name): Path<String>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<RolloutStatus>)> {
+) -> ApiResult<Response> {
     let req: RolloutRequest = parse_body(&body, "rollout request", true)?;
     let batch_size = req.batch_size.unwrap_or(0);
     let max_failures = req.max_failures.unwrap_or(0);
@@ -623,9 +626,46 @@ pub async fn rollout_start(
     let version = req.version.unwrap_or(row.latest_version);
     let chosen = load_version(&app, &name, version).await?;
     let selector = Selector::parse(&row.selector).unwrap_or_default();
-    let matching = rollouts::matching_agents(&app, &selector).await?;
-    refuse_oversized(&app, &name, &chosen, &matching).await?;
-    let agents = rollouts::assign_batches(matching, batch_size);
+    let requires = crate::components::required(&chosen.body);
+    let targeted = rollouts::matching_agents(&app, &selector, &requires).await?;
+    let lacking = |t: &rollouts::Targeted| t.missing.as_ref().is_some_and(|m| !m.is_empty());
+    if req.dry_run {
+        let plan = RolloutPlan {
+            name: name.clone(),
+            version,
+            components: requires.into_iter().collect(),
+            incompatible: targeted.iter().filter(|t| lacking(t)).count() as u64,
+            unknown: targeted.iter().filter(|t| t.missing.is_none()).count() as u64,
+            agents: targeted
+                .into_iter()
+                .map(|t| RolloutPlanAgent {
+                    components: match &t.missing {
+                        None => "unknown",
+                        Some(m) if m.is_empty() => "compatible",
+                        Some(_) => "incompatible",
+                    }
+                    .into(),
+                    missing: t.missing.unwrap_or_default(),
+                    instance_uid: t.uid,
+                })
+                .collect(),
+        };
+        return Ok(Json(plan).into_response());
+    }
+    let force = req.force;
+    let skipped: std::collections::HashSet<String> = targeted
+        .iter()
+        .filter(|t| !force && lacking(t))
+        .map(|t| t.uid.clone())
+        .collect();
+    let matching: Vec<String> = targeted.into_iter().map(|t| t.uid).collect();
+    let receiving: Vec<String> = matching
+        .iter()
+        .filter(|u| !skipped.contains(*u))
+        .cloned()
+        .collect();
+    refuse_oversized(&app, &name, &chosen, &receiving).await?;
+    let agents = rollouts::assign_batches(matching, batch_size, &skipped);
     let (key, actor) = (name.clone(), who.name.clone());
     let selector_text = row.selector.clone();
     let count = agents.len();
@@ -665,6 +705,7 @@ pub async fn rollout_start(
                 updated_at: now,
                 started_by: Some(actor.clone()),
                 selector: selector_text,
+                force,
             };
             let id = configs::insert_rollout(c, &row, &agents)?;
             insert_audit(
@@ -679,6 +720,8 @@ pub async fn rollout_start(
                     "batch_size": batch_size,
                     "max_failures": max_failures,
                     "agents": agents.len(),
+                    "skipped_incompatible": skipped.len(),
+                    "force": force,
                     "selector": row.selector,
                     "superseded_version": prior.as_ref().map(|p| p.version),
                 }),
@@ -689,7 +732,7 @@ pub async fn rollout_start(
     tracing::info!(configuration = %name, version, agents = count, batch_size, max_failures, by = %who.name, "rollout started");
     rollouts::retarget(&app).await?;
     let p = rollouts::progress_of(&app, &rollout).await?;
-    Ok((StatusCode::ACCEPTED, Json(rollouts::to_api(&rollout, p))))
+    Ok((StatusCode::ACCEPTED, Json(rollouts::to_api(&rollout, p))).into_response())
 }
 
 /// Refuses (413) a rollout that would send an agent more than

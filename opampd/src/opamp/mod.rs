@@ -290,7 +290,11 @@ pub async fn process(
                 .flatten()
         };
         let session = match &loaded {
-            Some(row) => Session::from_row(key, row, origin.transport),
+            Some(row) => {
+                let mut session = Session::from_row(key, row, origin.transport);
+                session.set_components(app.components.get_hex(row.components_hash.as_deref()));
+                session
+            }
             None => Session::new(key, origin.transport),
         };
         // Becomes connected below, with the connect event.
@@ -310,6 +314,7 @@ pub async fn process(
                 remote_addr: Some(origin.remote),
                 new_uid: assigned,
                 max_send_bytes: app.config.opamp.max_send_bytes,
+                components: &app.components,
             },
         );
         (out, connecting)

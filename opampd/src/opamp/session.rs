@@ -9,10 +9,13 @@
 //! offers are gated by the agent's current capabilities; a remote config is
 //! offered when its hash differs from what the agent reports and was not
 //! already offered on this connection, and again whenever the agent reports a
-//! hash other than the one offered; a restart command goes out alone.
+//! hash other than the one offered; a restart command goes out alone; an
+//! unknown component-list hash is asked for once ([`crate::components`]).
 
 use super::connection::{self, ConnectionSettings};
 use super::reply::{Answer, Command, Reply};
+use crate::components::{self, ComponentSet};
+use crate::selector::{AgentView, Subject};
 use crate::store::{self, AgentPatch};
 use crate::targeting::{Desired, Targets};
 use opamp_proto::caps::*;
@@ -71,6 +74,7 @@ pub struct Session {
     disconnected: bool,
     /// Connection settings offered and reported.
     connection: connection::AgentState,
+    components: components::Known,
 }
 
 impl Session {
@@ -97,6 +101,7 @@ impl Session {
             restart_pending: false,
             disconnected: false,
             connection: connection::AgentState::default(),
+            components: components::Known::default(),
         }
     }
 
@@ -136,11 +141,25 @@ impl Session {
             .map(String::as_str)
     }
 
-    /// Labels over string attributes: what selectors see.
-    pub fn selector_view(&self) -> BTreeMap<String, String> {
+    /// Labels over string attributes, and the component list: what selectors see.
+    pub fn selector_view(&self) -> AgentView {
         let mut all = self.attrs.clone();
         all.extend(self.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        all
+        AgentView {
+            values: all,
+            components: self.components.set.clone(),
+        }
+    }
+
+    /// The component list of the agent's reported hash, if opampd holds it.
+    pub fn components(&self) -> Option<&Arc<ComponentSet>> {
+        self.components.set.as_ref()
+    }
+
+    /// Sets the component list (a returning agent's stored one).
+    pub fn set_components(&mut self, set: Option<Arc<ComponentSet>>) {
+        self.components.set = set;
+        self.desired_epoch = u64::MAX;
     }
 
     /// Recomputes the desired configuration if targets or attributes changed.
@@ -389,6 +408,16 @@ pub fn undeliverable_json(s: &Session) -> Value {
     record
 }
 
+impl Subject for Session {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.lookup(key)
+    }
+
+    fn has_component(&self, kind_type: &str) -> Option<bool> {
+        self.components.set.as_ref().map(|set| set.has(kind_type))
+    }
+}
+
 pub fn remote_config(d: &Desired) -> pb::AgentRemoteConfig {
     pb::AgentRemoteConfig {
         config: Some(pb::AgentConfigMap {
@@ -473,6 +502,8 @@ pub struct Ctx<'a> {
     pub new_uid: Option<[u8; 16]>,
     /// `opamp.max_send_bytes`: an offer whose reply would be larger is not made.
     pub max_send_bytes: usize,
+    /// The component lists opampd holds.
+    pub components: &'a components::Cache,
 }
 
 /// Applies one AgentToServer to the session. `msg.instance_uid` is valid (16 bytes).
@@ -561,6 +592,23 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
             p!().connection_settings = Some(s.connection.to_json());
         }
     }
+    let mut ask_components = false;
+    if let Some(reported) = &msg.available_components {
+        let update = components::report(&mut s.components, reported, ctx.components, retry);
+        if let Some(set) = update.changed {
+            // Selectors and rollouts may see the agent differently now.
+            s.desired_epoch = u64::MAX;
+            let pa = p!().components.get_or_insert_with(Default::default);
+            pa.hash = Some(set.hash_hex());
+            pa.set = update.learned.then_some(set);
+        }
+        ask_components = update.ask && s.capabilities & REPORTS_AVAILABLE_COMPONENTS != 0;
+    }
+    if let Some(custom) = &msg.custom_capabilities {
+        p!().components
+            .get_or_insert_with(Default::default)
+            .custom_capabilities = Some(Value::from(custom.capabilities.clone()).to_string());
+    }
 
     let ask = if retry {
         s.full_state_requested
@@ -573,7 +621,10 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         lost && omits_any(s.capabilities, msg) && !first_report && !s.full_state_requested
     };
     s.full_state_requested = ask;
-    let flags = if ask { FLAG_REPORT_FULL_STATE } else { 0 };
+    let mut flags = if ask { FLAG_REPORT_FULL_STATE } else { 0 };
+    if ask_components {
+        flags |= FLAG_REPORT_AVAILABLE_COMPONENTS;
+    }
     let mut answer = Answer {
         flags,
         new_instance_uid: ctx.new_uid,
@@ -834,6 +885,7 @@ mod tests {
                 remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
                 max_send_bytes: 64 << 20,
+                components: &components::Cache::default(),
             },
         )
     }
@@ -929,6 +981,7 @@ mod tests {
                 remote_addr: None,
                 new_uid: Some([2; 16]),
                 max_send_bytes: 64 << 20,
+                components: &components::Cache::default(),
             },
         );
         assert_eq!(
@@ -957,6 +1010,7 @@ mod tests {
             },
             previous: None,
             released: None,
+            requires: Default::default(),
         }]);
         let mut s = Session::new([1; 16], Transport::WebSocket);
         let out = check(&mut s, full(0, CAPS), &t);
@@ -997,6 +1051,7 @@ mod tests {
             },
             previous: None,
             released: None,
+            requires: Default::default(),
         }]);
         t
     }
@@ -1108,6 +1163,7 @@ mod tests {
         let t = target("service.name=a");
         let mut s = Session::new([1; 16], Transport::WebSocket);
         let connection = ConnectionSettings::default();
+        let cache = components::Cache::default();
         let ctx = |max_send_bytes| Ctx {
             targets: &t,
             connection: &connection,
@@ -1115,6 +1171,7 @@ mod tests {
             remote_addr: None,
             new_uid: None,
             max_send_bytes,
+            components: &cache,
         };
         let out = handle(&mut s, &full(0, CAPS), &ctx(100));
         assert!(out.reply.remote_config.is_none());
@@ -1147,6 +1204,7 @@ mod tests {
             },
             previous: None,
             released: None,
+            requires: Default::default(),
         }]);
         let mut s = Session::new([1; 16], Transport::WebSocket);
         let out = check(&mut s, full(0, REPORTS_STATUS), &t);

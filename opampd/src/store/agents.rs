@@ -26,6 +26,20 @@ pub struct AgentPatch {
     pub offered: Option<String>,
     /// JSON: connection settings offered and reported (`opamp::connection`).
     pub connection_settings: Option<String>,
+    /// Available components and custom capabilities (rare: boxed, so a
+    /// heartbeat's patch stays small).
+    pub components: Option<Box<ComponentsPatch>>,
+}
+
+/// A change to an agent's available components and custom capabilities.
+#[derive(Debug, Default, Clone)]
+pub struct ComponentsPatch {
+    /// Hex hash of the agent's component list (held in `component_sets`).
+    pub hash: Option<String>,
+    /// A component list opampd did not hold yet, to store.
+    pub set: Option<std::sync::Arc<crate::components::ComponentSet>>,
+    /// JSON array of the agent's custom capabilities.
+    pub custom_capabilities: Option<String>,
 }
 
 impl AgentPatch {
@@ -56,6 +70,18 @@ impl AgentPatch {
             offered,
             connection_settings
         );
+        if let Some(newer) = newer.components {
+            let mine = self.components.get_or_insert_with(Default::default);
+            if newer.hash.is_some() {
+                mine.hash = newer.hash;
+            }
+            if newer.set.is_some() {
+                mine.set = newer.set;
+            }
+            if newer.custom_capabilities.is_some() {
+                mine.custom_capabilities = newer.custom_capabilities;
+            }
+        }
         self.last_seen = self.last_seen.max(newer.last_seen);
     }
 
@@ -77,6 +103,7 @@ impl AgentPatch {
             || self.remote_addr.is_some()
             || self.offered.is_some()
             || self.connection_settings.is_some()
+            || self.components.is_some()
     }
 }
 
@@ -177,6 +204,9 @@ pub(super) fn apply_patches<'a>(
             now,
             p.connection_settings,
         ])?;
+        if let Some(components) = &p.components {
+            super::components::apply(conn, &p.uid, components)?;
+        }
     }
     Ok(())
 }
@@ -215,11 +245,15 @@ pub struct AgentRow {
     pub applied: Option<String>,
     /// JSON: connection settings offered and reported (`opamp::connection`).
     pub connection_settings: Option<String>,
+    /// Hex hash of the component list the agent reported, if held.
+    pub components_hash: Option<String>,
+    /// JSON array of custom capabilities.
+    pub custom_capabilities: Option<String>,
 }
 
 const COLUMNS: &str = "uid, status, transport, capabilities, identifying, non_identifying, labels, health,
     effective_config, effective_config_hash, remote_status, sequence_num, first_seen, last_seen, updated_at,
-    remote_addr, offered, applied, connection_settings";
+    remote_addr, offered, applied, connection_settings, components_hash, custom_capabilities";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
@@ -242,6 +276,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
         offered: r.get(16)?,
         applied: r.get(17)?,
         connection_settings: r.get(18)?,
+        components_hash: r.get(19)?,
+        custom_capabilities: r.get(20)?,
     })
 }
 

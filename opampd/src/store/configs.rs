@@ -54,6 +54,8 @@ pub struct RolloutRow {
     pub started_by: Option<String>,
     /// The configuration's selector when the rollout started: who receives it.
     pub selector: String,
+    /// Agents lacking components the version uses receive it anyway.
+    pub force: bool,
 }
 
 const CONFIG_COLUMNS: &str =
@@ -90,7 +92,7 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<VersionRow> {
 
 const ROLLOUT_COLUMNS: &str =
     "id, name, version, hash, state, batch_size, max_failures, released_batches,
-    previous_version, reason, started_at, updated_at, started_by, selector";
+    previous_version, reason, started_at, updated_at, started_by, selector, force";
 
 fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
     Ok(RolloutRow {
@@ -108,6 +110,7 @@ fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
         updated_at: r.get(11)?,
         started_by: r.get(12)?,
         selector: r.get(13)?,
+        force: r.get::<_, i64>(14)? != 0,
     })
 }
 
@@ -294,8 +297,8 @@ pub fn supersede(c: &Connection, name: &str, now: i64) -> Result<()> {
 pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) -> Result<i64> {
     c.execute(
         "INSERT INTO rollouts (name, version, hash, state, batch_size, max_failures, released_batches,
-            previous_version, reason, started_at, updated_at, started_by, selector)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            previous_version, reason, started_at, updated_at, started_by, selector, force)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             r.name,
             r.version as i64,
@@ -309,7 +312,8 @@ pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) 
             r.started_at,
             r.updated_at,
             r.started_by,
-            r.selector
+            r.selector,
+            r.force as i64
         ],
     )?;
     let id = c.last_insert_rowid();
@@ -366,12 +370,14 @@ pub struct StoredAgent {
     pub capabilities: u64,
     /// JSON: the last offer (or the offer that could not be sent, with its `error`).
     pub offered: Option<String>,
+    pub components_hash: Option<String>,
 }
 
 pub fn rollout_agents(c: &Connection, rollout_id: i64) -> Result<Vec<RolloutAgent>> {
     let mut stmt = c.prepare_cached(
         "SELECT ra.uid, ra.batch, a.uid, a.labels, a.identifying, a.non_identifying, a.remote_status,
-                a.capabilities, a.offered
+                a.capabilities, a.offered,
+                a.components_hash
          FROM rollout_agents ra LEFT JOIN agents a ON a.uid = ra.uid
          WHERE ra.rollout_id = ?1 ORDER BY ra.uid",
     )?;
@@ -389,6 +395,7 @@ pub fn rollout_agents(c: &Connection, rollout_id: i64) -> Result<Vec<RolloutAgen
                         remote_status: r.get(6)?,
                         capabilities: r.get::<_, i64>(7)? as u64,
                         offered: r.get(8)?,
+                        components_hash: r.get(9)?,
                     }),
                     None => None,
                 },
@@ -398,8 +405,12 @@ pub fn rollout_agents(c: &Connection, rollout_id: i64) -> Result<Vec<RolloutAgen
     Ok(rows)
 }
 
-/// Uids of stored agents that match `selector` and accept remote configuration.
-pub fn matching_agents(c: &Connection, selector: &Selector) -> Result<Vec<String>> {
+/// Stored agents that match `selector` and accept remote configuration:
+/// uid and component-list hash, in uid order.
+pub fn matching_agents(
+    c: &Connection,
+    selector: &Selector,
+) -> Result<Vec<(String, Option<String>)>> {
     let (cond, params) = selector.to_sql(1);
     let cond = if cond.is_empty() {
         String::new()
@@ -407,12 +418,14 @@ pub fn matching_agents(c: &Connection, selector: &Selector) -> Result<Vec<String
         format!(" AND {cond}")
     };
     let mut stmt = c.prepare(&format!(
-        "SELECT uid FROM agents WHERE (capabilities & {}) != 0{cond} ORDER BY uid",
+        "SELECT uid, components_hash FROM agents WHERE (capabilities & {}) != 0{cond} ORDER BY uid",
         opamp_proto::caps::ACCEPTS_REMOTE_CONFIG
     ))?;
     let rows = stmt
-        .query_map(params_from_iter(params.iter()), |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+        .query_map(params_from_iter(params.iter()), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 

@@ -7,6 +7,7 @@
 //! on tokio's blocking threads, never on the async workers.
 
 pub mod agents;
+pub mod components;
 pub mod configs;
 pub mod dbfile;
 pub mod maintenance;

@@ -153,6 +153,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE agents ADD COLUMN connection_settings TEXT;
     "#,
+    // 6: available components (one row per reported list, shared by every
+    // agent reporting its hash), custom capabilities, forced rollouts.
+    r#"
+    CREATE TABLE component_sets (
+        hash TEXT PRIMARY KEY,
+        entries TEXT NOT NULL,
+        types TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE agents ADD COLUMN components_hash TEXT;
+    ALTER TABLE agents ADD COLUMN custom_capabilities TEXT;
+    ALTER TABLE rollouts ADD COLUMN force INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

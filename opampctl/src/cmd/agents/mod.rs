@@ -1,4 +1,4 @@
-//! `opampctl agents list|show|label|delete|restart`.
+//! `opampctl agents list|show|label|delete|restart|components`.
 //!
 //! `resolve` turns a uid or a unique prefix into the agent's uid; `fleet`
 //! runs label, delete and restart on every agent -l/--status picks.
@@ -15,7 +15,7 @@ use crate::error::{CtlError, Result};
 use crate::output::{self, status_cell};
 use comfy_table::Cell;
 use fleet::Action;
-use opamp_proto::api::{Agent, LabelPatch, Page};
+use opamp_proto::api::{Agent, AvailableComponent, LabelPatch, Page};
 use reqwest::Method;
 use std::collections::BTreeMap;
 
@@ -55,6 +55,7 @@ pub async fn run(settings: &Settings, client: &Client, cmd: AgentsCmd) -> Result
             Some(uid) => restart(settings, client, &uid).await,
             None => fleet::run(settings, client, &fleet, Action::Restart).await,
         },
+        AgentsCmd::Components { uid } => components(settings, client, &uid).await,
     }
 }
 
@@ -267,6 +268,23 @@ fn show_text(agent: &Agent) -> String {
         None => lines.push("health:        -".into()),
     }
     lines.push(format!(
+        "custom_capabilities: {}",
+        if agent.custom_capabilities.is_empty() {
+            "-".to_string()
+        } else {
+            agent.custom_capabilities.join(", ")
+        }
+    ));
+    lines.push(match &agent.available_components {
+        Some(list) => format!(
+            "available_components: {} (hash {}; `opampctl agents components {}` lists them)",
+            list.len(),
+            agent.available_components_hash.as_deref().unwrap_or("-"),
+            agent.instance_uid
+        ),
+        None => "available_components: - (none reported)".into(),
+    });
+    lines.push(format!(
         "effective_config_hash: {}",
         agent.effective_config_hash.as_deref().unwrap_or("-")
     ));
@@ -302,6 +320,30 @@ async fn show(settings: &Settings, client: &Client, uid: &str) -> Result<()> {
     let uid = agent_uid(client, uid).await?;
     let agent: Agent = client.get(&format!("/api/v1/agents/{}", enc(&uid))).await?;
     output::show(settings, &agent, |_| show_text(&agent))
+}
+
+fn components_table(settings: &Settings, list: &[AvailableComponent]) -> String {
+    let mut t = output::table(settings, &["KIND", "TYPE/NAME", "VERSION"]);
+    for c in list {
+        t.add_row(vec![
+            Cell::new(&c.kind),
+            Cell::new(&c.name),
+            Cell::new(c.version.as_deref().unwrap_or("-")),
+        ]);
+    }
+    output::render(&t)
+}
+
+async fn components(settings: &Settings, client: &Client, uid: &str) -> Result<()> {
+    let uid = agent_uid(client, uid).await?;
+    let agent: Agent = client.get(&format!("/api/v1/agents/{}", enc(&uid))).await?;
+    let Some(list) = &agent.available_components else {
+        return Err(CtlError::failed(format!(
+            "agent {} has reported no component list (it needs the ReportsAvailableComponents capability)",
+            agent.instance_uid
+        )));
+    };
+    output::show(settings, list, |_| components_table(settings, list))
 }
 
 /// Parses `k=v` (set) and `k-` (remove) arguments.

@@ -173,6 +173,7 @@ async fn run_rollout(
         version: None,
         batch_size: None,
         max_failures: None,
+        ..Default::default()
     };
     let (_, mut status): (_, RolloutStatus) =
         client.send_json(Method::POST, &path, &request).await?;
