@@ -3093,6 +3093,7 @@ _opampctl_server_values() {
                 " agents label") kind=agents; wanted=0; position=0 ;;
                 " agents delete") kind=agents; wanted=0; position=0 ;;
                 " agents restart") kind=agents; wanted=0; position=0 ;;
+                " agents components") kind=agents; wanted=0; position=0 ;;
                 " configs show") kind=configs; wanted=0; position=0 ;;
                 " configs history") kind=configs; wanted=0; position=0 ;;
                 " configs diff") kind=configs; wanted=0; position=0 ;;

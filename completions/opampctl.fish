@@ -74,25 +74,26 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l wait -d 'Po
 complete -c opampctl -n "__fish_opampctl_using_subcommand health" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand health" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand health" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l context -d 'Context of the config file to use (server and token file)' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
 wide\t'Like table, with more columns'
 json\t'JSON: stable field names, for scripts'
 yaml\t'YAML, same fields as JSON'"
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "list" -d 'List agents'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "show" -d 'Show one agent'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "label" -d 'Set or remove server-side labels of one agent, or of every agent -l/--status picks'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "delete" -d 'Delete one agent from the inventory, or every agent -l/--status picks'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart" -f -a "restart" -d 'Ask a connected agent, or every agent -l/--status picks, to restart'
-complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -s l -l selector -d 'Label selector: k=v, k!=v, k (present); comma means and' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -f -a "list" -d 'List agents'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -f -a "show" -d 'Show one agent'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -f -a "label" -d 'Set or remove server-side labels of one agent, or of every agent -l/--status picks'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -f -a "delete" -d 'Delete one agent from the inventory, or every agent -l/--status picks'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -f -a "restart" -d 'Ask a connected agent, or every agent -l/--status picks, to restart'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and not __fish_seen_subcommand_from list show label delete restart components" -f -a "components" -d 'List the components an agent can run, as it reported them (kind, type/name, version)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -s l -l selector -d 'Label selector: k=v, k!=v, k (present); comma means and; component=KIND/TYPE needs an available component' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from list" -l status -d 'Only agents with this status' -r -f -a "connected\t''
 stale\t''
 disconnected\t''"
@@ -179,6 +180,19 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_see
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and not __fish_seen_subcommand_from apply list show history diff rollback delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -330,6 +344,8 @@ json\t'JSON: stable field names, for scripts'
 yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l dry-run -d 'Change nothing: list the targeted agents and the components each lacks'
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l force -d 'Also roll out to agents whose available components lack one the configuration uses (skipped by default)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -919,6 +935,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_see
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from label" -f -a "(__fish_opampctl_server_values agents)"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from delete" -f -a "(__fish_opampctl_server_values agents)"
 complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from restart" -f -a "(__fish_opampctl_server_values agents)"
+complete -c opampctl -n "__fish_opampctl_using_subcommand agents; and __fish_seen_subcommand_from components" -f -a "(__fish_opampctl_server_values agents)"
 complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from show" -f -a "(__fish_opampctl_server_values configs)"
 complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from history" -f -a "(__fish_opampctl_server_values configs)"
 complete -c opampctl -n "__fish_opampctl_using_subcommand configs; and __fish_seen_subcommand_from diff" -f -a "(__fish_opampctl_server_values configs)"
