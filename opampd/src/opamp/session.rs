@@ -1219,6 +1219,7 @@ mod tests {
         let connection = ConnectionSettings::new(&config, &[]);
         let caps = CAPS | ACCEPTS_OPAMP_CONNECTION_SETTINGS;
         let mut s = Session::new([1; 16], Transport::WebSocket);
+        let cache = components::Cache::default();
         let mut send = |msg| {
             handle(
                 &mut s,
@@ -1230,6 +1231,7 @@ mod tests {
                     remote_addr: None,
                     new_uid: None,
                     max_send_bytes: 64 << 20,
+                    components: &cache,
                 },
             )
             .reply
