@@ -33,6 +33,9 @@ pub struct App {
     pub connection_settings: RwLock<Arc<ConnectionSettings>>,
     /// Woken when an agent reports a new remote config status or a rollout changes.
     pub rollout_wakeup: Notify,
+    /// (uid, certificate) pairs refused and audited already: a refused
+    /// certificate is audited once, not once per message.
+    pub foreign_certificates: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub shutdown: watch::Receiver<bool>,
 }
 

@@ -105,7 +105,15 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
     ),
     (
         "tls.client_ca_file, tls.require_client_cert",
-        "Verify client certificates against these CAs; optionally require one.",
+        "Verify client certificates against these CAs; optionally require one. With \
+         agent_listen they apply to the operator listener only, unless opamp.tls.client_ca_file \
+         is unset (then the agent listener uses them too).",
+    ),
+    (
+        "opamp.tls.client_ca_file, opamp.tls.require_client_cert",
+        "The agent listener's (agent_listen) own client-certificate CAs; optionally require \
+         one. An agent registered with a certificate is bound to its SHA-256 fingerprint: \
+         another certificate cannot speak for its uid.",
     ),
     (
         "opamp.path",

@@ -94,6 +94,9 @@ pub struct OpampConfig {
     /// the destination of the OpAMP connection settings offered to agents.
     /// Unset: no OpAMP connection settings are offered.
     pub public_url: Option<String>,
+    /// Client certificates on the agent listener (`agent_listen`), verified
+    /// apart from the operator listener's (`tls.client_ca_file`).
+    pub tls: AgentTlsConfig,
 }
 
 /// Where agents send their own telemetry (offered to agents that report it).
@@ -113,6 +116,16 @@ pub struct TelemetryDestination {
     pub endpoint: Option<String>,
     /// Header name → value (an API key, ...).
     pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentTlsConfig {
+    /// PEM bundle of CAs that sign agents' client certificates (agent listener
+    /// only; unset: the agent listener uses the `tls.client_ca_file` settings).
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse agents without a valid certificate on the agent listener.
+    pub require_client_cert: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -222,6 +235,7 @@ impl Default for OpampConfig {
             reassign_duplicate_uids: true,
             allow_anonymous_agents: false,
             public_url: None,
+            tls: AgentTlsConfig::default(),
         }
     }
 }
@@ -444,6 +458,18 @@ impl Config {
                 if http::HeaderValue::from_str(value).is_err() {
                     bail!("{key}.headers.{name}: the value is not a valid HTTP header value (no control characters)");
                 }
+            }
+        }
+        let agent_tls = &self.opamp.tls;
+        if agent_tls.client_ca_file.is_some() || agent_tls.require_client_cert {
+            if self.agent_listen.is_none() {
+                bail!("opamp.tls.client_ca_file and opamp.tls.require_client_cert apply to the agent listener: set agent_listen too, or use tls.client_ca_file for the one listener");
+            }
+            if self.tls.cert_file.is_none() {
+                bail!("opamp.tls.client_ca_file needs tls.cert_file and tls.key_file");
+            }
+            if agent_tls.require_client_cert && agent_tls.client_ca_file.is_none() {
+                bail!("opamp.tls.require_client_cert needs opamp.tls.client_ca_file");
             }
         }
         Ok(())

@@ -105,6 +105,7 @@ pub async fn run(
     create_data_dir(&config.data_dir)?;
     let jwt_key = auth::load_jwt_key(&config, opts.zero_config)?;
     let tls = server::tls_acceptor(&config.tls)?;
+    let agent_tls = server::agent_tls_acceptor(&config)?;
     let metrics = Arc::new(metrics::Metrics::new(Duration::from_millis(
         config.database.slow_query_ms,
     )));
@@ -162,6 +163,7 @@ pub async fn run(
         ready: Default::default(),
         draining: Default::default(),
         rollout_wakeup: Default::default(),
+        foreign_certificates: Default::default(),
         shutdown: shutdown_rx.clone(),
     });
     app.auth.bootstrap(&app.store, &app.config.data_dir).await?;
@@ -190,7 +192,7 @@ pub async fn run(
         servers.spawn(server::serve(
             l,
             api::agent_router(app.clone()),
-            tls.clone(),
+            agent_tls,
             timeouts,
             shutdown_rx.clone(),
             drain,

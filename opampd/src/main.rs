@@ -86,6 +86,7 @@ fn real_main(cli: Cli) -> Result<()> {
         if config.opamp.public_url.is_none() {
             eprintln!("note: {}", opampd::opamp::connection::NO_PUBLIC_URL);
         }
+        opampd::server::agent_tls_acceptor(&config)?;
         eprintln!(
             "ok: configuration is valid ({})",
             cli.config

@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto::Builder;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -72,6 +72,19 @@ macro_rules! drive {
     }};
 }
 
+/// The verified client certificate of a TLS connection, as the SHA-256
+/// fingerprint (lower-case hex) of its DER encoding: a request extension on
+/// every request of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate(pub Arc<str>);
+
+impl ClientCertificate {
+    pub fn of(der: &[u8]) -> ClientCertificate {
+        use sha2::Digest;
+        ClientCertificate(hex::encode(sha2::Sha256::digest(der)).into())
+    }
+}
+
 /// How long an idle connection asked to close may take to do so.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -116,9 +129,15 @@ pub async fn serve(
         // server is still working on an answer (a restore, a VACUUM).
         let in_flight = Arc::new(AtomicU64::new(0));
         let counter = in_flight.clone();
+        // Set once the TLS handshake is done, when the client sent a certificate.
+        let peer = Arc::new(OnceLock::<ClientCertificate>::new());
+        let presented = peer.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(remote));
+                if let Some(certificate) = presented.get() {
+                    req.extensions_mut().insert(certificate.clone());
+                }
                 let busy = InFlight::new(counter.clone());
                 let answer = router.clone().oneshot(req.map(axum::body::Body::new));
                 async move {
@@ -156,6 +175,14 @@ pub async fn serve(
                         tracing::debug!(remote_addr = %remote, "TLS handshake failed or timed out");
                         return;
                     };
+                    if let Some(leaf) = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                    {
+                        let _ = peer.set(ClientCertificate::of(leaf));
+                    }
                     let io = Tracked::new(tls_stream, started, activity.clone());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     drive!(conn, started, activity, in_flight, timeouts.idle, shutdown);
@@ -360,9 +387,50 @@ impl hyper::body::Body for DeadlineBody {
     }
 }
 
-/// Builds the TLS acceptor from the configured files.
+/// Builds the TLS acceptor of the operator listener (and of the agent
+/// listener when none is configured) from the `tls.*` settings.
 pub fn tls_acceptor(
     cfg: &crate::config::TlsConfig,
+) -> Result<Option<Arc<tokio_rustls::TlsAcceptor>>> {
+    let client = cfg.client_ca_file.as_deref().map(|ca| ClientAuth {
+        ca_file: ca,
+        required: cfg.require_client_cert,
+        setting: "tls.client_ca_file",
+    });
+    acceptor(cfg, client)
+}
+
+/// The agent listener's acceptor: the same server certificate, its own
+/// client CAs (`opamp.tls.*`; without them, the operator listener's).
+pub fn agent_tls_acceptor(
+    config: &crate::config::Config,
+) -> Result<Option<Arc<tokio_rustls::TlsAcceptor>>> {
+    let agent = &config.opamp.tls;
+    match agent.client_ca_file.as_deref() {
+        None => tls_acceptor(&config.tls),
+        Some(ca) => acceptor(
+            &config.tls,
+            Some(ClientAuth {
+                ca_file: ca,
+                required: agent.require_client_cert,
+                setting: "opamp.tls.client_ca_file",
+            }),
+        ),
+    }
+}
+
+/// Which CAs sign a listener's client certificates.
+struct ClientAuth<'a> {
+    ca_file: &'a std::path::Path,
+    /// Refuse a client without a certificate.
+    required: bool,
+    /// The setting naming `ca_file`, for errors.
+    setting: &'static str,
+}
+
+fn acceptor(
+    cfg: &crate::config::TlsConfig,
+    client: Option<ClientAuth<'_>>,
 ) -> Result<Option<Arc<tokio_rustls::TlsAcceptor>>> {
     let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) else {
         return Ok(None);
@@ -384,27 +452,30 @@ pub fn tls_acceptor(
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let builder = match &cfg.client_ca_file {
+    let builder = match client {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
+        Some(client) => {
+            let (ca, setting) = (client.ca_file, client.setting);
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_pemfile::certs(&mut std::io::BufReader::new(
-                std::fs::File::open(ca)
-                    .with_context(|| format!("tls.client_ca_file {}", ca.display()))?,
+                std::fs::File::open(ca).with_context(|| format!("{setting} {}", ca.display()))?,
             )) {
-                roots.add(c.with_context(|| format!("tls.client_ca_file {}", ca.display()))?)?;
+                roots.add(c.with_context(|| format!("{setting} {}", ca.display()))?)?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             );
-            let verifier = if cfg.require_client_cert {
+            let verifier = if client.required {
                 verifier
             } else {
                 verifier.allow_unauthenticated()
             };
-            builder
-                .with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .with_context(|| format!("{setting}: client certificate verifier"))?,
+            )
         }
     };
     let mut config = builder

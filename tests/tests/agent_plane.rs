@@ -439,3 +439,202 @@ async fn reports_over_the_per_agent_storage_limit_are_not_stored() {
         "{v}"
     );
 }
+
+/// TLS options of an agent that trusts `ca` and presents `leaf`.
+fn presenting(ca: &TestCa, leaf: &Leaf) -> agent::tls::TlsOptions {
+    agent::tls::TlsOptions::default()
+        .with_ca_file(&ca.file)
+        .with_client_cert(&leaf.cert, &leaf.key)
+}
+
+/// Opens the database of `s` read-only, beside the running server.
+fn database(s: &Server) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        s.data_dir().join("opamp.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
+/// The certificate-mismatch audit rows of `uid`: (outcome, details).
+fn mismatches(s: &Server, uid: &[u8; 16]) -> Vec<(String, String)> {
+    let db = database(s);
+    let mut stmt = db
+        .prepare("SELECT outcome, details FROM audit_log WHERE action = 'agent.certificate_mismatch' AND target = ?1")
+        .unwrap();
+    stmt.query_map([uid_str(uid)], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn refused_for_certificate(r: &pb::ServerToAgent) {
+    let e = r.error_response.as_ref().expect("an error response");
+    assert_eq!(
+        e.r#type,
+        pb::ServerErrorResponseType::BadRequest as i32,
+        "{r:?}"
+    );
+    assert!(
+        e.error_message
+            .contains("bound to another client certificate"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_uid_is_bound_to_the_client_certificate_it_registered_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "agents-ca");
+    let server = ca.server("server");
+    let (owner_cert, impostor_cert) = (ca.client("owner"), ca.client("impostor"));
+    let mut s = start(&format!(
+        "tls:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n  require_client_cert: true\n",
+        server.cert, server.key, ca.file
+    ));
+    let wss = |s: &Server| format!("wss://127.0.0.1:{}/v1/opamp", s.addr.port());
+    let https = |s: &Server| format!("https://127.0.0.1:{}/v1/opamp", s.addr.port());
+    let as_owner = agent::ws::WsOptions::default().tls(presenting(&ca, &owner_cert));
+    let as_impostor = agent::ws::WsOptions::default().tls(presenting(&ca, &impostor_cert));
+    let uid = new_uid();
+    let mut owner = agent::ws::connect(&wss(&s), &as_owner).await.unwrap();
+    let r = ws_exchange(&mut owner, &full_report(uid, 0, "owner")).await;
+    assert!(r.error_response.is_none(), "{r:?}");
+
+    // Another certificate of the same CA cannot speak for the uid: not over a
+    // WebSocket, not over plain HTTP.
+    let mut impostor = agent::ws::connect(&wss(&s), &as_impostor).await.unwrap();
+    for seq in 1..=3 {
+        refused_for_certificate(
+            &ws_exchange(&mut impostor, &full_report(uid, seq, "impostor")).await,
+        );
+    }
+    let http_options = |leaf: &Leaf| agent::http::HttpOptions::default().tls(presenting(&ca, leaf));
+    let impostor_http =
+        agent::http::HttpTransport::new(&https(&s), &http_options(&impostor_cert)).unwrap();
+    for seq in 1..=3 {
+        let reply = impostor_http
+            .post(&full_report(uid, seq, "impostor"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 403);
+    }
+    // The impostor's connection still serves agents of its own.
+    let own = new_uid();
+    let r = ws_exchange(&mut impostor, &full_report(own, 0, "other")).await;
+    assert!(r.error_response.is_none(), "{r:?}");
+
+    // The owner keeps working; what is stored is the owner's.
+    let r = ws_exchange(&mut owner, &heartbeat(uid, 1)).await;
+    assert!(r.error_response.is_none(), "{r:?}");
+    wait_for(
+        "the owner's fingerprint is stored",
+        Duration::from_secs(10),
+        || async {
+            database(&s)
+                .query_row(
+                    "SELECT cert_fingerprint, json_extract(identifying, '$.\"service.name\"') FROM agents WHERE uid = ?1",
+                    [uid_str(&uid)],
+                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)),
+                )
+                .ok()
+                .filter(|(stored, _)| stored.is_some())
+        },
+    )
+    .await;
+    let (stored, service): (String, String) = database(&s)
+        .query_row(
+            "SELECT cert_fingerprint, json_extract(identifying, '$.\"service.name\"') FROM agents WHERE uid = ?1",
+            [uid_str(&uid)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, owner_cert.fingerprint);
+    assert_eq!(service, "owner");
+
+    // Six refused messages, one audit entry naming the refused certificate.
+    let rows = wait_for(
+        "the refusal is audited",
+        Duration::from_secs(10),
+        || async {
+            let rows = mismatches(&s, &uid);
+            (!rows.is_empty()).then_some(rows)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mismatches(&s, &uid).len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "denied");
+    assert!(rows[0].1.contains(&impostor_cert.fingerprint), "{rows:?}");
+
+    // The binding is stored: after a restart (no session in memory) the
+    // impostor is still refused and the owner still served.
+    agent::ws::close(&mut owner).await;
+    agent::ws::close(&mut impostor).await;
+    s.restart();
+    let mut impostor = agent::ws::connect(&wss(&s), &as_impostor).await.unwrap();
+    refused_for_certificate(&ws_exchange(&mut impostor, &heartbeat(uid, 5)).await);
+    let impostor_http =
+        agent::http::HttpTransport::new(&https(&s), &http_options(&impostor_cert)).unwrap();
+    let reply = impostor_http.post(&heartbeat(uid, 5)).await.unwrap();
+    assert_eq!(reply.status, 403);
+    let owner_http =
+        agent::http::HttpTransport::new(&https(&s), &http_options(&owner_cert)).unwrap();
+    let reply = owner_http.post(&heartbeat(uid, 2)).await.unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn the_operator_and_agent_listeners_trust_their_own_client_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = TestCa::new(dir.path(), "agents-ca");
+    let operators = TestCa::new(dir.path(), "operators-ca");
+    let server = agents.server("server");
+    let (agent_cert, operator_cert) = (agents.client("agent"), operators.client("operator"));
+    let s = start(&format!(
+        "agent_listen: 127.0.0.1:0\n\
+         tls:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n  require_client_cert: true\n\
+         opamp:\n  tls:\n    client_ca_file: {}\n    require_client_cert: true\n",
+        server.cert, server.key, operators.file, agents.file
+    ));
+    let listening = s
+        .logs()
+        .lines()
+        .find(|l| l.contains("opampd listening"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .expect("the listening line");
+    let agent_addr = listening["agent_addr"].as_str().unwrap().to_string();
+    let agent_url = format!("wss://{agent_addr}/v1/opamp");
+    let operator_url = format!("wss://127.0.0.1:{}/v1/opamp", s.addr.port());
+    // Trusting the server's CA, presenting `leaf`: does the listener at `url`
+    // accept the certificate (an HTTP answer, whatever its status)?
+    let accepts = |url: String, leaf: &Leaf| {
+        let options = agent::ws::WsOptions::default().tls(presenting(&agents, leaf));
+        async move {
+            match agent::ws::connect(&url, &options).await {
+                Ok(_) => true,
+                Err(e) => e.status().is_some(),
+            }
+        }
+    };
+    let mut socket = agent::ws::connect(
+        &agent_url,
+        &agent::ws::WsOptions::default().tls(presenting(&agents, &agent_cert)),
+    )
+    .await
+    .expect("the agent listener accepts an agent certificate");
+    let r = ws_exchange(&mut socket, &full_report(new_uid(), 0, "agent")).await;
+    assert!(r.error_response.is_none(), "{r:?}");
+    assert!(
+        !accepts(agent_url.clone(), &operator_cert).await,
+        "the agent listener refuses an operator certificate"
+    );
+    assert!(
+        !accepts(operator_url.clone(), &agent_cert).await,
+        "the operator listener refuses an agent certificate"
+    );
+    assert!(
+        accepts(operator_url, &operator_cert).await,
+        "the operator listener accepts an operator certificate"
+    );
+}

@@ -17,7 +17,12 @@ use std::time::Duration;
 /// Replies smaller than this are not worth compressing.
 const GZIP_MIN_BYTES: usize = 256;
 
-pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Response {
+pub async fn exchange(
+    app: Arc<App>,
+    remote: SocketAddr,
+    certificate: Option<Arc<str>>,
+    req: Request,
+) -> Response {
     let limit = app.config.opamp.max_message_bytes;
     let gzip = match req
         .headers()
@@ -78,6 +83,7 @@ pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Respon
         transport: super::session::Transport::Http,
         conn_id: 0,
         remote,
+        certificate,
     };
     match process(&app, &msg, &origin).await {
         Ok((out, _)) => {
@@ -123,6 +129,10 @@ pub async fn exchange(app: Arc<App>, remote: SocketAddr, req: Request) -> Respon
         Err(Rejected::Held { .. }) => plain(
             StatusCode::CONFLICT,
             "this instance uid is in use by a live WebSocket connection of another client\n",
+        ),
+        Err(Rejected::Foreign { .. }) => plain(
+            StatusCode::FORBIDDEN,
+            "this instance uid is bound to another client certificate: connect with the certificate it registered with\n",
         ),
     }
 }

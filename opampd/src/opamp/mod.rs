@@ -72,7 +72,8 @@ pub async fn endpoint(
                 "plain-HTTP OpAMP uses POST\n",
             );
         }
-        return http::exchange(app, remote, req).await;
+        let certificate = client_certificate(&req);
+        return http::exchange(app, remote, certificate, req).await;
     }
     let upgrade = req
         .headers()
@@ -100,10 +101,18 @@ pub async fn endpoint(
             "opampd is at its configured maximum of agents; retry later\n",
         );
     }
+    let certificate = client_certificate(&req);
     match axum::extract::ws::WebSocketUpgrade::from_request(req, &app).await {
-        Ok(upgrade) => ws::upgrade(app, remote, upgrade),
+        Ok(upgrade) => ws::upgrade(app, remote, certificate, upgrade),
         Err(rejection) => rejection.into_response(),
     }
+}
+
+/// The fingerprint of the client certificate the request's connection presented.
+fn client_certificate(req: &Request) -> Option<Arc<str>> {
+    req.extensions()
+        .get::<crate::server::ClientCertificate>()
+        .map(|c| c.0.clone())
 }
 
 pub fn plain(status: StatusCode, msg: &'static str) -> Response {
@@ -174,6 +183,8 @@ pub struct Origin {
     /// WebSocket connection id; 0 for plain HTTP.
     pub conn_id: u64,
     pub remote: SocketAddr,
+    /// SHA-256 fingerprint of the connection's client certificate, if any.
+    pub certificate: Option<Arc<str>>,
 }
 
 /// Why [`process`] applied nothing of a message (no session was created).
@@ -187,6 +198,8 @@ pub enum Rejected {
     Held { instance_uid: Vec<u8> },
     /// The database writer's queue stayed full: try again later.
     Busy { instance_uid: Vec<u8> },
+    /// The uid is bound to another client certificate than the connection's.
+    Foreign { instance_uid: Vec<u8> },
 }
 
 impl Rejected {
@@ -194,6 +207,8 @@ impl Rejected {
     pub const BUSY: &'static str = "opampd is overloaded (database writer queue full); retry later";
     pub const HELD: &'static str =
         "this instance uid is in use by a live WebSocket connection of another client";
+    pub const FOREIGN: &'static str =
+        "this instance uid is bound to another client certificate: connect with the certificate it registered with";
 }
 
 /// Applies one decoded AgentToServer. On success returns the outcome and the
@@ -217,6 +232,12 @@ pub async fn process(
         [crate::metrics::transport_index(origin.transport == Transport::WebSocket)]
     .fetch_add(1, Ordering::Relaxed);
     let now = now_ms();
+
+    // An agent registered with a client certificate speaks only through it.
+    let presented = origin.certificate.as_deref();
+    if app.fleet.with(&uid, |s| s.admits(presented)) == Some(false) {
+        return Err(foreign(app, &uid, msg, origin));
+    }
 
     // Duplicate detection: a second live agent is using this uid.
     if let Some(dup) = app.fleet.with(&uid, |s| is_duplicate(app, s, msg, origin)) {
@@ -289,6 +310,11 @@ pub async fn process(
                 .ok()
                 .flatten()
         };
+        if let Some(row) = &loaded {
+            if !session::admits(row.cert_fingerprint.as_deref(), presented) {
+                return Err(foreign(app, &uid, msg, origin));
+            }
+        }
         let session = match &loaded {
             Some(row) => {
                 let mut session = Session::from_row(key, row, origin.transport);
@@ -304,6 +330,9 @@ pub async fn process(
     let connection = app.connection_settings();
     let result = app.fleet.with(&key, |s| {
         let connecting = s.connect(origin.transport, origin.conn_id);
+        if connecting {
+            s.bind_certificate(origin.certificate.as_ref());
+        }
         let out = session::handle(
             s,
             msg,
@@ -341,6 +370,8 @@ pub async fn process(
         });
         p.transport = Some(origin.transport.as_str());
         p.remote_addr = Some(origin.remote.to_string());
+        // Stored once: the store keeps the first fingerprint of an agent.
+        p.cert_fingerprint = origin.certificate.as_deref().map(String::from);
     }
     if let Some(p) = patch.as_mut() {
         for event in over_storage_limit(app, p, origin, now) {
@@ -410,6 +441,51 @@ pub async fn process(
     }
     Ok((out, key))
 }
+
+/// Refuses a message for `uid` from a connection whose client certificate is
+/// not the one the agent is bound to. Audited once per uid and certificate.
+fn foreign(app: &Arc<App>, uid: &[u8; 16], msg: &pb::AgentToServer, origin: &Origin) -> Rejected {
+    let id = opamp_proto::uid_string(uid);
+    let presented = origin.certificate.as_deref().unwrap_or("none").to_string();
+    let first = {
+        let mut seen = app
+            .foreign_certificates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= FOREIGN_CERTIFICATES_KEPT {
+            seen.clear();
+        }
+        seen.insert((id.clone(), presented.clone()))
+    };
+    if first {
+        tracing::warn!(uid = %id, remote_addr = %origin.remote, certificate = %presented,
+            "agent refused: its instance uid is bound to another client certificate");
+        let app = app.clone();
+        let remote = origin.remote.to_string();
+        tokio::spawn(async move {
+            let _ = app
+                .store
+                .write("audit", move |c| {
+                    crate::auth::insert_audit(
+                        c,
+                        "agent",
+                        "agent.certificate_mismatch",
+                        Some(&id),
+                        Some(&remote),
+                        "denied",
+                        &serde_json::json!({ "certificate": presented }),
+                    )
+                })
+                .await;
+        });
+    }
+    Rejected::Foreign {
+        instance_uid: msg.instance_uid.clone(),
+    }
+}
+
+/// Refused (uid, certificate) pairs remembered, so each is audited once.
+const FOREIGN_CERTIFICATES_KEPT: usize = 4096;
 
 /// How long an agent message that changes stored state waits for room in a
 /// full writer queue before it is refused with a retry delay.

@@ -75,6 +75,15 @@ pub struct Session {
     /// Connection settings offered and reported.
     connection: connection::AgentState,
     components: components::Known,
+    /// SHA-256 (hex) of the client certificate the agent registered with:
+    /// only a connection presenting it speaks for this uid.
+    certificate: Option<Arc<str>>,
+}
+
+/// Whether a connection presenting `presented` may speak for an agent bound
+/// to `bound` (a client certificate's fingerprint; `None`: not bound).
+pub fn admits(bound: Option<&str>, presented: Option<&str>) -> bool {
+    bound.is_none() || bound == presented
 }
 
 impl Session {
@@ -102,6 +111,7 @@ impl Session {
             disconnected: false,
             connection: connection::AgentState::default(),
             components: components::Known::default(),
+            certificate: None,
         }
     }
 
@@ -130,7 +140,21 @@ impl Session {
         s.persisted_seen = row.last_seen;
         s.remote_addr = row.remote_addr.as_deref().and_then(|a| a.parse().ok());
         s.connection = connection::AgentState::from_json(row.connection_settings.as_deref());
+        s.certificate = row.cert_fingerprint.as_deref().map(Arc::from);
         s
+    }
+
+    /// Whether a connection presenting `certificate` (a fingerprint) may
+    /// speak for this agent: any may until the agent is bound to one.
+    pub fn admits(&self, certificate: Option<&str>) -> bool {
+        admits(self.certificate.as_deref(), certificate)
+    }
+
+    /// Binds the agent to `certificate` unless it is bound already.
+    pub fn bind_certificate(&mut self, certificate: Option<&Arc<str>>) {
+        if self.certificate.is_none() {
+            self.certificate = certificate.cloned();
+        }
     }
 
     /// Selector lookup: labels first, then string attributes.

@@ -31,7 +31,12 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 const READ_BUFFER: usize = 2 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
-pub fn upgrade(app: Arc<App>, remote: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
+pub fn upgrade(
+    app: Arc<App>,
+    remote: SocketAddr,
+    certificate: Option<Arc<str>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let max = app.config.opamp.max_message_bytes;
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -41,10 +46,15 @@ pub fn upgrade(app: Arc<App>, remote: SocketAddr, upgrade: WebSocketUpgrade) -> 
         .on_failed_upgrade(
             move |e| tracing::debug!(remote_addr = %remote, error = %e, "WebSocket upgrade failed"),
         )
-        .on_upgrade(move |socket| serve(app, remote, socket))
+        .on_upgrade(move |socket| serve(app, remote, certificate, socket))
 }
 
-async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
+async fn serve(
+    app: Arc<App>,
+    remote: SocketAddr,
+    certificate: Option<Arc<str>>,
+    mut socket: WebSocket,
+) {
     let (conn_id, queue) = app.fleet.register_conn();
     app.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     let ping_every = Duration::from_secs(app.config.opamp.ws_ping_interval_seconds);
@@ -62,6 +72,7 @@ async fn serve(app: Arc<App>, remote: SocketAddr, mut socket: WebSocket) {
         transport: super::session::Transport::WebSocket,
         conn_id,
         remote,
+        certificate,
     };
     let mut reason = "closed by agent";
     loop {
@@ -254,6 +265,10 @@ async fn on_binary(
         }
         Err(Rejected::Held { instance_uid }) => {
             let reply = Reply::bad_request(instance_uid, Rejected::HELD.into());
+            send(app, socket, reply).await
+        }
+        Err(Rejected::Foreign { instance_uid }) => {
+            let reply = Reply::bad_request(instance_uid, Rejected::FOREIGN.into());
             send(app, socket, reply).await
         }
     }

@@ -29,6 +29,8 @@ pub struct AgentPatch {
     /// Available components and custom capabilities (rare: boxed, so a
     /// heartbeat's patch stays small).
     pub components: Option<Box<ComponentsPatch>>,
+    /// The client certificate's fingerprint: stored once, never replaced.
+    pub cert_fingerprint: Option<String>,
 }
 
 /// A change to an agent's available components and custom capabilities.
@@ -68,7 +70,8 @@ impl AgentPatch {
             sequence_num,
             remote_addr,
             offered,
-            connection_settings
+            connection_settings,
+            cert_fingerprint
         );
         if let Some(newer) = newer.components {
             let mine = self.components.get_or_insert_with(Default::default);
@@ -104,6 +107,7 @@ impl AgentPatch {
             || self.offered.is_some()
             || self.connection_settings.is_some()
             || self.components.is_some()
+            || self.cert_fingerprint.is_some()
     }
 }
 
@@ -125,13 +129,13 @@ pub(super) fn apply_patches<'a>(
         "INSERT INTO agents (uid, status, transport, capabilities, identifying, non_identifying, health,
                              effective_config, effective_config_hash, remote_status, sequence_num,
                              first_seen, last_seen, updated_at, remote_addr, offered, applied,
-                             connection_settings)
+                             connection_settings, cert_fingerprint)
          VALUES (?1, COALESCE(?2, 'disconnected'), COALESCE(?3, 'http'), COALESCE(?4, 0), COALESCE(?5, '{}'),
                  COALESCE(?6, '{}'), ?7, ?8, ?9, ?10, COALESCE(?11, 0), COALESCE(?12, ?16), COALESCE(?12, ?16),
                  ?16, ?14, ?15,
                  CASE WHEN json_extract(?10, '$.status') = 'applied'
                        AND json_extract(?10, '$.hash') = json_extract(?15, '$.hash') THEN ?15 END,
-                 ?17)
+                 ?17, ?18)
          ON CONFLICT(uid) DO UPDATE SET
             status = COALESCE(?2, status),
             transport = COALESCE(?3, transport),
@@ -152,7 +156,8 @@ pub(super) fn apply_patches<'a>(
                         AND json_extract(COALESCE(?10, remote_status), '$.status') = 'applied'
                         AND json_extract(COALESCE(?10, remote_status), '$.hash')
                             = json_extract(COALESCE(?15, offered), '$.hash')
-                      THEN COALESCE(?15, offered) ELSE applied END",
+                      THEN COALESCE(?15, offered) ELSE applied END,
+            cert_fingerprint = COALESCE(cert_fingerprint, ?18)",
     )?;
     let mut seen = conn.prepare_cached(
         "UPDATE agents SET last_seen = MAX(last_seen, ?2), sequence_num = COALESCE(?3, sequence_num) WHERE uid = ?1",
@@ -203,6 +208,7 @@ pub(super) fn apply_patches<'a>(
             p.offered,
             now,
             p.connection_settings,
+            p.cert_fingerprint,
         ])?;
         if let Some(components) = &p.components {
             super::components::apply(conn, &p.uid, components)?;
@@ -249,11 +255,14 @@ pub struct AgentRow {
     pub components_hash: Option<String>,
     /// JSON array of custom capabilities.
     pub custom_capabilities: Option<String>,
+    /// SHA-256 (hex) of the client certificate the agent registered with.
+    pub cert_fingerprint: Option<String>,
 }
 
 const COLUMNS: &str = "uid, status, transport, capabilities, identifying, non_identifying, labels, health,
     effective_config, effective_config_hash, remote_status, sequence_num, first_seen, last_seen, updated_at,
-    remote_addr, offered, applied, connection_settings, components_hash, custom_capabilities";
+    remote_addr, offered, applied, connection_settings, components_hash, custom_capabilities,
+    cert_fingerprint";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
@@ -278,6 +287,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
         connection_settings: r.get(18)?,
         components_hash: r.get(19)?,
         custom_capabilities: r.get(20)?,
+        cert_fingerprint: r.get(21)?,
     })
 }
 

@@ -166,6 +166,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE agents ADD COLUMN custom_capabilities TEXT;
     ALTER TABLE rollouts ADD COLUMN force INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: the SHA-256 fingerprint (hex) of the client certificate an agent
+    // registered with: another certificate cannot speak for its uid.
+    r#"
+    ALTER TABLE agents ADD COLUMN cert_fingerprint TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

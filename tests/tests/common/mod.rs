@@ -199,3 +199,72 @@ pub async fn audit(s: &Server, query: &str) -> Vec<Value> {
     assert_eq!(code, 200, "{v}");
     v["items"].as_array().unwrap().clone()
 }
+
+/// A test certificate authority, its certificate as a PEM file in `dir`.
+pub struct TestCa {
+    pub file: String,
+    dir: std::path::PathBuf,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// A leaf certificate and its key, as PEM files.
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+    /// SHA-256 of the certificate (DER), lower-case hex.
+    pub fingerprint: String,
+}
+
+impl TestCa {
+    pub fn new(dir: &std::path::Path, name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        let file = dir.join(format!("{name}.pem"));
+        std::fs::write(&file, cert.pem()).unwrap();
+        TestCa {
+            file: file.display().to_string(),
+            dir: dir.to_path_buf(),
+            cert,
+            key,
+        }
+    }
+
+    /// A server certificate for localhost and 127.0.0.1.
+    pub fn server(&self, name: &str) -> Leaf {
+        self.leaf(name, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate.
+    pub fn client(&self, name: &str) -> Leaf {
+        self.leaf(name, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn leaf(&self, name: &str, purpose: rcgen::ExtendedKeyUsagePurpose) -> Leaf {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![purpose];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let write = |file: String, text: String| {
+            let path = self.dir.join(file);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        Leaf {
+            cert: write(format!("{name}.pem"), cert.pem()),
+            key: write(format!("{name}.key"), key.serialize_pem()),
+            fingerprint: opampd::server::ClientCertificate::of(cert.der())
+                .0
+                .to_string(),
+        }
+    }
+}
