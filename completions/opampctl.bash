@@ -2172,7 +2172,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__rollout__subcmd__start)
-            opts="-o -q -h --version --batch-size --max-failures --dry-run --force --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --version --batch-size --max-failures --dry-run --force --batch-timeout --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2187,6 +2187,10 @@ _opampctl() {
                     return 0
                     ;;
                 --max-failures)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3076,7 +3080,7 @@ _opampctl_server_values() {
                 i=$((i + 1))
                 continue
                 ;;
-            --action|--actor|--agent-secret|--agents|--batch-size|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--samples|--secret|--selector|--server-pid|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--username|--version|--via|-f|-l|-n|-o|-u)
+            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--samples|--secret|--selector|--server-pid|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--username|--version|--via|-f|-l|-n|-o|-u)
                 i=$((i + 1))
                 continue
                 ;;

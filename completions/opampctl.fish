@@ -334,6 +334,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and not __fis
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l version -d 'Version to roll out' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l batch-size -d 'Agents per batch' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l max-failures -d 'Failure allowance: pause the rollout when more than N agents fail (default 0: at the first failure)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l batch-timeout -d 'Time a batch may take; then its agents that have not reported are counted unconfirmed and the rollout moves on (0: wait for every report) [default: the server\'s rollouts.batch_timeout_seconds, 300s]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from start" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

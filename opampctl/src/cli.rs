@@ -522,6 +522,9 @@ pub enum RolloutCmd {
         /// Also roll out to agents whose available components lack one the configuration uses (skipped by default)
         #[arg(long)]
         force: bool,
+        /// Time a batch may take; then its agents that have not reported are counted unconfirmed and the rollout moves on (0: wait for every report) [default: the server's rollouts.batch_timeout_seconds, 300s]
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        batch_timeout: Option<Duration>,
     },
     /// Show a rollout's progress and the agents it waits for; exit 0 when completed or running, 1 when failed or paused
     Status {

@@ -277,6 +277,12 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
         "Largest REST request body (default 16 MiB); a restore upload has its own, larger \
          limit.",
     ),
+    (
+        "rollouts.batch_timeout_seconds",
+        "Default time a rollout batch may take (default 300; a rollout's batch_timeout \
+         overrides it; 0 waits for every report): then its agents that have not reported are \
+         counted unconfirmed and the rollout moves on.",
+    ),
 ];
 
 /// ENVIRONMENT of the man page: (variables, what they do).

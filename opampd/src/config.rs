@@ -27,6 +27,23 @@ pub struct Config {
     pub http: HttpConfig,
     pub audit: AuditConfig,
     pub telemetry: TelemetryConfig,
+    pub rollouts: RolloutsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutsConfig {
+    /// Default time a rollout batch may take before its silent agents are
+    /// counted unconfirmed and the rollout moves on (0 = no limit).
+    pub batch_timeout_seconds: u64,
+}
+
+impl Default for RolloutsConfig {
+    fn default() -> Self {
+        RolloutsConfig {
+            batch_timeout_seconds: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -200,6 +217,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             audit: AuditConfig::default(),
             telemetry: TelemetryConfig::default(),
+            rollouts: RolloutsConfig::default(),
         }
     }
 }

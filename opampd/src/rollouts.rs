@@ -14,7 +14,9 @@
 //! a new remote config status (and every second), recomputes each running
 //! rollout from the agents' reports, pauses it when failures exceed its
 //! allowance, and otherwise releases the next batch once every agent of the
-//! released ones has applied (or failed within the allowance).
+//! released ones has applied (or failed within the allowance) or is counted
+//! unconfirmed: it received the offer but never reports on it, or stayed
+//! silent past the batch's `batch_timeout` ([`unconfirmed`]).
 
 use crate::app::App;
 use crate::auth::insert_audit;
@@ -24,7 +26,9 @@ use crate::store::configs::{self, RolloutAgent, RolloutRow};
 use crate::store::rfc3339;
 use crate::targeting::{Desired, Target, VersionRef};
 use anyhow::Result;
-use opamp_proto::api::{RolloutFailure, RolloutIncompatible, RolloutStatus, RolloutWaiting};
+use opamp_proto::api::{
+    RolloutFailure, RolloutIncompatible, RolloutStatus, RolloutUnconfirmed, RolloutWaiting,
+};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -284,6 +288,10 @@ pub struct Progress {
     /// Released agents not yet done (at most [`WAITING_MAX`]).
     pub waiting: Vec<RolloutWaiting>,
     pub waiting_total: u64,
+    /// Released agents counted without their confirmation (see [`unconfirmed`]).
+    pub unconfirmed: u64,
+    /// Those agents (at most [`WAITING_MAX`]), with the reason.
+    pub unconfirmed_agents: Vec<RolloutUnconfirmed>,
     pub batches: u64,
     /// Every agent of the released batches has applied or failed.
     pub released_done: bool,
@@ -304,6 +312,19 @@ struct Report {
     error: String,
     /// An offer too big to send: its hash (hex) and why.
     not_sent: Option<(String, String)>,
+    /// Hash (hex) of the last offer made to the agent.
+    offered: Option<String>,
+    /// The agent reports its remote-config status (ReportsRemoteConfig).
+    reports_status: bool,
+}
+
+/// The hash of the last offer made, from an offered-record (not one that could not be sent).
+fn stored_offered(offered: Option<&str>) -> Option<String> {
+    let record: Value = serde_json::from_str(offered?).ok()?;
+    if record.get("error").is_some() {
+        return None;
+    }
+    Some(record["hash"].as_str()?.to_string())
 }
 
 /// The offer that could not be sent, from an offered-record.
@@ -335,6 +356,8 @@ fn stored_report(app: &App, s: &configs::StoredAgent) -> Report {
         status: rs["status"].as_str().unwrap_or("unset").to_string(),
         error: rs["error"].as_str().unwrap_or("").to_string(),
         not_sent: stored_not_sent(s.offered.as_deref()),
+        offered: stored_offered(s.offered.as_deref()),
+        reports_status: s.capabilities & opamp_proto::caps::REPORTS_REMOTE_CONFIG != 0,
     }
 }
 
@@ -350,20 +373,28 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
             status_name(s.reported_status()),
             s.undeliverable()
                 .map(|(hash, reason)| (hex::encode(hash), reason.to_string())),
+            s.offered_hash().map(hex::encode),
+            s.reports_remote_config(),
         )
     });
     match (live, stored) {
-        (Some((view, hash, status, not_sent)), stored) => Some(Report {
-            view,
-            // The stored error may lag the live status by one writer flush.
-            error: stored
-                .filter(|r| r.hash == hash)
-                .map(|r| r.error)
-                .unwrap_or_default(),
-            hash,
-            status: status.to_string(),
-            not_sent,
-        }),
+        (Some((view, hash, status, not_sent, offered, reports_status)), stored) => {
+            // The stored error may lag the live status by one writer flush;
+            // the live offer is only the current connection's.
+            let (error, stored_offer) = match stored {
+                Some(r) => ((r.hash == hash).then_some(r.error), r.offered),
+                None => (None, None),
+            };
+            Some(Report {
+                view,
+                error: error.unwrap_or_default(),
+                hash,
+                status: status.to_string(),
+                not_sent,
+                offered: offered.or(stored_offer),
+                reports_status,
+            })
+        }
         (None, stored) => stored,
     }
 }
@@ -384,6 +415,8 @@ pub fn evaluate(
         released_done: true,
         ..Default::default()
     };
+    let current_expired = batch_expired(rollout, crate::store::now_ms());
+    let timeout = rollout.batch_timeout_ms / 1000;
     for a in agents {
         p.batches = p.batches.max(a.batch + 1);
         let Some(r) = report(app, a) else { continue };
@@ -408,6 +441,13 @@ pub fn evaluate(
             p.pending += 1;
             continue;
         }
+        // The rollout went past earlier batches: their time is up.
+        let passed = rollout.state == "completed" || a.batch + 1 < rollout.released_batches;
+        let expired = if passed {
+            (rollout.batch_timeout_ms > 0).then_some(timeout)
+        } else {
+            current_expired
+        };
         let uid = opamp_proto::parse_uid(&a.uid).unwrap_or([0; 16]);
         let desired = app.targets.desired_for(&uid, &r.view);
         if let Some(reason) = not_sent(rollout, desired.as_deref(), &r) {
@@ -437,19 +477,107 @@ pub fn evaluate(
                     },
                 });
             }
-            (Some(_), "applying") => {
-                p.applying += 1;
-                p.released_done = false;
-                wait_for(app, &mut p, &a.uid, &uid, "applying");
-            }
+            (Some(_), "applying") => match unconfirmed(&r, Silence::Applying, expired) {
+                Some(u) => count_unconfirmed(&mut p, &a.uid, u),
+                None => {
+                    p.applying += 1;
+                    p.released_done = false;
+                    wait_for(app, &mut p, &a.uid, &uid, "applying");
+                }
+            },
             _ => {
-                p.pending += 1;
-                p.released_done = false;
-                wait_for(app, &mut p, &a.uid, &uid, "pending");
+                let delivered = desired.as_ref().is_some_and(|d| {
+                    d.files
+                        .get(&rollout.name)
+                        .is_some_and(|f| f.2 == rollout.version)
+                        && r.offered.as_deref() == Some(d.hash_hex().as_str())
+                });
+                let silence = if delivered {
+                    Silence::Delivered
+                } else {
+                    let status =
+                        app.fleet
+                            .liveness(&uid, crate::store::now_ms(), app.stale_after_ms());
+                    Silence::NotDelivered(status.as_str())
+                };
+                match unconfirmed(&r, silence, expired) {
+                    Some(u) => count_unconfirmed(&mut p, &a.uid, u),
+                    None => {
+                        p.pending += 1;
+                        p.released_done = false;
+                        wait_for(app, &mut p, &a.uid, &uid, "pending");
+                    }
+                }
             }
         }
     }
     p
+}
+
+/// Whether the rollout's current batch has run out of time at `now_ms`:
+/// `Some(timeout in seconds)` if so.
+pub fn batch_expired(rollout: &RolloutRow, now_ms: i64) -> Option<u64> {
+    let timeout = rollout.batch_timeout_ms;
+    let deadline = rollout
+        .batch_started_at
+        .saturating_add(i64::try_from(timeout).unwrap_or(i64::MAX));
+    (timeout > 0 && now_ms >= deadline).then_some(timeout / 1000)
+}
+
+/// Where a released agent that has not confirmed the rollout's version stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Silence<'a> {
+    /// It reported APPLYING.
+    Applying,
+    /// It received the offer and has not reported on it.
+    Delivered,
+    /// The offer has not reached it; its liveness (`connected`, `stale`, `disconnected`).
+    NotDelivered(&'a str),
+}
+
+/// Whether a silent released agent is counted unconfirmed instead of waited
+/// for, with its state (`delivered`, `not_delivered`) and the reason: an agent
+/// that received the offer but never reports on it (no ReportsRemoteConfig)
+/// at once; any silent agent once the batch timed out (`expired`: the timeout
+/// in seconds).
+fn unconfirmed(
+    r: &Report,
+    silence: Silence<'_>,
+    expired: Option<u64>,
+) -> Option<(&'static str, String)> {
+    match (silence, expired) {
+        (Silence::Delivered, _) if !r.reports_status => Some((
+            "delivered",
+            "received the offer; the agent does not report remote config status \
+             (no ReportsRemoteConfig capability)"
+                .into(),
+        )),
+        (_, None) => None,
+        (Silence::Applying, Some(timeout)) => Some((
+            "delivered",
+            format!("still applying when the batch timed out (batch_timeout {timeout}s)"),
+        )),
+        (Silence::Delivered, Some(timeout)) => Some((
+            "delivered",
+            format!("received the offer; no status report within the batch timeout (batch_timeout {timeout}s)"),
+        )),
+        (Silence::NotDelivered(status), Some(timeout)) => Some((
+            "not_delivered",
+            format!("the offer did not reach the agent within the batch timeout (batch_timeout {timeout}s); it is {status}"),
+        )),
+    }
+}
+
+/// Counts a released agent as done without its confirmation (agents come in uid order).
+fn count_unconfirmed(p: &mut Progress, id: &str, (state, reason): (&'static str, String)) {
+    p.unconfirmed += 1;
+    if p.unconfirmed_agents.len() < WAITING_MAX {
+        p.unconfirmed_agents.push(RolloutUnconfirmed {
+            instance_uid: id.to_string(),
+            state: state.into(),
+            reason,
+        });
+    }
 }
 
 /// Why the rollout's version, in what `desired` the agent should run, could
@@ -529,6 +657,15 @@ pub fn to_api(r: &RolloutRow, p: Progress) -> RolloutStatus {
         incompatible: p.incompatible,
         incompatible_agents: p.incompatible_agents,
         force: r.force,
+        unconfirmed: p.unconfirmed,
+        unconfirmed_agents: p.unconfirmed_agents,
+        batch_timeout: r.batch_timeout_ms / 1000,
+        batch_deadline: (r.state == "running" && r.batch_timeout_ms > 0).then(|| {
+            rfc3339(
+                r.batch_started_at
+                    .saturating_add(i64::try_from(r.batch_timeout_ms).unwrap_or(i64::MAX)),
+            )
+        }),
     }
 }
 
@@ -674,7 +811,59 @@ mod tests {
             started_by: None,
             selector: String::new(),
             force: false,
+            batch_timeout_ms: 60_000,
+            batch_started_at: 1_000,
         }
+    }
+
+    fn silent(reports_status: bool) -> Report {
+        Report {
+            view: AgentView::default(),
+            hash: String::new(),
+            status: "unset".into(),
+            error: String::new(),
+            not_sent: None,
+            offered: None,
+            reports_status,
+        }
+    }
+
+    #[test]
+    fn a_batch_expires_after_its_timeout_and_never_without_one() {
+        let r = rollout(1, 0);
+        assert_eq!(batch_expired(&r, 60_999), None);
+        assert_eq!(batch_expired(&r, 61_000), Some(60));
+        let forever = RolloutRow {
+            batch_timeout_ms: 0,
+            ..r
+        };
+        assert_eq!(batch_expired(&forever, i64::MAX), None);
+    }
+
+    #[test]
+    fn silent_agents_are_unconfirmed_at_once_without_reports_or_after_the_timeout() {
+        let state = |r: &Report, silence, expired| unconfirmed(r, silence, expired).map(|u| u.0);
+        let mute = silent(false);
+        let reporting = silent(true);
+        assert_eq!(state(&mute, Silence::Delivered, None), Some("delivered"));
+        assert_eq!(state(&reporting, Silence::Delivered, None), None);
+        assert_eq!(state(&mute, Silence::NotDelivered("connected"), None), None);
+        assert_eq!(state(&reporting, Silence::Applying, None), None);
+        assert_eq!(
+            state(&reporting, Silence::Delivered, Some(5)),
+            Some("delivered")
+        );
+        assert_eq!(
+            state(&reporting, Silence::Applying, Some(5)),
+            Some("delivered")
+        );
+        let (state, reason) =
+            unconfirmed(&reporting, Silence::NotDelivered("disconnected"), Some(5)).unwrap();
+        assert_eq!(state, "not_delivered");
+        assert!(
+            reason.contains("batch_timeout 5s") && reason.contains("disconnected"),
+            "{reason}"
+        );
     }
 
     fn progress(batches: u64, failed: u64, done: bool) -> Progress {

@@ -228,6 +228,11 @@ pub struct RolloutRequest {
     pub batch_size: Option<u64>,
     #[serde(default)]
     pub max_failures: Option<u64>,
+    /// Seconds a batch may take; then its silent agents are counted
+    /// unconfirmed and the rollout moves on. 0 = wait for every report.
+    /// Default: opampd's `rollouts.batch_timeout_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_timeout: Option<u64>,
     /// Roll out to agents that lack components the configuration uses, too.
     #[serde(default)]
     pub force: bool,
@@ -305,6 +310,21 @@ pub struct RolloutStatus {
     /// How many agents of the released batches the rollout waits for.
     #[serde(default)]
     pub waiting_total: u64,
+    /// Released agents counted without a report: the agent received the
+    /// offer but does not report remote-config status, or stayed silent
+    /// past the batch timeout (also when the offer never reached it).
+    #[serde(default)]
+    pub unconfirmed: u64,
+    /// Those agents with the reason, in uid order, at most 100.
+    #[serde(default)]
+    pub unconfirmed_agents: Vec<RolloutUnconfirmed>,
+    /// Seconds a batch may take (0: no limit).
+    #[serde(default)]
+    pub batch_timeout: u64,
+    /// When the current batch times out (RFC 3339), while the rollout runs
+    /// with a timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_deadline: Option<String>,
     /// Agents skipped because they lack components the version uses.
     #[serde(default)]
     pub incompatible: u64,
@@ -322,6 +342,15 @@ pub struct RolloutIncompatible {
     pub instance_uid: String,
     /// `kind/type` of every component it lacks.
     pub missing: Vec<String>,
+}
+
+/// An agent a rollout counted without a report from it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutUnconfirmed {
+    pub instance_uid: String,
+    /// `delivered` (it received the offer) or `not_delivered`.
+    pub state: String,
+    pub reason: String,
 }
 
 /// An agent a rollout waits for.
@@ -525,7 +554,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 7;
+pub const DB_SCHEMA_VERSION: u32 = 8;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

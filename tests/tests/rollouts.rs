@@ -490,3 +490,95 @@ async fn rollout_of_an_older_version_and_bad_requests() {
         .await;
     assert_eq!(code, 409, "nothing paused");
 }
+
+#[tokio::test]
+async fn agents_that_never_report_are_unconfirmed_and_a_batch_times_out() {
+    let s = Server::start();
+    let ids = uids(3);
+    let (mute, gone, last) = (ids[0], ids[1], ids[2]);
+    // An agent that accepts remote config but never reports its status.
+    let mut ws_mute = ws_connect(&s.ws_url(), &[]).await.expect("ws connect");
+    let mut report = report_with(mute, 0, "svc", &[("tier", "edge")]);
+    report.capabilities &= !opamp_proto::caps::REPORTS_REMOTE_CONFIG;
+    ws_exchange(&mut ws_mute, &report).await;
+    let (mut ws_gone, _) = ws_agent(&s, gone, &[("tier", "edge")]).await;
+    let (mut ws_last, _) = ws_agent(&s, last, &[("tier", "edge")]).await;
+    save(&s, "edge", "v: 1\n", "tier=edge").await;
+    let st = start_rollout(&s, "edge", json!({"batch_size": 2, "batch_timeout": 3})).await;
+    assert_eq!(
+        (&st["batch_timeout"], &st["batches"]),
+        (&json!(3), &json!(2)),
+        "{st}"
+    );
+    assert!(st["batch_deadline"].is_string(), "{st}");
+
+    // The mute agent counts as soon as it has the offer; the one that goes
+    // away holds the batch until the timeout.
+    recv_offer(&mut ws_mute).await;
+    recv_offer(&mut ws_gone).await;
+    drop(ws_gone);
+    let st = wait_rollout(&s, "edge", "mute agent unconfirmed", |v| {
+        v["unconfirmed"] == 1
+    })
+    .await;
+    assert_eq!(st["unconfirmed_agents"][0]["instance_uid"], uid_str(&mute));
+    assert_eq!(st["unconfirmed_agents"][0]["state"], "delivered");
+    assert!(
+        st["unconfirmed_agents"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ReportsRemoteConfig"),
+        "{st}"
+    );
+    if st["released_batches"] == 1 {
+        assert_eq!(st["waiting"][0]["instance_uid"], uid_str(&gone), "{st}");
+    }
+
+    // After 3 s the silent agent is counted and the next batch goes out.
+    let rc = recv_offer(&mut ws_last).await;
+    let st = rollout_status(&s, "edge").await;
+    assert_eq!(
+        (&st["unconfirmed"], &st["released_batches"]),
+        (&json!(2), &json!(2)),
+        "{st}"
+    );
+    let reason = st["unconfirmed_agents"][1]["reason"].as_str().unwrap();
+    assert!(reason.contains("batch_timeout 3s"), "{reason}");
+    ws_exchange(
+        &mut ws_last,
+        &applied(last, 1, &rc.config_hash, APPLIED, ""),
+    )
+    .await;
+    let st = wait_rollout(&s, "edge", "completed", |v| v["state"] == "completed").await;
+    assert_eq!(
+        (
+            &st["applied"],
+            &st["unconfirmed"],
+            &st["pending"],
+            &st["failed"]
+        ),
+        (&json!(1), &json!(2), &json!(0), &json!(0)),
+        "{st}"
+    );
+
+    // opampctl shows them, and sets the timeout.
+    let table = opamp_tests::stdout(&s.ctl(&["rollout", "status", "edge"]));
+    assert!(
+        table.contains("UNCONFIRMED")
+            && table.contains(&format!("unconfirmed: {} delivered", uid_str(&mute))),
+        "{table}"
+    );
+    let out = s.ctl(&[
+        "rollout",
+        "start",
+        "edge",
+        "--batch-timeout",
+        "2m",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&opamp_tests::stdout(&out)).unwrap();
+    assert_eq!(v["batch_timeout"], 120, "{v}");
+    let wide = opamp_tests::stdout(&s.ctl(&["rollout", "status", "edge", "-o", "json"]));
+    assert!(wide.contains("\"unconfirmed\""), "{wide}");
+}

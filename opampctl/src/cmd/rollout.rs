@@ -19,6 +19,7 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
             max_failures,
             dry_run,
             force,
+            batch_timeout,
         } => {
             if batch_size == Some(0) {
                 return Err(CtlError::usage("--batch-size must be at least 1"));
@@ -29,6 +30,7 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
                 max_failures,
                 force,
                 dry_run,
+                batch_timeout: batch_timeout.map(timeout_seconds).transpose()?,
             };
             if dry_run {
                 let (_, plan): (_, RolloutPlan) = client
@@ -43,12 +45,13 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
                 output::info(
                     settings,
                     format!(
-                        "rollout of {} version {} started: {}, {}, {}; follow it with `opampctl rollout status {} --watch`",
+                        "rollout of {} version {} started: {}, {}, {}, {}; follow it with `opampctl rollout status {} --watch`",
                         st.name,
                         st.version,
                         count(st.total, "agent"),
                         batches_text(&st),
                         allowance_text(st.max_failures),
+                        timeout_text(st.batch_timeout),
                         st.name
                     ),
                 );
@@ -139,6 +142,27 @@ fn allowance_text(max_failures: u64) -> String {
     }
 }
 
+/// `--batch-timeout` in whole seconds (rounded up); 0 stays 0 (no limit).
+fn timeout_seconds(timeout: Duration) -> Result<u64> {
+    if timeout.is_zero() {
+        return Ok(0);
+    }
+    if timeout < Duration::from_secs(1) {
+        return Err(CtlError::usage(
+            "--batch-timeout must be at least 1s (or 0 to wait for every report)",
+        ));
+    }
+    Ok(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0))
+}
+
+/// The batch timeout, in words.
+fn timeout_text(seconds: u64) -> String {
+    match seconds {
+        0 => "waiting for every agent's report".into(),
+        s => format!("counting agents silent after {s}s per batch as unconfirmed"),
+    }
+}
+
 fn path(name: &str, tail: &str) -> Result<String> {
     if name.trim().is_empty() {
         return Err(CtlError::usage("the configuration name is empty"));
@@ -184,7 +208,7 @@ const WAITING_SHOWN: usize = 10;
 
 fn line(st: &RolloutStatus) -> String {
     format!(
-        "{} v{} {}: {} applied, {} applying, {} pending, {} failed, {} incompatible of {}",
+        "{} v{} {}: {} applied, {} applying, {} pending, {} failed, {} unconfirmed, {} incompatible of {}",
         st.name,
         st.version,
         st.state,
@@ -192,6 +216,7 @@ fn line(st: &RolloutStatus) -> String {
         st.applying,
         st.pending,
         st.failed,
+        st.unconfirmed,
         st.incompatible,
         st.total
     )
@@ -209,6 +234,7 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
             "APPLYING",
             "PENDING",
             "FAILED",
+            "UNCONFIRMED",
             "INCOMPATIBLE",
         ],
     );
@@ -221,6 +247,7 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
         Cell::new(st.applying),
         Cell::new(st.pending),
         Cell::new(st.failed),
+        Cell::new(st.unconfirmed),
         Cell::new(st.incompatible),
     ]);
     let mut text = output::render(&t);
@@ -231,10 +258,28 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
         text.push_str(&format!("\nfailed: {} {}", f.instance_uid, f.error));
     }
     let shown = if wide {
-        st.waiting.len()
+        st.waiting.len().max(st.unconfirmed_agents.len())
     } else {
         WAITING_SHOWN
     };
+    for u in st.unconfirmed_agents.iter().take(shown) {
+        text.push_str(&format!(
+            "\nunconfirmed: {} {} ({})",
+            u.instance_uid, u.state, u.reason
+        ));
+    }
+    let named = st.unconfirmed_agents.len().min(shown) as u64;
+    if st.unconfirmed > named {
+        text.push_str(&format!(
+            "\n… and {} more unconfirmed{}",
+            st.unconfirmed - named,
+            if wide {
+                ""
+            } else {
+                " (-o wide names up to 100)"
+            }
+        ));
+    }
     for w in st.waiting.iter().take(shown) {
         text.push_str(&format!(
             "\nwaiting: {} {} ({})",
@@ -347,10 +392,10 @@ async fn status(
     loop {
         if let Some(b) = &bar {
             b.set_length(st.total);
-            b.set_position(st.applied + st.failed);
+            b.set_position(st.applied + st.failed + st.unconfirmed);
             b.set_message(format!(
-                "{} applying, {} pending, {} failed ({})",
-                st.applying, st.pending, st.failed, st.state
+                "{} applying, {} pending, {} failed, {} unconfirmed ({})",
+                st.applying, st.pending, st.failed, st.unconfirmed, st.state
             ));
         } else if plain {
             let l = line(&st);

@@ -596,6 +596,9 @@ pub async fn rollback(
 /// Largest batch size and failure allowance accepted.
 const MAX_COUNT: u64 = 1_000_000_000;
 
+/// Longest batch timeout accepted, in seconds.
+const MAX_BATCH_TIMEOUT: u64 = 30 * 86_400;
+
 /// Starts a rollout (202 and its status), or with `dry_run` says which
 /// targeted agents lack which components (200 and a [`RolloutPlan`]).
 pub async fn rollout_start(
@@ -610,6 +613,14 @@ pub async fn rollout_start(
     if batch_size > MAX_COUNT || max_failures > MAX_COUNT {
         return Err(ApiError::bad_request(format!(
             "batch_size and max_failures must be at most {MAX_COUNT}"
+        )));
+    }
+    let batch_timeout = req
+        .batch_timeout
+        .unwrap_or(app.config.rollouts.batch_timeout_seconds);
+    if batch_timeout > MAX_BATCH_TIMEOUT {
+        return Err(ApiError::bad_request(format!(
+            "batch_timeout is in seconds and must be at most {MAX_BATCH_TIMEOUT} (30 days); 0 waits for every report"
         )));
     }
     if req.version == Some(0) {
@@ -706,6 +717,8 @@ pub async fn rollout_start(
                 started_by: Some(actor.clone()),
                 selector: selector_text,
                 force,
+                batch_timeout_ms: batch_timeout * 1000,
+                batch_started_at: now,
             };
             let id = configs::insert_rollout(c, &row, &agents)?;
             insert_audit(
@@ -719,6 +732,7 @@ pub async fn rollout_start(
                     "version": version,
                     "batch_size": batch_size,
                     "max_failures": max_failures,
+                    "batch_timeout": batch_timeout,
                     "agents": agents.len(),
                     "skipped_incompatible": skipped.len(),
                     "force": force,

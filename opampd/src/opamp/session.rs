@@ -247,6 +247,16 @@ impl Session {
         self.capabilities & ACCEPTS_REMOTE_CONFIG != 0
     }
 
+    /// Whether the agent reports its remote-config status (ReportsRemoteConfig).
+    pub fn reports_remote_config(&self) -> bool {
+        self.capabilities & REPORTS_REMOTE_CONFIG != 0
+    }
+
+    /// The hash offered on the current connection, if any.
+    pub fn offered_hash(&self) -> Option<&[u8; 32]> {
+        self.offered_hash.as_ref()
+    }
+
     /// The remote-config hash the agent last reported.
     pub fn reported_hash(&self) -> &[u8] {
         &self.reported_hash

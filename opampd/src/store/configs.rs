@@ -56,6 +56,10 @@ pub struct RolloutRow {
     pub selector: String,
     /// Agents lacking components the version uses receive it anyway.
     pub force: bool,
+    /// How long a batch may take (0: no limit).
+    pub batch_timeout_ms: u64,
+    /// When the current batch was released (or the rollout resumed).
+    pub batch_started_at: i64,
 }
 
 const CONFIG_COLUMNS: &str =
@@ -92,7 +96,8 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<VersionRow> {
 
 const ROLLOUT_COLUMNS: &str =
     "id, name, version, hash, state, batch_size, max_failures, released_batches,
-    previous_version, reason, started_at, updated_at, started_by, selector, force";
+    previous_version, reason, started_at, updated_at, started_by, selector, force, batch_timeout_ms,
+    batch_started_at";
 
 fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
     Ok(RolloutRow {
@@ -111,6 +116,8 @@ fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
         started_by: r.get(12)?,
         selector: r.get(13)?,
         force: r.get::<_, i64>(14)? != 0,
+        batch_timeout_ms: r.get::<_, i64>(15)? as u64,
+        batch_started_at: r.get(16)?,
     })
 }
 
@@ -297,8 +304,9 @@ pub fn supersede(c: &Connection, name: &str, now: i64) -> Result<()> {
 pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) -> Result<i64> {
     c.execute(
         "INSERT INTO rollouts (name, version, hash, state, batch_size, max_failures, released_batches,
-            previous_version, reason, started_at, updated_at, started_by, selector, force)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            previous_version, reason, started_at, updated_at, started_by, selector, force,
+            batch_timeout_ms, batch_started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             r.name,
             r.version as i64,
@@ -313,7 +321,9 @@ pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) 
             r.updated_at,
             r.started_by,
             r.selector,
-            r.force as i64
+            r.force as i64,
+            r.batch_timeout_ms as i64,
+            r.batch_started_at
         ],
     )?;
     let id = c.last_insert_rowid();
@@ -326,7 +336,8 @@ pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) 
     Ok(id)
 }
 
-/// Changes a rollout's progress fields if it is still in state `from`.
+/// Changes a rollout's progress fields if it is still in state `from`; a
+/// rollout that (again) runs starts its batch's time limit now.
 /// Returns whether it changed.
 pub fn transition(
     c: &Connection,
@@ -338,7 +349,8 @@ pub fn transition(
     reason: Option<&str>,
 ) -> Result<bool> {
     Ok(c.execute(
-        "UPDATE rollouts SET state = ?3, released_batches = ?4, max_failures = ?5, reason = ?6, updated_at = ?7
+        "UPDATE rollouts SET state = ?3, released_batches = ?4, max_failures = ?5, reason = ?6, updated_at = ?7,
+            batch_started_at = CASE WHEN ?3 = 'running' THEN ?7 ELSE batch_started_at END
          WHERE id = ?1 AND state = ?2",
         params![
             id,

@@ -171,6 +171,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE agents ADD COLUMN cert_fingerprint TEXT;
     "#,
+    // 8: every batch of a rollout has a time limit, counted from its release
+    // (or the resume); agents silent past it are counted unconfirmed.
+    r#"
+    ALTER TABLE rollouts ADD COLUMN batch_timeout_ms INTEGER NOT NULL DEFAULT 300000;
+    ALTER TABLE rollouts ADD COLUMN batch_started_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE rollouts SET batch_started_at = updated_at;
+    "#,
 ];
 
 /// The schema version this build writes.
