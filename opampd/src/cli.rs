@@ -164,9 +164,10 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
     ),
     (
         "opamp.max_stored_bytes_per_agent",
-        "Largest description, health or effective configuration stored for one agent \
-         (default 1 MiB, in stored JSON); a larger one is not stored, the rest of the report \
-         is, and the agent's events say what was left out.",
+        "Largest description, health, effective configuration or component list stored \
+         for one agent (default 1 MiB, in stored JSON; a component list measured encoded); a \
+         larger one is not stored, the rest of the report is, and the agent's events say \
+         what was left out.",
     ),
     (
         "opamp.allowed_origins",

@@ -124,12 +124,28 @@ fn version_of(metadata: &serde_json::Map<String, Value>) -> Option<String> {
 }
 
 /// Every list opampd holds, by hash.
-#[derive(Default)]
 pub struct Cache {
     sets: RwLock<HashMap<Vec<u8>, Arc<ComponentSet>>>,
+    /// Largest list (encoded, in bytes) taken in:
+    /// `opamp.max_stored_bytes_per_agent`.
+    max_set_bytes: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache::with_limit(usize::MAX)
+    }
 }
 
 impl Cache {
+    /// A cache that takes in no list larger than `max_set_bytes` encoded.
+    pub fn with_limit(max_set_bytes: usize) -> Cache {
+        Cache {
+            sets: RwLock::default(),
+            max_set_bytes,
+        }
+    }
+
     pub fn get(&self, hash: &[u8]) -> Option<Arc<ComponentSet>> {
         self.sets
             .read()
@@ -183,6 +199,9 @@ pub struct Update {
     pub changed: Option<Arc<ComponentSet>>,
     /// A list opampd did not hold: store it.
     pub learned: bool,
+    /// A list larger than the cache takes (its size in bytes): not kept, and
+    /// not asked for again.
+    pub too_big: Option<usize>,
 }
 
 /// Takes in an AvailableComponents message. `retry`: the message repeats the
@@ -197,6 +216,12 @@ pub fn report(
     let set = match cache.get(&reported.hash) {
         Some(set) => Some(set),
         None if !reported.components.is_empty() => {
+            let bytes = prost::Message::encoded_len(reported);
+            if bytes > cache.max_set_bytes {
+                known.asked_for = Some(reported.hash.clone());
+                update.too_big = Some(bytes);
+                return update;
+            }
             update.learned = true;
             Some(cache.insert(ComponentSet::from_report(reported)))
         }

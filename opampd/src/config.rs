@@ -95,8 +95,8 @@ pub struct OpampConfig {
     pub max_agents: usize,
     /// Agents one WebSocket connection may carry (a terminating proxy multiplexes).
     pub max_agents_per_connection: usize,
-    /// Largest description, health or effective config stored for one agent;
-    /// a larger one is not stored (an agent event says so).
+    /// Largest description, health, effective config or component list
+    /// stored for one agent; a larger one is not stored (an agent event says so).
     pub max_stored_bytes_per_agent: usize,
     /// Browser origins allowed to open the OpAMP endpoint (agents send no `Origin`).
     pub allowed_origins: Vec<String>,

@@ -141,6 +141,7 @@ pub async fn run(
         tracing::info!("{}", opamp::connection::NO_PUBLIC_URL);
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let components = components::Cache::with_limit(config.opamp.max_stored_bytes_per_agent);
     let app = Arc::new(App {
         agent_secrets: RwLock::new(
             config
@@ -156,7 +157,7 @@ pub async fn run(
         store,
         fleet: fleet::Fleet::default(),
         targets: targeting::Targets::default(),
-        components: Default::default(),
+        components,
         metrics,
         logs: opts.logs,
         started,

@@ -352,3 +352,66 @@ async fn a_rollout_skips_agents_lacking_components_unless_forced() {
     let rc = recv_offer(&mut ws_lacking).await;
     assert!(files(&rc)["otel"].contains("otlp/2"));
 }
+
+#[tokio::test]
+async fn a_component_list_over_the_per_agent_storage_limit_is_not_kept_nor_asked_again() {
+    let s = Server::start_with(opamp_tests::Opts {
+        config: Some("opamp:\n  max_stored_bytes_per_agent: 4096\n".into()),
+        ..Default::default()
+    });
+    // A list of 200 components, well past 4096 bytes encoded.
+    let names: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                format!("padded{i:03}"),
+                format!("example.com/padded/{i:03} v1.0.0"),
+            )
+        })
+        .collect();
+    let entries: Vec<(&str, &str, &str)> = names
+        .iter()
+        .map(|(t, m)| ("receivers", t.as_str(), m.as_str()))
+        .collect();
+    let big = message::available_components(&entries);
+    let uid = new_uid();
+    let mut ws = ws_connect(&s.ws_url(), &[]).await.unwrap();
+    let r = ws_exchange(&mut ws, &report_with_components(uid, 0, &[], big.clone())).await;
+    assert!(r.error_response.is_none(), "answered as usual: {r:?}");
+    assert_eq!(r.flags & ASK, 0, "the list came with the report: {r:?}");
+    // Only the hash again: opampd holds no list for it, yet does not ask for
+    // the one it refused (the agent would send it again, and again).
+    let mut again = heartbeat(uid, 1);
+    again.available_components = Some(pb::AvailableComponents {
+        hash: big.hash.clone(),
+        components: Default::default(),
+    });
+    let r = ws_exchange(&mut ws, &again).await;
+    assert_eq!(r.flags & ASK, 0, "not asked for the refused list: {r:?}");
+    let events = wait_for("a not_stored event", Duration::from_secs(10), || async {
+        let (_, events) = s
+            .get(&format!("/api/v1/agents/{}/events", uid_str(&uid)))
+            .await;
+        let reasons: Vec<String> = events["items"]
+            .as_array()
+            .or(events.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|e| e["event"] == "not_stored")
+            .map(|e| e["details"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (!reasons.is_empty()).then_some(reasons)
+    })
+    .await;
+    assert!(
+        events[0].starts_with("component list of ")
+            && events[0].contains("opamp.max_stored_bytes_per_agent (4096)"),
+        "{events:?}"
+    );
+    let v = agent(&s, &uid).await;
+    assert!(
+        v["available_components"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "no list shown: {v}"
+    );
+}

@@ -509,7 +509,8 @@ fn changes_stored_state(app: &App, uid: &[u8; 16], msg: &pb::AgentToServer) -> b
 
 /// Takes out of `patch` each report larger than
 /// `opamp.max_stored_bytes_per_agent` (what is stored keeps its previous
-/// value) and returns the events that say so.
+/// value; a component list too big was never taken in) and returns the
+/// events that say so.
 fn over_storage_limit(
     app: &App,
     patch: &mut AgentPatch,
@@ -543,6 +544,10 @@ fn over_storage_limit(
         patch.effective_config = None;
         patch.effective_config_hash = None;
         dropped.push(("effective config", n));
+    }
+    if let Some(n) = patch.components.as_mut().and_then(|c| c.too_big.take()) {
+        // Never kept: the list was refused before it reached the cache.
+        dropped.push(("component list", n));
     }
     dropped
         .into_iter()

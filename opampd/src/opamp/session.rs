@@ -636,6 +636,9 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
             pa.hash = Some(set.hash_hex());
             pa.set = update.learned.then_some(set);
         }
+        if let Some(bytes) = update.too_big {
+            p!().components.get_or_insert_with(Default::default).too_big = Some(bytes);
+        }
         ask_components = update.ask && s.capabilities & REPORTS_AVAILABLE_COMPONENTS != 0;
     }
     if let Some(custom) = &msg.custom_capabilities {

@@ -42,6 +42,9 @@ pub struct ComponentsPatch {
     pub set: Option<std::sync::Arc<crate::components::ComponentSet>>,
     /// JSON array of the agent's custom capabilities.
     pub custom_capabilities: Option<String>,
+    /// The size of a reported list that was too big to keep (not stored;
+    /// turned into a `not_stored` event).
+    pub too_big: Option<usize>,
 }
 
 impl AgentPatch {
