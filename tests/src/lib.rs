@@ -145,13 +145,17 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                {
+                    // Logged before the start is reported, so `logs()` after
+                    // `start()` always holds the listening line.
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
                 if line.contains("opampd listening") {
                     let v: Value = serde_json::from_str(&line).unwrap_or_default();
                     let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
                 }
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
             }
         });
         let addr = rx
