@@ -257,65 +257,47 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
     for f in &st.failures {
         text.push_str(&format!("\nfailed: {} {}", f.instance_uid, f.error));
     }
-    let shown = if wide {
-        st.waiting.len().max(st.unconfirmed_agents.len())
-    } else {
-        WAITING_SHOWN
-    };
-    for u in st.unconfirmed_agents.iter().take(shown) {
-        text.push_str(&format!(
-            "\nunconfirmed: {} {} ({})",
-            u.instance_uid, u.state, u.reason
-        ));
-    }
-    let named = st.unconfirmed_agents.len().min(shown) as u64;
-    if st.unconfirmed > named {
-        text.push_str(&format!(
-            "\n… and {} more unconfirmed{}",
-            st.unconfirmed - named,
-            if wide {
+    // The server names at most 100 agents of each kind; a table names a few.
+    let shown = if wide { usize::MAX } else { WAITING_SHOWN };
+    let groups = [
+        (
+            "unconfirmed",
+            st.unconfirmed,
+            st.unconfirmed_agents
+                .iter()
+                .map(|u| format!("{} {} ({})", u.instance_uid, u.state, u.reason))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "waiting",
+            st.waiting_total,
+            st.waiting
+                .iter()
+                .map(|w| format!("{} {} ({})", w.instance_uid, w.state, w.status))
+                .collect(),
+        ),
+        (
+            "incompatible",
+            st.incompatible,
+            st.incompatible_agents
+                .iter()
+                .map(|i| format!("{} lacks {}", i.instance_uid, i.missing.join(", ")))
+                .collect(),
+        ),
+    ];
+    for (kind, total, lines) in groups {
+        for line in lines.iter().take(shown) {
+            text.push_str(&format!("\n{kind}: {line}"));
+        }
+        let named = lines.len().min(shown) as u64;
+        if total > named {
+            let hint = if wide {
                 ""
             } else {
                 " (-o wide names up to 100)"
-            }
-        ));
-    }
-    for w in st.waiting.iter().take(shown) {
-        text.push_str(&format!(
-            "\nwaiting: {} {} ({})",
-            w.instance_uid, w.state, w.status
-        ));
-    }
-    for i in st.incompatible_agents.iter().take(shown) {
-        text.push_str(&format!(
-            "\nincompatible: {} lacks {}",
-            i.instance_uid,
-            i.missing.join(", ")
-        ));
-    }
-    let named_incompatible = st.incompatible_agents.len().min(shown) as u64;
-    if st.incompatible > named_incompatible {
-        text.push_str(&format!(
-            "\n… and {} more incompatible{}",
-            st.incompatible - named_incompatible,
-            if wide {
-                ""
-            } else {
-                " (-o wide names up to 100)"
-            }
-        ));
-    }
-    let named = st.waiting.len().min(shown) as u64;
-    if st.waiting_total > named {
-        text.push_str(&format!(
-            "\n… and {} more waiting{}",
-            st.waiting_total - named,
-            if wide {
-                ""
-            } else {
-                " (-o wide names up to 100)"
-            }
-        ));
+            };
+            text.push_str(&format!("\n… and {} more {kind}{hint}", total - named));
+        }
     }
     text
 }
