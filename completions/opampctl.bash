@@ -864,7 +864,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__bench)
-            opts="-o -q -h --agents --duration --heartbeat --transport --connections --config-bytes --server-pid --processes --source-ips --ramp --secret --opamp-url --gzip --restart-cmd --jitter --keep --cleanup --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help hold status http rollout reconnect"
+            opts="-o -q -h --agents --duration --heartbeat --transport --connections --config-bytes --server-pid --processes --source-ips --ramp --secret --opamp-url --gzip --restart-cmd --jitter --keep --cleanup --load --server-a --pid-a --server-b --pid-b --rounds --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help hold status http rollout reconnect compare"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -923,6 +923,30 @@ _opampctl() {
                     return 0
                     ;;
                 --jitter)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --load)
+                    COMPREPLY=($(compgen -W "hold status http rollout reconnect compare" -- "${cur}"))
+                    return 0
+                    ;;
+                --server-a)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pid-a)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server-b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pid-b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --rounds)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3080,7 +3104,7 @@ _opampctl_server_values() {
                 i=$((i + 1))
                 continue
                 ;;
-            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--samples|--secret|--selector|--server-pid|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--username|--version|--via|-f|-l|-n|-o|-u)
+            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--load|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--pid-a|--pid-b|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--rounds|--samples|--secret|--selector|--server-a|--server-b|--server-pid|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--username|--version|--via|-f|-l|-n|-o|-u)
                 i=$((i + 1))
                 continue
                 ;;

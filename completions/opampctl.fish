@@ -861,6 +861,17 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l secret -d 'A
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l opamp-url -d 'OpAMP endpoint (http://, plain listeners only) [default: SERVER/v1/opamp]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l restart-cmd -d 'reconnect: command that restarts opampd, run with sh -c (without it, restart opampd yourself)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l jitter -d 'reconnect: the longest random delay before an agent reconnects' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l load -d 'compare: the load run against both servers (hold, status or http) [default: hold]' -r -f -a "hold\t'Idle agents with heartbeats: connect time, RSS per agent, CPU per heartbeat'
+status\t'Health-status changes as fast as possible: messages/s, latency, CPU'
+http\t'Plain-HTTP polls as fast as possible: requests/s, latency, CPU'
+rollout\t'Time for a configuration to reach and be applied by every agent'
+reconnect\t'Time for every agent to come back after a server restart'
+compare\t'The same load against two OpAMP servers, alternately: each figure side by side and its ratio'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l server-a -d 'compare: OpAMP endpoint of the first server (ws:// or http://; path /v1/opamp when none)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l pid-a -d 'compare: process id of the first server on this host' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l server-b -d 'compare: OpAMP endpoint of the second server (ws:// or http://; path /v1/opamp when none)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l pid-b -d 'compare: process id of the second server on this host' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l rounds -d 'compare: rounds, each one run against each server (A B, then B A)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

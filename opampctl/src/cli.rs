@@ -764,6 +764,15 @@ gives about 28,000 ports to one server: --processes P runs P worker \
 processes, each simulating a share of the agents, and --source-ips spreads \
 the connections over local addresses. Every process uses one core. The exit \
 status is 1 when any error occurred.\n\n\
+compare: runs --load (hold, status or http; default hold) with the same \
+flags against two OpAMP servers on this host, any implementation: --server-a \
+URL --pid-a PID and --server-b URL --pid-b PID, --rounds times each, \
+alternating which goes first (A B, then B A), each run a fresh opampctl bench \
+process that keeps its agents (--keep: the servers' inventories are not \
+touched). Shows the server CPU per heartbeat, per message or per poll, the \
+RSS per agent and the latency of each server (median over the rounds) and \
+B/A, the ratio that counts: absolute figures move between runs on a shared \
+machine, the ratio of one comparison much less.\n\n\
 Example:\n\n\
 opampctl bench hold --agents 15000 --processes 2 --source-ips 127.0.0.1-127.0.0.4 \
 --ramp 2000/s --duration 60s --server-pid $(pidof opampd)";
@@ -829,6 +838,24 @@ pub struct BenchArgs {
     /// The default now: the simulated agents are deleted unless --keep
     #[arg(long, hide = true, conflicts_with = "keep")]
     pub cleanup: bool,
+    /// compare: the load run against both servers (hold, status or http) [default: hold]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub load: Option<BenchMode>,
+    /// compare: OpAMP endpoint of the first server (ws:// or http://; path /v1/opamp when none)
+    #[arg(long, value_name = "URL")]
+    pub server_a: Option<String>,
+    /// compare: process id of the first server on this host
+    #[arg(long, value_name = "PID")]
+    pub pid_a: Option<u32>,
+    /// compare: OpAMP endpoint of the second server (ws:// or http://; path /v1/opamp when none)
+    #[arg(long, value_name = "URL")]
+    pub server_b: Option<String>,
+    /// compare: process id of the second server on this host
+    #[arg(long, value_name = "PID")]
+    pub pid_b: Option<u32>,
+    /// compare: rounds, each one run against each server (A B, then B A)
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub rounds: usize,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -843,6 +870,8 @@ pub enum BenchMode {
     Rollout,
     /// Time for every agent to come back after a server restart
     Reconnect,
+    /// The same load against two OpAMP servers, alternately: each figure side by side and its ratio
+    Compare,
 }
 
 impl BenchMode {
@@ -853,6 +882,7 @@ impl BenchMode {
             BenchMode::Http => "http",
             BenchMode::Rollout => "rollout",
             BenchMode::Reconnect => "reconnect",
+            BenchMode::Compare => "compare",
         }
     }
 }

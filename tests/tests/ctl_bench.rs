@@ -449,3 +449,168 @@ fn bad_flags_are_usage_errors_and_a_missing_server_is_unreachable() {
         "{v:#}"
     );
 }
+
+#[test]
+fn compare_runs_the_load_against_both_servers_alternately_with_ratios() {
+    let a = Server::start();
+    let b = Server::start();
+    let (pid_a, pid_b) = (a.pid().to_string(), b.pid().to_string());
+    // The bare address gets /v1/opamp; the other side is named in full.
+    let server_a = format!("ws://{}", a.addr);
+    let server_b = format!("{}/v1/opamp", b.url());
+    let o = a.ctl(&[
+        "bench",
+        "compare",
+        "--load",
+        "status",
+        "--agents",
+        "5",
+        "--duration",
+        "1s",
+        "--rounds",
+        "2",
+        "--server-a",
+        &server_a,
+        "--pid-a",
+        &pid_a,
+        "--server-b",
+        &server_b,
+        "--pid-b",
+        &pid_b,
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    assert_eq!(v["load"], "status", "{v:#}");
+    assert_eq!(v["server_a"], format!("{server_a}/v1/opamp"));
+    let runs = v["runs"].as_array().unwrap();
+    let order: Vec<(&str, u64)> = runs
+        .iter()
+        .map(|run| {
+            (
+                run["server"].as_str().unwrap(),
+                run["round"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(order, [("A", 1), ("B", 1), ("B", 2), ("A", 2)], "{v:#}");
+    for run in runs {
+        all_connected(&run["report"], 5);
+        let pid = if run["server"] == "A" { &pid_a } else { &pid_b };
+        assert_eq!(run["report"]["server_pid"].to_string(), *pid, "{run:#}");
+    }
+    let cpu = v["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "cpu_per_1000_msgs_s")
+        .unwrap_or_else(|| panic!("no CPU figure in {v:#}"));
+    let (fa, fb) = (cpu["a"].as_f64().unwrap(), cpu["b"].as_f64().unwrap());
+    assert!(fa > 0.0 && fb > 0.0, "{cpu:#}");
+    let ratio = cpu["ratio"].as_f64().unwrap();
+    assert!((ratio - fb / fa).abs() < 0.01, "{cpu:#}");
+    // The agents stay in both inventories (--keep), as the help says.
+    let agents = a.ctl(&["agents", "list", "-o", "json"]);
+    assert_eq!(
+        json(&agents)["total"].as_u64(),
+        Some(10),
+        "two runs of 5 against A"
+    );
+
+    // Table output names both servers and the ratio column.
+    let o = a.ctl(&[
+        "bench",
+        "compare",
+        "--agents",
+        "2",
+        "--duration",
+        "1s",
+        "--heartbeat",
+        "200ms",
+        "--rounds",
+        "1",
+        "--server-a",
+        &server_a,
+        "--pid-a",
+        &pid_a,
+        "--server-b",
+        &server_b,
+        "--pid-b",
+        &pid_b,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("B/A") && text.contains("server CPU per heartbeat"),
+        "{text}"
+    );
+    assert!(stderr(&o).contains("round 1 of 1"), "{}", stderr(&o));
+}
+
+#[test]
+fn compare_flags_are_checked_before_anything_runs() {
+    let s = Server::start();
+    let pid = s.pid().to_string();
+    let url = format!("ws://{}", s.addr);
+    for (args, needle) in [
+        (
+            vec!["bench", "compare", "--server-a", &url, "--pid-a", &pid],
+            "--server-b URL and --pid-b PID",
+        ),
+        (
+            vec![
+                "bench",
+                "compare",
+                "--load",
+                "rollout",
+                "--server-a",
+                &url,
+                "--pid-a",
+                &pid,
+                "--server-b",
+                &url,
+                "--pid-b",
+                &pid,
+            ],
+            "--load rollout",
+        ),
+        (
+            vec![
+                "bench",
+                "compare",
+                "--server-a",
+                "https://127.0.0.1:1",
+                "--pid-a",
+                &pid,
+                "--server-b",
+                &url,
+                "--pid-b",
+                &pid,
+            ],
+            "--server-a https://127.0.0.1:1",
+        ),
+        (
+            vec![
+                "bench",
+                "compare",
+                "--server-a",
+                &url,
+                "--pid-a",
+                "999999999",
+                "--server-b",
+                &url,
+                "--pid-b",
+                &pid,
+            ],
+            "no process 999999999",
+        ),
+        (
+            vec!["bench", "hold", "--server-a", &url],
+            "--server-a is for bench compare",
+        ),
+    ] {
+        let o = s.ctl(&args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -63,6 +63,7 @@ pub async fn agent_task(
         }
         BenchMode::Rollout => rollout(&shared, &mut agent, &mut phase, &mut outcome).await,
         BenchMode::Reconnect => reconnect(&shared, &mut agent, &mut phase, &mut outcome).await,
+        BenchMode::Compare => unreachable!("bench compare runs its loads in child processes"),
     };
     outcome.full_state_requests = agent.state.full_state_requests;
     if alive {

@@ -20,11 +20,13 @@
 //! flags, each worker's share), `coordinator` (starting workers, events and
 //! orders, collecting), `worker` (one worker's agents through the phases),
 //! `agent` (one simulated agent's messages and behaviour per mode),
+//! `compare` (one load against two servers, in child processes),
 //! `transport` (WebSocket and plain-HTTP pool), `measure` (the parent's
 //! measured phase per mode), `report` (samples, percentiles, the report and
 //! its table).
 
 mod agent;
+mod compare;
 mod coordinator;
 mod measure;
 mod plan;
@@ -60,6 +62,9 @@ pub async fn run(settings: &Settings, client: &Client, args: &BenchArgs) -> Resu
         let plan = plan_for(settings, args, index, count, &run_id).await?;
         return worker::worker_process(plan).await;
     }
+    if args.mode == BenchMode::Compare {
+        return compare::run(settings, args).await;
+    }
     let bench = Bench::prepare(settings, client, args).await?;
     let plans = bench.plans().await?;
     let mut server = ServerReadings {
@@ -88,6 +93,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BenchArgs) -> Resu
             }
         }
         BenchMode::Reconnect => measure::reconnect(&bench, &mut workers, &mut report).await,
+        BenchMode::Compare => unreachable!("bench compare runs its loads in child processes"),
     };
     server.cpu_after = bench.server_pid.and_then(procfs::cpu_seconds);
     server.rss_end = bench.server_rss();

@@ -131,6 +131,19 @@ async fn resolve(http_url: &str) -> Result<SocketAddr> {
 
 /// Refuses flags that do not go together, with what to do instead.
 pub fn validate(settings: &Settings, args: &BenchArgs) -> Result<()> {
+    let compare_flags = [
+        ("--load", args.load.is_some()),
+        ("--server-a", args.server_a.is_some()),
+        ("--pid-a", args.pid_a.is_some()),
+        ("--server-b", args.server_b.is_some()),
+        ("--pid-b", args.pid_b.is_some()),
+    ];
+    if let Some((flag, _)) = compare_flags.iter().find(|(_, given)| *given) {
+        return Err(CtlError::usage(format!(
+            "{flag} is for bench compare (bench {} measures one server: --opamp-url, --server-pid)",
+            args.mode.as_str()
+        )));
+    }
     transport_of(args.mode, args.transport)?;
     if args.agents == 0 {
         return Err(CtlError::usage("--agents must be at least 1"));

@@ -176,6 +176,7 @@ impl BenchReport {
             }
             BenchMode::Rollout => self.add_rollout(results, measured, &mut errors),
             BenchMode::Reconnect => self.add_reconnect(args, results, measured, &mut errors),
+            BenchMode::Compare => unreachable!("bench compare runs its loads in child processes"),
         }
         self.set_error_samples(errors);
     }
