@@ -25,6 +25,10 @@
 //!   the component list; `ReportAvailableComponents` is answered with the
 //!   whole list (as opamp-go does);
 //! - custom capabilities, when set, go with every full report;
+//! - packages (AcceptsPackages) are compared by hash, the files to fetch
+//!   come back as [`Reaction::downloads`], a finished download is checked
+//!   and installed (or refused) by [`Agent::download_finished`], and with
+//!   ReportsPackageStatuses every step is reported (see [`packages`]);
 //! - a restart command restarts the agent: sequence numbers start again from
 //!   0 with a full report;
 //! - an `error_response` is recorded and answered with nothing.
@@ -51,7 +55,11 @@
 
 use crate::message::{self, FullState};
 use crate::{caps, pb};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+pub mod packages;
+pub use packages::{Download, InstalledPackage};
 use std::time::Duration;
 
 /// Who the agent is and what it starts with.
@@ -77,6 +85,10 @@ pub struct AgentSettings {
     pub available_components: Option<pb::AvailableComponents>,
     /// Custom capabilities (reverse-FQDN names); none when empty.
     pub custom_capabilities: Vec<String>,
+    /// The packages the agent has when it starts, by name.
+    pub packages: BTreeMap<String, InstalledPackage>,
+    /// What the simulated install does with downloaded packages.
+    pub package_policy: OfferPolicy,
 }
 
 impl AgentSettings {
@@ -96,7 +108,42 @@ impl AgentSettings {
             connection_offers: OfferPolicy::Apply,
             available_components: None,
             custom_capabilities: Vec::new(),
+            packages: BTreeMap::new(),
+            package_policy: OfferPolicy::Apply,
         }
+    }
+
+    /// Adds AcceptsPackages and ReportsPackageStatuses.
+    pub fn accepts_packages(mut self) -> AgentSettings {
+        self.capabilities |= caps::ACCEPTS_PACKAGES | caps::REPORTS_PACKAGE_STATUSES;
+        self
+    }
+
+    /// A package the agent has from the start (the top-level one is the
+    /// agent itself); `hash` is the package hash a server would offer.
+    pub fn package(
+        mut self,
+        name: &str,
+        version: &str,
+        hash: &[u8],
+        top_level: bool,
+    ) -> AgentSettings {
+        self.packages.insert(
+            name.into(),
+            InstalledPackage {
+                version: version.into(),
+                hash: hash.to_vec(),
+                top_level,
+            },
+        );
+        self
+    }
+
+    /// Sets what the simulated install does: install (`Apply`), fail with a
+    /// message (`Fail`), or leave offers alone (`Ignore`).
+    pub fn package_policy(mut self, policy: OfferPolicy) -> AgentSettings {
+        self.package_policy = policy;
+        self
     }
 
     /// Sets the component list and adds ReportsAvailableComponents.
@@ -224,6 +271,27 @@ pub enum Event {
     ConnectionSettingsFailed { hash: Vec<u8>, message: String },
     /// Connection settings were not acted upon.
     ConnectionSettingsIgnored { hash: Vec<u8>, reason: &'static str },
+    /// Packages were offered: `downloads` of them are to be fetched.
+    PackagesOffered { all_hash: Vec<u8>, downloads: usize },
+    /// A package offer was not acted upon.
+    PackagesIgnored {
+        all_hash: Vec<u8>,
+        reason: &'static str,
+    },
+    /// An addon the server no longer offers was removed.
+    PackageRemoved { name: String },
+    /// A download was interrupted and will be resumed from `received` bytes.
+    DownloadInterrupted {
+        name: String,
+        received: u64,
+        reason: String,
+    },
+    /// A package was downloaded, checked and installed.
+    PackageInstalled { name: String, version: String },
+    /// A package could not be downloaded, did not match its hash, or its install failed.
+    PackageFailed { name: String, message: String },
+    /// A download finished after its offer was replaced: dropped.
+    PackageDropped { name: String },
 }
 
 /// What to send and what happened, after one ServerToAgent.
@@ -232,6 +300,8 @@ pub struct Reaction {
     /// Messages to send now, in order (their sequence numbers are taken).
     pub messages: Vec<pb::AgentToServer>,
     pub events: Vec<Event>,
+    /// Files to fetch (package offers), for [`Agent::download_finished`].
+    pub downloads: Vec<Download>,
 }
 
 /// Counts of what the agent went through.
@@ -245,6 +315,8 @@ pub struct Counters {
     pub server_errors: u64,
     pub connection_offers: u64,
     pub components_requests: u64,
+    pub packages_installed: u64,
+    pub packages_failed: u64,
 }
 
 /// One simulated agent.
@@ -269,6 +341,11 @@ pub struct Agent {
     connection_settings_status: Option<pb::ConnectionSettingsStatus>,
     available_components: Option<Arc<pb::AvailableComponents>>,
     custom_capabilities: Vec<String>,
+    packages: BTreeMap<String, InstalledPackage>,
+    package_policy: OfferPolicy,
+    /// The last package offer taken.
+    package_offer: Option<pb::PackagesAvailable>,
+    package_statuses: Option<pb::PackageStatuses>,
     counters: Counters,
 }
 
@@ -291,6 +368,25 @@ impl Agent {
             connection_settings_status: None,
             available_components: settings.available_components.map(Arc::new),
             custom_capabilities: settings.custom_capabilities,
+            package_statuses: (!settings.packages.is_empty()).then(|| pb::PackageStatuses {
+                packages: settings
+                    .packages
+                    .iter()
+                    .map(|(name, p)| {
+                        let status = pb::PackageStatus {
+                            name: name.clone(),
+                            agent_has_version: p.version.clone(),
+                            agent_has_hash: p.hash.clone(),
+                            ..Default::default()
+                        };
+                        (name.clone(), status)
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            packages: settings.packages,
+            package_policy: settings.package_policy,
+            package_offer: None,
             counters: Counters::default(),
         }
     }
@@ -419,6 +515,7 @@ impl Agent {
                 .clone()
                 .filter(|_| self.has(caps::REPORTS_CONNECTION_SETTINGS_STATUS)),
             available_components: self.components_report(false),
+            package_statuses: self.package_report(),
             custom_capabilities: (!self.custom_capabilities.is_empty()).then(|| {
                 pb::CustomCapabilities {
                     capabilities: self.custom_capabilities.clone(),
@@ -564,13 +661,18 @@ impl Agent {
             .connection_settings
             .as_ref()
             .is_some_and(|offer| self.take_connection_settings(offer, &mut reaction));
+        let packages_changed = reply
+            .packages_available
+            .as_ref()
+            .is_some_and(|offer| self.take_packages(offer, &mut reaction))
+            && self.has(caps::REPORTS_PACKAGE_STATUSES);
         if self.full_state_due {
             let mut m = self.full_report();
             if components_asked {
                 m.available_components = self.components_report(true);
             }
             reaction.messages.push(m);
-        } else if changed || connection_changed || components_asked {
+        } else if changed || connection_changed || components_asked || packages_changed {
             let mut m = self.base();
             if components_asked {
                 m.available_components = self.components_report(true);
@@ -581,6 +683,9 @@ impl Agent {
             if changed && self.has(caps::REPORTS_REMOTE_CONFIG) {
                 m.remote_config_status = self.remote_config_status.clone();
             }
+            if packages_changed {
+                m.package_statuses = self.package_report();
+            }
             if changed && self.has(caps::REPORTS_EFFECTIVE_CONFIG) {
                 m.effective_config = self.effective_config.as_deref().cloned();
             }
@@ -588,6 +693,7 @@ impl Agent {
                 || m.effective_config.is_some()
                 || m.connection_settings_status.is_some()
                 || m.available_components.is_some()
+                || m.package_statuses.is_some()
             {
                 reaction.messages.push(m);
             } else {

@@ -20,6 +20,8 @@
 //!   numbers, full-state requests, remote-config offers, new instance uids,
 //!   restart commands.
 //! - [`session`]: drives an [`agent::Agent`] over either transport.
+//! - [`download`]: package files over HTTP(S) (credentials, `Range`
+//!   resumption, progress), for the sessions' package offers.
 //! - [`error`]: the one error type of the crate.
 //!
 //! The wire types, the WebSocket header and the capability bits come from
@@ -41,6 +43,7 @@
 //! ```
 
 pub mod agent;
+pub mod download;
 pub mod error;
 pub mod http;
 pub mod message;

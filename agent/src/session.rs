@@ -7,6 +7,11 @@
 //! waits for that; over plain HTTP the server answers only polls, and
 //! [`Session::run_until`] polls instead.
 //!
+//! Package offers are carried out here: after the messages a ServerToAgent
+//! leads to, the session fetches the files the agent asked for (see
+//! [`crate::download`], configured with [`Session::with_downloads`]),
+//! reporting progress, and hands each to [`Agent::download_finished`].
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), opamp_agent::Error> {
 //! use opamp_agent::agent::{Agent, AgentSettings};
@@ -29,7 +34,8 @@
 //! # }
 //! ```
 
-use crate::agent::{Agent, Event};
+use crate::agent::{Agent, Download, Event};
+use crate::download::{DownloadOptions, Downloader, Failure};
 use crate::error::Error;
 use crate::http::HttpTransport;
 use crate::pb;
@@ -105,6 +111,9 @@ pub struct Session<T> {
     agent: Agent,
     transport: T,
     events: Vec<Event>,
+    /// Files the agent asked for, not fetched yet.
+    downloads: VecDeque<Download>,
+    downloader: Option<Downloader>,
 }
 
 impl<T: Transport> Session<T> {
@@ -113,7 +122,23 @@ impl<T: Transport> Session<T> {
             agent,
             transport,
             events: Vec::new(),
+            downloads: VecDeque::new(),
+            downloader: None,
         }
+    }
+
+    /// Fetches package files with `options` (the agent's credentials, TLS)
+    /// instead of a plain client without headers.
+    pub fn with_downloads(mut self, options: DownloadOptions) -> Result<Session<T>, Error> {
+        self.downloader = Some(Downloader::new(options)?);
+        Ok(self)
+    }
+
+    /// Bytes kept from interrupted transfers of the file with `content_hash`.
+    pub fn partial_download_len(&self, content_hash: &[u8]) -> u64 {
+        self.downloader
+            .as_ref()
+            .map_or(0, |d| d.partial_len(content_hash))
     }
 
     pub fn agent(&self) -> &Agent {
@@ -220,9 +245,99 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    /// Hands `message` to the agent and exchanges what it asks for, in turn.
+    /// Hands `message` to the agent, exchanges what it asks for, in turn,
+    /// then fetches the files it asked for.
     async fn answer(&mut self, message: &pb::ServerToAgent) -> Result<(), Error> {
-        let mut pending: VecDeque<pb::AgentToServer> = self.react(message).into();
+        let follow_ups = self.react(message);
+        self.exchange_all(follow_ups).await?;
+        while let Some(download) = self.downloads.pop_front() {
+            let outcome = self.fetch(&download).await?;
+            let reaction = self.agent.download_finished(&download, outcome);
+            self.events.extend(reaction.events);
+            self.downloads.extend(reaction.downloads);
+            self.exchange_all(reaction.messages).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches one file, resuming after interruptions and reporting
+    /// progress; the file or why there is none.
+    async fn fetch(&mut self, download: &Download) -> Result<Result<Vec<u8>, String>, Error> {
+        if self.downloader.is_none() {
+            self.downloader = Some(Downloader::new(DownloadOptions::default())?);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.fetch_once(download).await? {
+                Ok(bytes) => return Ok(Ok(bytes)),
+                Err(failure) => failure,
+            };
+            let attempts = self.downloader.as_ref().map_or(1, |d| d.options().attempts);
+            match failure {
+                Failure::Interrupted { received, reason } if attempt < attempts => {
+                    self.events.push(Event::DownloadInterrupted {
+                        name: download.name.clone(),
+                        received,
+                        reason,
+                    });
+                }
+                Failure::Interrupted { reason, .. } | Failure::Final(reason) => {
+                    return Ok(Err(format!(
+                        "download of {} failed: {reason}",
+                        download.url
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One attempt; progress reports are exchanged as the bytes arrive.
+    async fn fetch_once(&mut self, download: &Download) -> Result<Result<Vec<u8>, Failure>, Error> {
+        let Some(mut downloader) = self.downloader.take() else {
+            return Ok(Err(Failure::Final("no downloader".into())));
+        };
+        let step = downloader.options().progress_step_percent.max(1.0);
+        let result = async {
+            let mut transfer = match downloader.start(download).await {
+                Ok(transfer) => transfer,
+                Err(failure) => return Ok(Err(failure)),
+            };
+            let mut next_report = 0.0;
+            loop {
+                let total = transfer.total();
+                let percent = if total == 0 {
+                    0.0
+                } else {
+                    transfer.received() as f64 * 100.0 / total as f64
+                };
+                if percent >= next_report && percent < 100.0 {
+                    next_report = (percent / step).floor() * step + step;
+                    if let Some(m) = self.agent.download_progress(
+                        &download.name,
+                        transfer.received(),
+                        total,
+                        transfer.rate(),
+                    ) {
+                        self.exchange_all(vec![m]).await?;
+                    }
+                }
+                match transfer.next().await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Ok(transfer.finish())),
+                    Err(failure) => return Ok(Err(failure)),
+                }
+            }
+        }
+        .await;
+        self.downloader = Some(downloader);
+        result
+    }
+
+    /// Exchanges `messages` and what their replies lead to, in turn (files
+    /// asked for are queued, not fetched).
+    async fn exchange_all(&mut self, messages: Vec<pb::AgentToServer>) -> Result<(), Error> {
+        let mut pending: VecDeque<pb::AgentToServer> = messages.into();
         let mut budget = MAX_FOLLOW_UPS;
         while let Some(next) = pending.pop_front() {
             if budget == 0 {
@@ -238,6 +353,7 @@ impl<T: Transport> Session<T> {
     fn react(&mut self, message: &pb::ServerToAgent) -> Vec<pb::AgentToServer> {
         let reaction = self.agent.handle(message);
         self.events.extend(reaction.events);
+        self.downloads.extend(reaction.downloads);
         reaction.messages
     }
 }

@@ -434,3 +434,203 @@ fn connection_settings_are_taken_with_their_capabilities_and_reported() {
     );
     assert!(refusing.connection_settings().opamp.is_none());
 }
+
+mod packages {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    const FILE: &[u8] = b"collector release 0.120.0";
+
+    fn packaged(policy: OfferPolicy) -> Agent {
+        Agent::new(
+            AgentSettings::new(UID)
+                .accepts_packages()
+                .package("otelcol", "0.119.0", &[1; 32], true)
+                .package("old-addon", "1.0.0", &[2; 32], false)
+                .package_policy(policy),
+        )
+    }
+
+    fn available(version: &str, hash: u8, content: &[u8]) -> pb::PackageAvailable {
+        pb::PackageAvailable {
+            r#type: pb::PackageType::TopLevel as i32,
+            version: version.into(),
+            file: Some(pb::DownloadableFile {
+                download_url: "https://downloads.example.com/otelcol.tar.gz".into(),
+                content_hash: Sha256::digest(content).to_vec(),
+                signature: b"bundle".to_vec(),
+                headers: Some(pb::Headers {
+                    headers: vec![pb::Header {
+                        key: "X-Token".into(),
+                        value: "t".into(),
+                    }],
+                }),
+            }),
+            hash: vec![hash; 32],
+        }
+    }
+
+    fn packages_offer(all: u8, packages: &[(&str, pb::PackageAvailable)]) -> pb::ServerToAgent {
+        pb::ServerToAgent {
+            packages_available: Some(pb::PackagesAvailable {
+                packages: packages
+                    .iter()
+                    .map(|(name, p)| (name.to_string(), p.clone()))
+                    .collect(),
+                all_packages_hash: vec![all; 32],
+            }),
+            ..reply()
+        }
+    }
+
+    fn statuses(m: &pb::AgentToServer) -> &pb::PackageStatuses {
+        m.package_statuses.as_ref().expect("package statuses")
+    }
+
+    const INSTALLED: i32 = pb::PackageStatusEnum::Installed as i32;
+    const PENDING: i32 = pb::PackageStatusEnum::InstallPending as i32;
+    const FAILED: i32 = pb::PackageStatusEnum::InstallFailed as i32;
+    const DOWNLOADING: i32 = pb::PackageStatusEnum::Downloading as i32;
+
+    #[test]
+    fn a_new_version_is_downloaded_checked_installed_and_reported() {
+        let mut a = packaged(OfferPolicy::Apply);
+        let first = a.full_report();
+        assert_eq!(
+            statuses(&first).packages["otelcol"].agent_has_version,
+            "0.119.0"
+        );
+        let reaction = a.handle(&packages_offer(
+            9,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        assert_eq!(reaction.downloads.len(), 1);
+        let download = &reaction.downloads[0];
+        assert_eq!(download.headers, vec![("X-Token".into(), "t".into())]);
+        assert_eq!(download.signature, b"bundle");
+        let report = statuses(&reaction.messages[0]);
+        assert_eq!(report.server_provided_all_packages_hash, vec![9; 32]);
+        let pending = &report.packages["otelcol"];
+        assert_eq!(pending.status, PENDING);
+        assert_eq!(pending.server_offered_version, "0.120.0");
+        assert_eq!(pending.agent_has_version, "0.119.0");
+        assert!(
+            reaction.events.contains(&Event::PackageRemoved {
+                name: "old-addon".into()
+            }),
+            "an addon no longer offered goes: {:?}",
+            reaction.events
+        );
+        assert!(!report.packages.contains_key("old-addon"));
+
+        let progress = a.download_progress("otelcol", 10, 40, 5.0).unwrap();
+        let status = &statuses(&progress).packages["otelcol"];
+        assert_eq!(status.status, DOWNLOADING);
+        assert_eq!(status.download_details.unwrap().download_percent, 25.0);
+
+        let done = a.download_finished(download, Ok(FILE.to_vec()));
+        let status = &statuses(&done.messages[0]).packages["otelcol"];
+        assert_eq!(status.status, INSTALLED);
+        assert_eq!(status.agent_has_version, "0.120.0");
+        assert_eq!(status.agent_has_hash, vec![3; 32]);
+        assert!(status.download_details.is_none());
+        assert_eq!(a.packages()["otelcol"].version, "0.120.0");
+        assert_eq!(a.counters().packages_installed, 1);
+
+        // The same offer again: already taken, nothing to do.
+        let again = a.handle(&packages_offer(
+            9,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        assert!(again.messages.is_empty() && again.downloads.is_empty());
+        // A new all-hash with the installed package: installed, nothing fetched.
+        let same = a.handle(&packages_offer(
+            8,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        assert!(same.downloads.is_empty());
+        assert_eq!(
+            statuses(&same.messages[0]).packages["otelcol"].status,
+            INSTALLED
+        );
+    }
+
+    #[test]
+    fn a_file_that_does_not_match_its_hash_is_refused() {
+        let mut a = packaged(OfferPolicy::Apply);
+        let reaction = a.handle(&packages_offer(
+            9,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        let done = a.download_finished(&reaction.downloads[0], Ok(b"tampered".to_vec()));
+        let status = &statuses(&done.messages[0]).packages["otelcol"];
+        assert_eq!(status.status, FAILED);
+        assert!(
+            status.error_message.contains("SHA-256"),
+            "{}",
+            status.error_message
+        );
+        assert_eq!(status.agent_has_version, "0.119.0");
+        assert_eq!(a.counters().packages_failed, 1);
+    }
+
+    #[test]
+    fn the_simulated_install_fails_on_demand_and_download_errors_are_reported() {
+        let mut a = packaged(OfferPolicy::Fail("disk full".into()));
+        let reaction = a.handle(&packages_offer(
+            9,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        let done = a.download_finished(&reaction.downloads[0], Ok(FILE.to_vec()));
+        let status = &statuses(&done.messages[0]).packages["otelcol"];
+        assert_eq!(
+            (status.status, status.error_message.as_str()),
+            (FAILED, "disk full")
+        );
+
+        let mut b = packaged(OfferPolicy::Apply);
+        let reaction = b.handle(&packages_offer(
+            9,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        let done = b.download_finished(&reaction.downloads[0], Err("HTTP 404".into()));
+        assert_eq!(
+            statuses(&done.messages[0]).packages["otelcol"].error_message,
+            "HTTP 404"
+        );
+    }
+
+    #[test]
+    fn without_accepts_packages_offers_are_ignored() {
+        let mut a = agent();
+        let reaction = a.handle(&packages_offer(
+            9,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        assert!(reaction.messages.is_empty() && reaction.downloads.is_empty());
+        assert!(matches!(reaction.events[0], Event::PackagesIgnored { .. }));
+        assert!(a.full_report().package_statuses.is_none());
+    }
+
+    #[test]
+    fn a_download_for_a_replaced_offer_is_dropped() {
+        let mut a = packaged(OfferPolicy::Apply);
+        let old = a.handle(&packages_offer(
+            9,
+            &[("otelcol", available("0.120.0", 3, FILE))],
+        ));
+        a.handle(&packages_offer(
+            7,
+            &[("otelcol", available("0.121.0", 4, b"newer"))],
+        ));
+        let done = a.download_finished(&old.downloads[0], Ok(FILE.to_vec()));
+        assert!(done.messages.is_empty());
+        assert_eq!(
+            done.events,
+            vec![Event::PackageDropped {
+                name: "otelcol".into()
+            }]
+        );
+        assert_eq!(a.packages()["otelcol"].version, "0.119.0");
+    }
+}
