@@ -284,6 +284,10 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
          overrides it; 0 waits for every report): then its agents that have not reported are \
          counted unconfirmed and the rollout moves on.",
     ),
+    (
+        "cluster.replica_id",
+        "This replica's name, shown by /health, /health/ready, the replica_info metric and the          start-up log line (default: the host name, else opampd-RANDOM; letters, digits, '.',          '_', '-' and ':').",
+    ),
 ];
 
 /// ENVIRONMENT of the man page: (variables, what they do).

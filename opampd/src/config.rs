@@ -28,6 +28,15 @@ pub struct Config {
     pub audit: AuditConfig,
     pub telemetry: TelemetryConfig,
     pub rollouts: RolloutsConfig,
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This process's name among several replicas (health, metrics, logs);
+    /// unset: the host name, else `opampd-<random>`.
+    pub replica_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -218,6 +227,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             telemetry: TelemetryConfig::default(),
             rollouts: RolloutsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -477,6 +487,10 @@ impl Config {
                     bail!("{key}.headers.{name}: the value is not a valid HTTP header value (no control characters)");
                 }
             }
+        }
+        if let Some(id) = &self.cluster.replica_id {
+            crate::replica::check_id(id)
+                .map_err(|why| anyhow::anyhow!("cluster.replica_id {id:?} {why}"))?;
         }
         let agent_tls = &self.opamp.tls;
         if agent_tls.client_ca_file.is_some() || agent_tls.require_client_cert {

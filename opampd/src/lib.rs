@@ -26,6 +26,7 @@ pub mod logring;
 pub mod metrics;
 pub mod opamp;
 pub mod procinfo;
+pub mod replica;
 pub mod rollouts;
 pub mod selector;
 pub mod server;
@@ -106,9 +107,11 @@ pub async fn run(
     let jwt_key = auth::load_jwt_key(&config, opts.zero_config)?;
     let tls = server::tls_acceptor(&config.tls)?;
     let agent_tls = server::agent_tls_acceptor(&config)?;
-    let metrics = Arc::new(metrics::Metrics::new(Duration::from_millis(
-        config.database.slow_query_ms,
-    )));
+    let replica = replica::Replica::new(config.cluster.replica_id.as_deref(), "sqlite");
+    let metrics = Arc::new(metrics::Metrics::new(
+        Duration::from_millis(config.database.slow_query_ms),
+        replica,
+    ));
     let store_opts = store::StoreOptions {
         max_open_conns: config.database.max_open_conns,
         max_idle_conns: config
@@ -220,6 +223,8 @@ pub async fn run(
         url = %format!("{scheme}://{main_addr}"),
         opamp_path = %app.config.opamp.path,
         data_dir = %app.config.data_dir.display(),
+        replica = %app.metrics.replica().id,
+        backend = app.metrics.replica().backend,
         startup_ms = started.elapsed().as_millis() as u64,
         "opampd listening"
     );

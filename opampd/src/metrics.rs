@@ -118,6 +118,7 @@ pub struct Metrics {
     pub outgoing_dropped: AtomicU64,
     slow_query: Duration,
     start_time: f64,
+    replica: crate::replica::Replica,
 }
 
 /// Index into the per-transport arrays.
@@ -128,7 +129,7 @@ pub fn transport_index(websocket: bool) -> usize {
 const TRANSPORTS: [&str; 2] = ["websocket", "http"];
 
 impl Metrics {
-    pub fn new(slow_query: Duration) -> Self {
+    pub fn new(slow_query: Duration, replica: crate::replica::Replica) -> Self {
         let start_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -147,7 +148,13 @@ impl Metrics {
             outgoing_dropped: AtomicU64::new(0),
             slow_query,
             start_time,
+            replica,
         }
+    }
+
+    /// This replica's identity (the `replica_info` series).
+    pub fn replica(&self) -> &crate::replica::Replica {
+        &self.replica
     }
 
     /// Records one HTTP request. `path` must be a route template.
@@ -462,6 +469,17 @@ impl Metrics {
             out,
             "{PREFIX}build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
+        );
+        header(
+            out,
+            "replica_info",
+            "gauge",
+            "This replica's id (cluster.replica_id, else the host name) and database backend",
+        );
+        let _ = writeln!(
+            out,
+            "{PREFIX}replica_info{{replica=\"{}\",backend=\"{}\"}} 1",
+            self.replica.id, self.replica.backend
         );
     }
 }

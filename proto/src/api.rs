@@ -478,6 +478,10 @@ pub struct HealthReport {
     /// `ok|degraded|down`.
     pub status: String,
     pub version: String,
+    /// The replica that answered (`cluster.replica_id`, else its host name);
+    /// empty from servers older than this field.
+    #[serde(default)]
+    pub replica_id: String,
     pub uptime_seconds: u64,
     pub ready: bool,
     pub draining: bool,
@@ -491,6 +495,9 @@ pub struct HealthReport {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DatabaseCheck {
     pub status: String,
+    /// `sqlite` or `postgresql`; empty from servers older than this field.
+    #[serde(default)]
+    pub backend: String,
     pub latency_ms: f64,
     pub schema_version: u32,
     /// Only shown to a caller with a token.

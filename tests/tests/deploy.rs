@@ -44,6 +44,7 @@ const EXPORTED_METRICS: &[(&str, bool)] = &[
     ("opamp_platform_db_pool_waits_total", false),
     ("opamp_platform_machine_memory_bytes", false),
     ("opamp_platform_build_info", false),
+    ("opamp_platform_replica_info", false),
     ("process_resident_memory_bytes", false),
     ("process_virtual_memory_bytes", false),
     ("process_cpu_seconds_total", false),

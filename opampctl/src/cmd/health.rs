@@ -133,8 +133,9 @@ fn table(settings: &Settings, h: &HealthSummary) -> String {
             comfy_table::Cell::new("health"),
             output::status_cell(settings, &r.status),
             comfy_table::Cell::new(format!(
-                "opampd {}, up {}",
+                "opampd {}{}, up {}",
                 r.version,
+                replica(&r.replica_id),
                 uptime(r.uptime_seconds)
             )),
         ]);
@@ -142,8 +143,11 @@ fn table(settings: &Settings, h: &HealthSummary) -> String {
             comfy_table::Cell::new("database"),
             output::status_cell(settings, &r.database.status),
             comfy_table::Cell::new(format!(
-                "{:.1} ms, schema {}, writer queue {}",
-                r.database.latency_ms, r.database.schema_version, r.database.writer_queue
+                "{}{:.1} ms, schema {}, writer queue {}",
+                backend(&r.database.backend),
+                r.database.latency_ms,
+                r.database.schema_version,
+                r.database.writer_queue
             )),
         ]);
         t.add_row(vec![
@@ -175,6 +179,24 @@ fn table(settings: &Settings, h: &HealthSummary) -> String {
         text.push_str(&format!("\nproblem: {p}"));
     }
     text
+}
+
+/// `, replica ID` for servers that report one.
+fn replica(id: &str) -> String {
+    if id.is_empty() {
+        String::new()
+    } else {
+        format!(", replica {id}")
+    }
+}
+
+/// `BACKEND, ` for servers that report one.
+fn backend(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!("{name}, ")
+    }
 }
 
 fn uptime(secs: u64) -> String {

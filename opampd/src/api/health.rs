@@ -26,7 +26,12 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
     } else {
         (StatusCode::OK, "ready")
     };
-    (status, Json(serde_json::json!({"status": word}))).into_response()
+    let replica = &app.metrics.replica().id;
+    (
+        status,
+        Json(serde_json::json!({"status": word, "replica_id": replica})),
+    )
+        .into_response()
 }
 
 pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -71,6 +76,7 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     let report = HealthReport {
         status: status.into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        replica_id: app.metrics.replica().id.clone(),
         uptime_seconds: app.started.elapsed().as_secs(),
         ready: app.ready.load(Ordering::Relaxed),
         draining,
@@ -83,6 +89,7 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
                 "ok"
             }
             .into(),
+            backend: app.metrics.replica().backend.into(),
             latency_ms,
             schema_version: crate::store::schema::SCHEMA_VERSION,
             path: if detailed {
