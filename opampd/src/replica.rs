@@ -31,8 +31,7 @@ impl Replica {
 pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(
-            "is empty: leave it unset to use the host name, or set a name such as opampd-1"
-                .into(),
+            "is empty: leave it unset to use the host name, or set a name such as opampd-1".into(),
         );
     }
     if id.len() > MAX_ID_LEN {
@@ -94,7 +93,9 @@ mod tests {
         assert!(check_id("").unwrap_err().contains("leave it unset"));
         assert!(check_id("a b").unwrap_err().contains("' '"));
         assert!(check_id("x\"y").unwrap_err().contains("letters, digits"));
-        assert!(check_id(&"a".repeat(254)).unwrap_err().contains("at most 253"));
+        assert!(check_id(&"a".repeat(254))
+            .unwrap_err()
+            .contains("at most 253"));
         for good in ["opampd-1", "pod.ns.svc", "host_2", "10.0.0.1:8080"] {
             assert!(check_id(good).is_ok(), "{good}");
         }

@@ -58,7 +58,9 @@ async fn a_replica_names_itself_on_health_metrics_logs_and_opampctl() {
     // The pool gauges a balancer deployment watches are there for every pool.
     for gauge in ["open", "idle", "max"] {
         assert!(
-            scrape.contains(&format!("opamp_platform_db_connections_{gauge}{{pool=\"read\"}}")),
+            scrape.contains(&format!(
+                "opamp_platform_db_connections_{gauge}{{pool=\"read\"}}"
+            )),
             "db_connections_{gauge}"
         );
     }
