@@ -480,15 +480,29 @@ fn every_alert_has_firing_and_silent_tests() {
     assert_eq!(
         alerts,
         [
-            "OpampdDown",
-            "OpampdHighErrorRate",
-            "OpampdHighLatency",
-            "OpampdAgentsDisconnected",
-            "OpampdDbPoolSaturated",
-            "OpampdHighMemory"
+            "OpAMPServerDown",
+            "OpAMPReplicaDown",
+            "HighErrorRate",
+            "HighResponseTime",
+            "ManyAgentsDisconnected",
+            "DatabaseConnectionPoolExhausted",
+            "HighMemoryUsage"
         ],
-        "the alert set changed: update rules_test.yml and this list together"
+        "the runbook's alert names (operators' routes and silences key on them) and the \
+         replica alert: update rules_test.yml and this list together"
     );
+    // The pool alert reads the pool gauges every backend fills.
+    let pool_rule = rule_exprs()
+        .into_iter()
+        .find(|(name, _)| name == "DatabaseConnectionPoolExhausted")
+        .map(|(_, expr)| expr)
+        .unwrap();
+    for gauge in ["open", "idle", "max"] {
+        assert!(
+            pool_rule.contains(&format!("opamp_platform_db_connections_{gauge}")),
+            "DatabaseConnectionPoolExhausted does not use db_connections_{gauge}"
+        );
+    }
     let rules = yaml("prometheus/rules.yml");
     for group in seq_at(&rules["groups"], "groups") {
         assert_eq!(group["name"].as_str(), Some("opampd"));
@@ -734,8 +748,8 @@ fn amtool_check_config() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let critical = route(&["alertname=OpampdDown", "severity=critical"]);
-    let warning = route(&["alertname=OpampdHighMemory", "severity=warning"]);
+    let critical = route(&["alertname=OpAMPServerDown", "severity=critical"]);
+    let warning = route(&["alertname=HighMemoryUsage", "severity=warning"]);
 
     let am = yaml("alertmanager/alertmanager.yml");
     let receiver = |name: &str| -> serde_yaml::Value {
