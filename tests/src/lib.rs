@@ -5,6 +5,7 @@
 //! The binaries are those of the current `cargo build` (see the README's test
 //! command, which builds them first).
 
+pub mod balancer;
 pub mod client;
 
 use serde_json::Value;

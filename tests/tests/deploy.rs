@@ -1388,3 +1388,90 @@ fn test_deps_script_parses() {
         );
     }
 }
+
+// ---------------------------------------------------------------- HAProxy
+
+/// `haproxy -c` accepts the balancer's configuration; the only warnings
+/// allowed are the replicas' names, which resolve inside Compose only.
+#[test]
+fn haproxy_check_config() {
+    let Some(haproxy) = tool("haproxy") else {
+        return;
+    };
+    let out = run_ok(
+        Command::new(haproxy)
+            .arg("-c")
+            .arg("-f")
+            .arg(deploy("haproxy/haproxy.cfg")),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Configuration file is valid"), "{text}");
+    for line in text.lines().filter(|l| l.contains("[WARNING]")) {
+        assert!(
+            line.contains("could not resolve address 'opampd-"),
+            "unexpected haproxy warning: {line}"
+        );
+    }
+}
+
+/// The balancer settings README "Running several replicas" explains:
+/// readiness checks, request-level balancing without stickiness,
+/// connection reuse, WebSocket-safe timeouts, the client's address, and an
+/// agents' frontend serving the OpAMP path only.
+#[test]
+fn haproxy_balances_requests_on_readiness() {
+    let text = read("haproxy/haproxy.cfg");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    for needed in [
+        "option httpchk GET /health/ready",
+        "http-check expect status 200",
+        "balance roundrobin",
+        "http-reuse safe",
+        "option forwardfor",
+        "http-request deny deny_status 404 unless { path /v1/opamp }",
+    ] {
+        assert!(lines.contains(&needed), "haproxy.cfg lacks `{needed}`");
+    }
+    for sticky in ["stick-table", "stick on", "cookie ", "balance source"] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(sticky)),
+            "no stickiness: `{sticky}`"
+        );
+    }
+    let seconds = |key: &str| -> u64 {
+        let value = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("timeout {key} ")))
+            .unwrap_or_else(|| panic!("timeout {key}"));
+        let (number, unit) = value.split_at(value.trim_end_matches(char::is_alphabetic).len());
+        number.parse::<u64>().unwrap()
+            * match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                other => panic!("unit {other}"),
+            }
+    };
+    let defaults = opampd::config::Config::default();
+    let heartbeat = defaults.opamp.heartbeat_interval_seconds;
+    for key in ["client", "server", "http-keep-alive"] {
+        assert!(
+            seconds(key) > heartbeat,
+            "timeout {key} must outlast a heartbeat interval ({heartbeat}s)"
+        );
+    }
+    assert!(
+        seconds("tunnel") >= defaults.opamp.ws_read_timeout_seconds,
+        "timeout tunnel must outlast opamp.ws_read_timeout_seconds"
+    );
+    let servers = lines.iter().filter(|l| l.starts_with("server ")).count();
+    assert!(servers >= 2, "several replicas, got {servers}");
+}

@@ -3,9 +3,15 @@
 //! health`; and opampd behind a real HAProxy built from
 //! `deploy/haproxy/haproxy.cfg`.
 
+mod common;
+
+use common::{files, recv_offer, report_with};
+use opamp_tests::balancer::{self, Balancer};
 use opamp_tests::cli;
-use opamp_tests::{bin, Opts, Server};
+use opamp_tests::client::{heartbeat, http_exchange, new_uid, uid_str, ws_connect, ws_exchange};
+use opamp_tests::{bin, ctl_env, free_addr, Opts, Server};
 use serde_json::Value;
+use std::time::Duration;
 
 fn with_replica_id(id: &str) -> Opts {
     Opts {
@@ -117,4 +123,143 @@ fn a_bad_replica_id_is_refused_naming_the_setting() {
         err.contains("cluster.replica_id \"two words\" contains ' '"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------- behind HAProxy
+
+/// A real haproxy from deploy/haproxy/haproxy.cfg in front of `replicas`,
+/// once it reports every one of them UP; None (with a SKIPPED line) when
+/// haproxy is not installed.
+fn balancer_for(replicas: &[&Server]) -> Option<Balancer> {
+    let haproxy = balancer::haproxy()?;
+    let addresses: Vec<_> = replicas.iter().map(|s| s.addr).collect();
+    let lb = Balancer::start(&haproxy, &addresses);
+    for i in 1..=replicas.len() {
+        lb.wait_replica(&format!("opampd-{i}"), "UP", Duration::from_secs(15));
+    }
+    Some(lb)
+}
+
+#[tokio::test]
+async fn agents_and_opampctl_work_through_haproxy() {
+    let server = Server::start_with(with_replica_id("behind-haproxy"));
+    let Some(lb) = balancer_for(&[&server]) else {
+        return;
+    };
+    let token = server.token();
+    let ctl = |args: &[&str]| {
+        ctl_env(
+            args,
+            &[("OPAMPCTL_SERVER", &lb.url()), ("OPAMPCTL_TOKEN", &token)],
+        )
+    };
+
+    // A WebSocket agent and a plain-HTTP agent, both on the agents' frontend.
+    let ws_uid = new_uid();
+    let mut ws = ws_connect(&lb.ws_url(), &[])
+        .await
+        .expect("a WebSocket upgrade through haproxy");
+    let first = ws_exchange(&mut ws, &report_with(ws_uid, 0, "svc", &[("env", "prod")])).await;
+    assert_eq!(first.instance_uid, ws_uid.to_vec());
+    assert!(first.remote_config.is_none());
+    let http_uid = new_uid();
+    let (code, headers, reply) = http_exchange(
+        &lb.opamp_url(),
+        &report_with(http_uid, 0, "svc", &[("env", "prod")]),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(headers["content-type"], "application/x-protobuf");
+    assert_eq!(reply.unwrap().instance_uid, http_uid.to_vec());
+
+    // The agents' frontend serves the OpAMP path only.
+    let (status, _) = get(&format!("http://{}/api/v1/agents", lb.frontend(4320))).await;
+    assert_eq!(status, 404, "the agents' port does not expose the API");
+
+    // opampctl through the operators' frontend: health names the replica,
+    // both agents are listed, a configuration is saved and rolled out.
+    let health = cli::ok(&ctl(&["health"]));
+    assert!(health.contains("replica behind-haproxy"), "{health}");
+    for uid in [&ws_uid, &http_uid] {
+        common::agent(&server, uid).await;
+    }
+    let listed = cli::json(&ctl(&["agents", "list", "-o", "json"]));
+    let uids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["instance_uid"].as_str().unwrap())
+        .collect();
+    for uid in [&ws_uid, &http_uid] {
+        assert!(uids.contains(&uid_str(uid).as_str()), "{listed}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("otel.yaml");
+    std::fs::write(&file, "receivers: {otlp: {}}\n").unwrap();
+    cli::ok(&ctl(&[
+        "configs",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--selector",
+        "env=prod",
+    ]));
+    cli::ok(&ctl(&["rollout", "start", "otel"]));
+
+    // The WebSocket agent gets the push through the tunnel; the HTTP agent
+    // at its next poll.
+    let offer = recv_offer(&mut ws).await;
+    assert_eq!(files(&offer)["otel"], "receivers: {otlp: {}}\n");
+    let (_, _, reply) = http_exchange(&lb.opamp_url(), &heartbeat(http_uid, 1)).await;
+    let offer = reply
+        .unwrap()
+        .remote_config
+        .expect("offered at the next poll");
+    assert_eq!(files(&offer)["otel"], "receivers: {otlp: {}}\n");
+
+    // haproxy sent every one of those requests to the one replica.
+    let states = lb.replicas();
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert!(states[0].sessions_total >= 5, "{states:?}");
+}
+
+#[tokio::test]
+async fn haproxy_takes_a_killed_replica_out_and_back_by_its_readiness() {
+    let listen = free_addr();
+    let mut server = Server::start_with(Opts {
+        listen: Some(listen.clone()),
+        ..Opts::default()
+    });
+    let Some(lb) = balancer_for(&[&server]) else {
+        return;
+    };
+    let (status, body) = get(&format!("{}/health/ready", lb.url())).await;
+    assert_eq!((status, &body["status"]), (200, &Value::from("ready")));
+
+    server.kill9();
+    lb.wait_replica("opampd-1", "DOWN", Duration::from_secs(15));
+    let (status, _) = get(&format!("{}/health/ready", lb.url())).await;
+    assert_eq!(status, 503, "no replica left to answer");
+    assert!(
+        lb.logs().contains("opampd/opampd-1 is DOWN"),
+        "haproxy logs the check failure:\n{}",
+        lb.logs()
+    );
+
+    // The same replica back on its address: ready, so in rotation again.
+    server.start_again();
+    lb.wait_replica("opampd-1", "UP", Duration::from_secs(15));
+    let (status, _) = get(&format!("{}/health/ready", lb.url())).await;
+    assert_eq!(status, 200);
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
