@@ -89,6 +89,7 @@ fn benches(c: &mut Criterion) {
     let t = targets();
     let connection = opampd::opamp::connection::ConnectionSettings::default();
     let components = opampd::components::Cache::default();
+    let packages = opampd::opamp::packages::PackageTargets::default();
     c.bench_function("session_heartbeat", |b| {
         let mut s = Session::new([3; 16], Transport::WebSocket);
         session::handle(
@@ -97,6 +98,7 @@ fn benches(c: &mut Criterion) {
             &Ctx {
                 targets: &t,
                 connection: &connection,
+                packages: &packages,
                 now_ms: 1,
                 remote_addr: "127.0.0.1:1".parse().ok(),
                 new_uid: None,
@@ -112,6 +114,7 @@ fn benches(c: &mut Criterion) {
                 &Ctx {
                     targets: &t,
                     connection: &connection,
+                    packages: &packages,
                     now_ms: 2,
                     remote_addr: "127.0.0.1:1".parse().ok(),
                     new_uid: None,
@@ -133,6 +136,7 @@ fn benches(c: &mut Criterion) {
                 &Ctx {
                     targets: &t,
                     connection: &connection,
+                    packages: &packages,
                     now_ms: 1,
                     remote_addr: None,
                     new_uid: None,

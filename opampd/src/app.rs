@@ -19,6 +19,8 @@ pub struct App {
     pub store: Store,
     pub fleet: Fleet,
     pub targets: Targets,
+    /// The packages rolled out to agents.
+    pub package_targets: crate::opamp::packages::PackageTargets,
     /// The component lists agents reported, by hash.
     pub components: crate::components::Cache,
     pub metrics: Arc<Metrics>,

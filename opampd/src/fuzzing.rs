@@ -51,6 +51,7 @@ fn run_session(msgs: &[pb::AgentToServer]) {
             &Ctx {
                 targets: targets(),
                 connection: connection_settings(),
+                packages: &crate::opamp::packages::PackageTargets::default(),
                 now_ms: 1,
                 remote_addr: None,
                 new_uid: None,

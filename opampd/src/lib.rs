@@ -160,6 +160,7 @@ pub async fn run(
         store,
         fleet: fleet::Fleet::default(),
         targets: targeting::Targets::default(),
+        package_targets: Default::default(),
         components,
         metrics,
         logs: opts.logs,

@@ -43,6 +43,10 @@ pub struct Agent {
     /// The connection settings offered to the agent and what it reported.
     #[serde(default)]
     pub connection_settings: ConnectionSettingsState,
+    /// The package statuses the agent last reported; `None` when it never
+    /// reported any (no ReportsPackageStatuses, or nothing yet).
+    #[serde(default)]
+    pub packages: Option<PackageStatuses>,
     pub first_seen: String,
     pub last_seen: String,
     pub remote_addr: Option<String>,
@@ -109,6 +113,34 @@ pub struct ConnectionSettingsState {
     /// reported), or what the agent reported: `applying|applied|failed|unset`.
     pub status: String,
     pub error: Option<String>,
+}
+
+/// The packages an agent reported (PackageStatuses).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PackageStatuses {
+    /// The `all_packages_hash` of the offer the agent last took (hex).
+    pub all_packages_hash: Option<String>,
+    /// An error about the offer as a whole.
+    pub error: Option<String>,
+    pub packages: Vec<PackageStatus>,
+}
+
+/// One package as an agent reported it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PackageStatus {
+    pub name: String,
+    /// `installed`, `install_pending`, `installing`, `install_failed` or `downloading`.
+    pub status: String,
+    pub agent_has_version: Option<String>,
+    /// Hex.
+    pub agent_has_hash: Option<String>,
+    pub server_offered_version: Option<String>,
+    /// Hex.
+    pub server_offered_hash: Option<String>,
+    pub error: Option<String>,
+    /// While downloading, if the agent says.
+    pub download_percent: Option<f64>,
+    pub download_bytes_per_second: Option<f64>,
 }
 
 /// What the server wants an agent to run and what the agent said about it.
@@ -561,7 +593,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 8;
+pub const DB_SCHEMA_VERSION: u32 = 9;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

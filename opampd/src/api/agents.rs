@@ -380,6 +380,7 @@ pub fn to_api(app: &App, r: &AgentRow) -> Agent {
         effective_config_hash: r.effective_config_hash.clone(),
         remote_config: remote_config_state(r),
         connection_settings: crate::opamp::connection::api_state(r.connection_settings.as_deref()),
+        packages: crate::opamp::packages::api_state(r.package_statuses.as_deref()),
         first_seen: rfc3339(r.first_seen),
         last_seen: rfc3339(last_seen),
         remote_addr: r.remote_addr.clone(),

@@ -9,6 +9,7 @@
 
 pub mod connection;
 pub mod http;
+pub mod packages;
 pub mod reply;
 pub mod session;
 pub mod ws;
@@ -339,6 +340,7 @@ pub async fn process(
             &Ctx {
                 targets,
                 connection: &connection,
+                packages: &app.package_targets,
                 now_ms: now,
                 remote_addr: Some(origin.remote),
                 new_uid: assigned,
@@ -502,6 +504,7 @@ fn changes_stored_state(app: &App, uid: &[u8; 16], msg: &pb::AgentToServer) -> b
         || msg.health.is_some()
         || msg.effective_config.is_some()
         || msg.remote_config_status.is_some()
+        || msg.package_statuses.is_some()
         || msg.agent_disconnect.is_some()
         || msg.flags & FLAG_REQUEST_INSTANCE_UID != 0
         || !app.fleet.contains(uid)
@@ -544,6 +547,15 @@ fn over_storage_limit(
         patch.effective_config = None;
         patch.effective_config_hash = None;
         dropped.push(("effective config", n));
+    }
+    if let Some(n) = patch
+        .package_statuses
+        .as_ref()
+        .map(String::len)
+        .filter(|n| *n > limit)
+    {
+        patch.package_statuses = None;
+        dropped.push(("package statuses", n));
     }
     if let Some(n) = patch.components.as_mut().and_then(|c| c.too_big.take()) {
         // Never kept: the list was refused before it reached the cache.

@@ -12,8 +12,8 @@
 //! [`Reply`] derefs to the message for reading (tests, logs, encoding).
 
 use opamp_proto::caps::{
-    SERVER_ACCEPTS_EFFECTIVE_CONFIG, SERVER_ACCEPTS_STATUS, SERVER_OFFERS_CONNECTION_SETTINGS,
-    SERVER_OFFERS_REMOTE_CONFIG,
+    SERVER_ACCEPTS_EFFECTIVE_CONFIG, SERVER_ACCEPTS_PACKAGES_STATUS, SERVER_ACCEPTS_STATUS,
+    SERVER_OFFERS_CONNECTION_SETTINGS, SERVER_OFFERS_PACKAGES, SERVER_OFFERS_REMOTE_CONFIG,
 };
 use opamp_proto::pb;
 use std::time::Duration;
@@ -22,7 +22,9 @@ use std::time::Duration;
 pub const SERVER_CAPABILITIES: u64 = SERVER_ACCEPTS_STATUS
     | SERVER_OFFERS_REMOTE_CONFIG
     | SERVER_ACCEPTS_EFFECTIVE_CONFIG
-    | SERVER_OFFERS_CONNECTION_SETTINGS;
+    | SERVER_OFFERS_CONNECTION_SETTINGS
+    | SERVER_OFFERS_PACKAGES
+    | SERVER_ACCEPTS_PACKAGES_STATUS;
 
 /// A ServerToAgent built by one of the constructors below; what the
 /// transports send.
@@ -39,6 +41,8 @@ pub struct Answer {
     pub new_instance_uid: Option<[u8; 16]>,
     /// Connection settings (`opamp::connection`).
     pub connection_settings: Option<pb::ConnectionSettingsOffers>,
+    /// Packages (`opamp::packages`).
+    pub packages_available: Option<pb::PackagesAvailable>,
 }
 
 /// A command for the agent.
@@ -65,6 +69,7 @@ impl Reply {
             flags: answer.flags,
             remote_config: answer.remote_config,
             connection_settings: answer.connection_settings,
+            packages_available: answer.packages_available,
             agent_identification: answer.new_instance_uid.map(|uid| pb::AgentIdentification {
                 new_instance_uid: uid.to_vec(),
             }),
@@ -179,7 +184,15 @@ mod tests {
                     hash: vec![3; 32],
                     ..Default::default()
                 }),
+                packages_available: Some(pb::PackagesAvailable {
+                    all_packages_hash: vec![4; 32],
+                    ..Default::default()
+                }),
             },
+        );
+        assert_eq!(
+            reply.packages_available.as_ref().unwrap().all_packages_hash,
+            vec![4; 32]
         );
         assert_eq!(reply.instance_uid, vec![1; 16]);
         assert_eq!(reply.capabilities, SERVER_CAPABILITIES);
@@ -276,6 +289,7 @@ mod tests {
                 remote_config: Some(rc.clone()),
                 new_instance_uid: Some([2; 16]),
                 connection_settings: None,
+                packages_available: None,
             },
         );
         assert_eq!(prost::Message::encoded_len(&*full), bound);
@@ -298,6 +312,7 @@ mod tests {
                 remote_config: Some(offer()),
                 new_instance_uid: None,
                 connection_settings: None,
+                packages_available: None,
             },
         )
         .without_offers();

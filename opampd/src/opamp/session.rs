@@ -13,6 +13,7 @@
 //! unknown component-list hash is asked for once ([`crate::components`]).
 
 use super::connection::{self, ConnectionSettings};
+use super::packages::{self as offered_packages, PackageSet, PackageTargets};
 use super::reply::{Answer, Command, Reply};
 use crate::components::{self, ComponentSet};
 use crate::selector::{AgentView, Subject};
@@ -74,6 +75,10 @@ pub struct Session {
     disconnected: bool,
     /// Connection settings offered and reported.
     connection: connection::AgentState,
+    /// Packages offered and reported.
+    packages: offered_packages::AgentState,
+    desired_packages: Option<Arc<PackageSet>>,
+    packages_epoch: u64,
     components: components::Known,
     /// SHA-256 (hex) of the client certificate the agent registered with:
     /// only a connection presenting it speaks for this uid.
@@ -110,6 +115,9 @@ impl Session {
             restart_pending: false,
             disconnected: false,
             connection: connection::AgentState::default(),
+            packages: offered_packages::AgentState::default(),
+            desired_packages: None,
+            packages_epoch: u64::MAX,
             components: components::Known::default(),
             certificate: None,
         }
@@ -140,6 +148,7 @@ impl Session {
         s.persisted_seen = row.last_seen;
         s.remote_addr = row.remote_addr.as_deref().and_then(|a| a.parse().ok());
         s.connection = connection::AgentState::from_json(row.connection_settings.as_deref());
+        s.packages = offered_packages::AgentState::from_json(row.package_statuses.as_deref());
         s.certificate = row.cert_fingerprint.as_deref().map(Arc::from);
         s
     }
@@ -184,6 +193,7 @@ impl Session {
     pub fn set_components(&mut self, set: Option<Arc<ComponentSet>>) {
         self.components.set = set;
         self.desired_epoch = u64::MAX;
+        self.packages_epoch = u64::MAX;
     }
 
     /// Recomputes the desired configuration if targets or attributes changed.
@@ -288,6 +298,7 @@ impl Session {
             self.transport = transport;
             self.conn_id = conn_id;
             self.offered_hash = None;
+            self.packages.forget_offer();
         }
         connecting
     }
@@ -304,6 +315,7 @@ impl Session {
     pub fn set_labels(&mut self, labels: BTreeMap<String, String>) {
         self.labels = labels;
         self.desired_epoch = u64::MAX;
+        self.packages_epoch = u64::MAX;
     }
 
     /// Forgets what the agent reported, keeping `labels`: its next message (or
@@ -311,6 +323,7 @@ impl Session {
     pub fn forget_reports(&mut self, labels: BTreeMap<String, String>) {
         self.seq = None;
         self.offered_hash = None;
+        self.packages.forget_offer();
         self.full_state_requested = false;
         self.set_labels(labels);
     }
@@ -318,6 +331,18 @@ impl Session {
     /// Forgets the last offer (it may not have arrived): offer again at the next message.
     pub fn forget_offer(&mut self) {
         self.offered_hash = None;
+        self.packages.forget_offer();
+    }
+
+    /// The packages the agent should have, recomputed when the package
+    /// targets or what selectors see changed.
+    pub fn desired_packages(&mut self, targets: &PackageTargets) -> Option<&Arc<PackageSet>> {
+        let epoch = targets.epoch();
+        if self.packages_epoch != epoch {
+            self.desired_packages = targets.desired_for(&self.uid, &self.selector_view());
+            self.packages_epoch = epoch;
+        }
+        self.desired_packages.as_ref()
     }
 
     /// Forgets the reported remote-config status, so that the next report of
@@ -530,6 +555,8 @@ pub struct Ctx<'a> {
     pub targets: &'a Targets,
     /// The connection settings the server offers.
     pub connection: &'a ConnectionSettings,
+    /// The packages rolled out.
+    pub packages: &'a PackageTargets,
     pub now_ms: i64,
     pub remote_addr: Option<std::net::SocketAddr>,
     /// A new instance uid assigned in this reply (the session already uses it).
@@ -572,6 +599,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
     if retry || !continues {
         // Whatever was offered before may not have arrived.
         s.offered_hash = None;
+        s.packages.forget_offer();
     }
 
     if msg.capabilities != s.capabilities {
@@ -579,6 +607,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         p!().capabilities = Some(msg.capabilities);
         // Capabilities gate offers: recompute what to offer.
         s.offered_hash = None;
+        s.packages.forget_offer();
     }
 
     if let Some(d) = &msg.agent_description {
@@ -586,6 +615,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         let non_identifying = attrs_json(&d.non_identifying_attributes);
         s.attrs = attr_strings(&identifying, &non_identifying);
         s.desired_epoch = u64::MAX;
+        s.packages_epoch = u64::MAX;
         let pa = p!();
         pa.identifying = Some(Value::Object(identifying).to_string());
         pa.non_identifying = Some(Value::Object(non_identifying).to_string());
@@ -621,6 +651,9 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         );
         remote_status_changed = changed;
     }
+    if let Some(statuses) = &msg.package_statuses {
+        p!().package_statuses = Some(s.packages.record(statuses));
+    }
     if let Some(status) = &msg.connection_settings_status {
         if s.connection.record_status(status) {
             p!().connection_settings = Some(s.connection.to_json());
@@ -632,6 +665,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         if let Some(set) = update.changed {
             // Selectors and rollouts may see the agent differently now.
             s.desired_epoch = u64::MAX;
+            s.packages_epoch = u64::MAX;
             let pa = p!().components.get_or_insert_with(Default::default);
             pa.hash = Some(set.hash_hex());
             pa.set = update.learned.then_some(set);
@@ -716,6 +750,10 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
             p!().connection_settings = Some(s.connection.to_json());
             answer.connection_settings = Some(offer);
         }
+        // Packages likewise: small, and never beside a remote config.
+        let capabilities = s.capabilities;
+        let desired = s.desired_packages(ctx.packages).cloned();
+        answer.packages_available = s.packages.take_offer(desired.as_deref(), capabilities);
     }
     Outcome {
         reply: Reply::answer(msg.instance_uid.clone(), answer),

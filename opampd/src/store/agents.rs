@@ -26,6 +26,8 @@ pub struct AgentPatch {
     pub offered: Option<String>,
     /// JSON: connection settings offered and reported (`opamp::connection`).
     pub connection_settings: Option<String>,
+    /// JSON: the package statuses the agent reported (`opamp::packages`).
+    pub package_statuses: Option<String>,
     /// Available components and custom capabilities (rare: boxed, so a
     /// heartbeat's patch stays small).
     pub components: Option<Box<ComponentsPatch>>,
@@ -74,6 +76,7 @@ impl AgentPatch {
             remote_addr,
             offered,
             connection_settings,
+            package_statuses,
             cert_fingerprint
         );
         if let Some(newer) = newer.components {
@@ -109,6 +112,7 @@ impl AgentPatch {
             || self.remote_addr.is_some()
             || self.offered.is_some()
             || self.connection_settings.is_some()
+            || self.package_statuses.is_some()
             || self.components.is_some()
             || self.cert_fingerprint.is_some()
     }
@@ -132,13 +136,13 @@ pub(super) fn apply_patches<'a>(
         "INSERT INTO agents (uid, status, transport, capabilities, identifying, non_identifying, health,
                              effective_config, effective_config_hash, remote_status, sequence_num,
                              first_seen, last_seen, updated_at, remote_addr, offered, applied,
-                             connection_settings, cert_fingerprint)
+                             connection_settings, cert_fingerprint, package_statuses)
          VALUES (?1, COALESCE(?2, 'disconnected'), COALESCE(?3, 'http'), COALESCE(?4, 0), COALESCE(?5, '{}'),
                  COALESCE(?6, '{}'), ?7, ?8, ?9, ?10, COALESCE(?11, 0), COALESCE(?12, ?16), COALESCE(?12, ?16),
                  ?16, ?14, ?15,
                  CASE WHEN json_extract(?10, '$.status') = 'applied'
                        AND json_extract(?10, '$.hash') = json_extract(?15, '$.hash') THEN ?15 END,
-                 ?17, ?18)
+                 ?17, ?18, ?19)
          ON CONFLICT(uid) DO UPDATE SET
             status = COALESCE(?2, status),
             transport = COALESCE(?3, transport),
@@ -155,6 +159,7 @@ pub(super) fn apply_patches<'a>(
             remote_addr = COALESCE(?14, remote_addr),
             offered = COALESCE(?15, offered),
             connection_settings = COALESCE(?17, connection_settings),
+            package_statuses = COALESCE(?19, package_statuses),
             applied = CASE WHEN (?10 IS NOT NULL OR ?15 IS NOT NULL)
                         AND json_extract(COALESCE(?10, remote_status), '$.status') = 'applied'
                         AND json_extract(COALESCE(?10, remote_status), '$.hash')
@@ -212,6 +217,7 @@ pub(super) fn apply_patches<'a>(
             now,
             p.connection_settings,
             p.cert_fingerprint,
+            p.package_statuses,
         ])?;
         if let Some(components) = &p.components {
             super::components::apply(conn, &p.uid, components)?;
@@ -260,12 +266,14 @@ pub struct AgentRow {
     pub custom_capabilities: Option<String>,
     /// SHA-256 (hex) of the client certificate the agent registered with.
     pub cert_fingerprint: Option<String>,
+    /// JSON: the package statuses the agent reported (`opamp::packages`).
+    pub package_statuses: Option<String>,
 }
 
 const COLUMNS: &str = "uid, status, transport, capabilities, identifying, non_identifying, labels, health,
     effective_config, effective_config_hash, remote_status, sequence_num, first_seen, last_seen, updated_at,
     remote_addr, offered, applied, connection_settings, components_hash, custom_capabilities,
-    cert_fingerprint";
+    cert_fingerprint, package_statuses";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
@@ -291,6 +299,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
         components_hash: r.get(19)?,
         custom_capabilities: r.get(20)?,
         cert_fingerprint: r.get(21)?,
+        package_statuses: r.get(22)?,
     })
 }
 

@@ -178,6 +178,34 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rollouts ADD COLUMN batch_started_at INTEGER NOT NULL DEFAULT 0;
     UPDATE rollouts SET batch_started_at = updated_at;
     "#,
+    // 9: packages: each agent's reported package statuses (JSON), and the
+    // catalogue — package versions and their files, one per platform, by
+    // reference (a URL) or hosted (the bytes live in packages.dir, by SHA-256).
+    r#"
+    ALTER TABLE agents ADD COLUMN package_statuses TEXT;
+    CREATE TABLE packages (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        top_level INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE package_files (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        os TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        url TEXT,
+        sha256 TEXT NOT NULL,
+        signature BLOB,
+        size INTEGER,
+        hosted INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (name, version, os, arch),
+        FOREIGN KEY (name, version) REFERENCES packages(name, version) ON DELETE CASCADE
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -308,7 +308,51 @@ fn show_text(agent: &Agent) -> String {
             .map(|e| format!(" error={e}"))
             .unwrap_or_default()
     ));
+    lines.extend(package_lines(agent));
     lines.join("\n")
+}
+
+/// `packages:` and one line per package the agent reported.
+fn package_lines(agent: &Agent) -> Vec<String> {
+    let Some(reported) = &agent.packages else {
+        return vec!["packages: - (none reported)".into()];
+    };
+    let mut lines = vec![format!(
+        "packages: {} (offer {}){}",
+        reported.packages.len(),
+        reported
+            .all_packages_hash
+            .as_deref()
+            .map_or("-", short_hash),
+        reported
+            .error
+            .as_deref()
+            .map(|e| format!(" error={e}"))
+            .unwrap_or_default()
+    )];
+    for p in &reported.packages {
+        let mut line = format!(
+            "  {} {} status={}",
+            p.name,
+            p.agent_has_version.as_deref().unwrap_or("-"),
+            p.status
+        );
+        if let Some(offered) = p
+            .server_offered_version
+            .as_deref()
+            .filter(|v| Some(*v) != p.agent_has_version.as_deref())
+        {
+            line.push_str(&format!(" offered={offered}"));
+        }
+        if let Some(percent) = p.download_percent {
+            line.push_str(&format!(" downloaded={percent:.0}%"));
+        }
+        if let Some(error) = &p.error {
+            line.push_str(&format!(" error={error}"));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 /// The first 12 hex digits of a hash, as shown in text output.

@@ -49,6 +49,7 @@ fn check(s: &mut Session, msg: pb::AgentToServer, targets: &Targets) -> Outcome 
         &Ctx {
             targets,
             connection: &ConnectionSettings::default(),
+            packages: &PackageTargets::default(),
             now_ms: 1,
             remote_addr: "127.0.0.1:1".parse().ok(),
             new_uid: None,
@@ -145,6 +146,7 @@ fn an_assigned_uid_is_sent_and_the_reply_echoes_the_received_uid() {
         &Ctx {
             targets: &t,
             connection: &ConnectionSettings::default(),
+            packages: &PackageTargets::default(),
             now_ms: 1,
             remote_addr: None,
             new_uid: Some([2; 16]),
@@ -332,9 +334,11 @@ fn an_offer_over_the_send_limit_is_not_made_and_says_why_once() {
     let mut s = Session::new([1; 16], Transport::WebSocket);
     let connection = ConnectionSettings::default();
     let cache = components::Cache::default();
+    let packages = PackageTargets::default();
     let ctx = |max_send_bytes| Ctx {
         targets: &t,
         connection: &connection,
+        packages: &packages,
         now_ms: 1,
         remote_addr: None,
         new_uid: None,
@@ -395,6 +399,7 @@ fn connection_settings_wait_for_a_reply_without_a_remote_config() {
             &Ctx {
                 targets: &t,
                 connection: &connection,
+                packages: &PackageTargets::default(),
                 now_ms: 1,
                 remote_addr: None,
                 new_uid: None,
@@ -411,4 +416,118 @@ fn connection_settings_wait_for_a_reply_without_a_remote_config() {
         send(heartbeat(2, caps)).connection_settings.is_none(),
         "once"
     );
+}
+
+mod packages {
+    use super::*;
+    use crate::opamp::packages::{PackageFile, PackageTarget, PackageVersion, ANY};
+
+    const PACKAGE_CAPS: u64 = CAPS | ACCEPTS_PACKAGES | REPORTS_PACKAGE_STATUSES;
+
+    fn package_targets() -> PackageTargets {
+        let t = PackageTargets::default();
+        t.replace(vec![PackageTarget {
+            selector: crate::selector::Selector::parse("service.name=a").unwrap(),
+            current: Arc::new(PackageVersion {
+                name: "otelcol".into(),
+                version: "0.120.0".into(),
+                top_level: true,
+                files: vec![PackageFile {
+                    os: ANY.into(),
+                    arch: ANY.into(),
+                    url: "https://example.com/otelcol.tar.gz".into(),
+                    content_hash: [5; 32],
+                    signature: Vec::new(),
+                }],
+            }),
+            released: None,
+            previous: None,
+        }]);
+        t
+    }
+
+    fn send(s: &mut Session, msg: pb::AgentToServer, packages: &PackageTargets) -> Outcome {
+        handle(
+            s,
+            &msg,
+            &Ctx {
+                targets: &Targets::default(),
+                connection: &ConnectionSettings::default(),
+                packages,
+                now_ms: 1,
+                remote_addr: None,
+                new_uid: None,
+                max_send_bytes: 64 << 20,
+                components: &components::Cache::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn packages_are_offered_only_with_accepts_packages() {
+        let t = package_targets();
+        let mut without = Session::new([1; 16], Transport::WebSocket);
+        assert!(send(&mut without, full(0, CAPS), &t)
+            .reply
+            .packages_available
+            .is_none());
+        let mut with = Session::new([1; 16], Transport::WebSocket);
+        let offer = send(&mut with, full(0, PACKAGE_CAPS), &t)
+            .reply
+            .packages_available
+            .clone()
+            .expect("an offer");
+        assert_eq!(offer.packages["otelcol"].version, "0.120.0");
+        assert!(
+            send(&mut with, heartbeat(1, PACKAGE_CAPS), &t)
+                .reply
+                .packages_available
+                .is_none(),
+            "offered once per connection"
+        );
+        // A sequence gap: the offer may not have arrived.
+        assert!(send(&mut with, full(5, PACKAGE_CAPS), &t)
+            .reply
+            .packages_available
+            .is_some());
+    }
+
+    #[test]
+    fn reported_statuses_are_stored_and_what_was_taken_is_not_offered_again() {
+        let t = package_targets();
+        let mut s = Session::new([1; 16], Transport::WebSocket);
+        let offer = send(&mut s, full(0, PACKAGE_CAPS), &t)
+            .reply
+            .packages_available
+            .clone()
+            .unwrap();
+        let report = pb::AgentToServer {
+            package_statuses: Some(pb::PackageStatuses {
+                packages: [(
+                    "otelcol".to_string(),
+                    pb::PackageStatus {
+                        name: "otelcol".into(),
+                        server_offered_version: "0.120.0".into(),
+                        server_offered_hash: offer.packages["otelcol"].hash.clone(),
+                        status: pb::PackageStatusEnum::Downloading as i32,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                server_provided_all_packages_hash: offer.all_packages_hash.clone(),
+                error_message: String::new(),
+            }),
+            ..heartbeat(1, PACKAGE_CAPS)
+        };
+        let out = send(&mut s, report, &t);
+        let stored = out.patch.unwrap().package_statuses.unwrap();
+        assert!(stored.contains("downloading"), "{stored}");
+        // On a new connection (or after a restart of opampd) the taken set is not offered.
+        let mut row_state = Session::new([1; 16], Transport::WebSocket);
+        row_state.packages = crate::opamp::packages::AgentState::from_json(Some(&stored));
+        assert!(send(&mut row_state, full(0, PACKAGE_CAPS), &t)
+            .reply
+            .packages_available
+            .is_none());
+    }
 }
