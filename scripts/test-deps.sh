@@ -12,6 +12,9 @@
 #   amtool            (Debian package prometheus-alertmanager) Alertmanager config check
 #   mandoc            (Debian package mandoc)                  man page lint
 #   systemd-analyze   (Debian package systemd)                 unit file verification
+#   initdb, psql      (Debian package postgresql)              throwaway PostgreSQL clusters
+#                                                              (scripts/pg-throwaway.sh)
+#   haproxy           (Debian package haproxy)                 load-balancer tests
 #   .venv/            Python virtualenv with the OpAMP reference client used
 #                     by the interoperability tests (exact pins below)
 #
@@ -55,8 +58,23 @@ declare -A TOOL_PKG=(
   [amtool]=prometheus-alertmanager
   [mandoc]=mandoc
   [systemd-analyze]=systemd
+  [initdb]=postgresql
+  [haproxy]=haproxy
 )
-TOOLS=(promtool amtool mandoc systemd-analyze)
+TOOLS=(promtool amtool mandoc systemd-analyze initdb haproxy)
+
+# Where a tool is, or nothing: Debian keeps PostgreSQL's server programs
+# (initdb, pg_ctl) in /usr/lib/postgresql/VERSION/bin, off PATH.
+tool_path() {
+  if command -v "$1" >/dev/null 2>&1; then
+    command -v "$1"
+    return 0
+  fi
+  if [[ "$1" == initdb ]]; then
+    ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 | grep . && return 0
+  fi
+  return 1
+}
 
 APT_UPDATED=0
 apt_update_once() {
@@ -79,8 +97,8 @@ apt_install() {
 
 missing_pkgs=()
 for tool in "${TOOLS[@]}"; do
-  if command -v "${tool}" >/dev/null 2>&1; then
-    log_ok "${tool} already installed ($(command -v "${tool}"))"
+  if path="$(tool_path "${tool}")"; then
+    log_ok "${tool} already installed (${path})"
   else
     missing_pkgs+=("${TOOL_PKG[${tool}]}")
   fi
@@ -104,7 +122,7 @@ if [[ ${#missing_pkgs[@]} -gt 0 ]]; then
     for tool in "${TOOLS[@]}"; do
       pkg="${TOOL_PKG[${tool}]}"
       [[ " ${missing_pkgs[*]} " == *" ${pkg} "* ]] || continue
-      if command -v "${tool}" >/dev/null 2>&1; then
+      if tool_path "${tool}" >/dev/null; then
         log_ok "${tool} installed from package ${pkg}"
       else
         log_warn "${tool} is still missing after installing ${pkg}; the tests that need it will be skipped"

@@ -5,5 +5,21 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/test-deps.sh
+
+# A throwaway PostgreSQL cluster for the run (unless one is named already),
+# stopped and removed on exit. Without one the PostgreSQL tests print
+# SKIPPED lines (or fail under OPAMP_REQUIRE_TOOLS=1).
+pg_dir=""
+stop_postgres() { [[ -z "${pg_dir}" ]] || bash scripts/pg-throwaway.sh stop "${pg_dir}"; }
+trap stop_postgres EXIT
+if [[ -z "${OPAMP_TEST_POSTGRES_URL:-}" ]]; then
+  pg_dir="$(mktemp -d "${TMPDIR:-/tmp}/opamp-pg.XXXXXX")"
+  if url="$(bash scripts/pg-throwaway.sh start "${pg_dir}")"; then
+    export OPAMP_TEST_POSTGRES_URL="${url}"
+  else
+    echo "warning: no throwaway PostgreSQL cluster: the PostgreSQL tests will be skipped" >&2
+  fi
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

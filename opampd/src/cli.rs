@@ -19,6 +19,15 @@ pub struct Cli {
     /// Directory holding opamp.db, admin.token and jwt.key
     #[arg(long, env = "OPAMPD_DATA_DIR", global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL URL postgres://USER:PASSWORD@HOST:PORT/DATABASE instead of the SQLite file
+    #[arg(
+        long,
+        env = "OPAMPD_DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
     /// YAML configuration file
     #[arg(
         long,
@@ -202,6 +211,15 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
         "Headers sent with that telemetry (name: value); in the environment as \
          name=value,name=value. An agent is offered a set of connection settings once; a \
          changed set (new URL, headers or first agent secret) is offered once more.",
+    ),
+    (
+        "database.url",
+        "PostgreSQL URL postgres://USER:PASSWORD@HOST:PORT/DATABASE (also --database-url): keep \
+         the state in PostgreSQL instead of DATA_DIR/opamp.db, so that several opampd replicas \
+         can share it. The schema is migrated at start under an advisory lock; the first \
+         replica to find no user creates the admin user and writes admin.token to its own data \
+         directory. Connections are made without TLS (sslmode=disable or prefer). The password \
+         is never printed (check-config --print shows ********). Unset: SQLite.",
     ),
     (
         "database.max_open_conns, database.max_idle_conns",

@@ -157,6 +157,9 @@ pub struct AgentTlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// PostgreSQL URL (`postgres://user:password@host:port/database`);
+    /// unset: the SQLite file `<data_dir>/opamp.db`.
+    pub url: Option<String>,
     /// Read pool size (the writer is one more connection).
     pub max_open_conns: usize,
     /// Idle read connections kept open (at most `max_open_conns`).
@@ -271,6 +274,7 @@ impl Default for OpampConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
+            url: None,
             max_open_conns: 4,
             max_idle_conns: 4,
             conn_max_lifetime: 3600,
@@ -322,6 +326,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    pub database_url: Option<String>,
 }
 
 /// Environment variables that are not config keys but are read by opampd.
@@ -357,6 +362,9 @@ impl Config {
         }
         if let Some(v) = &flags.log_format {
             config.log.format = v.clone();
+        }
+        if let Some(v) = &flags.database_url {
+            config.database.url = Some(v.clone());
         }
         config.validate()?;
         Ok(config)
@@ -448,6 +456,9 @@ impl Config {
         }
         if self.http.idle_timeout_seconds == 0 || self.http.body_timeout_seconds == 0 {
             bail!("http.idle_timeout_seconds and http.body_timeout_seconds must be greater than 0");
+        }
+        if let Some(url) = &self.database.url {
+            crate::store::postgres::DatabaseUrl::parse(url)?;
         }
         if !matches!(self.database.synchronous.as_str(), "normal" | "full") {
             bail!(

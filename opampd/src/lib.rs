@@ -103,6 +103,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let started = Instant::now();
+    if let Some(url) = &config.database.url {
+        anyhow::bail!(
+            "database.url ({}): the PostgreSQL backend is not available in this opampd yet; \
+             unset database.url (--database-url, OPAMPD_DATABASE_URL) to keep the state in \
+             the SQLite file {}",
+            store::postgres::url::redact(url),
+            config.db_path().display()
+        );
+    }
     create_data_dir(&config.data_dir)?;
     let jwt_key = auth::load_jwt_key(&config, opts.zero_config)?;
     let tls = server::tls_acceptor(&config.tls)?;

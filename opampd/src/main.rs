@@ -31,12 +31,18 @@ fn load(cli: &Cli) -> Result<Config> {
         data_dir: cli.data_dir.clone(),
         log_level: cli.log_level.clone(),
         log_format: cli.log_format.clone(),
+        database_url: cli.database_url.clone(),
     };
     Config::load(cli.config.as_deref(), &env_pairs(), &flags)
 }
 
 fn masked(config: &Config) -> Config {
     let mut c = config.clone();
+    c.database.url = c
+        .database
+        .url
+        .as_deref()
+        .map(opampd::store::postgres::url::redact);
     c.opamp.agent_secrets = c
         .opamp
         .agent_secrets

@@ -7,6 +7,7 @@
 
 pub mod balancer;
 pub mod client;
+pub mod postgres;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -51,6 +52,11 @@ pub struct Opts {
     pub data_dir: Option<PathBuf>,
     /// Listen address; default `127.0.0.1:0`. Use [`free_addr`] to keep one across restarts.
     pub listen: Option<String>,
+    /// Run on a fresh PostgreSQL database of the test cluster (always so with
+    /// `OPAMP_TEST_BACKEND=postgres`); see [`postgres`].
+    pub postgres: bool,
+    /// Run on this PostgreSQL database (e.g. another server's, to share it).
+    pub database_url: Option<String>,
 }
 
 /// A free loopback address (bind port 0, read it, release it).
@@ -72,6 +78,8 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
     log: Arc<Mutex<String>>,
     opts: Opts,
+    /// The PostgreSQL database this server keeps its state in, across restarts.
+    database_url: Option<String>,
 }
 
 /// The JWT key test servers with a config file use: random per test
@@ -98,6 +106,14 @@ impl Server {
     pub fn start_with(opts: Opts) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
+        let database_url = opts.database_url.clone().or_else(|| {
+            (opts.postgres || postgres::is_default_backend()).then(|| {
+                let cluster = postgres::available("Server::start").expect(
+                    "this server runs on PostgreSQL: start a cluster (scripts/test.sh does)",
+                );
+                postgres::fresh_database(&cluster)
+            })
+        });
         let mut s = Server {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -105,6 +121,7 @@ impl Server {
             _tmp: Some(tmp),
             log: Default::default(),
             opts,
+            database_url,
         };
         s.spawn();
         s
@@ -115,6 +132,11 @@ impl Server {
             .data_dir
             .clone()
             .unwrap_or_else(|| self.dir.join("data"))
+    }
+
+    /// The PostgreSQL URL this server uses; None on SQLite.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
     }
 
     fn spawn(&mut self) {
@@ -135,6 +157,9 @@ impl Server {
             std::fs::write(&path, cfg).unwrap();
             cmd.arg("--config").arg(path);
             cmd.env("JWT_SECRET_KEY", jwt_key());
+        }
+        if let Some(url) = &self.database_url {
+            cmd.env("OPAMPD_DATABASE_URL", url);
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);

@@ -12,6 +12,7 @@ pub mod configs;
 pub mod dbfile;
 pub mod maintenance;
 mod pool;
+pub mod postgres;
 pub mod schema;
 pub mod users;
 mod writer;

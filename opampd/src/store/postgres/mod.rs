@@ -1,0 +1,202 @@
+//! The PostgreSQL backend: the only code that talks to PostgreSQL
+//! (tokio-postgres through a deadpool-postgres pool).
+//!
+//! Several opampd replicas may share one database: the schema is migrated
+//! under an advisory lock by whichever replica takes it first, and the first
+//! replica to find no user creates the admin user.
+
+pub mod schema;
+#[cfg(test)]
+mod tests;
+pub mod url;
+
+use super::StoreOptions;
+use crate::metrics::Metrics;
+use anyhow::{Context, Result};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+pub use url::DatabaseUrl;
+
+/// How long a caller waits for a pooled connection before the operation fails.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening one connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Advisory lock key under which a replica decides whether to create the
+/// admin user ("admin" in ASCII).
+const BOOTSTRAP_LOCK: i64 = 0x61_646d_696e;
+
+/// Handle to a PostgreSQL database; cheap to clone.
+#[derive(Clone)]
+pub struct Postgres {
+    pool: Pool,
+    url: DatabaseUrl,
+    metrics: Arc<Metrics>,
+}
+
+/// What [`Postgres::bootstrap_admin`] stores for the first admin.
+pub struct AdminBootstrap {
+    pub password_hash: String,
+    pub token_digest: String,
+    pub token_id: String,
+}
+
+impl Postgres {
+    /// Connects, migrates the schema (under the migration lock) and marks
+    /// every agent disconnected until a live session says otherwise.
+    pub async fn open(
+        url: &DatabaseUrl,
+        opts: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Postgres> {
+        let mut config = url.config().clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("opampd");
+        }
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let lifetime = opts.conn_max_lifetime;
+        let pool = Pool::builder(manager)
+            .max_size(opts.max_open_conns.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .pre_recycle(Hook::sync_fn(move |_, metrics| {
+                if metrics.age() > lifetime {
+                    Err(HookError::message("past database.conn_max_lifetime"))
+                } else {
+                    Ok(())
+                }
+            }))
+            .build()
+            .context("cannot build the PostgreSQL connection pool")?;
+        let postgres = Postgres {
+            pool,
+            url: url.clone(),
+            metrics,
+        };
+        let mut client = postgres.client().await?;
+        let applied = schema::migrate(&mut client)
+            .await
+            .with_context(|| format!("cannot migrate database {}", url.redacted()))?;
+        if !applied.is_empty() {
+            tracing::info!(database = %url.redacted(), versions = ?applied, "schema migrated");
+        }
+        postgres.publish_pool();
+        postgres.start_pool_upkeep(opts.max_idle_conns);
+        Ok(postgres)
+    }
+
+    /// The URL with the password hidden, for logs and messages.
+    pub fn redacted_url(&self) -> &str {
+        self.url.redacted()
+    }
+
+    /// A pooled connection; fails after a wait of [`WAIT_TIMEOUT`].
+    pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        let client = self.pool.get().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot get a PostgreSQL connection to {}: {e}",
+                self.url.redacted()
+            )
+        });
+        self.publish_pool();
+        client
+    }
+
+    /// Creates the admin user with its bootstrap token unless any user
+    /// exists, deciding under an advisory lock so that of several replicas
+    /// starting on an empty database exactly one does. Returns whether this
+    /// call created it (and so must write `admin.token`).
+    pub async fn bootstrap_admin(&self, admin: AdminBootstrap) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BOOTSTRAP_LOCK])
+            .await?;
+        let has_users: bool = tx
+            .query_one("SELECT EXISTS(SELECT 1 FROM users)", &[])
+            .await?
+            .get(0);
+        if has_users {
+            return Ok(false);
+        }
+        let now = super::now_ms();
+        tx.execute(
+            "INSERT INTO users (username, password_hash, role, created_at, session_generation) \
+             VALUES ('admin', $1, 'admin', $2, $2)",
+            &[&admin.password_hash, &now],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO api_tokens (id, name, token_hash, role, owner, created_at) \
+             VALUES ($1, 'bootstrap', $2, 'admin', 'admin', $3)",
+            &[&admin.token_id, &admin.token_digest, &now],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO audit_log (at, actor, action, target, remote_addr, outcome, details) \
+             VALUES ($1, 'system', 'user.create', 'admin', NULL, 'ok', $2)",
+            &[
+                &now,
+                &serde_json::json!({"role": "admin", "bootstrap": true}).to_string(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Copies the pool's state into the `db_connections_*` gauges
+    /// (`pool="read"`: every query but the writer's batches).
+    fn publish_pool(&self) {
+        let status = self.pool.status();
+        let gauges = &self.metrics.read_pool;
+        gauges.open.store(status.size as i64, Ordering::Relaxed);
+        gauges
+            .idle
+            .store(status.available as i64, Ordering::Relaxed);
+        gauges.max.store(status.max_size as i64, Ordering::Relaxed);
+    }
+
+    /// Every second: closes idle connections past `max_idle` and refreshes
+    /// the gauges. Ends with the pool.
+    fn start_pool_upkeep(&self, max_idle: usize) {
+        let weak = self.pool.weak();
+        let metrics = self.metrics.clone();
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                if pool.is_closed() {
+                    return;
+                }
+                let mut idle = pool.status().available;
+                pool.retain(|_, _| {
+                    if idle > max_idle {
+                        idle -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                Postgres {
+                    pool,
+                    url: url.clone(),
+                    metrics: metrics.clone(),
+                }
+                .publish_pool();
+            }
+        });
+    }
+}
