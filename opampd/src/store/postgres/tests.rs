@@ -54,7 +54,10 @@ fn options() -> StoreOptions {
 }
 
 fn metrics() -> Arc<Metrics> {
-    Arc::new(Metrics::new(Duration::from_millis(100)))
+    Arc::new(Metrics::new(
+        Duration::from_millis(100),
+        crate::replica::Replica::new(Some("unit"), "postgres"),
+    ))
 }
 
 fn admin(n: u32) -> AdminBootstrap {
