@@ -1,7 +1,7 @@
 //! SQLite files on this host: the checks a restore makes (opampd's own, from
-//! `opampd::store::dbfile`), statistics, and telling whether a daemon holds a
+//! `opampd::store::sqlite::dbfile`), statistics, and telling whether a daemon holds a
 //! database. Online backups are opampd's own too
-//! (`opampd::store::maintenance::backup_to`).
+//! (`opampd::store::sqlite::maintenance::backup_to`).
 //!
 //! A database opampd has open is only ever read here, through the online
 //! backup API or read-only connections; writes happen only to files opampd
@@ -12,13 +12,13 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;
 
-pub use opampd::store::dbfile::SQLITE_MAGIC;
+pub use opampd::store::sqlite::dbfile::SQLITE_MAGIC;
 
 /// Checks a database file as opampd's restore does: SQLite header,
 /// integrity, and exactly the schema opampd creates at the file's schema
 /// version. Returns the schema version; the error speaks of the file as "it".
 pub fn check_db(path: &Path) -> Result<u32, String> {
-    opampd::store::dbfile::check(path).map_err(|refused| refused.to_string())
+    opampd::store::sqlite::dbfile::check(path).map_err(|refused| refused.to_string())
 }
 
 /// Whether another process has the database open (a running opampd).
@@ -91,7 +91,7 @@ pub fn stats(db: &Path, integrity: bool) -> Result<DbStats, String> {
             db.display()
         ));
     }
-    opampd::store::maintenance::file_stats(db, integrity).map_err(|e| format!("{e:#}"))
+    opampd::store::sqlite::maintenance::file_stats(db, integrity).map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
@@ -104,7 +104,7 @@ mod tests {
         let _: String = c
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .unwrap();
-        opampd::store::schema::migrate(&mut c).unwrap();
+        opampd::store::sqlite::schema::migrate(&mut c).unwrap();
         c.execute_batch(
             "INSERT INTO agents (uid, first_seen, last_seen, updated_at) VALUES ('a', 0, 0, 0)",
         )
@@ -131,8 +131,11 @@ mod tests {
         let db = dir.join("opamp.db");
         let _c = opampd_like(&db);
         let copy = dir.join("copy.db");
-        opampd::store::maintenance::backup_to(&db, &copy).unwrap();
-        assert_eq!(check_db(&copy), Ok(opampd::store::schema::SCHEMA_VERSION));
+        opampd::store::sqlite::maintenance::backup_to(&db, &copy).unwrap();
+        assert_eq!(
+            check_db(&copy),
+            Ok(opampd::store::sqlite::schema::SCHEMA_VERSION)
+        );
         let junk = dir.join("junk.db");
         std::fs::write(&junk, b"definitely not sqlite").unwrap();
         assert!(check_db(&junk)

@@ -69,14 +69,14 @@ pub async fn flush_last_seen(app: Arc<App>) {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => {}
         }
-        let writer = app.store.writer();
-        if !writer.has_room() && !app.is_shutting_down() {
+        let store = &app.store;
+        if !store.has_room() && !app.is_shutting_down() {
             // The times stay unflushed in the sessions until the next round.
             continue;
         }
         app.fleet.for_each_mut(|s| {
             if let Some(patch) = s.take_unflushed_seen() {
-                writer.agent(patch);
+                store.queue_agent(patch);
             }
         });
         if app.is_shutting_down() {
@@ -89,11 +89,7 @@ pub async fn flush_last_seen(app: Arc<App>) {
 /// from the fleet ([`crate::fleet::Liveness`]), disconnected = the rest of
 /// the stored inventory.
 pub async fn refresh_agent_gauges(app: &App) {
-    let Ok(stored) = app
-        .store
-        .read("agent_count", crate::store::agents::count)
-        .await
-    else {
+    let Ok(stored) = app.store.count_agents().await else {
         return;
     };
     let live = app.fleet.counts(now_ms(), app.stale_after_ms());
@@ -138,25 +134,12 @@ pub async fn liveness(app: Arc<App>) {
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = Instant::now();
             let before = now - app.config.database.event_retention_days as i64 * 86_400_000;
-            let _ = app
-                .store
-                .write("event_prune", move |c| {
-                    crate::store::agents::prune_events(c, before)
-                })
-                .await;
-            let _ = app
-                .store
-                .write("jwt_prune", crate::auth::prune_revoked)
-                .await;
+            let _ = app.store.prune_events(before).await;
+            let _ = app.store.prune_revoked().await;
             if let Some(before) = app.config.audit.retention_days.checked_mul(86_400_000) {
                 if before > 0 {
                     let before = now - before as i64;
-                    let _ = app
-                        .store
-                        .write("audit_prune", move |c| {
-                            crate::store::users::prune_audit(c, before)
-                        })
-                        .await;
+                    let _ = app.store.prune_audit(before).await;
                 }
             }
         }

@@ -171,9 +171,7 @@ impl Cache {
 
     /// Reads every stored list (start-up, after a restore).
     pub async fn load(&self, store: &crate::store::Store) -> anyhow::Result<()> {
-        let sets = store
-            .read("component_sets_load", crate::store::components::all)
-            .await?;
+        let sets = store.component_sets().await?;
         for set in sets {
             self.insert(set);
         }

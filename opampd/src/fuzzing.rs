@@ -122,7 +122,7 @@ pub fn selector(data: &[u8]) {
         Ok(sel) => {
             let again = Selector::parse(&sel.to_string()).expect("a printed selector parses");
             assert_eq!(sel, again);
-            let _ = sel.to_sql(1);
+            let _ = crate::store::sqlite::selector::condition(&sel, 1);
         }
         Err(e) => assert!(
             e.position >= 1 && e.position <= text.chars().count() + 1,

@@ -263,9 +263,9 @@ pub async fn run(
             "server shutdown",
         );
     }
-    app.store.writer().flush().await;
+    app.store.flush().await;
     let store = app.store.clone();
-    tokio::task::spawn_blocking(move || store.writer().shutdown()).await?;
+    tokio::task::spawn_blocking(move || store.shutdown()).await?;
     tracing::info!("opampd stopped");
     Ok(())
 }

@@ -19,11 +19,11 @@
 //! silent past the batch's `batch_timeout` ([`unconfirmed`]).
 
 use crate::app::App;
-use crate::auth::insert_audit;
 use crate::opamp::session::{attr_strings, status_name};
 use crate::selector::{AgentView, Selector};
-use crate::store::configs::{self, RolloutAgent, RolloutRow};
+use crate::store::configs::{self, RolloutAgent, RolloutRow, RolloutTransition};
 use crate::store::rfc3339;
+use crate::store::users::AuditEntry;
 use crate::targeting::{Desired, Target, VersionRef};
 use anyhow::Result;
 use opamp_proto::api::{
@@ -41,7 +41,7 @@ static REBUILD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Rebuilds the targets from the store (start-up and after every rollout change).
 pub async fn rebuild_targets(app: &App) -> Result<()> {
     let _guard = REBUILD.lock().await;
-    let rows = app.store.read("targets_load", configs::targets).await?;
+    let rows = app.store.targets().await?;
     let mut targets = Vec::with_capacity(rows.len());
     for row in rows {
         let selector = match Selector::parse(&row.selector) {
@@ -111,12 +111,9 @@ pub async fn matching_agents(
     selector: &Selector,
     requires: &BTreeSet<String>,
 ) -> Result<Vec<Targeted>> {
-    let sel = selector.clone();
     let mut agents: BTreeMap<String, Option<Arc<crate::components::ComponentSet>>> = app
         .store
-        .read("rollout_agents_match", move |c| {
-            configs::matching_agents(c, &sel)
-        })
+        .matching_agents(selector)
         .await?
         .into_iter()
         .map(|(uid, hash)| {
@@ -181,32 +178,17 @@ pub async fn oversized_offer(
             None => stored_only.push(id.clone()),
         }
     }
-    let stored = app
-        .store
-        .read("rollout_agent_views", move |c| {
-            let mut out = Vec::with_capacity(stored_only.len());
-            for id in stored_only {
-                if let Some(row) = crate::store::agents::get(c, &id)? {
-                    out.push((
-                        id,
-                        row.labels,
-                        row.identifying,
-                        row.non_identifying,
-                        row.components_hash,
-                    ));
-                }
-            }
-            Ok(out)
-        })
-        .await?;
-    for (id, labels, identifying, non_identifying, components_hash) in stored {
+    let stored = app.store.agents(stored_only).await?;
+    for row in stored {
+        let id = row.uid;
         let obj = |t: &str| -> Map<String, Value> { serde_json::from_str(t).unwrap_or_default() };
-        let mut values = attr_strings(&obj(&identifying), &obj(&non_identifying));
-        let labels: BTreeMap<String, String> = serde_json::from_str(&labels).unwrap_or_default();
+        let mut values = attr_strings(&obj(&row.identifying), &obj(&row.non_identifying));
+        let labels: BTreeMap<String, String> =
+            serde_json::from_str(&row.labels).unwrap_or_default();
         values.extend(labels);
         let view = AgentView {
             values,
-            components: app.components.get_hex(components_hash.as_deref()),
+            components: app.components.get_hex(row.components_hash.as_deref()),
         };
         if let Some(uid) = opamp_proto::parse_uid(&id) {
             views.push((id, uid, view));
@@ -610,10 +592,7 @@ fn wait_for(app: &App, p: &mut Progress, id: &str, uid: &[u8; 16], state: &str) 
 /// A rollout's agents and progress, read now.
 pub async fn progress_of(app: &App, rollout: &RolloutRow) -> Result<Progress> {
     let id = rollout.id;
-    let agents = app
-        .store
-        .read("rollout_agents", move |c| configs::rollout_agents(c, id))
-        .await?;
+    let agents = app.store.rollout_agents(id).await?;
     let selector = Selector::parse(&rollout.selector).unwrap_or_default();
     // The latest rollout of a configuration is its target, which knows what
     // the version requires (nothing when forced).
@@ -712,12 +691,7 @@ pub fn next(r: &RolloutRow, p: &Progress) -> Next {
 }
 
 async fn step(app: &Arc<App>) -> Result<()> {
-    let running = app
-        .store
-        .read("rollouts_running", |c| {
-            configs::rollouts_in_state(c, "running")
-        })
-        .await?;
+    let running = app.store.rollouts_in_state("running").await?;
     let mut changed = false;
     for r in running {
         let p = progress_of(app, &r).await?;
@@ -738,34 +712,25 @@ async fn step(app: &Arc<App>) -> Result<()> {
                 Some("rollout.complete"),
             ),
         };
-        let row = r.clone();
-        let failed = p.failed;
+        let audit = audit.map(|action| {
+            AuditEntry::ok(
+                "system",
+                action,
+                Some(&r.name),
+                None,
+                json!({"version": r.version, "reason": reason, "automatic": true, "failed": p.failed}),
+            )
+        });
         let done = app
             .store
-            .write("rollout_progress", move |c| {
-                let moved = configs::transition(
-                    c,
-                    row.id,
-                    "running",
-                    to,
-                    released,
-                    row.max_failures,
-                    reason.as_deref(),
-                )?;
-                if moved {
-                    if let Some(action) = audit {
-                        insert_audit(
-                            c,
-                            "system",
-                            action,
-                            Some(&row.name),
-                            None,
-                            "ok",
-                            &json!({"version": row.version, "reason": reason, "automatic": true, "failed": failed}),
-                        )?;
-                    }
-                }
-                Ok(moved)
+            .transition_rollout(RolloutTransition {
+                id: r.id,
+                from: "running",
+                to,
+                released_batches: released,
+                max_failures: r.max_failures,
+                reason,
+                audit,
             })
             .await?;
         if !done {

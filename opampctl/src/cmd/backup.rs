@@ -343,7 +343,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
                     db.display()
                 )));
             }
-            opampd::store::maintenance::backup_to(&db, &raw_tmp)
+            opampd::store::sqlite::maintenance::backup_to(&db, &raw_tmp)
                 .map_err(|e| CtlError::failed(format!("{e:#}")))?;
             let mut f =
                 std::fs::File::open(&raw_tmp).map_err(|e| io_err("reading", &raw_tmp, e))?;

@@ -245,7 +245,7 @@ async fn offline(
     )?;
     // A free name, whatever earlier restores left; the file is still
     // created new below, so a link planted meanwhile is never written through.
-    let aside = opampd::store::dbfile::keep_aside_path(dir, chrono::Utc::now());
+    let aside = opampd::store::sqlite::dbfile::keep_aside_path(dir, chrono::Utc::now());
     if db.exists() {
         // The WAL goes into the file first, so the kept copy is the whole database.
         localdb::checkpoint_and_close(&db)

@@ -11,7 +11,8 @@ use crate::auth::insert_audit;
 use crate::logring::LogLine;
 use crate::opamp::reply::{Answer, Reply};
 use crate::opamp::session::Session;
-use crate::store::{dbfile, now_ms, schema};
+use crate::store::now_ms;
+use crate::store::sqlite::{dbfile, schema};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -59,7 +60,7 @@ impl Drop for TempFile {
 pub async fn backup(State(app): State<Arc<App>>, Admin(who, addr): Admin) -> ApiResult<Response> {
     let tmp = temp_path(&app, "backup");
     let guard = TempFile(Some(tmp.clone()));
-    app.store.backup_to(tmp.clone()).await.map_err(|e| {
+    app.store.sqlite().backup_to(tmp.clone()).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "backup_failed",
@@ -177,6 +178,7 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
     let fleet_app = app.clone();
     let live_agents_added = app
         .store
+        .sqlite()
         .restore_from(tmp.clone(), keep_aside.clone(), move || {
             fleet_app.fleet.live_agents()
         })
@@ -251,12 +253,7 @@ async fn after_restore(app: &Arc<App>) -> u64 {
     for uid in uids {
         // Labels come from the restored rows; the agent reports the rest.
         let id = opamp_proto::uid_string(&uid);
-        let row = app
-            .store
-            .read("agent_get", move |c| crate::store::agents::get(c, &id))
-            .await
-            .ok()
-            .flatten();
+        let row = app.store.agent(&id).await.ok().flatten();
         let push = app.fleet.with(&uid, |s: &mut Session| {
             // The stored state may now differ from what the agent runs: forget
             // it, so the next message (or the push below) asks for all of it.
@@ -429,7 +426,7 @@ pub async fn db_stats(
     _: Admin,
     Query(p): Query<StatsParams>,
 ) -> ApiResult<Json<DbStats>> {
-    Ok(Json(app.store.stats(p.integrity).await?))
+    Ok(Json(app.store.sqlite().stats(p.integrity).await?))
 }
 
 /// `POST /api/v1/admin/db/optimize`: ANALYZE, PRAGMA optimize, VACUUM, WAL checkpoint.
@@ -437,7 +434,7 @@ pub async fn db_optimize(
     State(app): State<Arc<App>>,
     Admin(who, addr): Admin,
 ) -> ApiResult<Json<DbOptimizeReport>> {
-    let report = app.store.optimize().await?;
+    let report = app.store.sqlite().optimize().await?;
     let (actor, details) = (
         who.name.clone(),
         json!({"size_before": report.size_before, "size_after": report.size_after, "duration_ms": report.duration_ms}),
@@ -500,7 +497,7 @@ pub async fn memory(State(app): State<Arc<App>>, _: Admin) -> ApiResult<Json<Mem
         .await
         .unwrap_or(2000 * 1024)
         .max(0) as u64;
-    let pool = app.store.pool().stats();
+    let pool = app.store.sqlite().pool_stats();
     let mut subsystems = BTreeMap::new();
     subsystems.insert("agents_estimated".to_string(), agents_bytes);
     subsystems.insert(

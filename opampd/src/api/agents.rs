@@ -2,11 +2,11 @@
 
 use super::{ApiError, ApiResult, ForceParam, Operator, Viewer};
 use crate::app::App;
-use crate::auth::insert_audit;
 use crate::fleet::Liveness;
 use crate::opamp::session::Transport;
 use crate::selector::Selector;
-use crate::store::agents::{self, AgentRow, ListQuery, UidFilter};
+use crate::store::agents::{AgentRow, ListQuery, UidFilter};
+use crate::store::users::AuditEntry;
 use crate::store::{now_ms, rfc3339};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -86,10 +86,7 @@ pub async fn list(
         after: q.cursor.clone(),
         uid_prefix,
     };
-    let (mut rows, total) = app
-        .store
-        .read("agents_list", move |c| agents::list(c, &query))
-        .await?;
+    let (mut rows, total) = app.store.list_agents(query).await?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|r| r.uid.clone())
@@ -112,9 +109,8 @@ fn parse_uid(uid: &str) -> ApiResult<[u8; 16]> {
 
 async fn load(app: &Arc<App>, uid: &[u8; 16]) -> ApiResult<AgentRow> {
     let id = opamp_proto::uid_string(uid);
-    let key = id.clone();
     app.store
-        .read("agent_get", move |c| agents::get(c, &key))
+        .agent(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))
 }
@@ -156,25 +152,14 @@ pub async fn remove(
             );
         }
     }
-    let (actor, key) = (who.name.clone(), id.clone());
-    let deleted = app
-        .store
-        .write("agent_delete", move |c| {
-            let found = agents::delete(c, &key)?;
-            if found {
-                insert_audit(
-                    c,
-                    &actor,
-                    "agent.delete",
-                    Some(&key),
-                    addr.as_deref(),
-                    "ok",
-                    &json!({"force": f.force, "connected": connected}),
-                )?;
-            }
-            Ok(found)
-        })
-        .await?;
+    let audit = AuditEntry::ok(
+        &who.name,
+        "agent.delete",
+        Some(&id),
+        addr.as_deref(),
+        json!({"force": f.force, "connected": connected}),
+    );
+    let deleted = app.store.delete_agent(&id, audit).await?;
     if !deleted {
         return Err(ApiError::not_found(format!("no agent {id}")));
     }
@@ -223,26 +208,18 @@ pub async fn labels(
         }
     }
     let id = opamp_proto::uid_string(&uid);
-    let (key, changes, actor) = (id.clone(), body.labels.clone(), who.name.clone());
-    let json = app
+    let audit = AuditEntry::ok(
+        &who.name,
+        "agent.labels",
+        Some(&id),
+        addr.as_deref(),
+        json!({"changes": body.labels}),
+    );
+    let labels = app
         .store
-        .write("agent_labels", move |c| {
-            let Some(json) = agents::patch_labels(c, &key, &changes)? else {
-                return Err(ApiError::not_found(format!("no agent {key}")).into());
-            };
-            insert_audit(
-                c,
-                &actor,
-                "agent.labels",
-                Some(&key),
-                addr.as_deref(),
-                "ok",
-                &json!({"changes": changes}),
-            )?;
-            Ok(json)
-        })
-        .await?;
-    let labels: BTreeMap<String, String> = serde_json::from_str(&json).unwrap_or_default();
+        .patch_labels(&id, body.labels, audit)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))?;
     app.fleet.with(&uid, |s| s.set_labels(labels));
     crate::opamp::push_offer(&app, &uid);
     let row = load(&app, &uid).await?;
@@ -272,19 +249,14 @@ pub async fn restart(
             "agent {id} is not connected; a restart can only be sent to a connected agent"
         )));
     };
-    let (actor, key) = (who.name.clone(), id.clone());
     app.store
-        .write("audit", move |c| {
-            insert_audit(
-                c,
-                &actor,
-                "agent.restart",
-                Some(&key),
-                addr.as_deref(),
-                "ok",
-                &json!({"delivery": delivery}),
-            )
-        })
+        .audit(AuditEntry::ok(
+            &who.name,
+            "agent.restart",
+            Some(&id),
+            addr.as_deref(),
+            json!({"delivery": delivery}),
+        ))
         .await?;
     tracing::info!(uid = %id, by = %who.name, delivery, "restart command sent");
     Ok((
@@ -338,10 +310,7 @@ pub async fn events(
     let uid = parse_uid(&uid)?;
     let id = opamp_proto::uid_string(&uid);
     let limit = p.limit.unwrap_or(100).min(MAX_PAGE);
-    let rows = app
-        .store
-        .read("agent_events", move |c| agents::events(c, &id, limit))
-        .await?;
+    let rows = app.store.agent_events(&id, limit).await?;
     let items: Vec<Value> = rows
         .into_iter()
         .map(|(at, event, addr, details)| json!({"at": rfc3339(at), "event": event, "remote_addr": addr, "details": details}))

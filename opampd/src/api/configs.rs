@@ -5,14 +5,16 @@
 
 use super::{ApiError, ApiResult, ForceParam, Operator, Viewer};
 use crate::app::App;
-use crate::auth::insert_audit;
 use crate::configs::{self as rules, BodyError};
 use crate::rollouts;
 use crate::selector::Selector;
-use crate::store::configs::{self, ConfigRow, RolloutRow, VersionRow};
-use crate::store::{now_ms, rfc3339};
+use crate::store::configs::{
+    ConfigDelete, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome, RollbackOutcome,
+    RolloutRow, RolloutStart, RolloutTransition, Saved, VersionRow,
+};
+use crate::store::rfc3339;
+use crate::store::users::AuditEntry;
 use crate::targeting::version_hash;
-use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -112,15 +114,15 @@ fn version_to_api(v: VersionRow) -> ConfigVersion {
     }
 }
 
-/// The outcome of a write to a configuration.
-struct Saved {
-    config: Configuration,
-    created_version: bool,
-}
-
-fn newest(c: &rusqlite::Connection, row: &ConfigRow) -> anyhow::Result<VersionRow> {
-    configs::get_version(c, &row.name, row.latest_version)?
-        .with_context(|| format!("configuration {} lacks its newest version", row.name))
+/// The API view of a saved configuration.
+fn saved_to_api(saved: &Saved) -> Configuration {
+    to_api(
+        &saved.row,
+        saved.hash.clone(),
+        saved.rolled_out.clone(),
+        Some(saved.result.as_str()),
+        None,
+    )
 }
 
 pub async fn create(
@@ -170,123 +172,24 @@ pub async fn create(
         rules::check_description(d).map_err(ApiError::bad_request)?;
     }
     let name = input.name.clone();
-    let actor = who.name.clone();
+    let hash = version_hash(&content_type, &input.body);
     let saved = app
         .store
-        .write("config_save", move |c| {
-            let now = now_ms();
-            let hash = version_hash(&content_type, &input.body);
-            let bytes = input.body.len();
-            let Some(mut row) = configs::get(c, &input.name)? else {
-                let row = ConfigRow {
-                    name: input.name.clone(),
-                    selector: selector.unwrap_or_default(),
-                    description: input.description.unwrap_or_default(),
-                    content_type: content_type.clone(),
-                    latest_version: 1,
-                    created_at: now,
-                    updated_at: now,
-                    created_by: Some(actor.clone()),
-                };
-                configs::insert(c, &row)?;
-                configs::insert_version(
-                    c,
-                    &VersionRow {
-                        name: row.name.clone(),
-                        version: 1,
-                        hash: hash.clone(),
-                        content_type,
-                        body: input.body,
-                        created_at: now,
-                        created_by: Some(actor.clone()),
-                        note: None,
-                    },
-                )?;
-                insert_audit(
-                    c,
-                    &actor,
-                    "config.create",
-                    Some(&row.name),
-                    addr.as_deref(),
-                    "ok",
-                    &json!({"version": 1, "hash": hash, "selector": row.selector, "content_type": row.content_type, "bytes": bytes}),
-                )?;
-                return Ok(Saved {
-                    config: to_api(&row, hash, None, Some("created"), None),
-                    created_version: true,
-                });
-            };
-            let latest = newest(c, &row)?;
-            let body_changed = latest.body != input.body || latest.content_type != content_type;
-            let old_selector = row.selector.clone();
-            let selector_changed = selector.as_ref().is_some_and(|s| *s != row.selector);
-            let description_changed = input
-                .description
-                .as_ref()
-                .is_some_and(|d| *d != row.description);
-            let rolled_out = configs::latest_rollout(c, &row.name)?.map(|r| (r.version, r.selector));
-            if !body_changed && !selector_changed && !description_changed {
-                return Ok(Saved {
-                    config: to_api(&row, latest.hash, rolled_out, Some("unchanged"), None),
-                    created_version: false,
-                });
-            }
-            let mut hash_now = latest.hash.clone();
-            if body_changed {
-                row.latest_version += 1;
-                row.content_type = content_type.clone();
-                hash_now = hash.clone();
-                configs::insert_version(
-                    c,
-                    &VersionRow {
-                        name: row.name.clone(),
-                        version: row.latest_version,
-                        hash,
-                        content_type,
-                        body: input.body,
-                        created_at: now,
-                        created_by: Some(actor.clone()),
-                        note: None,
-                    },
-                )?;
-            }
-            if let Some(s) = selector {
-                row.selector = s;
-            }
-            if let Some(d) = input.description {
-                row.description = d;
-            }
-            row.updated_at = now;
-            configs::update(c, &row)?;
-            let mut details = json!({
-                "version": row.latest_version,
-                "hash": hash_now,
-                "new_version": body_changed,
-            });
-            if body_changed {
-                details["bytes"] = json!(bytes);
-            }
-            if selector_changed {
-                details["selector"] = json!({"from": old_selector, "to": row.selector});
-            }
-            if description_changed {
-                details["description_changed"] = json!(true);
-            }
-            insert_audit(
-                c,
-                &actor,
-                "config.update",
-                Some(&row.name),
-                addr.as_deref(),
-                "ok",
-                &details,
-            )?;
-            Ok(Saved {
-                config: to_api(&row, hash_now, rolled_out, Some("updated"), None),
-                created_version: body_changed,
-            })
+        .save_configuration(ConfigSave {
+            name: input.name,
+            content_type,
+            body: input.body,
+            hash,
+            selector,
+            description: input.description,
+            actor: who.name.clone(),
+            remote_addr: addr,
         })
         .await?;
+    let saved = SavedView {
+        config: saved_to_api(&saved),
+        created_version: saved.created_version,
+    };
     if saved.config.result.as_deref() != Some("unchanged") {
         tracing::info!(configuration = %name, version = saved.config.version, by = %who.name,
             result = saved.config.result.as_deref().unwrap_or(""), "configuration saved");
@@ -310,9 +213,7 @@ pub async fn list(
     }
     let (mut rows, total) = app
         .store
-        .read("configs_list", move |c| {
-            configs::list(c, q.cursor.as_deref(), limit + 1)
-        })
+        .list_configurations(q.cursor.clone(), limit + 1)
         .await?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
@@ -336,25 +237,15 @@ pub async fn show(
     _: Viewer,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Configuration>> {
-    let key = name.clone();
-    let found = app
-        .store
-        .read("config_get", move |c| {
-            let Some(row) = configs::get(c, &key)? else {
-                return Ok(None);
-            };
-            let latest = newest(c, &row)?;
-            let rolled = configs::latest_rollout(c, &key)?.map(|r| (r.version, r.selector));
-            Ok(Some((row, latest, rolled)))
-        })
-        .await?;
-    let (row, latest, rolled) = found.ok_or_else(|| not_found(&name))?;
+    let found = app.store.configuration_detail(&name).await?;
+    let detail = found.ok_or_else(|| not_found(&name))?;
+    let rolled = detail.rolled_out();
     Ok(Json(to_api(
-        &row,
-        latest.hash,
+        &detail.row,
+        detail.newest.hash,
         rolled,
         None,
-        Some(latest.body),
+        Some(detail.newest.body),
     )))
 }
 
@@ -364,35 +255,26 @@ pub async fn remove(
     Path(name): Path<String>,
     Query(f): Query<ForceParam>,
 ) -> ApiResult<StatusCode> {
-    let (key, actor) = (name.clone(), who.name.clone());
-    let was_rolled_out = app
+    let outcome = app
         .store
-        .write("config_delete", move |c| {
-            let Some(row) = configs::get(c, &key)? else {
-                return Err(not_found(&key).into());
-            };
-            let rollout = configs::latest_rollout(c, &key)?;
-            if let (Some(r), false) = (&rollout, f.force) {
-                return Err(ApiError::conflict(format!(
-                    "configuration {key:?} is rolled out (version {}, rollout {}): agents matching {:?} receive it; \
-                     pass --force to delete it anyway (agents stop receiving it)",
-                    r.version, r.state, r.selector
-                ))
-                .into());
-            }
-            configs::delete(c, &key)?;
-            insert_audit(
-                c,
-                &actor,
-                "config.delete",
-                Some(&key),
-                addr.as_deref(),
-                "ok",
-                &json!({"force": f.force, "versions": row.latest_version, "rolled_out_version": rollout.as_ref().map(|r| r.version)}),
-            )?;
-            Ok(rollout.is_some())
+        .delete_configuration(ConfigDelete {
+            name: name.clone(),
+            force: f.force,
+            actor: who.name.clone(),
+            remote_addr: addr,
         })
         .await?;
+    let was_rolled_out = match outcome {
+        DeleteOutcome::Missing => return Err(not_found(&name)),
+        DeleteOutcome::RolledOut(r) => {
+            return Err(ApiError::conflict(format!(
+                "configuration {name:?} is rolled out (version {}, rollout {}): agents matching {:?} receive it; \
+                 pass --force to delete it anyway (agents stop receiving it)",
+                r.version, r.state, r.selector
+            )))
+        }
+        DeleteOutcome::Deleted { rolled_out } => rolled_out,
+    };
     if was_rolled_out {
         rollouts::retarget(&app).await?;
     }
@@ -411,16 +293,7 @@ pub async fn versions(
         Some(c) => Some(c.parse::<u64>().map_err(|_| bad_cursor())?),
         None => None,
     };
-    let key = name.clone();
-    let found = app
-        .store
-        .read("config_versions", move |c| {
-            if configs::get(c, &key)?.is_none() {
-                return Ok(None);
-            }
-            Ok(Some(configs::list_versions(c, &key, before, limit + 1)?))
-        })
-        .await?;
+    let found = app.store.config_versions(&name, before, limit + 1).await?;
     let (mut rows, total) = found.ok_or_else(|| not_found(&name))?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
@@ -443,16 +316,11 @@ fn parse_version(what: &str, v: &str) -> ApiResult<u64> {
 
 /// Loads a configuration and one of its versions, with errors that say which is missing.
 async fn load_version(app: &App, name: &str, version: u64) -> ApiResult<VersionRow> {
-    let key = name.to_string();
     let (row, v) = app
         .store
-        .read("config_version", move |c| {
-            let row = configs::get(c, &key)?;
-            let v = configs::get_version(c, &key, version)?;
-            Ok((row, v))
-        })
-        .await?;
-    let row = row.ok_or_else(|| not_found(name))?;
+        .config_version(name, version)
+        .await?
+        .ok_or_else(|| not_found(name))?;
     v.ok_or_else(|| {
         ApiError::not_found(format!(
             "configuration {name:?} has no version {version} (newest is {})",
@@ -482,10 +350,9 @@ pub async fn diff(
     Path(name): Path<String>,
     Query(q): Query<DiffParams>,
 ) -> ApiResult<Json<ConfigDiff>> {
-    let key = name.clone();
     let row = app
         .store
-        .read("config_get", move |c| configs::get(c, &key))
+        .configuration(&name)
         .await?
         .ok_or_else(|| not_found(&name))?;
     let to = match q.to.as_deref().filter(|s| !s.is_empty()) {
@@ -513,77 +380,37 @@ pub async fn rollback(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Configuration>)> {
     let req: RollbackRequest = parse_body(&body, "rollback request", true)?;
-    let (key, actor) = (name.clone(), who.name.clone());
-    let saved = app
+    let outcome = app
         .store
-        .write("config_rollback", move |c| {
-            let Some(mut row) = configs::get(c, &key)? else {
-                return Err(not_found(&key).into());
-            };
-            let newest_v = row.latest_version;
-            let target = match req.version {
-                Some(v) => v,
-                None if newest_v > 1 => newest_v - 1,
-                None => {
-                    return Err(ApiError::conflict(format!(
-                        "configuration {key:?} has only version 1: there is nothing to roll back to"
-                    ))
-                    .into())
-                }
-            };
-            if target == newest_v {
-                return Err(ApiError::conflict(format!(
-                    "version {target} is already the newest version of {key:?}; name an older one"
-                ))
-                .into());
-            }
-            let Some(old) = configs::get_version(c, &key, target)? else {
-                return Err(ApiError::not_found(format!(
-                    "configuration {key:?} has no version {target} (newest is {newest_v})"
-                ))
-                .into());
-            };
-            let latest = newest(c, &row)?;
-            let rolled_out = configs::latest_rollout(c, &key)?.map(|r| (r.version, r.selector));
-            if old.body == latest.body && old.content_type == latest.content_type {
-                return Ok(Saved {
-                    config: to_api(&row, latest.hash, rolled_out, Some("unchanged"), None),
-                    created_version: false,
-                });
-            }
-            let now = now_ms();
-            row.latest_version += 1;
-            row.content_type = old.content_type.clone();
-            row.updated_at = now;
-            configs::insert_version(
-                c,
-                &VersionRow {
-                    name: key.clone(),
-                    version: row.latest_version,
-                    hash: old.hash.clone(),
-                    content_type: old.content_type,
-                    body: old.body,
-                    created_at: now,
-                    created_by: Some(actor.clone()),
-                    note: Some(format!("rollback of v{target}")),
-                },
-            )?;
-            configs::update(c, &row)?;
-            insert_audit(
-                c,
-                &actor,
-                "config.rollback",
-                Some(&key),
-                addr.as_deref(),
-                "ok",
-                &json!({"rollback_of": target, "previous_newest": newest_v, "version": row.latest_version, "hash": old.hash}),
-            )?;
-            Ok(Saved {
-                config: to_api(&row, old.hash, rolled_out, Some("updated"), None),
-                created_version: true,
-            })
+        .rollback_configuration(ConfigRollback {
+            name: name.clone(),
+            version: req.version,
+            actor: who.name.clone(),
+            remote_addr: addr,
         })
         .await?;
+    let saved = match outcome {
+        RollbackOutcome::Missing => return Err(not_found(&name)),
+        RollbackOutcome::NothingBefore => {
+            return Err(ApiError::conflict(format!(
+                "configuration {name:?} has only version 1: there is nothing to roll back to"
+            )))
+        }
+        RollbackOutcome::AlreadyNewest(target) => {
+            return Err(ApiError::conflict(format!(
+                "version {target} is already the newest version of {name:?}; name an older one"
+            )))
+        }
+        RollbackOutcome::NoSuchVersion { version, newest } => {
+            return Err(ApiError::not_found(format!(
+                "configuration {name:?} has no version {version} (newest is {newest})"
+            )))
+        }
+        RollbackOutcome::Saved(saved) => SavedView {
+            config: saved_to_api(&saved),
+            created_version: saved.created_version,
+        },
+    };
     let status = if saved.created_version {
         tracing::info!(configuration = %name, version = saved.config.version, by = %who.name, "configuration rolled back to an earlier body");
         StatusCode::CREATED
@@ -628,10 +455,9 @@ pub async fn rollout_start(
             "version 0 does not exist: versions start at 1",
         ));
     }
-    let key = name.clone();
     let row = app
         .store
-        .read("config_get", move |c| configs::get(c, &key))
+        .configuration(&name)
         .await?
         .ok_or_else(|| not_found(&name))?;
     let version = req.version.unwrap_or(row.latest_version);
@@ -677,76 +503,34 @@ pub async fn rollout_start(
         .collect();
     refuse_oversized(&app, &name, &chosen, &receiving).await?;
     let agents = rollouts::assign_batches(matching, batch_size, &skipped);
-    let (key, actor) = (name.clone(), who.name.clone());
-    let selector_text = row.selector.clone();
     let count = agents.len();
     let rollout = app
         .store
-        .write("rollout_start", move |c| {
-            let Some(v) = configs::get_version(c, &key, version)? else {
-                return Err(not_found(&key).into());
-            };
-            let now = now_ms();
-            let prior = configs::latest_rollout(c, &key)?;
-            let previous_version = prior.as_ref().and_then(|p| {
-                if p.state == "completed" {
-                    Some(p.version)
-                } else {
-                    p.previous_version
-                }
-            });
-            configs::supersede(c, &key, now)?;
-            let row = RolloutRow {
-                id: 0,
-                name: key.clone(),
-                version,
-                hash: v.hash,
-                state: if agents.is_empty() {
-                    "completed"
-                } else {
-                    "running"
-                }
-                .into(),
-                batch_size,
-                max_failures,
-                released_batches: 1,
-                previous_version,
-                reason: None,
-                started_at: now,
-                updated_at: now,
-                started_by: Some(actor.clone()),
-                selector: selector_text,
-                force,
-                batch_timeout_ms: batch_timeout * 1000,
-                batch_started_at: now,
-            };
-            let id = configs::insert_rollout(c, &row, &agents)?;
-            insert_audit(
-                c,
-                &actor,
-                "rollout.start",
-                Some(&key),
-                addr.as_deref(),
-                "ok",
-                &json!({
-                    "version": version,
-                    "batch_size": batch_size,
-                    "max_failures": max_failures,
-                    "batch_timeout": batch_timeout,
-                    "agents": agents.len(),
-                    "skipped_incompatible": skipped.len(),
-                    "force": force,
-                    "selector": row.selector,
-                    "superseded_version": prior.as_ref().map(|p| p.version),
-                }),
-            )?;
-            Ok(RolloutRow { id, ..row })
+        .start_rollout(RolloutStart {
+            name: name.clone(),
+            version,
+            batch_size,
+            max_failures,
+            batch_timeout,
+            force,
+            selector: row.selector.clone(),
+            agents,
+            skipped: skipped.len(),
+            actor: who.name.clone(),
+            remote_addr: addr,
         })
-        .await?;
+        .await?
+        .ok_or_else(|| not_found(&name))?;
     tracing::info!(configuration = %name, version, agents = count, batch_size, max_failures, by = %who.name, "rollout started");
     rollouts::retarget(&app).await?;
     let p = rollouts::progress_of(&app, &rollout).await?;
     Ok((StatusCode::ACCEPTED, Json(rollouts::to_api(&rollout, p))).into_response())
+}
+
+/// A saved configuration and whether a version was added.
+struct SavedView {
+    config: Configuration,
+    created_version: bool,
 }
 
 /// Refuses (413) a rollout that would send an agent more than
@@ -783,14 +567,11 @@ async fn refuse_oversized(
 
 /// The latest rollout of a configuration.
 async fn latest(app: &App, name: &str) -> ApiResult<RolloutRow> {
-    let key = name.to_string();
-    let (row, rollout) = app
+    let (_, rollout) = app
         .store
-        .read("rollout_get", move |c| {
-            Ok((configs::get(c, &key)?, configs::latest_rollout(c, &key)?))
-        })
-        .await?;
-    row.ok_or_else(|| not_found(name))?;
+        .latest_rollout(name)
+        .await?
+        .ok_or_else(|| not_found(name))?;
     rollout.ok_or_else(|| {
         ApiError::not_found(format!(
             "configuration {name:?} has not been rolled out: start one with `opampctl rollout start {name}`"
@@ -847,37 +628,28 @@ struct Transition {
 /// 409 if its state changed meanwhile.
 async fn transition(
     app: &App,
-    r: &configs::RolloutRow,
+    r: &RolloutRow,
     name: &str,
     t: Transition,
     actor: String,
     addr: Option<String>,
 ) -> ApiResult<()> {
-    let row = r.clone();
     let moved = app
         .store
-        .write("rollout_transition", move |c| {
-            let moved = configs::transition(
-                c,
-                row.id,
-                t.from,
-                t.to,
-                row.released_batches,
-                t.max_failures,
-                t.reason.as_deref(),
-            )?;
-            if moved {
-                insert_audit(
-                    c,
-                    &actor,
-                    t.action,
-                    Some(&row.name),
-                    addr.as_deref(),
-                    "ok",
-                    &t.details,
-                )?;
-            }
-            Ok(moved)
+        .transition_rollout(RolloutTransition {
+            id: r.id,
+            from: t.from,
+            to: t.to,
+            released_batches: r.released_batches,
+            max_failures: t.max_failures,
+            reason: t.reason,
+            audit: Some(AuditEntry::ok(
+                &actor,
+                t.action,
+                Some(&r.name),
+                addr.as_deref(),
+                t.details,
+            )),
         })
         .await?;
     if !moved {
@@ -891,7 +663,7 @@ async fn transition(
 async fn rollout_status(app: &App, id: i64) -> ApiResult<Json<RolloutStatus>> {
     let r = app
         .store
-        .read("rollout_get", move |c| configs::get_rollout(c, id))
+        .rollout(id)
         .await?
         .ok_or_else(|| ApiError::not_found("the rollout was deleted meanwhile"))?;
     let p = rollouts::progress_of(app, &r).await?;

@@ -46,7 +46,7 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         Ok(Ok(1))
     );
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let write_error = app.store.writer().last_error().map(|e| {
+    let write_error = app.store.last_error().map(|e| {
         if detailed {
             e
         } else {
@@ -71,7 +71,7 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     } else {
         "ok"
     };
-    let pool = app.store.pool().stats();
+    let pool = app.store.sqlite().pool_stats();
     let m = &app.metrics.agents;
     let report = HealthReport {
         status: status.into(),
@@ -91,13 +91,13 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             .into(),
             backend: app.metrics.replica().backend.into(),
             latency_ms,
-            schema_version: crate::store::schema::SCHEMA_VERSION,
+            schema_version: crate::store::SCHEMA_VERSION,
             path: if detailed {
-                app.store.path().display().to_string()
+                app.store.sqlite().path().display().to_string()
             } else {
                 String::new()
             },
-            writer_queue: app.store.writer().queued(),
+            writer_queue: app.store.queued(),
             last_write_error: write_error,
         },
         agents: AgentCounts {

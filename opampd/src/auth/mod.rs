@@ -467,19 +467,6 @@ pub fn next_generation(current: i64) -> i64 {
     (current + 1).max(now_ms())
 }
 
-/// Drops revocations of JWTs and revoked API tokens that have expired anyway.
-pub fn prune_revoked(c: &Connection) -> Result<usize> {
-    let jwts = c.execute(
-        "DELETE FROM revoked_jwts WHERE expires_at < ?1",
-        [now_ms() / 1000],
-    )?;
-    let tokens = c.execute(
-        "DELETE FROM api_tokens WHERE revoked = 1 AND expires_at IS NOT NULL AND expires_at < ?1",
-        [now_ms()],
-    )?;
-    Ok(jwts + tokens)
-}
-
 /// Appends one audit entry. `details` must never hold a secret.
 pub fn insert_audit(
     c: &Connection,
@@ -490,11 +477,17 @@ pub fn insert_audit(
     outcome: &str,
     details: &serde_json::Value,
 ) -> Result<()> {
-    c.execute(
-        "INSERT INTO audit_log (at, actor, action, target, remote_addr, outcome, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![now_ms(), actor, action, target, remote_addr, outcome, details.to_string()],
-    )?;
-    Ok(())
+    crate::store::sqlite::users::insert_audit(
+        c,
+        &crate::store::users::AuditEntry {
+            actor: actor.into(),
+            action: action.into(),
+            target: target.map(str::to_string),
+            remote_addr: remote_addr.map(str::to_string),
+            outcome: outcome.into(),
+            details: details.clone(),
+        },
+    )
 }
 
 /// The credential in an `Authorization: Bearer …` header (either case of

@@ -16,6 +16,7 @@ pub mod ws;
 
 use crate::app::App;
 use crate::store::agents::AgentEvent;
+use crate::store::users::AuditEntry;
 use crate::store::{now_ms, AgentPatch};
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -271,13 +272,13 @@ pub async fn process(
     let writes = changes_stored_state(app, &uid, msg);
     // Held until the message is handled (its changes queued).
     let room = if writes {
-        app.store.writer().reserve(OPS_PER_MESSAGE, ROOM_WAIT).await
+        app.store.reserve(OPS_PER_MESSAGE, ROOM_WAIT).await
     } else {
         None
     };
     if writes && room.is_none() {
         tracing::warn!(uid = %opamp_proto::uid_string(&uid), remote_addr = %origin.remote,
-            queued = app.store.writer().queued(), "agent message refused: the database writer's queue is full");
+            queued = app.store.queued(), "agent message refused: the database writer's queue is full");
         return Err(Rejected::Busy {
             instance_uid: msg.instance_uid.clone(),
         });
@@ -304,9 +305,8 @@ pub async fn process(
         let loaded = if assigned.is_some() {
             None
         } else {
-            let id = opamp_proto::uid_string(&uid);
             app.store
-                .read("agent_load", move |c| crate::store::agents::get(c, &id))
+                .agent(&opamp_proto::uid_string(&uid))
                 .await
                 .ok()
                 .flatten()
@@ -377,11 +377,11 @@ pub async fn process(
     }
     if let Some(p) = patch.as_mut() {
         for event in over_storage_limit(app, p, origin, now) {
-            app.store.writer().event(event);
+            app.store.queue_event(event);
         }
     }
     if let Some(patch) = patch {
-        app.store.writer().agent(patch);
+        app.store.queue_agent(patch);
     }
     if let Some(reason) = &out.not_offered {
         log_too_big(&key, reason);
@@ -390,7 +390,7 @@ pub async fn process(
     if out.remote_status_changed {
         // A remote-config status is acknowledged only once it is durable: an
         // APPLIED the agent saw answered must survive a crash of the server.
-        if app.store.writer().flush().await {
+        if app.store.flush().await {
             app.rollout_wakeup.notify_one();
         } else {
             // Not committed: no acknowledgement. The agent sends the status
@@ -424,7 +424,7 @@ pub async fn process(
             [crate::metrics::transport_index(origin.transport == Transport::WebSocket)]
         .fetch_add(1, Ordering::Relaxed);
         tracing::info!(uid = %id, remote_addr = %remote, transport = origin.transport.as_str(), "agent connected");
-        app.store.writer().event(AgentEvent {
+        app.store.queue_event(AgentEvent {
             uid: id.clone(),
             at: now,
             event: "connected",
@@ -467,16 +467,13 @@ fn foreign(app: &Arc<App>, uid: &[u8; 16], msg: &pb::AgentToServer, origin: &Ori
         tokio::spawn(async move {
             let _ = app
                 .store
-                .write("audit", move |c| {
-                    crate::auth::insert_audit(
-                        c,
-                        "agent",
-                        "agent.certificate_mismatch",
-                        Some(&id),
-                        Some(&remote),
-                        "denied",
-                        &serde_json::json!({ "certificate": presented }),
-                    )
+                .audit(AuditEntry {
+                    actor: "agent".into(),
+                    action: "agent.certificate_mismatch".into(),
+                    target: Some(id),
+                    remote_addr: Some(remote),
+                    outcome: "denied".into(),
+                    details: serde_json::json!({ "certificate": presented }),
                 })
                 .await;
         });
@@ -605,7 +602,7 @@ fn duplicate_reply(app: &App, uid: [u8; 16], msg: &pb::AgentToServer, origin: &O
     let id = opamp_proto::uid_string(&uid);
     tracing::warn!(uid = %id, remote_addr = %origin.remote, new_uid = %opamp_proto::uid_string(&new_uid),
         "duplicate instance uid: another live agent uses it; sending this one a new uid");
-    app.store.writer().event(AgentEvent {
+    app.store.queue_event(AgentEvent {
         uid: id,
         at: now_ms(),
         event: "duplicate_uid",
@@ -633,13 +630,13 @@ pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str)
     patch.status = Some("disconnected");
     patch.sequence_num = s.sequence_num();
     patch.last_seen = Some(s.last_seen());
-    app.store.writer().agent(patch);
+    app.store.queue_agent(patch);
     app.metrics.agent_disconnects
         [crate::metrics::transport_index(s.transport() == Transport::WebSocket)]
     .fetch_add(1, Ordering::Relaxed);
     let remote = s.remote_addr().map(|a| a.to_string());
     tracing::info!(uid = %id, remote_addr = remote.as_deref().unwrap_or(""), transport = s.transport().as_str(), reason, "agent disconnected");
-    app.store.writer().event(AgentEvent {
+    app.store.queue_event(AgentEvent {
         uid: id,
         at: now_ms(),
         event: "disconnected",
@@ -714,7 +711,7 @@ fn not_sent(app: &App, uid: &[u8; 16], hash: [u8; 32], bytes: usize) {
         patch
     });
     if let Some(patch) = patch {
-        app.store.writer().agent(patch);
+        app.store.queue_agent(patch);
     }
 }
 
@@ -754,13 +751,13 @@ pub fn push_offer(app: &App, uid: &[u8; 16]) -> bool {
     let (conn_id, msg, patch) = match pushed {
         Some(Some(Ok(push))) => push,
         Some(Some(Err(patch))) => {
-            app.store.writer().agent(patch);
+            app.store.queue_agent(patch);
             app.rollout_wakeup.notify_one();
             return false;
         }
         _ => return false,
     };
-    app.store.writer().agent(patch);
+    app.store.queue_agent(patch);
     if app
         .fleet
         .send_to_conn(conn_id, crate::fleet::Outgoing::Message(Box::new(msg)))

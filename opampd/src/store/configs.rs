@@ -1,14 +1,13 @@
-//! Configurations, their immutable versions, and rollouts with their
-//! per-agent batch assignment.
+//! Configuration, version and rollout records, and the typed inputs and
+//! outcomes of the transactions that change them. Backend-neutral.
 //!
 //! A configuration row holds what may change without a new version
 //! (selector, description) and the number of its newest version; each
 //! version is written once and never updated. A rollout row records which
 //! version goes out, in how many batches, and how far it got.
 
-use crate::selector::Selector;
-use anyhow::Result;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use super::users::AuditEntry;
+use serde_json::json;
 
 #[derive(Debug, Clone)]
 pub struct ConfigRow {
@@ -62,72 +61,6 @@ pub struct RolloutRow {
     pub batch_started_at: i64,
 }
 
-const CONFIG_COLUMNS: &str =
-    "name, selector, description, content_type, latest_version, created_at, updated_at, created_by";
-
-fn config_row(r: &Row<'_>) -> rusqlite::Result<ConfigRow> {
-    Ok(ConfigRow {
-        name: r.get(0)?,
-        selector: r.get(1)?,
-        description: r.get(2)?,
-        content_type: r.get(3)?,
-        latest_version: r.get::<_, i64>(4)? as u64,
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-        created_by: r.get(7)?,
-    })
-}
-
-const VERSION_COLUMNS: &str =
-    "name, version, hash, content_type, body, created_at, created_by, note";
-
-fn version_row(r: &Row<'_>) -> rusqlite::Result<VersionRow> {
-    Ok(VersionRow {
-        name: r.get(0)?,
-        version: r.get::<_, i64>(1)? as u64,
-        hash: r.get(2)?,
-        content_type: r.get(3)?,
-        body: r.get(4)?,
-        created_at: r.get(5)?,
-        created_by: r.get(6)?,
-        note: r.get(7)?,
-    })
-}
-
-const ROLLOUT_COLUMNS: &str =
-    "id, name, version, hash, state, batch_size, max_failures, released_batches,
-    previous_version, reason, started_at, updated_at, started_by, selector, force, batch_timeout_ms,
-    batch_started_at";
-
-fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRow> {
-    Ok(RolloutRow {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        version: r.get::<_, i64>(2)? as u64,
-        hash: r.get(3)?,
-        state: r.get(4)?,
-        batch_size: r.get::<_, i64>(5)? as u64,
-        max_failures: r.get::<_, i64>(6)? as u64,
-        released_batches: r.get::<_, i64>(7)? as u64,
-        previous_version: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-        reason: r.get(9)?,
-        started_at: r.get(10)?,
-        updated_at: r.get(11)?,
-        started_by: r.get(12)?,
-        selector: r.get(13)?,
-        force: r.get::<_, i64>(14)? != 0,
-        batch_timeout_ms: r.get::<_, i64>(15)? as u64,
-        batch_started_at: r.get(16)?,
-    })
-}
-
-pub fn get(c: &Connection, name: &str) -> Result<Option<ConfigRow>> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {CONFIG_COLUMNS} FROM configurations WHERE name = ?1"
-    ))?;
-    Ok(stmt.query_row([name], config_row).optional()?)
-}
-
 /// A configuration as listed.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -136,232 +69,6 @@ pub struct Listed {
     pub hash: String,
     /// Version and selector of the latest rollout.
     pub rolled_out: Option<(u64, String)>,
-}
-
-/// One page of configurations by name; plus the total.
-pub fn list(c: &Connection, after: Option<&str>, limit: usize) -> Result<(Vec<Listed>, u64)> {
-    let total: i64 = c.query_row("SELECT COUNT(*) FROM configurations", [], |r| r.get(0))?;
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {}, v.hash,
-            (SELECT r.version FROM rollouts r WHERE r.name = c.name ORDER BY r.id DESC LIMIT 1),
-            (SELECT r.selector FROM rollouts r WHERE r.name = c.name ORDER BY r.id DESC LIMIT 1)
-         FROM configurations c JOIN config_versions v ON v.name = c.name AND v.version = c.latest_version
-         WHERE c.name > ?1 ORDER BY c.name LIMIT ?2",
-        CONFIG_COLUMNS
-            .split(", ")
-            .map(|col| format!("c.{col}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))?;
-    let rows = stmt
-        .query_map(params![after.unwrap_or(""), limit as i64], |r| {
-            Ok(Listed {
-                row: config_row(r)?,
-                hash: r.get(8)?,
-                rolled_out: match (r.get::<_, Option<i64>>(9)?, r.get(10)?) {
-                    (Some(v), Some(sel)) => Some((v as u64, sel)),
-                    _ => None,
-                },
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((rows, total as u64))
-}
-
-pub fn insert(c: &Connection, row: &ConfigRow) -> Result<()> {
-    c.execute(
-        &format!(
-            "INSERT INTO configurations ({CONFIG_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-        ),
-        params![
-            row.name,
-            row.selector,
-            row.description,
-            row.content_type,
-            row.latest_version as i64,
-            row.created_at,
-            row.updated_at,
-            row.created_by
-        ],
-    )?;
-    Ok(())
-}
-
-/// Writes the mutable columns of a configuration row.
-pub fn update(c: &Connection, row: &ConfigRow) -> Result<()> {
-    c.execute(
-        "UPDATE configurations SET selector = ?2, description = ?3, content_type = ?4,
-            latest_version = ?5, updated_at = ?6 WHERE name = ?1",
-        params![
-            row.name,
-            row.selector,
-            row.description,
-            row.content_type,
-            row.latest_version as i64,
-            row.updated_at
-        ],
-    )?;
-    Ok(())
-}
-
-pub fn insert_version(c: &Connection, v: &VersionRow) -> Result<()> {
-    c.execute(
-        &format!("INSERT INTO config_versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-        params![
-            v.name,
-            v.version as i64,
-            v.hash,
-            v.content_type,
-            v.body,
-            v.created_at,
-            v.created_by,
-            v.note
-        ],
-    )?;
-    Ok(())
-}
-
-pub fn get_version(c: &Connection, name: &str, version: u64) -> Result<Option<VersionRow>> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {VERSION_COLUMNS} FROM config_versions WHERE name = ?1 AND version = ?2"
-    ))?;
-    Ok(stmt
-        .query_row(params![name, version as i64], version_row)
-        .optional()?)
-}
-
-/// Versions newest first, those below `before` if given; plus the total.
-pub fn list_versions(
-    c: &Connection,
-    name: &str,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<(Vec<VersionRow>, u64)> {
-    let total: i64 = c.query_row(
-        "SELECT COUNT(*) FROM config_versions WHERE name = ?1",
-        [name],
-        |r| r.get(0),
-    )?;
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {VERSION_COLUMNS} FROM config_versions WHERE name = ?1 AND version < ?2
-         ORDER BY version DESC LIMIT ?3"
-    ))?;
-    let rows = stmt
-        .query_map(
-            params![name, before.map_or(i64::MAX, |b| b as i64), limit as i64],
-            version_row,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((rows, total as u64))
-}
-
-/// Removes a configuration with its versions and rollouts.
-pub fn delete(c: &Connection, name: &str) -> Result<bool> {
-    c.execute(
-        "DELETE FROM rollout_agents WHERE rollout_id IN (SELECT id FROM rollouts WHERE name = ?1)",
-        [name],
-    )?;
-    c.execute("DELETE FROM rollouts WHERE name = ?1", [name])?;
-    c.execute("DELETE FROM config_versions WHERE name = ?1", [name])?;
-    Ok(c.execute("DELETE FROM configurations WHERE name = ?1", [name])? > 0)
-}
-
-pub fn latest_rollout(c: &Connection, name: &str) -> Result<Option<RolloutRow>> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE name = ?1 ORDER BY id DESC LIMIT 1"
-    ))?;
-    Ok(stmt.query_row([name], rollout_row).optional()?)
-}
-
-pub fn get_rollout(c: &Connection, id: i64) -> Result<Option<RolloutRow>> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1"
-    ))?;
-    Ok(stmt.query_row([id], rollout_row).optional()?)
-}
-
-/// Rollouts in a state, oldest first.
-pub fn rollouts_in_state(c: &Connection, state: &str) -> Result<Vec<RolloutRow>> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state = ?1 ORDER BY id"
-    ))?;
-    let rows = stmt
-        .query_map([state], rollout_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
-}
-
-/// Marks every earlier rollout of `name` superseded.
-pub fn supersede(c: &Connection, name: &str, now: i64) -> Result<()> {
-    c.execute(
-        "UPDATE rollouts SET state = 'superseded', updated_at = ?2 WHERE name = ?1 AND state != 'superseded'",
-        params![name, now],
-    )?;
-    Ok(())
-}
-
-/// Inserts a rollout and its agents (uid, batch); returns its id.
-pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) -> Result<i64> {
-    c.execute(
-        "INSERT INTO rollouts (name, version, hash, state, batch_size, max_failures, released_batches,
-            previous_version, reason, started_at, updated_at, started_by, selector, force,
-            batch_timeout_ms, batch_started_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        params![
-            r.name,
-            r.version as i64,
-            r.hash,
-            r.state,
-            r.batch_size as i64,
-            r.max_failures as i64,
-            r.released_batches as i64,
-            r.previous_version.map(|v| v as i64),
-            r.reason,
-            r.started_at,
-            r.updated_at,
-            r.started_by,
-            r.selector,
-            r.force as i64,
-            r.batch_timeout_ms as i64,
-            r.batch_started_at
-        ],
-    )?;
-    let id = c.last_insert_rowid();
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO rollout_agents (rollout_id, uid, batch) VALUES (?1, ?2, ?3)",
-    )?;
-    for (uid, batch) in agents {
-        stmt.execute(params![id, uid, *batch as i64])?;
-    }
-    Ok(id)
-}
-
-/// Changes a rollout's progress fields if it is still in state `from`; a
-/// rollout that (again) runs starts its batch's time limit now.
-/// Returns whether it changed.
-pub fn transition(
-    c: &Connection,
-    id: i64,
-    from: &str,
-    to: &str,
-    released_batches: u64,
-    max_failures: u64,
-    reason: Option<&str>,
-) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE rollouts SET state = ?3, released_batches = ?4, max_failures = ?5, reason = ?6, updated_at = ?7,
-            batch_started_at = CASE WHEN ?3 = 'running' THEN ?7 ELSE batch_started_at END
-         WHERE id = ?1 AND state = ?2",
-        params![
-            id,
-            from,
-            to,
-            released_batches as i64,
-            max_failures as i64,
-            reason,
-            super::now_ms()
-        ],
-    )? > 0)
 }
 
 /// One agent of a rollout with what the store knows of it (`None` if the
@@ -385,62 +92,6 @@ pub struct StoredAgent {
     pub components_hash: Option<String>,
 }
 
-pub fn rollout_agents(c: &Connection, rollout_id: i64) -> Result<Vec<RolloutAgent>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT ra.uid, ra.batch, a.uid, a.labels, a.identifying, a.non_identifying, a.remote_status,
-                a.capabilities, a.offered,
-                a.components_hash
-         FROM rollout_agents ra LEFT JOIN agents a ON a.uid = ra.uid
-         WHERE ra.rollout_id = ?1 ORDER BY ra.uid",
-    )?;
-    let rows = stmt
-        .query_map([rollout_id], |r| {
-            let present: Option<String> = r.get(2)?;
-            Ok(RolloutAgent {
-                uid: r.get(0)?,
-                batch: r.get::<_, i64>(1)? as u64,
-                stored: match present {
-                    Some(_) => Some(StoredAgent {
-                        labels: r.get(3)?,
-                        identifying: r.get(4)?,
-                        non_identifying: r.get(5)?,
-                        remote_status: r.get(6)?,
-                        capabilities: r.get::<_, i64>(7)? as u64,
-                        offered: r.get(8)?,
-                        components_hash: r.get(9)?,
-                    }),
-                    None => None,
-                },
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
-}
-
-/// Stored agents that match `selector` and accept remote configuration:
-/// uid and component-list hash, in uid order.
-pub fn matching_agents(
-    c: &Connection,
-    selector: &Selector,
-) -> Result<Vec<(String, Option<String>)>> {
-    let (cond, params) = selector.to_sql(1);
-    let cond = if cond.is_empty() {
-        String::new()
-    } else {
-        format!(" AND {cond}")
-    };
-    let mut stmt = c.prepare(&format!(
-        "SELECT uid, components_hash FROM agents WHERE (capabilities & {}) != 0{cond} ORDER BY uid",
-        opamp_proto::caps::ACCEPTS_REMOTE_CONFIG
-    ))?;
-    let rows = stmt
-        .query_map(params_from_iter(params.iter()), |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
-}
-
 /// What one configuration contributes to the agents' desired state.
 #[derive(Debug, Clone)]
 pub struct TargetRow {
@@ -455,52 +106,444 @@ pub struct TargetRow {
     pub released: Option<Vec<String>>,
 }
 
-/// The latest rollout of every configuration (superseded ones never are the latest).
-pub fn targets(c: &Connection) -> Result<Vec<TargetRow>> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {} FROM rollouts r JOIN configurations c ON c.name = r.name
-         WHERE r.id = (SELECT MAX(id) FROM rollouts WHERE name = r.name) AND r.state != 'superseded'
-         ORDER BY r.name",
-        ROLLOUT_COLUMNS
-            .split(',')
-            .map(|col| format!("r.{}", col.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))?;
-    let latest = stmt
-        .query_map([], rollout_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut out = Vec::with_capacity(latest.len());
-    for rollout in latest {
-        let selector = rollout.selector.clone();
-        let Some(current) = get_version(c, &rollout.name, rollout.version)? else {
-            continue;
+/// A configuration with its newest version and latest rollout.
+#[derive(Debug, Clone)]
+pub struct ConfigDetail {
+    pub row: ConfigRow,
+    pub newest: VersionRow,
+    pub rollout: Option<RolloutRow>,
+}
+
+impl ConfigDetail {
+    /// Version and selector of the latest rollout.
+    pub fn rolled_out(&self) -> Option<(u64, String)> {
+        self.rollout
+            .as_ref()
+            .map(|r| (r.version, r.selector.clone()))
+    }
+}
+
+/// A configuration to create or update.
+#[derive(Debug, Clone)]
+pub struct ConfigSave {
+    pub name: String,
+    pub content_type: String,
+    pub body: String,
+    /// The body's version hash (`targeting::version_hash`).
+    pub hash: String,
+    /// A new selector (parsed and printed back), if given.
+    pub selector: Option<String>,
+    pub description: Option<String>,
+    pub actor: String,
+    pub remote_addr: Option<String>,
+}
+
+/// What a save did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveResult {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl SaveResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaveResult::Created => "created",
+            SaveResult::Updated => "updated",
+            SaveResult::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// A configuration after a save or a rollback.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub row: ConfigRow,
+    /// Hash of the newest version.
+    pub hash: String,
+    /// Version and selector of the latest rollout.
+    pub rolled_out: Option<(u64, String)>,
+    pub result: SaveResult,
+    /// Whether a version was added.
+    pub created_version: bool,
+}
+
+/// The writes a save or rollback consists of, decided from what is stored
+/// ([`plan_save`], [`plan_rollback`]); every backend applies it as is.
+#[derive(Debug, Clone)]
+pub struct SavePlan {
+    pub saved: Saved,
+    /// Insert `saved.row` (a new configuration) rather than update it.
+    pub insert: bool,
+    /// A version to add.
+    pub version: Option<VersionRow>,
+    /// `None` when nothing changes (nothing to write).
+    pub audit: Option<AuditEntry>,
+}
+
+/// Decides what saving `save` over `current` (the stored configuration,
+/// if any) writes.
+pub fn plan_save(save: ConfigSave, current: Option<ConfigDetail>, now: i64) -> SavePlan {
+    let bytes = save.body.len();
+    let actor = save.actor.clone();
+    let audit = |action: &str, name: &str, details: serde_json::Value| {
+        Some(AuditEntry::ok(
+            &actor,
+            action,
+            Some(name),
+            save.remote_addr.as_deref(),
+            details,
+        ))
+    };
+    let Some(current) = current else {
+        let row = ConfigRow {
+            name: save.name.clone(),
+            selector: save.selector.clone().unwrap_or_default(),
+            description: save.description.clone().unwrap_or_default(),
+            content_type: save.content_type.clone(),
+            latest_version: 1,
+            created_at: now,
+            updated_at: now,
+            created_by: Some(save.actor.clone()),
         };
-        let previous = match rollout.previous_version {
-            Some(v) => get_version(c, &rollout.name, v)?,
-            None => None,
+        let audit = audit(
+            "config.create",
+            &row.name,
+            json!({"version": 1, "hash": save.hash, "selector": row.selector, "content_type": row.content_type, "bytes": bytes}),
+        );
+        let version = VersionRow {
+            name: row.name.clone(),
+            version: 1,
+            hash: save.hash.clone(),
+            content_type: save.content_type.clone(),
+            body: save.body.clone(),
+            created_at: now,
+            created_by: Some(save.actor.clone()),
+            note: None,
         };
-        let released = if rollout.state == "completed" {
-            None
-        } else {
-            let mut stmt = c.prepare_cached(
-                "SELECT uid FROM rollout_agents WHERE rollout_id = ?1 AND batch < ?2",
-            )?;
-            let rows = stmt
-                .query_map(params![rollout.id, rollout.released_batches as i64], |r| {
-                    r.get(0)
-                })?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Some(rows)
+        return SavePlan {
+            saved: Saved {
+                row,
+                hash: save.hash.clone(),
+                rolled_out: None,
+                result: SaveResult::Created,
+                created_version: true,
+            },
+            insert: true,
+            version: Some(version),
+            audit,
         };
-        out.push(TargetRow {
-            name: rollout.name.clone(),
-            selector,
-            rollout,
-            current,
-            previous,
-            released,
+    };
+    let rolled_out = current.rolled_out();
+    let ConfigDetail {
+        mut row, newest, ..
+    } = current;
+    let body_changed = newest.body != save.body || newest.content_type != save.content_type;
+    let old_selector = row.selector.clone();
+    let selector_changed = save.selector.as_ref().is_some_and(|s| *s != row.selector);
+    let description_changed = save
+        .description
+        .as_ref()
+        .is_some_and(|d| *d != row.description);
+    if !body_changed && !selector_changed && !description_changed {
+        return SavePlan {
+            saved: Saved {
+                row,
+                hash: newest.hash,
+                rolled_out,
+                result: SaveResult::Unchanged,
+                created_version: false,
+            },
+            insert: false,
+            version: None,
+            audit: None,
+        };
+    }
+    let mut hash_now = newest.hash.clone();
+    let mut version = None;
+    if body_changed {
+        row.latest_version += 1;
+        row.content_type = save.content_type.clone();
+        hash_now = save.hash.clone();
+        version = Some(VersionRow {
+            name: row.name.clone(),
+            version: row.latest_version,
+            hash: save.hash.clone(),
+            content_type: save.content_type.clone(),
+            body: save.body.clone(),
+            created_at: now,
+            created_by: Some(save.actor.clone()),
+            note: None,
         });
     }
-    Ok(out)
+    if let Some(s) = &save.selector {
+        row.selector = s.clone();
+    }
+    if let Some(d) = &save.description {
+        row.description = d.clone();
+    }
+    row.updated_at = now;
+    let mut details = json!({
+        "version": row.latest_version,
+        "hash": hash_now,
+        "new_version": body_changed,
+    });
+    if body_changed {
+        details["bytes"] = json!(bytes);
+    }
+    if selector_changed {
+        details["selector"] = json!({"from": old_selector, "to": row.selector});
+    }
+    if description_changed {
+        details["description_changed"] = json!(true);
+    }
+    let audit = audit("config.update", &row.name, details);
+    SavePlan {
+        saved: Saved {
+            row,
+            hash: hash_now,
+            rolled_out,
+            result: SaveResult::Updated,
+            created_version: body_changed,
+        },
+        insert: false,
+        version,
+        audit,
+    }
+}
+
+/// A rollback: the body of `version` (default: the one before the newest)
+/// becomes a new newest version.
+#[derive(Debug, Clone)]
+pub struct ConfigRollback {
+    pub name: String,
+    pub version: Option<u64>,
+    pub actor: String,
+    pub remote_addr: Option<String>,
+}
+
+/// What a rollback did, or why it did nothing.
+#[derive(Debug, Clone)]
+pub enum RollbackOutcome {
+    /// No such configuration.
+    Missing,
+    /// The configuration has only version 1.
+    NothingBefore,
+    /// The version named is the newest.
+    AlreadyNewest(u64),
+    NoSuchVersion {
+        version: u64,
+        newest: u64,
+    },
+    Saved(Box<Saved>),
+}
+
+/// The version a rollback goes back to, or why there is none.
+pub fn rollback_target(requested: Option<u64>, newest: u64) -> Result<u64, RollbackOutcome> {
+    let target = match requested {
+        Some(v) => v,
+        None if newest > 1 => newest - 1,
+        None => return Err(RollbackOutcome::NothingBefore),
+    };
+    if target == newest {
+        return Err(RollbackOutcome::AlreadyNewest(target));
+    }
+    Ok(target)
+}
+
+/// Decides what rolling `current` back to `old` writes.
+pub fn plan_rollback(
+    rollback: &ConfigRollback,
+    current: ConfigDetail,
+    old: VersionRow,
+    now: i64,
+) -> SavePlan {
+    let rolled_out = current.rolled_out();
+    let ConfigDetail {
+        mut row, newest, ..
+    } = current;
+    if old.body == newest.body && old.content_type == newest.content_type {
+        return SavePlan {
+            saved: Saved {
+                row,
+                hash: newest.hash,
+                rolled_out,
+                result: SaveResult::Unchanged,
+                created_version: false,
+            },
+            insert: false,
+            version: None,
+            audit: None,
+        };
+    }
+    let newest_v = row.latest_version;
+    row.latest_version += 1;
+    row.content_type = old.content_type.clone();
+    row.updated_at = now;
+    let audit = AuditEntry::ok(
+        &rollback.actor,
+        "config.rollback",
+        Some(&row.name),
+        rollback.remote_addr.as_deref(),
+        json!({"rollback_of": old.version, "previous_newest": newest_v, "version": row.latest_version, "hash": old.hash}),
+    );
+    let version = VersionRow {
+        name: row.name.clone(),
+        version: row.latest_version,
+        hash: old.hash.clone(),
+        content_type: old.content_type,
+        body: old.body,
+        created_at: now,
+        created_by: Some(rollback.actor.clone()),
+        note: Some(format!("rollback of v{}", old.version)),
+    };
+    SavePlan {
+        saved: Saved {
+            row,
+            hash: old.hash,
+            rolled_out,
+            result: SaveResult::Updated,
+            created_version: true,
+        },
+        insert: false,
+        version: Some(version),
+        audit: Some(audit),
+    }
+}
+
+/// A configuration to delete.
+#[derive(Debug, Clone)]
+pub struct ConfigDelete {
+    pub name: String,
+    /// Delete it even while it is rolled out.
+    pub force: bool,
+    pub actor: String,
+    pub remote_addr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeleteOutcome {
+    Missing,
+    /// Refused: it is rolled out (this rollout) and the delete is not forced.
+    RolledOut(Box<RolloutRow>),
+    Deleted {
+        /// Whether it had been rolled out (agents stop receiving it).
+        rolled_out: bool,
+    },
+}
+
+/// What a deletion decides and audits, given the stored configuration and
+/// its latest rollout: `Err` when it must not happen.
+pub fn plan_delete(
+    delete: &ConfigDelete,
+    row: Option<&ConfigRow>,
+    rollout: Option<&RolloutRow>,
+) -> Result<AuditEntry, DeleteOutcome> {
+    let Some(row) = row else {
+        return Err(DeleteOutcome::Missing);
+    };
+    if let (Some(r), false) = (rollout, delete.force) {
+        return Err(DeleteOutcome::RolledOut(Box::new(r.clone())));
+    }
+    Ok(AuditEntry::ok(
+        &delete.actor,
+        "config.delete",
+        Some(&delete.name),
+        delete.remote_addr.as_deref(),
+        json!({"force": delete.force, "versions": row.latest_version, "rolled_out_version": rollout.map(|r| r.version)}),
+    ))
+}
+
+/// A rollout to start.
+#[derive(Debug, Clone)]
+pub struct RolloutStart {
+    pub name: String,
+    pub version: u64,
+    pub batch_size: u64,
+    pub max_failures: u64,
+    /// Seconds (0: no limit).
+    pub batch_timeout: u64,
+    pub force: bool,
+    /// The configuration's selector: who receives it.
+    pub selector: String,
+    /// Every matching agent with its batch.
+    pub agents: Vec<(String, u64)>,
+    /// How many matching agents are left out (lacking components).
+    pub skipped: usize,
+    pub actor: String,
+    pub remote_addr: Option<String>,
+}
+
+/// The rollout row (id 0 until stored) and audit entry of a start, given
+/// the version's hash and the configuration's latest rollout before it.
+pub fn plan_rollout(
+    start: &RolloutStart,
+    hash: String,
+    prior: Option<&RolloutRow>,
+    now: i64,
+) -> (RolloutRow, AuditEntry) {
+    let previous_version = prior.and_then(|p| {
+        if p.state == "completed" {
+            Some(p.version)
+        } else {
+            p.previous_version
+        }
+    });
+    let row = RolloutRow {
+        id: 0,
+        name: start.name.clone(),
+        version: start.version,
+        hash,
+        state: if start.agents.is_empty() {
+            "completed"
+        } else {
+            "running"
+        }
+        .into(),
+        batch_size: start.batch_size,
+        max_failures: start.max_failures,
+        released_batches: 1,
+        previous_version,
+        reason: None,
+        started_at: now,
+        updated_at: now,
+        started_by: Some(start.actor.clone()),
+        selector: start.selector.clone(),
+        force: start.force,
+        batch_timeout_ms: start.batch_timeout * 1000,
+        batch_started_at: now,
+    };
+    let audit = AuditEntry::ok(
+        &start.actor,
+        "rollout.start",
+        Some(&start.name),
+        start.remote_addr.as_deref(),
+        json!({
+            "version": start.version,
+            "batch_size": start.batch_size,
+            "max_failures": start.max_failures,
+            "batch_timeout": start.batch_timeout,
+            "agents": start.agents.len(),
+            "skipped_incompatible": start.skipped,
+            "force": start.force,
+            "selector": row.selector,
+            "superseded_version": prior.map(|p| p.version),
+        }),
+    );
+    (row, audit)
+}
+
+/// A rollout state change: applied only while the rollout is in `from`; a
+/// rollout that (again) runs starts its batch's time limit now.
+#[derive(Debug, Clone)]
+pub struct RolloutTransition {
+    pub id: i64,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub released_batches: u64,
+    pub max_failures: u64,
+    pub reason: Option<String>,
+    /// Written if the rollout moved.
+    pub audit: Option<AuditEntry>,
 }

@@ -1,32 +1,31 @@
-//! The only code that touches SQLite.
+//! The store: every piece of state opampd keeps, behind one typed async
+//! interface ([`Backend`]) that each database backend implements.
 //!
-//! One writer thread owns the single write connection and commits changes in
-//! batches: agent state patches for the same agent coalesce, so a burst of
-//! reports costs one row write, and a heartbeat costs nothing here at all
-//! (last-seen times are flushed periodically). Reads use a small pool and run
-//! on tokio's blocking threads, never on the async workers.
+//! Handlers and background tasks hold a [`Store`] and call its typed
+//! methods; no driver type appears outside the backend's folder. The SQLite
+//! backend ([`sqlite`]) is the default: one writer thread commits changes in
+//! batches (agent state patches for the same agent coalesce, and a heartbeat
+//! costs nothing here: last-seen times are flushed periodically), and reads
+//! use a small pool on tokio's blocking threads, never the async workers.
 
 pub mod agents;
-pub mod components;
+mod backend;
 pub mod configs;
-pub mod dbfile;
-pub mod maintenance;
-mod pool;
+mod error;
 pub mod postgres;
-pub mod schema;
+pub mod sqlite;
 pub mod users;
-mod writer;
 
 use crate::metrics::Metrics;
-use anyhow::{Context, Result};
-use rusqlite::{Connection, OpenFlags};
-use std::path::{Path, PathBuf};
+use anyhow::Result;
+use std::ops::Deref;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use agents::{AgentPatch, AgentRow};
-pub use pool::ReadPool;
-pub use writer::{WriteError, Writer};
+pub use backend::{Backend, Location, PoolStats, Room};
+pub use error::WriteError;
 
 #[derive(Clone)]
 pub struct StoreOptions {
@@ -41,123 +40,70 @@ pub struct StoreOptions {
     pub synchronous: &'static str,
 }
 
-/// Handle to the database; cheap to clone.
+/// Handle to the store; cheap to clone. Its methods are those of
+/// [`Backend`], grouped by domain there.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    pool: ReadPool,
-    writer: Writer,
-    metrics: Arc<Metrics>,
-}
-
-/// Opens a connection with the pragmas every connection uses.
-pub fn open_connection(
-    path: &Path,
-    flags: OpenFlags,
-    busy: Duration,
-) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(busy)?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(conn)
+    backend: Arc<dyn Backend>,
+    /// Transitional: the SQLite backend for the callers not yet moved to
+    /// typed methods.
+    legacy: Option<Arc<sqlite::Sqlite>>,
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database, then starts the writer.
+    /// Opens (creating if needed) and migrates the SQLite database at
+    /// `path`, then starts its writer. Blocking: call it off the async workers.
     pub fn open(path: &Path, opts: &StoreOptions, metrics: Arc<Metrics>) -> Result<Store> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        }
-        let mut conn = open_connection(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            opts.busy_timeout,
-        )
-        .with_context(|| format!("cannot open database {}", path.display()))?;
-        conn.pragma_update(None, "synchronous", opts.synchronous)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            anyhow::bail!("database {} refused WAL mode (got {mode})", path.display());
-        }
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        if check != "ok" {
-            anyhow::bail!(
-                "database {} failed its integrity check ({check}): restore a backup with `opampctl restore`",
-                path.display()
-            );
-        }
-        schema::migrate(&mut conn)
-            .with_context(|| format!("cannot migrate database {}", path.display()))?;
-        // Agents are only connected while a live session says so.
-        conn.execute(
-            "UPDATE agents SET status = 'disconnected' WHERE status != 'disconnected'",
-            [],
-        )?;
-        let pool = ReadPool::new(path, opts, metrics.clone())?;
-        let writer = Writer::start(
-            conn,
-            opts.flush_interval,
-            opts.max_queued_writes,
-            metrics.clone(),
-        );
+        let backend = Arc::new(sqlite::Sqlite::open(path, opts, metrics)?);
         Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                pool,
-                writer,
-                metrics,
-            }),
+            backend: backend.clone(),
+            legacy: Some(backend),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// A store over any backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store {
+            backend,
+            legacy: None,
+        }
     }
 
-    pub fn writer(&self) -> &Writer {
-        &self.inner.writer
+    /// Transitional: the SQLite backend.
+    pub fn sqlite(&self) -> &sqlite::Sqlite {
+        self.legacy
+            .as_deref()
+            .expect("this operation needs the SQLite backend")
     }
 
-    pub fn pool(&self) -> &ReadPool {
-        &self.inner.pool
-    }
-
-    /// Runs `f` on a pooled read connection on a blocking thread.
+    /// Transitional: runs `f` on a pooled SQLite read connection.
     pub async fn read<T, F>(&self, operation: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.pool.get()?;
-            let start = Instant::now();
-            let out = f(&conn);
-            inner.metrics.db_query(operation, start.elapsed());
-            out
-        })
-        .await
-        .context("database read task failed")?
+        self.sqlite().read(operation, f).await
     }
 
-    /// Runs `f` inside the writer's next transaction (in a savepoint of its own)
-    /// and waits for the commit.
+    /// Transitional: runs `f` in the SQLite writer's next transaction.
     pub async fn write<T, F>(&self, operation: &'static str, f: F) -> Result<T, WriteError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        self.inner.writer.exec(operation, f).await
+        self.sqlite().write(operation, f).await
     }
 }
+
+impl Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
+/// The schema version this build writes (every backend's migrations reach it).
+pub const SCHEMA_VERSION: u32 = sqlite::schema::SCHEMA_VERSION;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn versions_follow_sqlite() {
-        assert_eq!(SCHEMA_VERSION, crate::store::schema::SCHEMA_VERSION);
+        assert_eq!(SCHEMA_VERSION, crate::store::SCHEMA_VERSION);
         assert!(MIGRATIONS.windows(2).all(|pair| pair[1].0 == pair[0].0 + 1));
     }
 }

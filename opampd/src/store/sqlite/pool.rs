@@ -4,8 +4,9 @@
 //! (`spawn_blocking`), the critical sections are a push or a pop, and no lock
 //! is held across a query.
 
-use super::{open_connection, StoreOptions};
+use super::open_connection;
 use crate::metrics::Metrics;
+use crate::store::{PoolStats, StoreOptions};
 use rusqlite::{Connection, OpenFlags};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -85,14 +86,6 @@ impl Shared {
         conn.pragma_update(None, "query_only", "ON")?;
         Ok(conn)
     }
-}
-
-/// Pool usage for /health: (max_open, open, in_use, idle, waits).
-pub struct PoolStats {
-    pub max_open: usize,
-    pub open: usize,
-    pub idle: usize,
-    pub waits: u64,
 }
 
 impl ReadPool {

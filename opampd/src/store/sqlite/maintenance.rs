@@ -6,7 +6,8 @@
 //! database by the writer thread itself, between batches, so no other write
 //! can interleave.
 
-use super::{agents, dbfile, open_connection, schema, Store};
+use super::{agents, dbfile, open_connection, schema, Sqlite};
+use crate::store::agents::LiveAgent;
 use anyhow::{Context, Result};
 use opamp_proto::api::{DbOptimizeReport, DbStats};
 use rusqlite::{Connection, OpenFlags};
@@ -94,7 +95,7 @@ pub fn stats(conn: &Connection, path: &Path, integrity: bool) -> Result<DbStats>
 }
 
 /// Statistics of a database file no server has open for writing, read-only
-/// (`opampctl db stats --data-dir`); the same figures as [`Store::stats`].
+/// (`opampctl db stats --data-dir`); the same figures as [`Sqlite::stats`].
 pub fn file_stats(path: &Path, integrity: bool) -> Result<DbStats> {
     let conn = open_connection(
         path,
@@ -105,13 +106,13 @@ pub fn file_stats(path: &Path, integrity: bool) -> Result<DbStats> {
     stats(&conn, path, integrity)
 }
 
-impl Store {
+impl Sqlite {
     /// Online backup to `dest`.
     pub async fn backup_to(&self, dest: PathBuf) -> Result<()> {
         let source = self.path().to_path_buf();
         let start = Instant::now();
         tokio::task::spawn_blocking(move || backup_to(&source, &dest)).await??;
-        self.inner.metrics.db_query("backup", start.elapsed());
+        self.metrics.db_query("backup", start.elapsed());
         Ok(())
     }
 
@@ -135,7 +136,6 @@ impl Store {
         let before = size();
         let start = Instant::now();
         let steps = self
-            .inner
             .writer
             .exclusive("db_optimize", |c| {
                 let mut steps = Vec::new();
@@ -175,13 +175,12 @@ impl Store {
         &self,
         candidate: PathBuf,
         keep_aside: PathBuf,
-        live_agents: impl FnOnce() -> Vec<agents::LiveAgent> + Send + 'static,
+        live_agents: impl FnOnce() -> Vec<LiveAgent> + Send + 'static,
     ) -> Result<u64> {
         let prepared = candidate.clone();
         tokio::task::spawn_blocking(move || dbfile::prepare_for_restore(&prepared)).await??;
         let live = self.path().to_path_buf();
-        self.inner
-            .writer
+        self.writer
             .exclusive("db_restore", move |c| {
                 backup_to(&live, &keep_aside).context("saving the current database aside")?;
                 let src = open_connection(

@@ -6,8 +6,10 @@
 //! failing job does not undo the others; its caller hears of the result only
 //! after the commit, so a reply means durable.
 
-use super::agents::{self, AgentEvent, AgentPatch};
+use super::agents;
 use crate::metrics::Metrics;
+use crate::store::agents::{AgentEvent, AgentPatch};
+use crate::store::{Room, WriteError};
 use rusqlite::Connection;
 use std::any::Any;
 use std::collections::HashMap;
@@ -43,22 +45,6 @@ enum Op {
 }
 
 type ExclusiveJob = Box<dyn FnOnce(&mut Connection) -> JobResult + Send>;
-
-/// Why a write did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// The job itself refused (validation, conflict, not found…).
-    #[error("{0:#}")]
-    Job(anyhow::Error),
-    /// The database could not commit (disk full, read-only, I/O).
-    #[error("database write failed: {0}")]
-    Storage(String),
-    #[error("the database writer has stopped")]
-    Stopped,
-    /// The writer's queue stayed full (`database.max_queued_writes`).
-    #[error("the database writer is overloaded")]
-    Overloaded,
-}
 
 /// How long an API write waits for room in a full queue before it is refused.
 const EXEC_ROOM_WAIT: Duration = Duration::from_secs(10);
@@ -209,7 +195,7 @@ impl Writer {
     /// waiting (and past the limit a refusal to retry), never an unbounded
     /// queue. The queue holds at most twice the bound: reservations plus the
     /// operations of their holders.
-    pub async fn reserve(&self, ops: u64, limit: Duration) -> Option<Room<'_>> {
+    pub async fn reserve(&self, ops: u64, limit: Duration) -> Option<Room> {
         let deadline = tokio::time::Instant::now() + limit;
         let queued = &self.shared.queued;
         loop {
@@ -225,10 +211,10 @@ impl Writer {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        return Some(Room {
-                            shared: &self.shared,
+                        return Some(Room::new(Reserved {
+                            shared: self.shared.clone(),
                             ops,
-                        })
+                        }))
                     }
                     Err(now) => current = now,
                 }
@@ -257,12 +243,12 @@ impl Writer {
 }
 
 /// Room reserved in the writer's queue ([`Writer::reserve`]), released on drop.
-pub struct Room<'a> {
-    shared: &'a Shared,
+struct Reserved {
+    shared: Arc<Shared>,
     ops: u64,
 }
 
-impl Drop for Room<'_> {
+impl Drop for Reserved {
     fn drop(&mut self) {
         self.shared.queued.fetch_sub(self.ops, Ordering::Relaxed);
         self.shared.room.notify_waiters();

@@ -1,8 +1,8 @@
 //! Component lists (by hash) and the agent columns that refer to them:
 //! `components_hash` and `custom_capabilities`.
 
-use super::agents::ComponentsPatch;
 use crate::components::ComponentSet;
+use crate::store::agents::ComponentsPatch;
 use anyhow::Result;
 use opamp_proto::api::AvailableComponent;
 use rusqlite::{params, Connection};
@@ -16,7 +16,7 @@ pub(super) fn apply(conn: &Connection, uid: &str, patch: &ComponentsPatch) -> ru
         conn.prepare_cached(
             "INSERT OR IGNORE INTO component_sets (hash, entries, types, created_at) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![set.hash_hex(), entries, types, super::now_ms()])?;
+        .execute(params![set.hash_hex(), entries, types, crate::store::now_ms()])?;
     }
     if patch.hash.is_some() || patch.custom_capabilities.is_some() {
         conn.prepare_cached(

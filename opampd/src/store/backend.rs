@@ -1,0 +1,213 @@
+//! The interface every store backend implements: one method per operation
+//! the rest of opampd needs, with typed inputs and outputs. A transaction a
+//! handler needs (a rollout start, a configuration save…) is one method, so
+//! each backend runs it atomically in its own way.
+
+use super::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery};
+use super::configs::{
+    ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome, Listed,
+    RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, Saved, TargetRow,
+    VersionRow,
+};
+use super::users::AuditEntry;
+use super::WriteError;
+use crate::components::ComponentSet;
+use crate::selector::Selector;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Room reserved in the writer's queue ([`Backend::reserve`]), released on drop.
+pub struct Room {
+    _release: Box<dyn Send + Sync>,
+}
+
+impl Room {
+    /// Room held until `release` is dropped.
+    pub fn new(release: impl Send + Sync + 'static) -> Room {
+        Room {
+            _release: Box::new(release),
+        }
+    }
+}
+
+/// Connection pool usage, for /health and the memory report.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub max_open: usize,
+    pub open: usize,
+    pub idle: usize,
+    pub waits: u64,
+}
+
+/// Where the data lives, as /health and the database statistics show it.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// The SQLite database file.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    // ---- The batching writer: agent state from sessions ----
+
+    /// Queues an agent state change; patches for the same agent coalesce.
+    fn queue_agent(&self, patch: AgentPatch);
+
+    /// Queues a connection event.
+    fn queue_event(&self, event: AgentEvent);
+
+    /// Reserves room for `ops` operations in the writer's queue, waiting up
+    /// to `limit` while it is full (`database.max_queued_writes`); `None` if
+    /// it stayed full. Released when the [`Room`] is dropped.
+    async fn reserve(&self, ops: u64, limit: Duration) -> Option<Room>;
+
+    /// Waits until everything queued before this call is committed (true) or
+    /// its commit failed (false: it stays queued for the next attempt).
+    async fn flush(&self) -> bool;
+
+    /// Operations waiting in the writer's queue.
+    fn queued(&self) -> u64;
+
+    /// Whether the queue is below `database.max_queued_writes`.
+    fn has_room(&self) -> bool;
+
+    /// The last commit's error, cleared by the next successful commit.
+    fn last_error(&self) -> Option<String>;
+
+    /// Commits what is queued and stops the writer. Blocking.
+    fn shutdown(&self);
+
+    // ---- Agents, their events and component lists ----
+
+    async fn agent(&self, uid: &str) -> Result<Option<AgentRow>>;
+
+    /// The stored agents among `uids` (those that exist), in the given order.
+    async fn agents(&self, uids: Vec<String>) -> Result<Vec<AgentRow>>;
+
+    /// One page of agents ordered by uid, and the total matching the filters.
+    async fn list_agents(&self, query: ListQuery) -> Result<(Vec<AgentRow>, u64)>;
+
+    /// How many agents the inventory holds.
+    async fn count_agents(&self) -> Result<u64>;
+
+    /// Recent connection events of one agent, newest first.
+    async fn agent_events(&self, uid: &str, limit: usize) -> Result<Vec<EventRow>>;
+
+    /// Deletes an agent and its events, auditing it with `audit` if it
+    /// existed; returns whether it did.
+    async fn delete_agent(&self, uid: &str, audit: AuditEntry) -> Result<bool, WriteError>;
+
+    /// Applies a label patch (`None` removes a key) and audits it; returns
+    /// the new labels, `None` if there is no such agent.
+    async fn patch_labels(
+        &self,
+        uid: &str,
+        changes: BTreeMap<String, Option<String>>,
+        audit: AuditEntry,
+    ) -> Result<Option<BTreeMap<String, String>>, WriteError>;
+
+    /// Deletes connection events older than `before` (ms); returns how many.
+    async fn prune_events(&self, before: i64) -> Result<usize, WriteError>;
+
+    /// Every stored component list.
+    async fn component_sets(&self) -> Result<Vec<ComponentSet>>;
+
+    /// Stored agents that match `selector` and accept remote configuration:
+    /// uid and component-list hash, in uid order.
+    async fn matching_agents(&self, selector: &Selector) -> Result<Vec<(String, Option<String>)>>;
+
+    // ---- Configurations and their versions ----
+
+    async fn configuration(&self, name: &str) -> Result<Option<ConfigRow>>;
+
+    /// A configuration with its newest version and latest rollout.
+    async fn configuration_detail(&self, name: &str) -> Result<Option<ConfigDetail>>;
+
+    /// One page of configurations by name after `after`; plus the total.
+    async fn list_configurations(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<Listed>, u64)>;
+
+    /// A configuration and one of its versions (`None` inside if it lacks
+    /// it); `None` if there is no such configuration.
+    async fn config_version(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<(ConfigRow, Option<VersionRow>)>>;
+
+    /// A configuration's versions newest first, those below `before` if
+    /// given, plus their total; `None` if there is no such configuration.
+    async fn config_versions(
+        &self,
+        name: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<(Vec<VersionRow>, u64)>>;
+
+    /// Creates or updates a configuration (a new version when the body
+    /// changes) and audits it, in one transaction.
+    async fn save_configuration(&self, save: ConfigSave) -> Result<Saved, WriteError>;
+
+    /// Makes an earlier version's body the newest version, audited.
+    async fn rollback_configuration(
+        &self,
+        rollback: ConfigRollback,
+    ) -> Result<RollbackOutcome, WriteError>;
+
+    /// Deletes a configuration with its versions and rollouts, audited;
+    /// refused while it is rolled out unless forced.
+    async fn delete_configuration(&self, delete: ConfigDelete)
+        -> Result<DeleteOutcome, WriteError>;
+
+    // ---- Rollouts ----
+
+    /// A configuration and its latest rollout; `None` if there is no such
+    /// configuration.
+    async fn latest_rollout(&self, name: &str) -> Result<Option<(ConfigRow, Option<RolloutRow>)>>;
+
+    async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>>;
+
+    /// Rollouts in a state, oldest first.
+    async fn rollouts_in_state(&self, state: &str) -> Result<Vec<RolloutRow>>;
+
+    /// The agents of a rollout with what the store knows of each.
+    async fn rollout_agents(&self, rollout_id: i64) -> Result<Vec<RolloutAgent>>;
+
+    /// The latest rollout of every configuration, with the versions it
+    /// distributes (superseded ones never are the latest).
+    async fn targets(&self) -> Result<Vec<TargetRow>>;
+
+    /// Starts a rollout: supersedes the earlier ones, stores it with its
+    /// agents' batches, audits it. `None` if the version does not exist.
+    async fn start_rollout(&self, start: RolloutStart) -> Result<Option<RolloutRow>, WriteError>;
+
+    /// Moves a rollout from one state to another if it is still in the
+    /// first, auditing it if it moved; returns whether it moved.
+    async fn transition_rollout(&self, change: RolloutTransition) -> Result<bool, WriteError>;
+
+    // ---- Users, API tokens, login failures ----
+
+    /// Drops revocations of login tokens and revoked API tokens that have
+    /// expired anyway; returns how many.
+    async fn prune_revoked(&self) -> Result<usize, WriteError>;
+
+    // ---- Audit ----
+
+    /// Appends one audit entry.
+    async fn audit(&self, entry: AuditEntry) -> Result<(), WriteError>;
+
+    /// Deletes audit entries older than `before` (ms); returns how many.
+    async fn prune_audit(&self, before: i64) -> Result<usize, WriteError>;
+}

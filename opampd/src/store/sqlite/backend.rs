@@ -1,0 +1,357 @@
+//! [`Backend`] for [`Sqlite`]: each operation is a read on the pool or one
+//! job of the batching writer (one savepoint of its transaction).
+
+use super::users::insert_audit;
+use super::{agents, components, configs, Sqlite};
+use crate::components::ComponentSet;
+use crate::selector::Selector;
+use crate::store::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery};
+use crate::store::configs::{
+    self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
+    Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
+    Saved, TargetRow, VersionRow,
+};
+use crate::store::users::AuditEntry;
+use crate::store::{now_ms, Backend, Room, WriteError};
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A configuration with its newest version and latest rollout.
+fn detail(c: &Connection, name: &str) -> Result<Option<ConfigDetail>> {
+    let Some(row) = configs::get(c, name)? else {
+        return Ok(None);
+    };
+    let newest = configs::get_version(c, name, row.latest_version)?
+        .with_context(|| format!("configuration {} lacks its newest version", row.name))?;
+    let rollout = configs::latest_rollout(c, name)?;
+    Ok(Some(ConfigDetail {
+        row,
+        newest,
+        rollout,
+    }))
+}
+
+/// Writes what a save or rollback decided.
+fn apply(c: &Connection, plan: SavePlan) -> Result<Saved> {
+    let Some(audit) = plan.audit else {
+        return Ok(plan.saved);
+    };
+    if plan.insert {
+        configs::insert(c, &plan.saved.row)?;
+    }
+    if let Some(version) = &plan.version {
+        configs::insert_version(c, version)?;
+    }
+    if !plan.insert {
+        configs::update(c, &plan.saved.row)?;
+    }
+    insert_audit(c, &audit)?;
+    Ok(plan.saved)
+}
+
+#[async_trait::async_trait]
+impl Backend for Sqlite {
+    fn queue_agent(&self, patch: AgentPatch) {
+        self.writer.agent(patch);
+    }
+
+    fn queue_event(&self, event: AgentEvent) {
+        self.writer.event(event);
+    }
+
+    async fn reserve(&self, ops: u64, limit: Duration) -> Option<Room> {
+        self.writer.reserve(ops, limit).await
+    }
+
+    async fn flush(&self) -> bool {
+        self.writer.flush().await
+    }
+
+    fn queued(&self) -> u64 {
+        self.writer.queued()
+    }
+
+    fn has_room(&self) -> bool {
+        self.writer.has_room()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.writer.last_error()
+    }
+
+    fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+
+    async fn agent(&self, uid: &str) -> Result<Option<AgentRow>> {
+        let uid = uid.to_string();
+        self.read("agent_get", move |c| agents::get(c, &uid)).await
+    }
+
+    async fn agents(&self, uids: Vec<String>) -> Result<Vec<AgentRow>> {
+        self.read("agents_get", move |c| {
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                if let Some(row) = agents::get(c, &uid)? {
+                    out.push(row);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_agents(&self, query: ListQuery) -> Result<(Vec<AgentRow>, u64)> {
+        self.read("agents_list", move |c| agents::list(c, &query))
+            .await
+    }
+
+    async fn count_agents(&self) -> Result<u64> {
+        self.read("agent_count", agents::count).await
+    }
+
+    async fn agent_events(&self, uid: &str, limit: usize) -> Result<Vec<EventRow>> {
+        let uid = uid.to_string();
+        self.read("agent_events", move |c| agents::events(c, &uid, limit))
+            .await
+    }
+
+    async fn delete_agent(&self, uid: &str, audit: AuditEntry) -> Result<bool, WriteError> {
+        let uid = uid.to_string();
+        self.write("agent_delete", move |c| {
+            let found = agents::delete(c, &uid)?;
+            if found {
+                insert_audit(c, &audit)?;
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn patch_labels(
+        &self,
+        uid: &str,
+        changes: BTreeMap<String, Option<String>>,
+        audit: AuditEntry,
+    ) -> Result<Option<BTreeMap<String, String>>, WriteError> {
+        let uid = uid.to_string();
+        self.write("agent_labels", move |c| {
+            let Some(labels) = agents::patch_labels(c, &uid, &changes)? else {
+                return Ok(None);
+            };
+            insert_audit(c, &audit)?;
+            Ok(Some(labels))
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before: i64) -> Result<usize, WriteError> {
+        self.write("event_prune", move |c| agents::prune_events(c, before))
+            .await
+    }
+
+    async fn component_sets(&self) -> Result<Vec<ComponentSet>> {
+        self.read("component_sets_load", components::all).await
+    }
+
+    async fn matching_agents(&self, selector: &Selector) -> Result<Vec<(String, Option<String>)>> {
+        let selector = selector.clone();
+        self.read("rollout_agents_match", move |c| {
+            configs::matching_agents(c, &selector)
+        })
+        .await
+    }
+
+    async fn configuration(&self, name: &str) -> Result<Option<ConfigRow>> {
+        let name = name.to_string();
+        self.read("config_get", move |c| configs::get(c, &name))
+            .await
+    }
+
+    async fn configuration_detail(&self, name: &str) -> Result<Option<ConfigDetail>> {
+        let name = name.to_string();
+        self.read("config_get", move |c| detail(c, &name)).await
+    }
+
+    async fn list_configurations(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<Listed>, u64)> {
+        self.read("configs_list", move |c| {
+            configs::list(c, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn config_version(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<(ConfigRow, Option<VersionRow>)>> {
+        let name = name.to_string();
+        self.read("config_version", move |c| {
+            let Some(row) = configs::get(c, &name)? else {
+                return Ok(None);
+            };
+            Ok(Some((row, configs::get_version(c, &name, version)?)))
+        })
+        .await
+    }
+
+    async fn config_versions(
+        &self,
+        name: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<(Vec<VersionRow>, u64)>> {
+        let name = name.to_string();
+        self.read("config_versions", move |c| {
+            if configs::get(c, &name)?.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(configs::list_versions(c, &name, before, limit)?))
+        })
+        .await
+    }
+
+    async fn save_configuration(&self, save: ConfigSave) -> Result<Saved, WriteError> {
+        self.write("config_save", move |c| {
+            let current = detail(c, &save.name)?;
+            apply(c, plan::plan_save(save, current, now_ms()))
+        })
+        .await
+    }
+
+    async fn rollback_configuration(
+        &self,
+        rollback: ConfigRollback,
+    ) -> Result<RollbackOutcome, WriteError> {
+        self.write("config_rollback", move |c| {
+            let Some(current) = detail(c, &rollback.name)? else {
+                return Ok(RollbackOutcome::Missing);
+            };
+            let newest = current.row.latest_version;
+            let target = match plan::rollback_target(rollback.version, newest) {
+                Ok(target) => target,
+                Err(outcome) => return Ok(outcome),
+            };
+            let Some(old) = configs::get_version(c, &rollback.name, target)? else {
+                return Ok(RollbackOutcome::NoSuchVersion {
+                    version: target,
+                    newest,
+                });
+            };
+            let plan = plan::plan_rollback(&rollback, current, old, now_ms());
+            Ok(RollbackOutcome::Saved(Box::new(apply(c, plan)?)))
+        })
+        .await
+    }
+
+    async fn delete_configuration(
+        &self,
+        delete: ConfigDelete,
+    ) -> Result<DeleteOutcome, WriteError> {
+        self.write("config_delete", move |c| {
+            let row = configs::get(c, &delete.name)?;
+            let rollout = configs::latest_rollout(c, &delete.name)?;
+            let audit = match plan::plan_delete(&delete, row.as_ref(), rollout.as_ref()) {
+                Ok(audit) => audit,
+                Err(outcome) => return Ok(outcome),
+            };
+            configs::delete(c, &delete.name)?;
+            insert_audit(c, &audit)?;
+            Ok(DeleteOutcome::Deleted {
+                rolled_out: rollout.is_some(),
+            })
+        })
+        .await
+    }
+
+    async fn latest_rollout(&self, name: &str) -> Result<Option<(ConfigRow, Option<RolloutRow>)>> {
+        let name = name.to_string();
+        self.read("rollout_get", move |c| {
+            let Some(row) = configs::get(c, &name)? else {
+                return Ok(None);
+            };
+            Ok(Some((row, configs::latest_rollout(c, &name)?)))
+        })
+        .await
+    }
+
+    async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>> {
+        self.read("rollout_get", move |c| configs::get_rollout(c, id))
+            .await
+    }
+
+    async fn rollouts_in_state(&self, state: &str) -> Result<Vec<RolloutRow>> {
+        let state = state.to_string();
+        self.read("rollouts_running", move |c| {
+            configs::rollouts_in_state(c, &state)
+        })
+        .await
+    }
+
+    async fn rollout_agents(&self, rollout_id: i64) -> Result<Vec<RolloutAgent>> {
+        self.read("rollout_agents", move |c| {
+            configs::rollout_agents(c, rollout_id)
+        })
+        .await
+    }
+
+    async fn targets(&self) -> Result<Vec<TargetRow>> {
+        self.read("targets_load", configs::targets).await
+    }
+
+    async fn start_rollout(&self, start: RolloutStart) -> Result<Option<RolloutRow>, WriteError> {
+        self.write("rollout_start", move |c| {
+            let Some(version) = configs::get_version(c, &start.name, start.version)? else {
+                return Ok(None);
+            };
+            let now = now_ms();
+            let prior = configs::latest_rollout(c, &start.name)?;
+            let (row, audit) = plan::plan_rollout(&start, version.hash, prior.as_ref(), now);
+            configs::supersede(c, &start.name, now)?;
+            let id = configs::insert_rollout(c, &row, &start.agents)?;
+            insert_audit(c, &audit)?;
+            Ok(Some(RolloutRow { id, ..row }))
+        })
+        .await
+    }
+
+    async fn transition_rollout(&self, change: RolloutTransition) -> Result<bool, WriteError> {
+        self.write("rollout_transition", move |c| {
+            let moved = configs::transition(
+                c,
+                change.id,
+                change.from,
+                change.to,
+                change.released_batches,
+                change.max_failures,
+                change.reason.as_deref(),
+            )?;
+            if moved {
+                if let Some(audit) = &change.audit {
+                    insert_audit(c, audit)?;
+                }
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn prune_revoked(&self) -> Result<usize, WriteError> {
+        self.write("jwt_prune", super::users::prune_revoked).await
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> Result<(), WriteError> {
+        self.write("audit", move |c| insert_audit(c, &entry)).await
+    }
+
+    async fn prune_audit(&self, before: i64) -> Result<usize, WriteError> {
+        self.write("audit_prune", move |c| super::users::prune_audit(c, before))
+            .await
+    }
+}
