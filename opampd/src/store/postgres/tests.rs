@@ -396,4 +396,47 @@ mod backend {
         ));
         assert!(db.configuration("otel").await.unwrap().is_none());
     }
+
+    #[tokio::test]
+    async fn agent_state_survives_lost_connections_and_a_full_queue_waits() {
+        let Some(db) = open("agent_state_survives_lost_connections_and_a_full_queue_waits").await
+        else {
+            return;
+        };
+        db.queue_agent(report("c-1", "collector"));
+        assert!(db.flush().await);
+        // Every connection of this database is cut: the next batch fails or
+        // reconnects, and what it held is committed by a later one.
+        let client = db.client().await.unwrap();
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        db.queue_agent(AgentPatch {
+            health: Some(r#"{"healthy":false}"#.into()),
+            ..AgentPatch::new("c-1")
+        });
+        let mut committed = false;
+        for _ in 0..5 {
+            if db.flush().await {
+                committed = true;
+                break;
+            }
+        }
+        assert!(committed, "{:?}", db.last_error());
+        let row = db.agent("c-1").await.unwrap().unwrap();
+        assert_eq!(row.health.as_deref(), Some(r#"{"healthy":false}"#));
+
+        // The queue is bounded: past max_queued_writes a reservation waits, then fails.
+        let held = db.reserve(1000, Duration::from_millis(10)).await.unwrap();
+        assert!(!db.has_room());
+        assert!(db.reserve(1, Duration::from_millis(50)).await.is_none());
+        drop(held);
+        assert!(db.reserve(1, Duration::from_millis(50)).await.is_some());
+    }
 }
