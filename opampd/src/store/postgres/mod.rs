@@ -118,6 +118,17 @@ impl Postgres {
         Ok(postgres)
     }
 
+    /// Pool usage, for /health and the memory report.
+    pub fn pool_stats(&self) -> crate::store::PoolStats {
+        let status = self.pool.status();
+        crate::store::PoolStats {
+            max_open: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waits: self.metrics.pool_waits.load(Ordering::Relaxed),
+        }
+    }
+
     /// The URL with the password hidden, for logs and messages.
     pub fn redacted_url(&self) -> &str {
         self.url.redacted()
@@ -125,6 +136,11 @@ impl Postgres {
 
     /// A pooled connection; fails after a wait of [`WAIT_TIMEOUT`].
     pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        let status = self.pool.status();
+        if status.available == 0 && status.size >= status.max_size {
+            // Every connection is busy: this caller waits (db_pool_waits_total).
+            self.metrics.pool_waits.fetch_add(1, Ordering::Relaxed);
+        }
         let client = self.pool.get().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot get a PostgreSQL connection to {}: {e}",
