@@ -18,6 +18,8 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub fleet: Fleet,
+    /// This replica among the others: owners, cross-replica pushes, rollout leadership.
+    pub cluster: crate::cluster::Cluster,
     pub targets: Targets,
     /// The packages rolled out to agents.
     pub package_targets: crate::opamp::packages::PackageTargets,

@@ -306,6 +306,12 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
         "cluster.replica_id",
         "This replica's name, shown by /health, /health/ready, the replica_info metric and the          start-up log line (default: the host name, else opampd-RANDOM; letters, digits, '.',          '_', '-' and ':').",
     ),
+    (
+        "cluster.lease_seconds",
+        "With several replicas on PostgreSQL: how long a replica's agents stay listed as \
+         connected after its last heartbeat (default 30, 3 to 3600; renewed every third of it). \
+         A replica killed without notice has its agents listed disconnected within this time.",
+    ),
 ];
 
 /// ENVIRONMENT of the man page: (variables, what they do).

@@ -31,12 +31,24 @@ pub struct Config {
     pub cluster: ClusterConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// This process's name among several replicas (health, metrics, logs);
     /// unset: the host name, else `opampd-<random>`.
     pub replica_id: Option<String>,
+    /// How long a replica's agents stay listed as connected after its last
+    /// heartbeat in the shared database (renewed every third of it).
+    pub lease_seconds: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            replica_id: None,
+            lease_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -502,6 +514,12 @@ impl Config {
         if let Some(id) = &self.cluster.replica_id {
             crate::replica::check_id(id)
                 .map_err(|why| anyhow::anyhow!("cluster.replica_id {id:?} {why}"))?;
+        }
+        if !(3..=3600).contains(&self.cluster.lease_seconds) {
+            bail!(
+                "cluster.lease_seconds {} is out of range: use 3 to 3600 seconds (default 30)",
+                self.cluster.lease_seconds
+            );
         }
         let agent_tls = &self.opamp.tls;
         if agent_tls.client_ca_file.is_some() || agent_tls.require_client_cert {

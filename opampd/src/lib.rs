@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod configs;
@@ -152,6 +153,20 @@ pub async fn run(
     if !connection_settings.offers_opamp() {
         tracing::info!("{}", opamp::connection::NO_PUBLIC_URL);
     }
+    let cluster = match &config.database.url {
+        Some(url) => {
+            let url = store::postgres::DatabaseUrl::parse(url)?;
+            let coordinator = cluster::postgres::Coordinator::open(
+                &url,
+                &metrics.replica().id,
+                Some(server::local_addr(&listeners.main).to_string()),
+                Duration::from_secs(config.cluster.lease_seconds),
+            )
+            .await?;
+            cluster::Cluster::Postgres(coordinator)
+        }
+        None => cluster::Cluster::local(),
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let components = components::Cache::with_limit(config.opamp.max_stored_bytes_per_agent);
     let app = Arc::new(App {
@@ -168,6 +183,7 @@ pub async fn run(
         config,
         store,
         fleet: fleet::Fleet::default(),
+        cluster,
         targets: targeting::Targets::default(),
         package_targets: Default::default(),
         components,
@@ -212,6 +228,7 @@ pub async fn run(
             drain,
         ));
     }
+    cluster::Cluster::start(&app);
     let background = [
         tokio::spawn(app::flush_last_seen(app.clone())),
         tokio::spawn(app::liveness(app.clone())),

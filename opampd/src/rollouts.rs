@@ -87,8 +87,17 @@ pub fn push_all(app: &App) {
     }
 }
 
-/// After a rollout changes (or a restore, or a deletion): new targets, then offers.
+/// After a rollout changes (or a restore, or a deletion): new targets, then
+/// offers, here and on every other replica.
 pub async fn retarget(app: &App) -> Result<()> {
+    retarget_local(app).await?;
+    app.cluster.targets_changed().await;
+    Ok(())
+}
+
+/// New targets and offers for the agents this replica holds (another
+/// replica changed a rollout: [`crate::cluster`]).
+pub async fn retarget_local(app: &App) -> Result<()> {
     rebuild_targets(app).await?;
     push_all(app);
     app.rollout_wakeup.notify_one();
@@ -659,6 +668,10 @@ pub async fn progress(app: Arc<App>) {
         }
         if app.is_shutting_down() {
             return;
+        }
+        // With several replicas, one at a time drives rollouts.
+        if !app.cluster.leads_rollouts() {
+            continue;
         }
         if let Err(e) = step(&app).await {
             tracing::warn!(error = %format!("{e:#}"), "rollout progress check failed; retrying");

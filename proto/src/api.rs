@@ -593,7 +593,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 9;
+pub const DB_SCHEMA_VERSION: u32 = 10;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

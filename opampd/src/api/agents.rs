@@ -3,7 +3,6 @@
 use super::{ApiError, ApiResult, ForceParam, Operator, Viewer};
 use crate::app::App;
 use crate::fleet::Liveness;
-use crate::opamp::session::Transport;
 use crate::selector::Selector;
 use crate::store::agents::{AgentRow, ListQuery, UidFilter};
 use crate::store::users::AuditEntry;
@@ -138,20 +137,13 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     let uid = parse_uid(&uid)?;
     let id = opamp_proto::uid_string(&uid);
-    let connected = app.fleet.contains(&uid);
+    let connected = app.fleet.contains(&uid) || app.cluster.held_elsewhere(&app, &uid).await;
     if connected && !f.force {
         return Err(ApiError::conflict(format!(
             "agent {id} is connected: it would come back at its next message; disconnect it first or pass --force"
         )));
     }
-    if let Some(s) = app.fleet.remove(&uid) {
-        if s.transport() == Transport::WebSocket {
-            app.fleet.send_to_conn(
-                s.conn_id(),
-                crate::fleet::Outgoing::Close(crate::opamp::ws::CLOSE_NORMAL, "agent deleted"),
-            );
-        }
-    }
+    app.cluster.deleted(&app, &uid).await;
     let audit = AuditEntry::ok(
         &who.name,
         "agent.delete",
@@ -220,8 +212,7 @@ pub async fn labels(
         .patch_labels(&id, body.labels, audit)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))?;
-    app.fleet.with(&uid, |s| s.set_labels(labels));
-    crate::opamp::push_offer(&app, &uid);
+    app.cluster.labels_changed(&app, &uid, labels).await;
     let row = load(&app, &uid).await?;
     Ok(Json(to_api(&app, &row)))
 }
@@ -243,7 +234,7 @@ pub async fn restart(
             ),
         ));
     }
-    let delivery = crate::opamp::send_restart(&app, &uid);
+    let delivery = app.cluster.restart(&app, &uid).await;
     let Some(delivery) = delivery else {
         return Err(ApiError::conflict(format!(
             "agent {id} is not connected; a restart can only be sent to a connected agent"
@@ -258,7 +249,7 @@ pub async fn restart(
             json!({"delivery": delivery}),
         ))
         .await?;
-    tracing::info!(uid = %id, by = %who.name, delivery, "restart command sent");
+    tracing::info!(uid = %id, by = %who.name, %delivery, "restart command sent");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"instance_uid": id, "delivery": delivery})),

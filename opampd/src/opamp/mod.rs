@@ -326,6 +326,7 @@ pub async fn process(
         };
         // Becomes connected below, with the connect event.
         app.fleet.insert_if_absent(session.arriving(origin.conn_id));
+        app.cluster.holds(&key);
     }
     let targets = &app.targets;
     let connection = app.connection_settings();
@@ -625,6 +626,7 @@ pub fn agent_left(app: &App, uid: &[u8; 16], conn_id: u64, reason: &'static str)
     let Some(s) = app.fleet.remove_if(uid, |s| s.conn_id() == conn_id) else {
         return;
     };
+    app.cluster.released(uid);
     let id = opamp_proto::uid_string(uid);
     let mut patch = AgentPatch::new(&id);
     patch.status = Some("disconnected");

@@ -188,6 +188,26 @@ const MIGRATIONS: &[(u32, &str)] = &[
     );
     "#,
     ),
+    // 10: several replicas: each replica's lease (heartbeats in the
+    // database's clock), and which replica holds each connected agent.
+    (
+        10,
+        r#"
+    CREATE TABLE replicas (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL,
+        lease_ms BIGINT NOT NULL,
+        address TEXT
+    );
+    CREATE TABLE agent_owners (
+        uid TEXT COLLATE "C" PRIMARY KEY,
+        replica TEXT COLLATE "C" NOT NULL,
+        since BIGINT NOT NULL
+    );
+    CREATE INDEX agent_owners_replica ON agent_owners(replica);
+    "#,
+    ),
 ];
 
 /// The schema version this build writes.

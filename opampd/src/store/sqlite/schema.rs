@@ -206,6 +206,23 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (name, version) REFERENCES packages(name, version) ON DELETE CASCADE
     );
     "#,
+    // 10: several replicas (used on PostgreSQL, kept alike here): each
+    // replica's lease, and which replica holds each connected agent.
+    r#"
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL,
+        address TEXT
+    );
+    CREATE TABLE agent_owners (
+        uid TEXT PRIMARY KEY,
+        replica TEXT NOT NULL,
+        since INTEGER NOT NULL
+    );
+    CREATE INDEX agent_owners_replica ON agent_owners(replica);
+    "#,
 ];
 
 /// The schema version this build writes.

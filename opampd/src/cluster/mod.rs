@@ -1,0 +1,281 @@
+//! Several replicas behaving as one: who holds which agent, pushes that
+//! cross replicas, and which replica drives rollout progress.
+//!
+//! Two forms behind one handle, [`Cluster`]:
+//! - **local** (SQLite, one process): every agent is held here, a push goes
+//!   straight to the local session, this process drives rollouts. Nothing
+//!   extra runs and nothing extra is stored.
+//! - **PostgreSQL** (several replicas on one database, [`postgres`]): each
+//!   replica renews a lease in the `replicas` table, records the agents it
+//!   holds in `agent_owners`, hears the others through LISTEN/NOTIFY and
+//!   drives rollout progress only while it holds an advisory lock.
+
+pub mod postgres;
+
+use crate::app::App;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What one replica tells the others (a NOTIFY payload, JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    /// Rollouts or configurations changed: rebuild the targets and push to
+    /// the agents you hold. `from` already did.
+    Targets { from: String },
+    /// Send a restart command to this agent if you hold it.
+    Restart { uid: String, owner: String },
+    /// This agent's labels changed: take them and offer again if you hold it.
+    Labels {
+        uid: String,
+        owner: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// This agent was deleted: drop its session if you hold it.
+    Delete { uid: String, owner: String },
+    /// Not sent by anyone: the listener (re)connected and may have missed
+    /// messages, so everything is rebuilt.
+    Resync,
+}
+
+/// The coordination handle of a running opampd (see the module docs).
+pub enum Cluster {
+    Local,
+    Postgres(Arc<postgres::Coordinator>),
+}
+
+impl Cluster {
+    /// One process on SQLite: today's behaviour, no extra cost.
+    pub fn local() -> Cluster {
+        Cluster::Local
+    }
+
+    /// `local` or `postgresql`.
+    pub fn form(&self) -> &'static str {
+        match self {
+            Cluster::Local => "local",
+            Cluster::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Starts the background tasks of the PostgreSQL form (lease renewal,
+    /// listener, rollout leadership, owner records). Nothing for the local
+    /// form. They end at shutdown.
+    pub fn start(app: &Arc<App>) {
+        let Cluster::Postgres(coordinator) = &app.cluster else {
+            return;
+        };
+        let shutdown = app.shutdown.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        coordinator.clone().spawn(tx, shutdown);
+        let app = app.clone();
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                handle(&app, message).await;
+            }
+        });
+    }
+
+    /// Whether this replica drives rollout progress now: always in the local
+    /// form, while holding the advisory lock in the PostgreSQL form.
+    pub fn leads_rollouts(&self) -> bool {
+        match self {
+            Cluster::Local => true,
+            Cluster::Postgres(coordinator) => coordinator.is_leader(),
+        }
+    }
+
+    /// After this replica rebuilt its targets: the others rebuild theirs.
+    pub async fn targets_changed(&self) {
+        if let Cluster::Postgres(coordinator) = self {
+            let from = coordinator.replica().to_string();
+            coordinator.notify(&Message::Targets { from }).await;
+        }
+    }
+
+    /// Records that this replica now holds the agent's connection.
+    pub fn holds(&self, uid: &[u8; 16]) {
+        if let Cluster::Postgres(coordinator) = self {
+            coordinator.record_owner(opamp_proto::uid_string(uid), true);
+        }
+    }
+
+    /// Records that this replica no longer holds the agent's connection.
+    pub fn released(&self, uid: &[u8; 16]) {
+        if let Cluster::Postgres(coordinator) = self {
+            coordinator.record_owner(opamp_proto::uid_string(uid), false);
+        }
+    }
+
+    /// Sends a restart command to a connected agent, wherever it is held:
+    /// how it was delivered, or `None` if no live replica holds it.
+    pub async fn restart(&self, app: &App, uid: &[u8; 16]) -> Option<String> {
+        if let Some(delivery) = crate::opamp::send_restart(app, uid) {
+            return Some(delivery.to_string());
+        }
+        let owner = self.remote_owner(app, uid).await?;
+        let message = Message::Restart {
+            uid: opamp_proto::uid_string(uid),
+            owner: owner.clone(),
+        };
+        self.notify(&message).await;
+        Some(format!("sent through replica {owner}"))
+    }
+
+    /// The agent's labels changed: its session takes them and is offered
+    /// what it should now run, wherever it is held.
+    pub async fn labels_changed(
+        &self,
+        app: &App,
+        uid: &[u8; 16],
+        labels: BTreeMap<String, String>,
+    ) {
+        if app.fleet.contains(uid) {
+            apply_labels(app, uid, labels);
+            return;
+        }
+        if let Some(owner) = self.remote_owner(app, uid).await {
+            let message = Message::Labels {
+                uid: opamp_proto::uid_string(uid),
+                owner,
+                labels,
+            };
+            self.notify(&message).await;
+        }
+    }
+
+    /// The agent was deleted: its session ends, wherever it is held.
+    pub async fn deleted(&self, app: &App, uid: &[u8; 16]) {
+        if drop_session(app, uid) {
+            return;
+        }
+        if let Some(owner) = self.remote_owner(app, uid).await {
+            let message = Message::Delete {
+                uid: opamp_proto::uid_string(uid),
+                owner,
+            };
+            self.notify(&message).await;
+        }
+    }
+
+    /// Whether another live replica holds the agent (PostgreSQL form only).
+    pub async fn held_elsewhere(&self, app: &App, uid: &[u8; 16]) -> bool {
+        self.remote_owner(app, uid).await.is_some()
+    }
+
+    /// The live replica other than this one that holds the agent.
+    async fn remote_owner(&self, _app: &App, uid: &[u8; 16]) -> Option<String> {
+        let Cluster::Postgres(coordinator) = self else {
+            return None;
+        };
+        match coordinator.owner(&opamp_proto::uid_string(uid)).await {
+            Ok(Some(owner)) if owner != coordinator.replica() => Some(owner),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read which replica holds an agent");
+                None
+            }
+        }
+    }
+
+    async fn notify(&self, message: &Message) {
+        if let Cluster::Postgres(coordinator) = self {
+            coordinator.notify(message).await;
+        }
+    }
+}
+
+/// Acts on a message from another replica (or the listener's resync).
+async fn handle(app: &Arc<App>, message: Message) {
+    let me = match &app.cluster {
+        Cluster::Postgres(coordinator) => coordinator.replica().to_string(),
+        Cluster::Local => return,
+    };
+    match message {
+        Message::Targets { from } if from == me => {}
+        Message::Targets { .. } | Message::Resync => {
+            if let Err(e) = crate::rollouts::retarget_local(app).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot rebuild targets after another replica's change");
+            }
+        }
+        Message::Restart { uid, owner } if owner == me => {
+            if let Some(uid) = opamp_proto::parse_uid(&uid) {
+                let delivery = crate::opamp::send_restart(app, &uid);
+                tracing::info!(uid = %opamp_proto::uid_string(&uid), delivery = delivery.unwrap_or("not connected here"), "restart command from another replica");
+            }
+        }
+        Message::Labels { uid, owner, labels } if owner == me => {
+            if let Some(uid) = opamp_proto::parse_uid(&uid) {
+                apply_labels(app, &uid, labels);
+            }
+        }
+        Message::Delete { uid, owner } if owner == me => {
+            if let Some(uid) = opamp_proto::parse_uid(&uid) {
+                drop_session(app, &uid);
+            }
+        }
+        Message::Restart { .. } | Message::Labels { .. } | Message::Delete { .. } => {}
+    }
+}
+
+fn apply_labels(app: &App, uid: &[u8; 16], labels: BTreeMap<String, String>) {
+    app.fleet.with(uid, |s| s.set_labels(labels));
+    crate::opamp::push_offer(app, uid);
+}
+
+/// Ends the agent's local session (closing its WebSocket); whether there was one.
+fn drop_session(app: &App, uid: &[u8; 16]) -> bool {
+    let Some(session) = app.fleet.remove(uid) else {
+        return false;
+    };
+    if session.transport() == crate::opamp::session::Transport::WebSocket {
+        app.fleet.send_to_conn(
+            session.conn_id(),
+            crate::fleet::Outgoing::Close(crate::opamp::ws::CLOSE_NORMAL, "agent deleted"),
+        );
+    }
+    app.cluster.released(uid);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_travel_as_json_and_back() {
+        let messages = [
+            Message::Targets { from: "a".into() },
+            Message::Restart {
+                uid: "u".into(),
+                owner: "b".into(),
+            },
+            Message::Labels {
+                uid: "u".into(),
+                owner: "b".into(),
+                labels: [("env".to_string(), "prod".to_string())].into(),
+            },
+            Message::Delete {
+                uid: "u".into(),
+                owner: "b".into(),
+            },
+        ];
+        for message in messages {
+            let text = serde_json::to_string(&message).unwrap();
+            assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), message);
+        }
+        assert!(
+            serde_json::to_string(&Message::Targets { from: "a".into() })
+                .unwrap()
+                .contains(r#""kind":"targets""#)
+        );
+    }
+
+    #[test]
+    fn the_local_form_leads_rollouts_and_holds_everything_itself() {
+        let local = Cluster::local();
+        assert!(local.leads_rollouts());
+        assert_eq!(local.form(), "local");
+    }
+}
