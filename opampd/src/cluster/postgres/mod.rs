@@ -33,7 +33,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 /// The NOTIFY channel replicas talk on.
 pub const CHANNEL: &str = "opampd_cluster";
 /// Advisory lock key of rollout leadership ("rollout" in ASCII).
-pub const LEADER_LOCK: i64 = 0x726f_6c6c_6f75_74;
+pub const LEADER_LOCK: i64 = 0x0072_6f6c_6c6f_7574;
 /// Longest NOTIFY payload PostgreSQL accepts (8000 bytes), with room to spare.
 const MAX_PAYLOAD: usize = 7900;
 /// Longest wait between reconnection attempts.
