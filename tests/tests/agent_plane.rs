@@ -192,6 +192,11 @@ async fn browser_origins_are_refused_unless_allowed() {
 
 #[tokio::test]
 async fn plain_http_cannot_speak_for_an_agent_on_a_live_websocket() {
+    if opamp_tests::postgres::sqlite_only(
+        "plain_http_cannot_speak_for_an_agent_on_a_live_websocket",
+    ) {
+        return;
+    }
     let s = Server::start();
     let uid = new_uid();
     let (mut ws, _) = ws_agent(&s, uid, &[]).await;
@@ -246,6 +251,9 @@ impl WriteLock {
 
 #[tokio::test]
 async fn a_status_is_acknowledged_only_after_its_commit() {
+    if opamp_tests::postgres::sqlite_only("a_status_is_acknowledged_only_after_its_commit") {
+        return;
+    }
     let s = start("database:\n  busy_timeout_ms: 300\nopamp:\n  retry_after_seconds: 7\n");
     let uid = new_uid();
     let (mut ws, _) = ws_agent(&s, uid, &[]).await;
@@ -305,6 +313,9 @@ async fn a_status_is_acknowledged_only_after_its_commit() {
 
 #[tokio::test]
 async fn a_full_writer_queue_pushes_back_instead_of_growing() {
+    if opamp_tests::postgres::sqlite_only("a_full_writer_queue_pushes_back_instead_of_growing") {
+        return;
+    }
     let s = start(
         "database:\n  max_queued_writes: 8\n  busy_timeout_ms: 3000\nopamp:\n  retry_after_seconds: 5\n",
     );
@@ -376,6 +387,10 @@ async fn a_full_writer_queue_pushes_back_instead_of_growing() {
 
 #[tokio::test]
 async fn reports_over_the_per_agent_storage_limit_are_not_stored() {
+    if opamp_tests::postgres::sqlite_only("reports_over_the_per_agent_storage_limit_are_not_stored")
+    {
+        return;
+    }
     let s = start("opamp:\n  max_stored_bytes_per_agent: 4096\n");
     let uid = new_uid();
     let mut ws = ws_connect(&s.ws_url(), &[]).await.unwrap();

@@ -67,6 +67,9 @@ fn agents_in(db: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn backup_is_compressed_checksummed_and_verified() {
+    if opamp_tests::postgres::sqlite_only("backup_is_compressed_checksummed_and_verified") {
+        return;
+    }
     let s = Server::start();
     let a = register(&s, "checkout").await;
     wait_total(&s, 1).await;
@@ -131,6 +134,9 @@ async fn backup_is_compressed_checksummed_and_verified() {
 
 #[test]
 fn retention_prunes_only_old_files_of_the_exact_pattern() {
+    if opamp_tests::postgres::sqlite_only("retention_prunes_only_old_files_of_the_exact_pattern") {
+        return;
+    }
     let s = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let recent = Command::new("date")
@@ -226,6 +232,9 @@ fn ctl_with_file_limit(s: &Server, args: &[&str], limit: u64) -> Output {
 
 #[tokio::test]
 async fn a_full_disk_during_backup_leaves_no_partial_file() {
+    if opamp_tests::postgres::sqlite_only("a_full_disk_during_backup_leaves_no_partial_file") {
+        return;
+    }
     let s = Server::start();
     for i in 0..20 {
         register(&s, &format!("svc-{i}")).await;
@@ -265,6 +274,9 @@ async fn a_full_disk_during_backup_leaves_no_partial_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_while_agents_connect_and_write_are_consistent() {
+    if opamp_tests::postgres::sqlite_only("backups_while_agents_connect_and_write_are_consistent") {
+        return;
+    }
     let s = std::sync::Arc::new(Server::start());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -347,6 +359,9 @@ fn backup_of(s: &Server, dir: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn restore_through_the_api_brings_back_deleted_agents() {
+    if opamp_tests::postgres::sqlite_only("restore_through_the_api_brings_back_deleted_agents") {
+        return;
+    }
     let s = Server::start();
     let a = register(&s, "checkout").await;
     let b = register(&s, "billing").await;
@@ -396,6 +411,9 @@ async fn restore_through_the_api_brings_back_deleted_agents() {
 
 #[tokio::test]
 async fn damaged_backups_are_refused_before_anything_changes() {
+    if opamp_tests::postgres::sqlite_only("damaged_backups_are_refused_before_anything_changes") {
+        return;
+    }
     let s = Server::start();
     register(&s, "checkout").await;
     wait_total(&s, 1).await;
@@ -510,6 +528,11 @@ async fn damaged_backups_are_refused_before_anything_changes() {
 
 #[tokio::test]
 async fn offline_restore_refuses_a_running_daemon_and_works_when_stopped() {
+    if opamp_tests::postgres::sqlite_only(
+        "offline_restore_refuses_a_running_daemon_and_works_when_stopped",
+    ) {
+        return;
+    }
     let mut s = Server::start();
     let a = register(&s, "checkout").await;
     wait_total(&s, 1).await;
@@ -560,6 +583,11 @@ async fn offline_restore_refuses_a_running_daemon_and_works_when_stopped() {
 
 #[test]
 fn a_missing_backup_dir_and_zero_retention_are_usage_errors() {
+    if opamp_tests::postgres::sqlite_only(
+        "a_missing_backup_dir_and_zero_retention_are_usage_errors",
+    ) {
+        return;
+    }
     let s = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("typo").join("backups");
@@ -642,6 +670,11 @@ fn kept_aside(data: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn backups_and_restores_never_write_through_a_planted_symlink() {
+    if opamp_tests::postgres::sqlite_only(
+        "backups_and_restores_never_write_through_a_planted_symlink",
+    ) {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(utc_stamp(0), "19700101_000000");
     assert_eq!(utc_stamp(1_709_251_199), "20240229_235959");
@@ -761,6 +794,11 @@ async fn backups_and_restores_never_write_through_a_planted_symlink() {
 
 #[test]
 fn a_killed_backups_temporary_directory_is_removed_by_the_next_backup() {
+    if opamp_tests::postgres::sqlite_only(
+        "a_killed_backups_temporary_directory_is_removed_by_the_next_backup",
+    ) {
+        return;
+    }
     let s = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();

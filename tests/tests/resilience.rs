@@ -70,6 +70,9 @@ async fn churn(url: String, agents: usize, acked: Arc<Mutex<HashMap<[u8; 16], Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_status() {
+    if opamp_tests::postgres::sqlite_only("kill_9_under_load_loses_no_acknowledged_status") {
+        return;
+    }
     let mut s = Server::start();
     let db = s.data_dir().join("opamp.db");
     for round in 0..3 {
@@ -192,6 +195,9 @@ async fn agent_listed(s: &Server, uid: &[u8; 16]) -> bool {
 
 #[tokio::test]
 async fn full_disk_degrades_then_recovers_without_corruption() {
+    if opamp_tests::postgres::sqlite_only("full_disk_degrades_then_recovers_without_corruption") {
+        return;
+    }
     let Some(fs) = small_fs("6m") else { return };
     let data = fs.path.join("data");
     let mut s = Server::start_with(Opts {
@@ -276,6 +282,9 @@ async fn full_disk_degrades_then_recovers_without_corruption() {
 
 #[tokio::test]
 async fn read_only_data_dir_is_refused_clearly_and_left_intact() {
+    if opamp_tests::postgres::sqlite_only("read_only_data_dir_is_refused_clearly_and_left_intact") {
+        return;
+    }
     // The kernel refuses to remount a file system read-only while SQLite holds
     // files open for writing, so a running daemon meets this as failing writes
     // (the full-disk test). What an operator meets is a start on a read-only
@@ -366,6 +375,11 @@ fn final_backups(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn kill_during_backup_leaves_no_partial_file_under_the_final_name() {
+    if opamp_tests::postgres::sqlite_only(
+        "kill_during_backup_leaves_no_partial_file_under_the_final_name",
+    ) {
+        return;
+    }
     let mut s = Server::start();
     s.stop();
     bulk_agents(&s.data_dir().join("opamp.db"), 60_000);
@@ -416,6 +430,9 @@ fn sha256_hex(data: &[u8]) -> String {
 
 #[tokio::test]
 async fn kill_during_restore_leaves_a_whole_database_in_place() {
+    if opamp_tests::postgres::sqlite_only("kill_during_restore_leaves_a_whole_database_in_place") {
+        return;
+    }
     let mut s = Server::start();
     s.stop();
     let db = s.data_dir().join("opamp.db");

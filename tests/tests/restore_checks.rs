@@ -62,6 +62,11 @@ fn kept_aside(s: &Server) -> bool {
 
 #[tokio::test]
 async fn a_backup_with_a_trigger_or_a_view_is_refused_audited_and_changes_nothing() {
+    if opamp_tests::postgres::sqlite_only(
+        "a_backup_with_a_trigger_or_a_view_is_refused_audited_and_changes_nothing",
+    ) {
+        return;
+    }
     let s = Server::start();
     let uid = new_uid();
     let (status, _, _) = http_exchange(&s.opamp_url(), &full_report(uid, 0, "checkout")).await;
@@ -109,6 +114,11 @@ async fn a_backup_with_a_trigger_or_a_view_is_refused_audited_and_changes_nothin
 
 #[tokio::test]
 async fn a_token_of_a_user_missing_from_the_restored_database_is_rejected() {
+    if opamp_tests::postgres::sqlite_only(
+        "a_token_of_a_user_missing_from_the_restored_database_is_rejected",
+    ) {
+        return;
+    }
     let s = Server::start();
     create_user(&s, "dave", "dave-password-12", "viewer").await;
     let jwt = login(&s, "dave", "dave-password-12").await;

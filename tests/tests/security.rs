@@ -640,6 +640,10 @@ fn synchronous_setting_is_validated() {
 
 #[tokio::test]
 async fn old_audit_entries_and_expired_revoked_tokens_are_pruned() {
+    if opamp_tests::postgres::sqlite_only("old_audit_entries_and_expired_revoked_tokens_are_pruned")
+    {
+        return;
+    }
     let mut s = Server::start_with(Opts {
         config: Some("audit:\n  retention_days: 30\n".into()),
         ..Default::default()

@@ -5,10 +5,16 @@
 //! under an advisory lock by whichever replica takes it first, and the first
 //! replica to find no user creates the admin user.
 
+mod agents;
+mod backend;
+mod configs;
 pub mod schema;
+mod selector;
 #[cfg(test)]
 mod tests;
 pub mod url;
+mod users;
+mod writer;
 
 use super::StoreOptions;
 use crate::metrics::Metrics;
@@ -33,6 +39,7 @@ pub struct Postgres {
     pool: Pool,
     url: DatabaseUrl,
     metrics: Arc<Metrics>,
+    writer: Arc<writer::Writer>,
 }
 
 /// What [`Postgres::bootstrap_admin`] stores for the first admin.
@@ -79,10 +86,17 @@ impl Postgres {
             }))
             .build()
             .context("cannot build the PostgreSQL connection pool")?;
+        let writer = Arc::new(writer::Writer::start(
+            pool.clone(),
+            opts.flush_interval,
+            opts.max_queued_writes,
+            metrics.clone(),
+        ));
         let postgres = Postgres {
             pool,
             url: url.clone(),
             metrics,
+            writer,
         };
         let mut client = postgres.client().await?;
         let applied = schema::migrate(&mut client)
@@ -91,9 +105,28 @@ impl Postgres {
         if !applied.is_empty() {
             tracing::info!(database = %url.redacted(), versions = ?applied, "schema migrated");
         }
+        // Agents are only connected while a live session says so.
+        client
+            .execute(
+                "UPDATE agents SET status = 'disconnected' WHERE status != 'disconnected'",
+                &[],
+            )
+            .await?;
+        drop(client);
         postgres.publish_pool();
         postgres.start_pool_upkeep(opts.max_idle_conns);
         Ok(postgres)
+    }
+
+    /// Pool usage, for /health and the memory report.
+    pub fn pool_stats(&self) -> crate::store::PoolStats {
+        let status = self.pool.status();
+        crate::store::PoolStats {
+            max_open: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waits: self.metrics.pool_waits.load(Ordering::Relaxed),
+        }
     }
 
     /// The URL with the password hidden, for logs and messages.
@@ -103,6 +136,11 @@ impl Postgres {
 
     /// A pooled connection; fails after a wait of [`WAIT_TIMEOUT`].
     pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        let status = self.pool.status();
+        if status.available == 0 && status.size >= status.max_size {
+            // Every connection is busy: this caller waits (db_pool_waits_total).
+            self.metrics.pool_waits.fetch_add(1, Ordering::Relaxed);
+        }
         let client = self.pool.get().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot get a PostgreSQL connection to {}: {e}",
@@ -172,7 +210,6 @@ impl Postgres {
     fn start_pool_upkeep(&self, max_idle: usize) {
         let weak = self.pool.weak();
         let metrics = self.metrics.clone();
-        let url = self.url.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -190,13 +227,19 @@ impl Postgres {
                         true
                     }
                 });
-                Postgres {
-                    pool,
-                    url: url.clone(),
-                    metrics: metrics.clone(),
-                }
-                .publish_pool();
+                publish_pool(&pool, &metrics);
             }
         });
     }
+}
+
+/// Copies a pool's state into the `db_connections_*` gauges (`pool="read"`).
+fn publish_pool(pool: &Pool, metrics: &Metrics) {
+    let status = pool.status();
+    let gauges = &metrics.read_pool;
+    gauges.open.store(status.size as i64, Ordering::Relaxed);
+    gauges
+        .idle
+        .store(status.available as i64, Ordering::Relaxed);
+    gauges.max.store(status.max_size as i64, Ordering::Relaxed);
 }

@@ -173,3 +173,270 @@ async fn an_unreachable_server_is_named_without_the_password() {
     );
     assert!(!message.contains("hunter2"), "{message}");
 }
+
+/// The backend's operations against a real PostgreSQL, as handlers call them.
+mod backend {
+    use super::*;
+    use crate::selector::Selector;
+    use crate::store::agents::{AgentPatch, ListQuery, UidFilter};
+    use crate::store::configs::{
+        ConfigDelete, ConfigSave, DeleteOutcome, RollbackOutcome, RolloutStart, RolloutTransition,
+        SaveResult,
+    };
+    use crate::store::users::AuditEntry;
+    use crate::store::{now_ms, Backend};
+
+    async fn open(test: &str) -> Option<Postgres> {
+        let cluster = cluster(test)?;
+        let url = fresh_database(&cluster).await;
+        Some(Postgres::open(&url, &options(), metrics()).await.unwrap())
+    }
+
+    fn report(uid: &str, labels_service: &str) -> AgentPatch {
+        AgentPatch {
+            status: Some("connected"),
+            transport: Some("ws"),
+            capabilities: Some(opamp_proto::caps::ACCEPTS_REMOTE_CONFIG),
+            identifying: Some(format!(r#"{{"service.name":"{labels_service}"}}"#)),
+            non_identifying: Some(r#"{"host.name":"h1"}"#.into()),
+            last_seen: Some(now_ms()),
+            sequence_num: Some(1),
+            ..AgentPatch::new(uid)
+        }
+    }
+
+    fn audit(action: &str) -> AuditEntry {
+        AuditEntry::ok("admin", action, None, None, serde_json::json!({}))
+    }
+
+    #[tokio::test]
+    async fn agent_state_is_batched_listed_labelled_and_deleted() {
+        let Some(db) = open("agent_state_is_batched_listed_labelled_and_deleted").await else {
+            return;
+        };
+        for (uid, service) in [
+            ("a-1", "collector"),
+            ("a-2", "collector"),
+            ("b-1", "gateway"),
+        ] {
+            db.queue_agent(report(uid, service));
+        }
+        db.queue_agent(AgentPatch {
+            health: Some(r#"{"healthy":true}"#.into()),
+            ..AgentPatch::new("a-1")
+        });
+        db.queue_event(crate::store::agents::AgentEvent {
+            uid: "a-1".into(),
+            at: now_ms(),
+            event: "connected",
+            remote_addr: Some("127.0.0.1:1".into()),
+            details: None,
+        });
+        assert!(db.flush().await, "{:?}", db.last_error());
+        let a1 = db.agent("a-1").await.unwrap().unwrap();
+        assert_eq!(
+            (a1.status.as_str(), a1.transport.as_str()),
+            ("connected", "ws")
+        );
+        assert_eq!(a1.health.as_deref(), Some(r#"{"healthy":true}"#));
+        assert_eq!(db.count_agents().await.unwrap(), 3);
+        assert_eq!(db.agent_events("a-1", 10).await.unwrap().len(), 1);
+
+        let labels = db
+            .patch_labels(
+                "a-2",
+                [("env".to_string(), Some("prod".to_string()))].into(),
+                audit("agent.label"),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(labels["env"], "prod");
+        let list = |selector: &str, uids: Option<UidFilter>, prefix: Option<&str>| ListQuery {
+            selector: Selector::parse(selector).unwrap(),
+            uids,
+            limit: 10,
+            after: None,
+            uid_prefix: prefix.map(str::to_string),
+        };
+        let uids = |rows: Vec<crate::store::AgentRow>| -> Vec<String> {
+            rows.into_iter().map(|r| r.uid).collect()
+        };
+        let (rows, total) = db.list_agents(list("env=prod", None, None)).await.unwrap();
+        assert_eq!((uids(rows), total), (vec!["a-2".to_string()], 1));
+        let (rows, _) = db
+            .list_agents(list("service.name=collector,env!=prod", None, None))
+            .await
+            .unwrap();
+        assert_eq!(uids(rows), ["a-1"]);
+        let (rows, total) = db.list_agents(list("", None, Some("a-"))).await.unwrap();
+        assert_eq!(
+            (uids(rows), total),
+            (vec!["a-1".to_string(), "a-2".to_string()], 2)
+        );
+        let (rows, _) = db
+            .list_agents(list("", Some(UidFilter::Except(vec!["a-1".into()])), None))
+            .await
+            .unwrap();
+        assert_eq!(uids(rows), ["a-2", "b-1"]);
+        let mut page = list("", None, None);
+        page.limit = 1;
+        page.after = Some("a-1".into());
+        let (rows, total) = db.list_agents(page).await.unwrap();
+        assert_eq!((uids(rows), total), (vec!["a-2".to_string()], 3));
+        let matching = db
+            .matching_agents(&Selector::parse("host.name=h1").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(matching.len(), 3);
+
+        assert!(db.delete_agent("b-1", audit("agent.delete")).await.unwrap());
+        assert!(!db.delete_agent("b-1", audit("agent.delete")).await.unwrap());
+        assert!(db.agent("b-1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn configurations_are_versioned_rolled_out_and_rolled_back() {
+        let Some(db) = open("configurations_are_versioned_rolled_out_and_rolled_back").await else {
+            return;
+        };
+        let save = |body: &str| ConfigSave {
+            name: "otel".into(),
+            content_type: "text/yaml".into(),
+            body: body.into(),
+            hash: crate::targeting::version_hash("text/yaml", body),
+            selector: Some("env=prod".into()),
+            description: None,
+            actor: "admin".into(),
+            remote_addr: None,
+        };
+        let first = db.save_configuration(save("a: 1\n")).await.unwrap();
+        assert_eq!(
+            (first.result, first.row.latest_version),
+            (SaveResult::Created, 1)
+        );
+        let same = db.save_configuration(save("a: 1\n")).await.unwrap();
+        assert_eq!(same.result, SaveResult::Unchanged);
+        let second = db.save_configuration(save("a: 2\n")).await.unwrap();
+        assert_eq!(
+            (second.result, second.row.latest_version),
+            (SaveResult::Updated, 2)
+        );
+        let (listed, total) = db.list_configurations(None, 10).await.unwrap();
+        assert_eq!((listed.len(), total), (1, 1));
+        let (versions, total) = db.config_versions("otel", None, 10).await.unwrap().unwrap();
+        assert_eq!((versions[0].version, total), (2, 2));
+
+        let started = db
+            .start_rollout(RolloutStart {
+                name: "otel".into(),
+                version: 2,
+                batch_size: 1,
+                max_failures: 0,
+                batch_timeout: 0,
+                force: false,
+                selector: "env=prod".into(),
+                agents: vec![("a-1".into(), 0), ("a-2".into(), 1)],
+                skipped: 0,
+                actor: "admin".into(),
+                remote_addr: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((started.version, started.state.as_str()), (2, "running"));
+        let targets = db.targets().await.unwrap();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(
+            targets[0].released.as_deref(),
+            Some(&["a-1".to_string()][..])
+        );
+        assert_eq!(db.rollout_agents(started.id).await.unwrap().len(), 2);
+        assert!(db
+            .transition_rollout(RolloutTransition {
+                id: started.id,
+                from: "running",
+                to: "completed",
+                released_batches: 2,
+                max_failures: 0,
+                reason: None,
+                audit: Some(audit("rollout.complete")),
+            })
+            .await
+            .unwrap());
+        assert_eq!(db.targets().await.unwrap()[0].released, None);
+        assert!(db.rollouts_in_state("running").await.unwrap().is_empty());
+
+        let RollbackOutcome::Saved(rolled_back) = db
+            .rollback_configuration(crate::store::configs::ConfigRollback {
+                name: "otel".into(),
+                version: None,
+                actor: "admin".into(),
+                remote_addr: None,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("not rolled back");
+        };
+        assert_eq!(rolled_back.row.latest_version, 3);
+        let delete = |force| ConfigDelete {
+            name: "otel".into(),
+            force,
+            actor: "admin".into(),
+            remote_addr: None,
+        };
+        assert!(matches!(
+            db.delete_configuration(delete(false)).await.unwrap(),
+            DeleteOutcome::RolledOut(_)
+        ));
+        assert!(matches!(
+            db.delete_configuration(delete(true)).await.unwrap(),
+            DeleteOutcome::Deleted { rolled_out: true }
+        ));
+        assert!(db.configuration("otel").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn agent_state_survives_lost_connections_and_a_full_queue_waits() {
+        let Some(db) = open("agent_state_survives_lost_connections_and_a_full_queue_waits").await
+        else {
+            return;
+        };
+        db.queue_agent(report("c-1", "collector"));
+        assert!(db.flush().await);
+        // Every connection of this database is cut: the next batch fails or
+        // reconnects, and what it held is committed by a later one.
+        let client = db.client().await.unwrap();
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        db.queue_agent(AgentPatch {
+            health: Some(r#"{"healthy":false}"#.into()),
+            ..AgentPatch::new("c-1")
+        });
+        let mut committed = false;
+        for _ in 0..5 {
+            if db.flush().await {
+                committed = true;
+                break;
+            }
+        }
+        assert!(committed, "{:?}", db.last_error());
+        let row = db.agent("c-1").await.unwrap().unwrap();
+        assert_eq!(row.health.as_deref(), Some(r#"{"healthy":false}"#));
+
+        // The queue is bounded: past max_queued_writes a reservation waits, then fails.
+        let held = db.reserve(1000, Duration::from_millis(10)).await.unwrap();
+        assert!(!db.has_room());
+        assert!(db.reserve(1, Duration::from_millis(50)).await.is_none());
+        drop(held);
+        assert!(db.reserve(1, Duration::from_millis(50)).await.is_some());
+    }
+}

@@ -1,0 +1,488 @@
+//! [`Backend`] for [`Postgres`]: reads on a pooled connection, agent state
+//! through the batching writer, every other write one transaction of its
+//! own. Writes that read first (a configuration save, a rollout start) take
+//! a transaction-scoped advisory lock on the configuration's name, so that
+//! replicas and concurrent requests apply them one at a time.
+
+use super::{agents, configs, users, Postgres};
+use crate::components::ComponentSet;
+use crate::selector::Selector;
+use crate::store::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery};
+use crate::store::configs::{
+    self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
+    Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
+    Saved, TargetRow, VersionRow,
+};
+use crate::store::users::AuditEntry;
+use crate::store::{now_ms, Backend, Room, WriteError};
+use anyhow::{Context, Result};
+use deadpool_postgres::{GenericClient, Transaction};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A configuration with its newest version and latest rollout.
+async fn detail(c: &impl GenericClient, name: &str) -> Result<Option<ConfigDetail>> {
+    let Some(row) = configs::get(c, name).await? else {
+        return Ok(None);
+    };
+    let newest = configs::get_version(c, name, row.latest_version)
+        .await?
+        .with_context(|| format!("configuration {} lacks its newest version", row.name))?;
+    let rollout = configs::latest_rollout(c, name).await?;
+    Ok(Some(ConfigDetail {
+        row,
+        newest,
+        rollout,
+    }))
+}
+
+/// Writes what a save or rollback decided.
+async fn apply(c: &impl GenericClient, plan: SavePlan) -> Result<Saved> {
+    let Some(audit) = plan.audit else {
+        return Ok(plan.saved);
+    };
+    if plan.insert {
+        configs::insert(c, &plan.saved.row).await?;
+    }
+    if let Some(version) = &plan.version {
+        configs::insert_version(c, version).await?;
+    }
+    if !plan.insert {
+        configs::update(c, &plan.saved.row).await?;
+    }
+    users::insert_audit(c, &audit).await?;
+    Ok(plan.saved)
+}
+
+/// Serialises writes to one configuration across connections and replicas
+/// until the transaction ends.
+async fn lock_configuration(tx: &Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('configuration:' || $1))",
+        &[&name],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A failed write: the database's own trouble (connection, resources,
+/// read-only) is `Storage`, anything else the operation's.
+fn write_error(e: anyhow::Error) -> WriteError {
+    let storage = e.chain().any(|cause| {
+        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return pg.is_closed()
+                || pg.code().is_some_and(|code| {
+                    let code = code.code();
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57")
+                        || code.starts_with("58")
+                        || code == "25006"
+                });
+        }
+        cause
+            .to_string()
+            .starts_with("cannot get a PostgreSQL connection")
+    });
+    if storage {
+        WriteError::Storage(format!("{e:#}"))
+    } else {
+        WriteError::Job(e)
+    }
+}
+
+impl Postgres {
+    /// Runs a read, timed under `operation`.
+    async fn read<T>(
+        &self,
+        operation: &'static str,
+        read: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let out = read.await;
+        self.metrics.db_query(operation, start.elapsed());
+        out
+    }
+
+    /// Runs a write, timed under `operation`, with its error classified.
+    async fn write<T>(
+        &self,
+        operation: &'static str,
+        write: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T, WriteError> {
+        let start = Instant::now();
+        let out = write.await;
+        self.metrics.db_query(operation, start.elapsed());
+        out.map_err(write_error)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Postgres {
+    fn queue_agent(&self, patch: AgentPatch) {
+        self.writer.agent(patch);
+    }
+
+    fn queue_event(&self, event: AgentEvent) {
+        self.writer.event(event);
+    }
+
+    async fn reserve(&self, ops: u64, limit: Duration) -> Option<Room> {
+        self.writer.reserve(ops, limit).await
+    }
+
+    async fn flush(&self) -> bool {
+        self.writer.flush().await
+    }
+
+    fn queued(&self) -> u64 {
+        self.writer.queued()
+    }
+
+    fn has_room(&self) -> bool {
+        self.writer.has_room()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.writer.last_error()
+    }
+
+    fn shutdown(&self) {
+        self.writer.shutdown();
+        self.pool.close();
+    }
+
+    async fn agent(&self, uid: &str) -> Result<Option<AgentRow>> {
+        self.read("agent_get", async {
+            agents::get(&self.client().await?, uid).await
+        })
+        .await
+    }
+
+    async fn agents(&self, uids: Vec<String>) -> Result<Vec<AgentRow>> {
+        self.read("agents_get", async {
+            agents::get_many(&self.client().await?, &uids).await
+        })
+        .await
+    }
+
+    async fn list_agents(&self, query: ListQuery) -> Result<(Vec<AgentRow>, u64)> {
+        self.read("agents_list", async {
+            agents::list(&self.client().await?, &query).await
+        })
+        .await
+    }
+
+    async fn count_agents(&self) -> Result<u64> {
+        self.read("agent_count", async {
+            agents::count(&self.client().await?).await
+        })
+        .await
+    }
+
+    async fn agent_events(&self, uid: &str, limit: usize) -> Result<Vec<EventRow>> {
+        self.read("agent_events", async {
+            agents::events(&self.client().await?, uid, limit).await
+        })
+        .await
+    }
+
+    async fn delete_agent(&self, uid: &str, audit: AuditEntry) -> Result<bool, WriteError> {
+        // State queued before the deletion must not bring the agent back.
+        self.writer.flush().await;
+        self.write("agent_delete", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let found = agents::delete(&tx, uid).await?;
+            if found {
+                users::insert_audit(&tx, &audit).await?;
+            }
+            tx.commit().await?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn patch_labels(
+        &self,
+        uid: &str,
+        changes: BTreeMap<String, Option<String>>,
+        audit: AuditEntry,
+    ) -> Result<Option<BTreeMap<String, String>>, WriteError> {
+        self.write("agent_labels", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let Some(labels) = agents::patch_labels(&tx, uid, &changes).await? else {
+                return Ok(None);
+            };
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(Some(labels))
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before: i64) -> Result<usize, WriteError> {
+        self.write("event_prune", async {
+            agents::prune_events(&self.client().await?, before).await
+        })
+        .await
+    }
+
+    async fn component_sets(&self) -> Result<Vec<ComponentSet>> {
+        self.read("component_sets_load", async {
+            agents::component_sets(&self.client().await?).await
+        })
+        .await
+    }
+
+    async fn matching_agents(&self, selector: &Selector) -> Result<Vec<(String, Option<String>)>> {
+        self.read("rollout_agents_match", async {
+            agents::matching(&self.client().await?, selector).await
+        })
+        .await
+    }
+
+    async fn configuration(&self, name: &str) -> Result<Option<ConfigRow>> {
+        self.read("config_get", async {
+            configs::get(&self.client().await?, name).await
+        })
+        .await
+    }
+
+    async fn configuration_detail(&self, name: &str) -> Result<Option<ConfigDetail>> {
+        self.read("config_get", async {
+            detail(&self.client().await?, name).await
+        })
+        .await
+    }
+
+    async fn list_configurations(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<Listed>, u64)> {
+        self.read("configs_list", async {
+            configs::list(&self.client().await?, after.as_deref(), limit).await
+        })
+        .await
+    }
+
+    async fn config_version(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<(ConfigRow, Option<VersionRow>)>> {
+        self.read("config_version", async {
+            let client = self.client().await?;
+            let Some(row) = configs::get(&client, name).await? else {
+                return Ok(None);
+            };
+            Ok(Some((
+                row,
+                configs::get_version(&client, name, version).await?,
+            )))
+        })
+        .await
+    }
+
+    async fn config_versions(
+        &self,
+        name: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<(Vec<VersionRow>, u64)>> {
+        self.read("config_versions", async {
+            let client = self.client().await?;
+            if configs::get(&client, name).await?.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(
+                configs::list_versions(&client, name, before, limit).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn save_configuration(&self, save: ConfigSave) -> Result<Saved, WriteError> {
+        self.write("config_save", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            lock_configuration(&tx, &save.name).await?;
+            let current = detail(&tx, &save.name).await?;
+            let saved = apply(&tx, plan::plan_save(save, current, now_ms())).await?;
+            tx.commit().await?;
+            Ok(saved)
+        })
+        .await
+    }
+
+    async fn rollback_configuration(
+        &self,
+        rollback: ConfigRollback,
+    ) -> Result<RollbackOutcome, WriteError> {
+        self.write("config_rollback", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            lock_configuration(&tx, &rollback.name).await?;
+            let Some(current) = detail(&tx, &rollback.name).await? else {
+                return Ok(RollbackOutcome::Missing);
+            };
+            let newest = current.row.latest_version;
+            let target = match plan::rollback_target(rollback.version, newest) {
+                Ok(target) => target,
+                Err(outcome) => return Ok(outcome),
+            };
+            let Some(old) = configs::get_version(&tx, &rollback.name, target).await? else {
+                return Ok(RollbackOutcome::NoSuchVersion {
+                    version: target,
+                    newest,
+                });
+            };
+            let plan = plan::plan_rollback(&rollback, current, old, now_ms());
+            let saved = apply(&tx, plan).await?;
+            tx.commit().await?;
+            Ok(RollbackOutcome::Saved(Box::new(saved)))
+        })
+        .await
+    }
+
+    async fn delete_configuration(
+        &self,
+        delete: ConfigDelete,
+    ) -> Result<DeleteOutcome, WriteError> {
+        self.write("config_delete", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            lock_configuration(&tx, &delete.name).await?;
+            let row = configs::get(&tx, &delete.name).await?;
+            let rollout = configs::latest_rollout(&tx, &delete.name).await?;
+            let audit = match plan::plan_delete(&delete, row.as_ref(), rollout.as_ref()) {
+                Ok(audit) => audit,
+                Err(outcome) => return Ok(outcome),
+            };
+            configs::delete(&tx, &delete.name).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(DeleteOutcome::Deleted {
+                rolled_out: rollout.is_some(),
+            })
+        })
+        .await
+    }
+
+    async fn latest_rollout(&self, name: &str) -> Result<Option<(ConfigRow, Option<RolloutRow>)>> {
+        self.read("rollout_get", async {
+            let client = self.client().await?;
+            let Some(row) = configs::get(&client, name).await? else {
+                return Ok(None);
+            };
+            Ok(Some((row, configs::latest_rollout(&client, name).await?)))
+        })
+        .await
+    }
+
+    async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>> {
+        self.read("rollout_get", async {
+            configs::get_rollout(&self.client().await?, id).await
+        })
+        .await
+    }
+
+    async fn rollouts_in_state(&self, state: &str) -> Result<Vec<RolloutRow>> {
+        self.read("rollouts_running", async {
+            configs::rollouts_in_state(&self.client().await?, state).await
+        })
+        .await
+    }
+
+    async fn rollout_agents(&self, rollout_id: i64) -> Result<Vec<RolloutAgent>> {
+        self.read("rollout_agents", async {
+            configs::rollout_agents(&self.client().await?, rollout_id).await
+        })
+        .await
+    }
+
+    async fn targets(&self) -> Result<Vec<TargetRow>> {
+        self.read("targets_load", async {
+            let mut client = self.client().await?;
+            // One snapshot: rollouts and their agents as of one moment.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let targets = configs::targets(&tx).await?;
+            tx.commit().await?;
+            Ok(targets)
+        })
+        .await
+    }
+
+    async fn start_rollout(&self, start: RolloutStart) -> Result<Option<RolloutRow>, WriteError> {
+        self.write("rollout_start", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            lock_configuration(&tx, &start.name).await?;
+            let Some(version) = configs::get_version(&tx, &start.name, start.version).await? else {
+                return Ok(None);
+            };
+            let now = now_ms();
+            let prior = configs::latest_rollout(&tx, &start.name).await?;
+            let (row, audit) = plan::plan_rollout(&start, version.hash, prior.as_ref(), now);
+            configs::supersede(&tx, &start.name, now).await?;
+            let id = configs::insert_rollout(&tx, &row, &start.agents).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(Some(RolloutRow { id, ..row }))
+        })
+        .await
+    }
+
+    async fn transition_rollout(&self, change: RolloutTransition) -> Result<bool, WriteError> {
+        self.write("rollout_transition", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let moved = configs::transition(
+                &tx,
+                change.id,
+                change.from,
+                change.to,
+                change.released_batches,
+                change.max_failures,
+                change.reason.as_deref(),
+            )
+            .await?;
+            if moved {
+                if let Some(audit) = &change.audit {
+                    users::insert_audit(&tx, audit).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn prune_revoked(&self) -> Result<usize, WriteError> {
+        self.write("jwt_prune", async {
+            users::prune_revoked(&self.client().await?).await
+        })
+        .await
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> Result<(), WriteError> {
+        self.write("audit", async {
+            users::insert_audit(&self.client().await?, &entry).await
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before: i64) -> Result<usize, WriteError> {
+        self.write("audit_prune", async {
+            users::prune_audit(&self.client().await?, before).await
+        })
+        .await
+    }
+}
