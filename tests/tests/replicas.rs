@@ -253,6 +253,44 @@ async fn haproxy_takes_a_killed_replica_out_and_back_by_its_readiness() {
     assert_eq!(status, 200);
 }
 
+/// Per request, not per connection: one keep-alive client's requests
+/// alternate between two replicas (each names itself on /health/ready).
+#[tokio::test]
+async fn haproxy_balances_each_request_without_stickiness() {
+    let first = Server::start_with(with_replica_id("r1"));
+    let second = Server::start_with(with_replica_id("r2"));
+    let Some(lb) = balancer_for(&[&first, &second]) else {
+        return;
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        let body: Value = client
+            .get(format!("{}/health/ready", lb.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answered.push(body["replica_id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        answered.windows(2).all(|pair| pair[0] != pair[1]),
+        "round robin per request: {answered:?}"
+    );
+    let states = lb.replicas();
+    assert!(
+        states
+            .iter()
+            .all(|r| r.status == "UP" && r.sessions_total >= 3),
+        "{states:?}"
+    );
+}
+
 async fn get(url: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .get(url)
