@@ -297,6 +297,13 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
          limit.",
     ),
     (
+        "http.trusted_proxies",
+        "Load balancers, as addresses or CIDR ranges (10.0.0.0/8), whose X-Forwarded-For \
+         header is believed: behind them the client's address (port 0) is the right-most one \
+         that is not a trusted proxy, in agents' remote_addr, logs, the audit and login \
+         throttling. Empty (default): the header is ignored.",
+    ),
+    (
         "rollouts.batch_timeout_seconds",
         "Default time a rollout batch may take (default 300; a rollout's batch_timeout \
          overrides it; 0 waits for every report): then its agents that have not reported are \

@@ -225,6 +225,9 @@ pub struct HttpConfig {
     pub idle_timeout_seconds: u64,
     /// Largest REST request body.
     pub max_api_body_bytes: usize,
+    /// Load balancers (addresses or CIDR ranges) whose `X-Forwarded-For`
+    /// names the client in agents' `remote_addr`, logs, audit and login throttling.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Config {
@@ -326,6 +329,7 @@ impl Default for HttpConfig {
             body_timeout_seconds: 30,
             idle_timeout_seconds: 120,
             max_api_body_bytes: 16 << 20,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -511,6 +515,8 @@ impl Config {
                 }
             }
         }
+        crate::forwarded::TrustedProxies::parse(&self.http.trusted_proxies)
+            .map_err(anyhow::Error::msg)?;
         if let Some(id) = &self.cluster.replica_id {
             crate::replica::check_id(id)
                 .map_err(|why| anyhow::anyhow!("cluster.replica_id {id:?} {why}"))?;

@@ -22,6 +22,7 @@ pub mod config;
 pub mod configs;
 pub mod files;
 pub mod fleet;
+pub mod forwarded;
 pub mod fuzzing;
 pub mod logring;
 pub mod metrics;
@@ -206,6 +207,10 @@ pub async fn run(
         idle: Duration::from_secs(app.config.http.idle_timeout_seconds),
     };
     let drain = Duration::from_secs(10);
+    let proxies = Arc::new(
+        forwarded::TrustedProxies::parse(&app.config.http.trusted_proxies)
+            .map_err(anyhow::Error::msg)?,
+    );
     let main_addr = server::local_addr(&listeners.main);
     let main_router = api::router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
@@ -214,6 +219,7 @@ pub async fn run(
         main_router,
         tls.clone(),
         timeouts,
+        proxies.clone(),
         shutdown_rx.clone(),
         drain,
     ));
@@ -224,6 +230,7 @@ pub async fn run(
             api::agent_router(app.clone()),
             agent_tls,
             timeouts,
+            proxies.clone(),
             shutdown_rx.clone(),
             drain,
         ));

@@ -104,6 +104,7 @@ pub async fn serve(
     router: Router,
     tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
     timeouts: Timeouts,
+    proxies: Arc<crate::forwarded::TrustedProxies>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -132,9 +133,11 @@ pub async fn serve(
         // Set once the TLS handshake is done, when the client sent a certificate.
         let peer = Arc::new(OnceLock::<ClientCertificate>::new());
         let presented = peer.clone();
+        let proxies = proxies.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
+                let client = proxies.client(remote, req.headers());
+                req.extensions_mut().insert(ConnectInfo(client));
                 if let Some(certificate) = presented.get() {
                     req.extensions_mut().insert(certificate.clone());
                 }

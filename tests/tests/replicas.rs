@@ -291,6 +291,51 @@ async fn haproxy_balances_each_request_without_stickiness() {
     );
 }
 
+/// `http.trusted_proxies`: behind a trusted balancer an agent's address is
+/// the one X-Forwarded-For names; from anyone else the header is ignored.
+#[tokio::test]
+async fn a_trusted_balancer_names_the_agent_address() {
+    let trusting = Server::start_with(Opts {
+        env: vec![("OPAMPD_HTTP_TRUSTED_PROXIES".into(), "127.0.0.1".into())],
+        ..Opts::default()
+    });
+    let plain = Server::start();
+    let post = |server: &Server, uid: [u8; 16]| {
+        let body = prost::Message::encode_to_vec(&report_with(uid, 0, "svc", &[]));
+        server
+            .http()
+            .post(server.opamp_url())
+            .header("content-type", "application/x-protobuf")
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
+            .body(body)
+            .send()
+    };
+    let (trusted_uid, plain_uid) = (new_uid(), new_uid());
+    assert_eq!(post(&trusting, trusted_uid).await.unwrap().status(), 200);
+    assert_eq!(post(&plain, plain_uid).await.unwrap().status(), 200);
+    let agent = common::agent(&trusting, &trusted_uid).await;
+    assert_eq!(agent["remote_addr"], "203.0.113.9:0", "{agent}");
+    let agent = common::agent(&plain, &plain_uid).await;
+    let address = agent["remote_addr"].as_str().unwrap();
+    assert!(
+        address.starts_with("127.0.0.1:") && !address.ends_with(":0"),
+        "without trusted proxies the header is ignored: {address}"
+    );
+
+    // Through haproxy (which appends the address it saw, 127.0.0.1, a
+    // trusted proxy too): the client-sent address left of it is taken.
+    let Some(lb) = balancer_for(&[&trusting]) else {
+        return;
+    };
+    let ws_uid = new_uid();
+    let mut ws = ws_connect(&lb.ws_url(), &[("x-forwarded-for", "192.0.2.44")])
+        .await
+        .unwrap();
+    ws_exchange(&mut ws, &report_with(ws_uid, 0, "svc", &[])).await;
+    let agent = common::agent(&trusting, &ws_uid).await;
+    assert_eq!(agent["remote_addr"], "192.0.2.44:0", "{agent}");
+}
+
 async fn get(url: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .get(url)
