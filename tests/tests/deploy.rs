@@ -1475,3 +1475,367 @@ fn haproxy_balances_requests_on_readiness() {
     let servers = lines.iter().filter(|l| l.starts_with("server ")).count();
     assert!(servers >= 2, "several replicas, got {servers}");
 }
+
+// ---------------------------------------------------------------- replicas
+
+/// The OPAMPD_* (and other) environment variables opampd reads: every
+/// configuration key of CONFIGURATION as `OPAMPD_KEY_PATH`, plus ENVIRONMENT.
+fn opampd_variables() -> BTreeSet<String> {
+    let keys = opampd::cli::CONFIGURATION
+        .iter()
+        .flat_map(|(names, _)| names.split(", "))
+        .map(|key| format!("OPAMPD_{}", key.replace('.', "_").to_ascii_uppercase()));
+    let extra = opampd::cli::ENVIRONMENT
+        .iter()
+        .flat_map(|(names, _)| names.split(", "))
+        .filter(|name| !name.ends_with('*'))
+        .map(String::from);
+    keys.chain(extra).collect()
+}
+
+/// Every file of deploy/, recursively, as (path relative to deploy/, text).
+fn deploy_texts() -> Vec<(String, String)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(Path::new(DEPLOY), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            let rel = p.strip_prefix(DEPLOY).unwrap().display().to_string();
+            Some((rel, text))
+        })
+        .collect()
+}
+
+/// Every `OPAMPD_*` variable any deploy file sets is a real opampd setting,
+/// and every flag the image and the unit pass to opampd is one of its flags.
+#[test]
+fn deploy_files_use_only_real_settings() {
+    let known = opampd_variables();
+    let mut unknown = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (file, text) in deploy_texts() {
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        while let Some(found) = text[at..].find("OPAMPD_") {
+            let start = at + found;
+            let mut end = start + "OPAMPD_".len();
+            while end < bytes.len()
+                && (bytes[end].is_ascii_uppercase()
+                    || bytes[end].is_ascii_digit()
+                    || bytes[end] == b'_')
+            {
+                end += 1;
+            }
+            let name = &text[start..end];
+            // `OPAMPD_*` and `OPAMPD_<KEY>` in comments name the pattern.
+            let pattern = name == "OPAMPD_";
+            if !pattern && (start == 0 || !is_ident_byte(bytes[start - 1])) {
+                seen.insert(name.to_string());
+                if !known.contains(name) {
+                    unknown.push(format!("{file}: {name}"));
+                }
+            }
+            at = end;
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "variables that are no opampd setting: {unknown:#?}"
+    );
+    for must in [
+        "OPAMPD_DATABASE_URL",
+        "OPAMPD_CLUSTER_REPLICA_ID",
+        "OPAMPD_OPAMP_AGENT_SECRETS",
+    ] {
+        assert!(seen.contains(must), "{must} is expected in deploy/");
+    }
+
+    let flags: BTreeSet<String> = opampd::cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let dockerfile = read("docker/Dockerfile");
+    let unit = read("systemd/opampd.service");
+    let command_lines = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("ENTRYPOINT"))
+        .chain(unit.lines().filter(|l| l.starts_with("ExecStart=")));
+    let mut checked = 0;
+    for line in command_lines {
+        for word in line.split(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | '[' | ']')) {
+            if let Some(flag) = word
+                .strip_prefix("--")
+                .map(|f| format!("--{}", f.split('=').next().unwrap()))
+            {
+                assert!(
+                    flags.contains(&flag),
+                    "{line}: {flag} is not an opampd flag"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "expected the flags of ENTRYPOINT and ExecStart"
+    );
+}
+
+#[test]
+fn compose_replicas_file() {
+    let c = yaml("docker-compose.replicas.yml");
+    let services = c["services"].as_mapping().expect("services");
+    let replicas: Vec<(&str, &serde_yaml::Value)> = services
+        .iter()
+        .map(|(k, v)| (str_at(k, "service name"), v))
+        .filter(|(name, _)| name.starts_with("opampd-"))
+        .collect();
+    assert!(replicas.len() >= 2, "several opampd replicas");
+
+    let postgres = &c["services"]["postgres"];
+    assert!(
+        str_at(&postgres["image"], "postgres image").starts_with("postgres:"),
+        "a PostgreSQL service"
+    );
+    assert!(
+        postgres["environment"]["POSTGRES_PASSWORD"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("${POSTGRES_PASSWORD:?")),
+        "the database password comes from the operator's environment, required"
+    );
+    assert!(postgres["ports"].is_null(), "PostgreSQL is not published");
+
+    let env_of = |svc: &serde_yaml::Value, name: &str| -> String {
+        str_at(&svc["environment"][name], name).to_string()
+    };
+    let (_, first) = replicas[0];
+    for (name, svc) in &replicas {
+        // The same build, database, JWT key and agent secrets everywhere.
+        assert_eq!(svc["build"], first["build"], "{name} build");
+        for shared in [
+            "OPAMPD_DATABASE_URL",
+            "OPAMPD_AUTH_JWT_SECRET_FILE",
+            "OPAMPD_OPAMP_AGENT_SECRETS",
+        ] {
+            assert_eq!(
+                env_of(svc, shared),
+                env_of(first, shared),
+                "{name} {shared}"
+            );
+        }
+        let url = env_of(svc, "OPAMPD_DATABASE_URL");
+        assert!(
+            url.starts_with("postgres://opampd:${POSTGRES_PASSWORD:?")
+                && url.ends_with("@postgres:5432/opampd"),
+            "{name}: database URL {url}"
+        );
+        assert!(env_of(svc, "OPAMPD_AUTH_JWT_SECRET_FILE").starts_with("/run/secrets/"));
+        assert!(
+            svc["environment"].get("JWT_SECRET_KEY").is_none(),
+            "no inline JWT key"
+        );
+        assert_eq!(
+            env_of(svc, "OPAMPD_CLUSTER_REPLICA_ID"),
+            *name,
+            "replica id"
+        );
+        assert_eq!(
+            svc["depends_on"]["postgres"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{name} waits for PostgreSQL"
+        );
+        assert!(
+            svc["ports"].is_null(),
+            "{name}: reached through HAProxy only"
+        );
+        let test: Vec<&str> = seq_at(&svc["healthcheck"]["test"], "healthcheck")
+            .iter()
+            .map(|v| str_at(v, "healthcheck"))
+            .collect();
+        assert!(test.contains(&"health"), "{name} healthcheck {test:?}");
+        for s in seq_at(&svc["secrets"], "secrets") {
+            assert!(
+                c["secrets"].get(str_at(s, "secret")).is_some(),
+                "{name}: secret declared"
+            );
+        }
+    }
+
+    let haproxy = &c["services"]["haproxy"];
+    assert!(str_at(&haproxy["image"], "haproxy image").starts_with("haproxy:"));
+    let mounts: Vec<&str> = seq_at(&haproxy["volumes"], "haproxy volumes")
+        .iter()
+        .map(|v| str_at(v, "volume"))
+        .collect();
+    assert!(
+        mounts.contains(&"./haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"),
+        "{mounts:?}"
+    );
+    let ports: Vec<&str> = seq_at(&haproxy["ports"], "haproxy ports")
+        .iter()
+        .map(|p| str_at(p, "port"))
+        .collect();
+    assert!(
+        ports.contains(&"8080:8080") && ports.contains(&"4320:4320"),
+        "{ports:?}"
+    );
+
+    // haproxy.cfg's servers are exactly the replica services, on 8080.
+    let servers: BTreeSet<String> = read("haproxy/haproxy.cfg")
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("server "))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = replicas.iter().map(|(n, _)| format!("{n}:8080")).collect();
+    assert_eq!(servers, expected, "haproxy.cfg servers vs compose replicas");
+    let depends: BTreeSet<&str> = seq_at(&haproxy["depends_on"], "haproxy depends_on")
+        .iter()
+        .map(|d| str_at(d, "depends_on"))
+        .collect();
+    assert_eq!(depends, replicas.iter().map(|(n, _)| *n).collect());
+}
+
+fn overlay_objects() -> Vec<(String, serde_yaml::Value)> {
+    let dir = deploy("kubernetes-replicas");
+    let mut out = Vec::new();
+    for name in ["kustomization.yaml", "deployment.yaml", "pdb.yaml"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        for doc in yaml_docs(&text, name) {
+            out.push((name.to_string(), doc));
+        }
+    }
+    out
+}
+
+/// The replicas overlay: 3 rolling replicas spread over nodes, the database
+/// URL from the Secret, no volume claim, a PodDisruptionBudget; rendered by
+/// `kubectl kustomize` when kubectl is around.
+#[test]
+fn kubernetes_replicas_overlay() {
+    let objs = overlay_objects();
+    let kust = find_kustomization(&objs);
+    let resources: Vec<&str> = seq_at(&kust["resources"], "resources")
+        .iter()
+        .map(|r| str_at(r, "resource"))
+        .collect();
+    assert_eq!(resources, ["../kubernetes", "pdb.yaml"]);
+    let kust_text = read("kubernetes-replicas/kustomization.yaml");
+    assert!(
+        kust_text.contains("--from-literal=database-url=\"postgres://"),
+        "the overlay documents the database-url key of the Secret"
+    );
+
+    let patch = find_obj(&objs, "Deployment", "opamp-server");
+    check_replicas_deployment(patch);
+    let pdb = find_obj(&objs, "PodDisruptionBudget", "opamp-server");
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_u64(), Some(1));
+    let base = k8s_objects();
+    let pod_labels =
+        &find_obj(&base, "Deployment", "opamp-server")["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in pdb["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("pdb selector")
+    {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "PDB selector label {k:?} not on the pods"
+        );
+    }
+
+    let Some(kubectl) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("kubectl"))
+            .find(|p| is_executable(p))
+    }) else {
+        notice("SKIPPED (kubectl not installed: the replicas overlay is not rendered)");
+        return;
+    };
+    let out = run_ok(
+        Command::new(kubectl)
+            .arg("kustomize")
+            .arg(deploy("kubernetes-replicas")),
+    );
+    let rendered: Vec<(String, serde_yaml::Value)> = yaml_docs(
+        &String::from_utf8_lossy(&out.stdout),
+        "kubectl kustomize output",
+    )
+    .into_iter()
+    .map(|o| ("rendered".to_string(), o))
+    .collect();
+    let kinds: BTreeSet<&str> = rendered
+        .iter()
+        .filter_map(|(_, o)| o["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["Namespace", "Service", "Deployment", "PodDisruptionBudget"]),
+        "no PersistentVolumeClaim: the state is in PostgreSQL"
+    );
+    let dep = find_obj(&rendered, "Deployment", "opamp-server");
+    check_replicas_deployment(dep);
+    let pod = &dep["spec"]["template"]["spec"];
+    let data = seq_at(&pod["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"].as_str() == Some("data"))
+        .expect("the data volume");
+    assert!(
+        data["emptyDir"].is_mapping() && data["persistentVolumeClaim"].is_null(),
+        "{data:?}"
+    );
+    let c = &seq_at(&pod["containers"], "containers")[0];
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/health/ready")
+    );
+    let env_names: Vec<&str> = seq_at(&c["env"], "env")
+        .iter()
+        .map(|e| str_at(&e["name"], "env name"))
+        .collect();
+    for name in [
+        "OPAMPD_DATABASE_URL",
+        "JWT_SECRET_KEY",
+        "OPAMPD_OPAMP_AGENT_SECRETS",
+    ] {
+        assert!(env_names.contains(&name), "{name} in {env_names:?}");
+    }
+}
+
+fn check_replicas_deployment(dep: &serde_yaml::Value) {
+    let spec = &dep["spec"];
+    assert_eq!(spec["replicas"].as_u64(), Some(3));
+    assert_eq!(spec["strategy"]["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(
+        spec["strategy"]["rollingUpdate"]["maxUnavailable"].as_u64(),
+        Some(0)
+    );
+    let pod = &spec["template"]["spec"];
+    let anti =
+        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    let term = &seq_at(anti, "podAntiAffinity")[0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"].as_str(), Some("kubernetes.io/hostname"));
+    let c = seq_at(&pod["containers"], "containers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("opampd"))
+        .expect("container opampd");
+    let url = seq_at(&c["env"], "env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("OPAMPD_DATABASE_URL"))
+        .expect("OPAMPD_DATABASE_URL");
+    let key_ref = &url["valueFrom"]["secretKeyRef"];
+    assert_eq!(key_ref["name"].as_str(), Some("opamp-secrets"));
+    assert_eq!(key_ref["key"].as_str(), Some("database-url"));
+}
