@@ -23,12 +23,12 @@ pub fn deploy_config() -> PathBuf {
 /// The haproxy binary on PATH. When missing: panics under
 /// `OPAMP_REQUIRE_TOOLS=1`, else prints `SKIPPED (...)` and returns None.
 pub fn haproxy() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .flat_map(|dir| [dir.join("haproxy")])
-            .chain([PathBuf::from("/usr/sbin/haproxy")])
-            .find(|p| p.is_file())
-    });
+    // Debian installs it in /usr/sbin, which a user's PATH may lack.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("haproxy"))
+        .find(|p| p.is_file());
     if found.is_none() {
         assert!(
             std::env::var("OPAMP_REQUIRE_TOOLS").as_deref() != Ok("1"),
