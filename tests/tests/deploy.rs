@@ -1651,6 +1651,14 @@ fn compose_replicas_file() {
             *name,
             "replica id"
         );
+        let haproxy_address = c["services"]["haproxy"]["networks"]["default"]["ipv4_address"]
+            .as_str()
+            .expect("haproxy has a fixed address");
+        assert_eq!(
+            env_of(svc, "OPAMPD_HTTP_TRUSTED_PROXIES"),
+            haproxy_address,
+            "{name} believes X-Forwarded-For from haproxy only"
+        );
         assert_eq!(
             svc["depends_on"]["postgres"]["condition"].as_str(),
             Some("service_healthy"),
