@@ -7,12 +7,12 @@
 
 use super::{Admin, ApiError, ApiResult};
 use crate::app::App;
-use crate::auth::insert_audit;
 use crate::logring::LogLine;
 use crate::opamp::reply::{Answer, Reply};
 use crate::opamp::session::Session;
 use crate::store::now_ms;
 use crate::store::sqlite::{dbfile, schema};
+use crate::store::users::AuditEntry;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -60,7 +60,7 @@ impl Drop for TempFile {
 pub async fn backup(State(app): State<Arc<App>>, Admin(who, addr): Admin) -> ApiResult<Response> {
     let tmp = temp_path(&app, "backup");
     let guard = TempFile(Some(tmp.clone()));
-    app.store.sqlite().backup_to(tmp.clone()).await.map_err(|e| {
+    app.store.backup_to(tmp.clone()).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "backup_failed",
@@ -74,19 +74,14 @@ pub async fn backup(State(app): State<Arc<App>>, Admin(who, addr): Admin) -> Api
     // Unlinked now, read through the open handle: nothing is left behind even
     // if the client goes away mid-stream.
     drop(guard);
-    let (actor, remote) = (who.name.clone(), addr.clone());
     app.store
-        .write("audit", move |c| {
-            insert_audit(
-                c,
-                &actor,
-                "db.backup",
-                None,
-                remote.as_deref(),
-                "ok",
-                &json!({"bytes": len}),
-            )
-        })
+        .audit(AuditEntry::ok(
+            &who.name,
+            "db.backup",
+            None,
+            addr.as_deref(),
+            json!({"bytes": len}),
+        ))
         .await?;
     tracing::info!(by = %who.name, bytes = len, "database backup streamed");
     let stream = futures_util::stream::unfold(file, |mut f| async move {
@@ -136,18 +131,14 @@ pub async fn restore(
         Err(e) if e.status.is_client_error() => ("refused", json!({"error": e.message})),
         Err(e) => ("failed", json!({"error": e.message})),
     };
-    let actor = who.name.clone();
     app.store
-        .write("audit", move |c| {
-            insert_audit(
-                c,
-                &actor,
-                "db.restore",
-                None,
-                addr.as_deref(),
-                outcome,
-                &details,
-            )
+        .audit(AuditEntry {
+            actor: who.name.clone(),
+            action: "db.restore".into(),
+            target: None,
+            remote_addr: addr,
+            outcome: outcome.into(),
+            details,
         })
         .await?;
     result.map(Json)
@@ -178,10 +169,11 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
     let fleet_app = app.clone();
     let live_agents_added = app
         .store
-        .sqlite()
-        .restore_from(tmp.clone(), keep_aside.clone(), move || {
-            fleet_app.fleet.live_agents()
-        })
+        .restore_from(
+            tmp.clone(),
+            keep_aside.clone(),
+            Box::new(move || fleet_app.fleet.live_agents()),
+        )
         .await
         .map_err(|e| {
             if let Some(reason) = e.downcast_ref::<dbfile::Refused>() {
@@ -426,7 +418,7 @@ pub async fn db_stats(
     _: Admin,
     Query(p): Query<StatsParams>,
 ) -> ApiResult<Json<DbStats>> {
-    Ok(Json(app.store.sqlite().stats(p.integrity).await?))
+    Ok(Json(app.store.stats(p.integrity).await?))
 }
 
 /// `POST /api/v1/admin/db/optimize`: ANALYZE, PRAGMA optimize, VACUUM, WAL checkpoint.
@@ -434,23 +426,15 @@ pub async fn db_optimize(
     State(app): State<Arc<App>>,
     Admin(who, addr): Admin,
 ) -> ApiResult<Json<DbOptimizeReport>> {
-    let report = app.store.sqlite().optimize().await?;
-    let (actor, details) = (
-        who.name.clone(),
-        json!({"size_before": report.size_before, "size_after": report.size_after, "duration_ms": report.duration_ms}),
-    );
+    let report = app.store.optimize().await?;
     app.store
-        .write("audit", move |c| {
-            insert_audit(
-                c,
-                &actor,
-                "db.optimize",
-                None,
-                addr.as_deref(),
-                "ok",
-                &details,
-            )
-        })
+        .audit(AuditEntry::ok(
+            &who.name,
+            "db.optimize",
+            None,
+            addr.as_deref(),
+            json!({"size_before": report.size_before, "size_after": report.size_after, "duration_ms": report.duration_ms}),
+        ))
         .await?;
     tracing::info!(by = %who.name, size_before = report.size_before, size_after = report.size_after, "database optimized");
     Ok(Json(report))
@@ -489,15 +473,10 @@ pub async fn memory(State(app): State<Arc<App>>, _: Admin) -> ApiResult<Json<Mem
         .sum();
     let cache_per_conn = app
         .store
-        .read("memory_cache_size", |c| {
-            let size: i64 = c.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
-            let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-            Ok(if size < 0 { -size * 1024 } else { size * page })
-        })
+        .connection_cache_bytes()
         .await
-        .unwrap_or(2000 * 1024)
-        .max(0) as u64;
-    let pool = app.store.sqlite().pool_stats();
+        .unwrap_or(2000 * 1024);
+    let pool = app.store.pool_stats();
     let mut subsystems = BTreeMap::new();
     subsystems.insert("agents_estimated".to_string(), agents_bytes);
     subsystems.insert(

@@ -38,12 +38,10 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     let bearer = crate::auth::bearer_token(&headers);
     let detailed = bearer.is_some() && app.auth.authenticate(&app.store, bearer).await.is_ok();
     let start = Instant::now();
-    let probe = app.store.read("health_probe", |c| {
-        Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
-    });
+    let probe = app.store.probe();
     let db_ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), probe).await,
-        Ok(Ok(1))
+        Ok(Ok(()))
     );
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
     let write_error = app.store.last_error().map(|e| {
@@ -71,7 +69,7 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     } else {
         "ok"
     };
-    let pool = app.store.sqlite().pool_stats();
+    let pool = app.store.pool_stats();
     let m = &app.metrics.agents;
     let report = HealthReport {
         status: status.into(),
@@ -93,7 +91,7 @@ pub async fn health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             latency_ms,
             schema_version: crate::store::SCHEMA_VERSION,
             path: if detailed {
-                app.store.sqlite().path().display().to_string()
+                app.store.location().to_string()
             } else {
                 String::new()
             },

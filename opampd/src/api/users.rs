@@ -8,9 +8,11 @@
 use super::configs::{page_limit, parse_body, MAX_PAGE};
 use super::{Admin, ApiError, ApiResult, Viewer};
 use crate::app::App;
-use crate::auth::{self, insert_audit, AuthError, Credential, Role};
-use crate::store::sqlite::users;
-use crate::store::users::{AuditQuery, TokenRow, UserRow};
+use crate::auth::{self, AuthError, Credential, Role};
+use crate::store::users::{
+    AuditEntry as Audit, AuditQuery, TokenRevoke, TokenRow, UserChange, UserDelete, UserRow,
+    UserUpdate,
+};
 use crate::store::{now_ms, parse_rfc3339, rfc3339};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -71,10 +73,9 @@ pub async fn login(
             secs,
         ));
     }
-    let name = req.username.clone();
     let user = app
         .store
-        .read("user_get", move |c| users::get_user(c, &name))
+        .user(&req.username)
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
     let hash = user
@@ -104,20 +105,14 @@ pub async fn login(
     let (token, exp) = app
         .auth
         .issue_jwt(&user.username, role, user.session_generation);
-    let who = user.username.clone();
-    let addr = remote.to_string();
     app.store
-        .write("audit", move |c| {
-            insert_audit(
-                c,
-                &who,
-                "auth.login",
-                None,
-                Some(&addr),
-                "ok",
-                &json!({"role": role.as_str(), "expires_at": rfc3339(exp * 1000)}),
-            )
-        })
+        .audit(Audit::ok(
+            &user.username,
+            "auth.login",
+            None,
+            Some(&remote.to_string()),
+            json!({"role": role.as_str(), "expires_at": rfc3339(exp * 1000)}),
+        ))
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
     tracing::info!(username = %user.username, remote_addr = %remote, "login");
@@ -147,10 +142,7 @@ fn audit_failure(app: &Arc<App>, username: &str, ip: IpAddr, throttled: bool) {
     };
     let app = app.clone();
     tokio::spawn(async move {
-        let _ = app
-            .store
-            .write("audit", move |c| users::record_login_failures(c, &summary))
-            .await;
+        let _ = app.store.record_login_failures(summary).await;
     });
 }
 
@@ -182,43 +174,26 @@ pub async fn logout(
             tracing::debug!(remote_addr = %remote, error = %e, "logout without a valid credential");
             auth_error(&e)
         })?;
-    let who = p.name.clone();
     match p.credential.clone() {
         Credential::Jwt { jti, exp } => {
-            let id = jti;
-            app.store
-                .write("logout", move |c| {
-                    c.execute(
-                        "INSERT OR IGNORE INTO revoked_jwts (jti, expires_at) VALUES (?1, ?2)",
-                        rusqlite::params![id, exp],
-                    )?;
-                    insert_audit(
-                        c,
-                        &who,
-                        "auth.logout",
-                        None,
-                        Some(&addr),
-                        "ok",
-                        &json!({"credential": "login token"}),
-                    )
-                })
-                .await?;
+            let audit = Audit::ok(
+                &p.name,
+                "auth.logout",
+                None,
+                Some(&addr),
+                json!({"credential": "login token"}),
+            );
+            app.store.logout_jwt(&jti, exp, audit).await?;
         }
         Credential::ApiToken { id } => {
-            app.store
-                .write("logout", move |c| {
-                    users::revoke_token(c, &id)?;
-                    insert_audit(
-                        c,
-                        &who,
-                        "auth.logout",
-                        None,
-                        Some(&addr),
-                        "ok",
-                        &json!({"credential": "api token", "token_id": id}),
-                    )
-                })
-                .await?;
+            let audit = Audit::ok(
+                &p.name,
+                "auth.logout",
+                None,
+                Some(&addr),
+                json!({"credential": "api token", "token_id": id}),
+            );
+            app.store.logout_token(&id, audit).await?;
             app.auth.invalidate_tokens();
         }
     }
@@ -255,9 +230,7 @@ pub async fn tokens_list(
     let owner = (who.role < Role::Admin).then(|| who.name.clone());
     let (mut rows, total) = app
         .store
-        .read("tokens_list", move |c| {
-            users::list_tokens(c, owner.as_deref(), q.cursor.as_deref(), limit + 1)
-        })
+        .list_tokens(owner, q.cursor.clone(), limit + 1)
         .await?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
@@ -324,22 +297,14 @@ pub async fn tokens_create(
         expires_at,
         revoked: false,
     };
-    let stored = row.clone();
-    let actor = who.name.clone();
-    app.store
-        .write("token_create", move |c| {
-            users::insert_token(c, &stored)?;
-            insert_audit(
-                c,
-                &actor,
-                "token.create",
-                Some(&stored.id),
-                addr.as_deref(),
-                "ok",
-                &json!({"name": stored.name, "role": stored.role, "owner": stored.owner, "expires_at": stored.expires_at.map(rfc3339)}),
-            )
-        })
-        .await?;
+    let audit = Audit::ok(
+        &who.name,
+        "token.create",
+        Some(&row.id),
+        addr.as_deref(),
+        json!({"name": row.name, "role": row.role, "owner": row.owner, "expires_at": row.expires_at.map(rfc3339)}),
+    );
+    app.store.create_token(row.clone(), audit).await?;
     tracing::info!(token_id = %row.id, owner = %row.owner, role = %row.role, "API token created");
     Ok((StatusCode::CREATED, Json(token_to_api(row, Some(secret)))))
 }
@@ -350,26 +315,18 @@ pub async fn tokens_revoke(
     Viewer(who, addr): Viewer,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (key, actor, is_admin) = (id.clone(), who.name.clone(), who.role == Role::Admin);
-    app.store
-        .write("token_revoke", move |c| {
-            let token = users::get_token(c, &key)?
-                .filter(|t| is_admin || t.owner == actor)
-                .ok_or_else(|| ApiError::not_found(format!("no token {key:?} of yours")))?;
-            if users::revoke_token(c, &key)? {
-                insert_audit(
-                    c,
-                    &actor,
-                    "token.revoke",
-                    Some(&key),
-                    addr.as_deref(),
-                    "ok",
-                    &json!({"name": token.name, "owner": token.owner, "role": token.role}),
-                )?;
-            }
-            Ok(())
+    let found = app
+        .store
+        .revoke_token(TokenRevoke {
+            id: id.clone(),
+            actor: who.name.clone(),
+            remote_addr: addr,
+            any_owner: who.role == Role::Admin,
         })
         .await?;
+    if !found {
+        return Err(ApiError::not_found(format!("no token {id:?} of yours")));
+    }
     app.auth.invalidate_tokens();
     tracing::info!(token_id = %id, by = %who.name, "API token revoked");
     Ok(StatusCode::NO_CONTENT)
@@ -433,12 +390,7 @@ pub async fn users_list(
     Query(q): Query<PageParams>,
 ) -> ApiResult<Json<Page<User>>> {
     let limit = page_limit(q.limit, 100, MAX_PAGE)?;
-    let (mut rows, total) = app
-        .store
-        .read("users_list", move |c| {
-            users::list_users(c, q.cursor.as_deref(), limit + 1)
-        })
-        .await?;
+    let (mut rows, total) = app.store.list_users(q.cursor.clone(), limit + 1).await?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|u| u.username.clone())
@@ -472,29 +424,19 @@ pub async fn users_create(
         created_at: now_ms(),
         session_generation: now_ms(),
     };
-    let stored = row.clone();
-    let actor = who.name.clone();
-    app.store
-        .write("user_create", move |c| {
-            if users::get_user(c, &stored.username)?.is_some() {
-                return Err(ApiError::conflict(format!(
-                    "user {:?} exists; change it with PATCH /api/v1/users/{}",
-                    stored.username, stored.username
-                ))
-                .into());
-            }
-            users::insert_user(c, &stored)?;
-            insert_audit(
-                c,
-                &actor,
-                "user.create",
-                Some(&stored.username),
-                addr.as_deref(),
-                "ok",
-                &json!({"role": stored.role}),
-            )
-        })
-        .await?;
+    let audit = Audit::ok(
+        &who.name,
+        "user.create",
+        Some(&row.username),
+        addr.as_deref(),
+        json!({"role": row.role}),
+    );
+    if !app.store.create_user(row.clone(), audit).await? {
+        return Err(ApiError::conflict(format!(
+            "user {:?} exists; change it with PATCH /api/v1/users/{}",
+            row.username, row.username
+        )));
+    }
     tracing::info!(username = %row.username, role = %row.role, by = %who.name, "user created");
     Ok((StatusCode::CREATED, Json(user_to_api(&row))))
 }
@@ -521,49 +463,33 @@ pub async fn users_update(
         }
         None => None,
     };
-    let (key, actor) = (name.clone(), who.name.clone());
-    let user = app
+    let role = role.map(|role| {
+        let allowed: Vec<String> = ROLES
+            .iter()
+            .filter(|r| **r <= role)
+            .map(|r| r.as_str().to_string())
+            .collect();
+        (role.as_str().to_string(), allowed)
+    });
+    let change = app
         .store
-        .write("user_update", move |c| {
-            let Some(mut user) = users::get_user(c, &key)? else {
-                return Err(ApiError::not_found(format!("no user {key:?}")).into());
-            };
-            let mut details = json!({"password_changed": password_hash.is_some()});
-            if let Some(role) = role {
-                let old = user.role.clone();
-                if old == "admin" && role != Role::Admin && users::count_admins(c)? <= 1 {
-                    return Err(ApiError::conflict(format!(
-                        "{key:?} is the last admin: make another user admin first"
-                    ))
-                    .into());
-                }
-                users::set_role(c, &key, role.as_str())?;
-                let allowed: Vec<&str> = ROLES
-                    .iter()
-                    .filter(|r| **r <= role)
-                    .map(|r| r.as_str())
-                    .collect();
-                users::clamp_token_roles(c, &key, &allowed, role.as_str())?;
-                user.role = role.as_str().into();
-                details["role"] = json!({"from": old, "to": user.role});
-            }
-            if let Some(h) = &password_hash {
-                users::set_password_hash(c, &key, h)?;
-            }
-            // A new password or role ends the user's existing sessions.
-            users::end_sessions(c, &key)?;
-            insert_audit(
-                c,
-                &actor,
-                "user.update",
-                Some(&key),
-                addr.as_deref(),
-                "ok",
-                &details,
-            )?;
-            Ok(user)
+        .update_user(UserUpdate {
+            username: name.clone(),
+            role,
+            password_hash,
+            actor: who.name.clone(),
+            remote_addr: addr,
         })
         .await?;
+    let user = match change {
+        UserChange::Missing => return Err(ApiError::not_found(format!("no user {name:?}"))),
+        UserChange::LastAdmin => {
+            return Err(ApiError::conflict(format!(
+                "{name:?} is the last admin: make another user admin first"
+            )))
+        }
+        UserChange::Done(user) => user,
+    };
     app.auth.invalidate_tokens();
     tracing::info!(username = %name, by = %who.name, "user changed");
     Ok(Json(user_to_api(&user)))
@@ -574,31 +500,23 @@ pub async fn users_delete(
     Admin(who, addr): Admin,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (key, actor) = (name.clone(), who.name.clone());
-    app.store
-        .write("user_delete", move |c| {
-            let Some(user) = users::get_user(c, &key)? else {
-                return Err(ApiError::not_found(format!("no user {key:?}")).into());
-            };
-            if user.role == "admin" && users::count_admins(c)? <= 1 {
-                return Err(ApiError::conflict(format!(
-                    "refusing to delete {key:?}, the last admin: make another user admin first"
-                ))
-                .into());
-            }
-            users::delete_user(c, &key)?;
-            let revoked = users::revoke_tokens_of(c, &key)?;
-            insert_audit(
-                c,
-                &actor,
-                "user.delete",
-                Some(&key),
-                addr.as_deref(),
-                "ok",
-                &json!({"role": user.role, "tokens_revoked": revoked}),
-            )
+    let change = app
+        .store
+        .delete_user(UserDelete {
+            username: name.clone(),
+            actor: who.name.clone(),
+            remote_addr: addr,
         })
         .await?;
+    match change {
+        UserChange::Missing => return Err(ApiError::not_found(format!("no user {name:?}"))),
+        UserChange::LastAdmin => {
+            return Err(ApiError::conflict(format!(
+                "refusing to delete {name:?}, the last admin: make another user admin first"
+            )))
+        }
+        UserChange::Done(_) => {}
+    }
     app.auth.invalidate_tokens();
     tracing::info!(username = %name, by = %who.name, "user deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -642,10 +560,7 @@ pub async fn audit(
         before_id,
         limit: limit + 1,
     };
-    let (mut rows, total) = app
-        .store
-        .read("audit_list", move |c| users::list_audit(c, &query))
-        .await?;
+    let (mut rows, total) = app.store.list_audit(query).await?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|r| r.id.to_string())

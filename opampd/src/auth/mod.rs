@@ -10,6 +10,7 @@
 pub mod password;
 pub mod throttle;
 
+use crate::store::users::{AuditEntry, TokenGrant, TokenRow, UserRow};
 use crate::store::{now_ms, Store};
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -17,7 +18,6 @@ use base64::Engine;
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -244,33 +244,43 @@ impl Auth {
 
     /// Creates the first admin (user, API token in `admin.token`) when there are no users.
     pub async fn bootstrap(&self, store: &Store, data_dir: &Path) -> Result<()> {
-        let has_users: bool = store
-            .read("users_any", |c| {
-                Ok(c.query_row("SELECT EXISTS(SELECT 1 FROM users)", [], |r| r.get(0))?)
-            })
-            .await?;
         let token_path = data_dir.join("admin.token");
-        if has_users {
+        if store.list_users(None, 1).await?.1 > 0 {
             return Ok(());
         }
         let token = random_token();
         let mut pw = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut pw);
         let password = B64.encode(pw);
-        let pw_hash = hash_password(&password)?;
-        let digest = token_digest(&token);
-        store
-            .write("bootstrap_admin", move |c| {
-                let now = now_ms();
-                c.execute("INSERT INTO users (username, password_hash, role, created_at, session_generation) VALUES ('admin', ?1, 'admin', ?2, ?2)", params![pw_hash, now])?;
-                c.execute(
-                    "INSERT INTO api_tokens (id, name, token_hash, role, owner, created_at) VALUES (?1, 'bootstrap', ?2, 'admin', 'admin', ?3)",
-                    params![uuid::Uuid::new_v4().to_string(), digest, now],
-                )?;
-                insert_audit(c, "system", "user.create", Some("admin"), None, "ok", &serde_json::json!({"role": "admin", "bootstrap": true}))?;
-                Ok(())
-            })
-            .await?;
+        let now = now_ms();
+        let user = UserRow {
+            username: "admin".into(),
+            password_hash: hash_password(&password)?,
+            role: "admin".into(),
+            created_at: now,
+            session_generation: now,
+        };
+        let api_token = TokenRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: "bootstrap".into(),
+            token_hash: token_digest(&token),
+            role: "admin".into(),
+            owner: "admin".into(),
+            created_at: now,
+            expires_at: None,
+            revoked: false,
+        };
+        let audit = AuditEntry {
+            actor: "system".into(),
+            action: "user.create".into(),
+            target: Some("admin".into()),
+            remote_addr: None,
+            outcome: "ok".into(),
+            details: serde_json::json!({"role": "admin", "bootstrap": true}),
+        };
+        if !store.create_first_admin(user, api_token, audit).await? {
+            return Ok(());
+        }
         // The password first: admin.token appearing means both are there.
         write_private(
             &data_dir.join("admin.password"),
@@ -361,24 +371,14 @@ impl Auth {
         };
         // One read per request: the token is not revoked, its user still
         // exists, and the user's sessions have not been ended since.
-        let (user, id) = (p.name.clone(), jti.clone());
-        let row: Option<(String, i64, bool)> = store
-            .read("jwt_check", move |c| {
-                Ok(c.query_row(
-                    "SELECT role, session_generation,
-                            EXISTS(SELECT 1 FROM revoked_jwts WHERE jti = ?2)
-                     FROM users WHERE username = ?1",
-                    params![user, id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?)
-            })
+        let row = store
+            .session_check(&p.name, jti)
             .await
             .map_err(|_| AuthError::Invalid)?;
         match row {
-            Some((role, current, false)) if current == generation => {
+            Some(check) if !check.jwt_revoked && check.session_generation == generation => {
                 // The user may have been demoted since (which also ends sessions).
-                let role = Role::parse(&role).ok_or(AuthError::Invalid)?;
+                let role = Role::parse(&check.role).ok_or(AuthError::Invalid)?;
                 Ok(Principal {
                     role: role.min(p.role),
                     ..p
@@ -397,33 +397,22 @@ impl Auth {
                 _ => Ok(c.principal.clone()),
             };
         }
-        let d = digest.clone();
         let epoch = self.token_epoch.load(Ordering::SeqCst);
         // A token whose owner does not exist (deleted, or a restored
         // database without them) does not authenticate.
-        let row: Option<(String, String, String, Option<i64>, bool, String)> = store
-            .read("token_lookup", move |c| {
-                Ok(c.query_row(
-                    "SELECT t.id, t.owner, t.role, t.expires_at, t.revoked, u.role
-                     FROM api_tokens t JOIN users u ON u.username = t.owner
-                     WHERE t.token_hash = ?1",
-                    [d],
-                    |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                        ))
-                    },
-                )
-                .optional()?)
-            })
+        let grant = store
+            .token_grant(&digest)
             .await
             .map_err(|_| AuthError::Invalid)?;
-        let Some((id, owner, role, expires_at, revoked, owner_role)) = row else {
+        let Some(TokenGrant {
+            id,
+            owner,
+            role,
+            expires_at,
+            revoked,
+            owner_role,
+        }) = grant
+        else {
             return Err(AuthError::Invalid);
         };
         if revoked {
@@ -465,29 +454,6 @@ impl Auth {
 /// The next session generation of a user: ends every session issued before.
 pub fn next_generation(current: i64) -> i64 {
     (current + 1).max(now_ms())
-}
-
-/// Appends one audit entry. `details` must never hold a secret.
-pub fn insert_audit(
-    c: &Connection,
-    actor: &str,
-    action: &str,
-    target: Option<&str>,
-    remote_addr: Option<&str>,
-    outcome: &str,
-    details: &serde_json::Value,
-) -> Result<()> {
-    crate::store::sqlite::users::insert_audit(
-        c,
-        &crate::store::users::AuditEntry {
-            actor: actor.into(),
-            action: action.into(),
-            target: target.map(str::to_string),
-            remote_addr: remote_addr.map(str::to_string),
-            outcome: outcome.into(),
-            details: details.clone(),
-        },
-    )
 }
 
 /// The credential in an `Authorization: Bearer …` header (either case of

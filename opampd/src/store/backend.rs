@@ -3,18 +3,24 @@
 //! handler needs (a rollout start, a configuration save…) is one method, so
 //! each backend runs it atomically in its own way.
 
-use super::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery};
+use super::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, LiveAgent};
 use super::configs::{
     ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome, Listed,
     RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, Saved, TargetRow,
     VersionRow,
 };
-use super::users::AuditEntry;
+use super::users::{
+    AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
+    UserDelete, UserRow, UserUpdate,
+};
 use super::WriteError;
+use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
 use anyhow::Result;
+use opamp_proto::api::{DbOptimizeReport, DbStats};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Room reserved in the writer's queue ([`Backend::reserve`]), released on drop.
@@ -199,6 +205,66 @@ pub trait Backend: Send + Sync {
 
     // ---- Users, API tokens, login failures ----
 
+    async fn user(&self, username: &str) -> Result<Option<UserRow>>;
+
+    /// Users by name after `after`; plus the total.
+    async fn list_users(&self, after: Option<String>, limit: usize) -> Result<(Vec<UserRow>, u64)>;
+
+    /// Creates a user, audited; false if the name is taken.
+    async fn create_user(&self, user: UserRow, audit: AuditEntry) -> Result<bool, WriteError>;
+
+    /// Changes a user's role (lowering their stronger tokens) and/or
+    /// password and ends their sessions, audited.
+    async fn update_user(&self, update: UserUpdate) -> Result<UserChange, WriteError>;
+
+    /// Deletes a user and revokes their tokens, audited.
+    async fn delete_user(&self, delete: UserDelete) -> Result<UserChange, WriteError>;
+
+    /// Creates the first admin and its API token, audited, if there is no
+    /// user yet; returns whether it did.
+    async fn create_first_admin(
+        &self,
+        user: UserRow,
+        token: TokenRow,
+        audit: AuditEntry,
+    ) -> Result<bool, WriteError>;
+
+    /// What checking a login token of `username` with id `jti` needs;
+    /// `None` if the user does not exist.
+    async fn session_check(&self, username: &str, jti: &str) -> Result<Option<SessionCheck>>;
+
+    /// The API token with this digest, if its owner exists.
+    async fn token_grant(&self, digest: &str) -> Result<Option<TokenGrant>>;
+
+    /// Tokens by id after `after`, of one owner or of everybody; plus the total.
+    async fn list_tokens(
+        &self,
+        owner: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<TokenRow>, u64)>;
+
+    async fn create_token(&self, token: TokenRow, audit: AuditEntry) -> Result<(), WriteError>;
+
+    /// Revokes a token, audited if it was not revoked yet; false if there is
+    /// no such token the actor may revoke.
+    async fn revoke_token(&self, revoke: TokenRevoke) -> Result<bool, WriteError>;
+
+    /// Revokes a login token (by id, until it expires anyway), audited.
+    async fn logout_jwt(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        audit: AuditEntry,
+    ) -> Result<(), WriteError>;
+
+    /// Revokes the API token a logout presents, audited.
+    async fn logout_token(&self, id: &str, audit: AuditEntry) -> Result<(), WriteError>;
+
+    /// Writes an address's summary of failed logins (one audit row per
+    /// address and window, updated as the counts grow).
+    async fn record_login_failures(&self, summary: FailureSummary) -> Result<(), WriteError>;
+
     /// Drops revocations of login tokens and revoked API tokens that have
     /// expired anyway; returns how many.
     async fn prune_revoked(&self) -> Result<usize, WriteError>;
@@ -208,6 +274,46 @@ pub trait Backend: Send + Sync {
     /// Appends one audit entry.
     async fn audit(&self, entry: AuditEntry) -> Result<(), WriteError>;
 
+    /// Audit entries newest first; plus the total matching the filters.
+    async fn list_audit(&self, query: AuditQuery) -> Result<(Vec<AuditRow>, u64)>;
+
     /// Deletes audit entries older than `before` (ms); returns how many.
     async fn prune_audit(&self, before: i64) -> Result<usize, WriteError>;
+
+    // ---- Maintenance ----
+
+    /// A trivial read: whether the database answers.
+    async fn probe(&self) -> Result<()>;
+
+    /// Where the data lives.
+    fn location(&self) -> Location;
+
+    /// The connection pool's usage.
+    fn pool_stats(&self) -> PoolStats;
+
+    /// The page cache one connection may hold, in bytes.
+    async fn connection_cache_bytes(&self) -> Result<u64>;
+
+    /// A consistent copy of the whole database, written to `dest` (a new
+    /// file in a private directory).
+    async fn backup_to(&self, dest: PathBuf) -> Result<()>;
+
+    /// Table sizes, schema version and storage figures (and an integrity
+    /// check when asked).
+    async fn stats(&self, integrity: bool) -> Result<DbStats>;
+
+    /// Reclaims space and refreshes the planner's statistics.
+    async fn optimize(&self) -> Result<DbOptimizeReport>;
+
+    /// Replaces the content with the backup `candidate` (checked and
+    /// migrated first; a refused one is a `dbfile::Refused` error), saving
+    /// the previous content to `keep_aside`; the agents `live_agents` names
+    /// (called once the copy is in) are stored connected. Returns how many
+    /// live agents the backup did not contain.
+    async fn restore_from(
+        &self,
+        candidate: PathBuf,
+        keep_aside: PathBuf,
+        live_agents: Box<dyn FnOnce() -> Vec<LiveAgent> + Send>,
+    ) -> Result<u64>;
 }

@@ -10,6 +10,8 @@
 
 pub mod agents;
 mod backend;
+#[cfg(test)]
+mod boundary;
 pub mod configs;
 mod error;
 pub mod postgres;
@@ -45,53 +47,19 @@ pub struct StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
-    /// Transitional: the SQLite backend for the callers not yet moved to
-    /// typed methods.
-    legacy: Option<Arc<sqlite::Sqlite>>,
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the SQLite database at
     /// `path`, then starts its writer. Blocking: call it off the async workers.
     pub fn open(path: &Path, opts: &StoreOptions, metrics: Arc<Metrics>) -> Result<Store> {
-        let backend = Arc::new(sqlite::Sqlite::open(path, opts, metrics)?);
-        Ok(Store {
-            backend: backend.clone(),
-            legacy: Some(backend),
-        })
+        let backend = sqlite::Sqlite::open(path, opts, metrics)?;
+        Ok(Store::new(Arc::new(backend)))
     }
 
     /// A store over any backend.
     pub fn new(backend: Arc<dyn Backend>) -> Store {
-        Store {
-            backend,
-            legacy: None,
-        }
-    }
-
-    /// Transitional: the SQLite backend.
-    pub fn sqlite(&self) -> &sqlite::Sqlite {
-        self.legacy
-            .as_deref()
-            .expect("this operation needs the SQLite backend")
-    }
-
-    /// Transitional: runs `f` on a pooled SQLite read connection.
-    pub async fn read<T, F>(&self, operation: &'static str, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
-    {
-        self.sqlite().read(operation, f).await
-    }
-
-    /// Transitional: runs `f` in the SQLite writer's next transaction.
-    pub async fn write<T, F>(&self, operation: &'static str, f: F) -> Result<T, WriteError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
-    {
-        self.sqlite().write(operation, f).await
+        Store { backend }
     }
 }
 

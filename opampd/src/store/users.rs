@@ -78,3 +78,63 @@ impl AuditEntry {
         }
     }
 }
+
+/// What checking a login token needs of its user.
+#[derive(Debug, Clone)]
+pub struct SessionCheck {
+    pub role: String,
+    pub session_generation: i64,
+    /// The token (by its id) was revoked at a logout.
+    pub jwt_revoked: bool,
+}
+
+/// An API token as authentication sees it, with its owner's role.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub id: String,
+    pub owner: String,
+    pub role: String,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    pub owner_role: String,
+}
+
+/// A change of a user's role and/or password; either ends their sessions.
+#[derive(Debug, Clone)]
+pub struct UserUpdate {
+    pub username: String,
+    /// The new role, and the roles up to it (the user's tokens with another
+    /// role are lowered to it).
+    pub role: Option<(String, Vec<String>)>,
+    pub password_hash: Option<String>,
+    pub actor: String,
+    pub remote_addr: Option<String>,
+}
+
+/// A user to delete, with their tokens.
+#[derive(Debug, Clone)]
+pub struct UserDelete {
+    pub username: String,
+    pub actor: String,
+    pub remote_addr: Option<String>,
+}
+
+/// What a user change or deletion did.
+#[derive(Debug, Clone)]
+pub enum UserChange {
+    Missing,
+    /// Refused: the user is the last admin.
+    LastAdmin,
+    /// The user after the change (before the deletion).
+    Done(UserRow),
+}
+
+/// A token to revoke at an operator's request.
+#[derive(Debug, Clone)]
+pub struct TokenRevoke {
+    pub id: String,
+    pub actor: String,
+    pub remote_addr: Option<String>,
+    /// An admin may revoke anybody's token; others only their own.
+    pub any_owner: bool,
+}

@@ -2,20 +2,28 @@
 //! job of the batching writer (one savepoint of its transaction).
 
 use super::users::insert_audit;
-use super::{agents, components, configs, Sqlite};
+use super::{agents, components, configs, users, Sqlite};
+use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
-use crate::store::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery};
+use crate::store::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, LiveAgent};
 use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
     Saved, TargetRow, VersionRow,
 };
-use crate::store::users::AuditEntry;
-use crate::store::{now_ms, Backend, Room, WriteError};
+use crate::store::users::{
+    AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
+    UserDelete, UserRow, UserUpdate,
+};
+use crate::store::{now_ms, Backend, Location, PoolStats, Room, WriteError};
 use anyhow::{Context, Result};
+use opamp_proto::api::{DbOptimizeReport, DbStats};
 use rusqlite::Connection;
+use rusqlite::{params, OptionalExtension};
+use serde_json::json;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A configuration with its newest version and latest rollout.
@@ -342,16 +350,294 @@ impl Backend for Sqlite {
         .await
     }
 
+    async fn user(&self, username: &str) -> Result<Option<UserRow>> {
+        let username = username.to_string();
+        self.read("user_get", move |c| users::get_user(c, &username))
+            .await
+    }
+
+    async fn list_users(&self, after: Option<String>, limit: usize) -> Result<(Vec<UserRow>, u64)> {
+        self.read("users_list", move |c| {
+            users::list_users(c, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: UserRow, audit: AuditEntry) -> Result<bool, WriteError> {
+        self.write("user_create", move |c| {
+            if users::get_user(c, &user.username)?.is_some() {
+                return Ok(false);
+            }
+            users::insert_user(c, &user)?;
+            insert_audit(c, &audit)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn update_user(&self, update: UserUpdate) -> Result<UserChange, WriteError> {
+        self.write("user_update", move |c| {
+            let key = &update.username;
+            let Some(mut user) = users::get_user(c, key)? else {
+                return Ok(UserChange::Missing);
+            };
+            let mut details = json!({"password_changed": update.password_hash.is_some()});
+            if let Some((role, allowed)) = &update.role {
+                let old = user.role.clone();
+                if old == "admin" && role != "admin" && users::count_admins(c)? <= 1 {
+                    return Ok(UserChange::LastAdmin);
+                }
+                users::set_role(c, key, role)?;
+                let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                users::clamp_token_roles(c, key, &allowed, role)?;
+                user.role = role.clone();
+                details["role"] = json!({"from": old, "to": user.role});
+            }
+            if let Some(h) = &update.password_hash {
+                users::set_password_hash(c, key, h)?;
+            }
+            // A new password or role ends the user's existing sessions.
+            users::end_sessions(c, key)?;
+            insert_audit(
+                c,
+                &AuditEntry::ok(
+                    &update.actor,
+                    "user.update",
+                    Some(key),
+                    update.remote_addr.as_deref(),
+                    details,
+                ),
+            )?;
+            Ok(UserChange::Done(user))
+        })
+        .await
+    }
+
+    async fn delete_user(&self, delete: UserDelete) -> Result<UserChange, WriteError> {
+        self.write("user_delete", move |c| {
+            let key = &delete.username;
+            let Some(user) = users::get_user(c, key)? else {
+                return Ok(UserChange::Missing);
+            };
+            if user.role == "admin" && users::count_admins(c)? <= 1 {
+                return Ok(UserChange::LastAdmin);
+            }
+            users::delete_user(c, key)?;
+            let revoked = users::revoke_tokens_of(c, key)?;
+            insert_audit(
+                c,
+                &AuditEntry::ok(
+                    &delete.actor,
+                    "user.delete",
+                    Some(key),
+                    delete.remote_addr.as_deref(),
+                    json!({"role": user.role, "tokens_revoked": revoked}),
+                ),
+            )?;
+            Ok(UserChange::Done(user))
+        })
+        .await
+    }
+
+    async fn create_first_admin(
+        &self,
+        user: UserRow,
+        token: TokenRow,
+        audit: AuditEntry,
+    ) -> Result<bool, WriteError> {
+        self.write("bootstrap_admin", move |c| {
+            let any: bool = c.query_row("SELECT EXISTS(SELECT 1 FROM users)", [], |r| r.get(0))?;
+            if any {
+                return Ok(false);
+            }
+            users::insert_user(c, &user)?;
+            users::insert_token(c, &token)?;
+            insert_audit(c, &audit)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn session_check(&self, username: &str, jti: &str) -> Result<Option<SessionCheck>> {
+        let (username, jti) = (username.to_string(), jti.to_string());
+        self.read("jwt_check", move |c| {
+            Ok(c.prepare_cached(
+                "SELECT role, session_generation,
+                        EXISTS(SELECT 1 FROM revoked_jwts WHERE jti = ?2)
+                 FROM users WHERE username = ?1",
+            )?
+            .query_row(params![username, jti], |r| {
+                Ok(SessionCheck {
+                    role: r.get(0)?,
+                    session_generation: r.get(1)?,
+                    jwt_revoked: r.get(2)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn token_grant(&self, digest: &str) -> Result<Option<TokenGrant>> {
+        let digest = digest.to_string();
+        self.read("token_lookup", move |c| {
+            Ok(c.prepare_cached(
+                "SELECT t.id, t.owner, t.role, t.expires_at, t.revoked, u.role
+                 FROM api_tokens t JOIN users u ON u.username = t.owner
+                 WHERE t.token_hash = ?1",
+            )?
+            .query_row([digest], |r| {
+                Ok(TokenGrant {
+                    id: r.get(0)?,
+                    owner: r.get(1)?,
+                    role: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    revoked: r.get(4)?,
+                    owner_role: r.get(5)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_tokens(
+        &self,
+        owner: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<TokenRow>, u64)> {
+        self.read("tokens_list", move |c| {
+            users::list_tokens(c, owner.as_deref(), after.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: TokenRow, audit: AuditEntry) -> Result<(), WriteError> {
+        self.write("token_create", move |c| {
+            users::insert_token(c, &token)?;
+            insert_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, revoke: TokenRevoke) -> Result<bool, WriteError> {
+        self.write("token_revoke", move |c| {
+            let Some(token) = users::get_token(c, &revoke.id)?
+                .filter(|t| revoke.any_owner || t.owner == revoke.actor)
+            else {
+                return Ok(false);
+            };
+            if users::revoke_token(c, &revoke.id)? {
+                insert_audit(
+                    c,
+                    &AuditEntry::ok(
+                        &revoke.actor,
+                        "token.revoke",
+                        Some(&revoke.id),
+                        revoke.remote_addr.as_deref(),
+                        json!({"name": token.name, "owner": token.owner, "role": token.role}),
+                    ),
+                )?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn logout_jwt(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        audit: AuditEntry,
+    ) -> Result<(), WriteError> {
+        let jti = jti.to_string();
+        self.write("logout", move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO revoked_jwts (jti, expires_at) VALUES (?1, ?2)",
+                params![jti, expires_at],
+            )?;
+            insert_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn logout_token(&self, id: &str, audit: AuditEntry) -> Result<(), WriteError> {
+        let id = id.to_string();
+        self.write("logout", move |c| {
+            users::revoke_token(c, &id)?;
+            insert_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn record_login_failures(&self, summary: FailureSummary) -> Result<(), WriteError> {
+        self.write("audit", move |c| users::record_login_failures(c, &summary))
+            .await
+    }
+
     async fn prune_revoked(&self) -> Result<usize, WriteError> {
-        self.write("jwt_prune", super::users::prune_revoked).await
+        self.write("jwt_prune", users::prune_revoked).await
     }
 
     async fn audit(&self, entry: AuditEntry) -> Result<(), WriteError> {
         self.write("audit", move |c| insert_audit(c, &entry)).await
     }
 
+    async fn list_audit(&self, query: AuditQuery) -> Result<(Vec<AuditRow>, u64)> {
+        self.read("audit_list", move |c| users::list_audit(c, &query))
+            .await
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.read("health_probe", |c| {
+            let one: i64 = c.query_row("SELECT 1", [], |r| r.get(0))?;
+            anyhow::ensure!(one == 1, "SELECT 1 returned {one}");
+            Ok(())
+        })
+        .await
+    }
+
+    fn location(&self) -> Location {
+        Location::File(self.path().to_path_buf())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    async fn connection_cache_bytes(&self) -> Result<u64> {
+        self.read("memory_cache_size", |c| {
+            let size: i64 = c.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+            let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            Ok(if size < 0 { -size * 1024 } else { size * page }.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn backup_to(&self, dest: PathBuf) -> Result<()> {
+        Sqlite::backup_to(self, dest).await
+    }
+
+    async fn stats(&self, integrity: bool) -> Result<DbStats> {
+        Sqlite::stats(self, integrity).await
+    }
+
+    async fn optimize(&self) -> Result<DbOptimizeReport> {
+        Sqlite::optimize(self).await
+    }
+
+    async fn restore_from(
+        &self,
+        candidate: PathBuf,
+        keep_aside: PathBuf,
+        live_agents: Box<dyn FnOnce() -> Vec<LiveAgent> + Send>,
+    ) -> Result<u64> {
+        Sqlite::restore_from(self, candidate, keep_aside, live_agents).await
+    }
+
     async fn prune_audit(&self, before: i64) -> Result<usize, WriteError> {
-        self.write("audit_prune", move |c| super::users::prune_audit(c, before))
+        self.write("audit_prune", move |c| users::prune_audit(c, before))
             .await
     }
 }

@@ -104,11 +104,6 @@ impl Sqlite {
         &self.path
     }
 
-    /// The read pool's usage.
-    pub fn pool_stats(&self) -> crate::store::PoolStats {
-        self.pool.stats()
-    }
-
     /// Runs `f` on a pooled read connection on a blocking thread.
     pub(crate) async fn read<T, F>(&self, operation: &'static str, f: F) -> Result<T>
     where
