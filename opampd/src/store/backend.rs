@@ -51,12 +51,15 @@ pub struct PoolStats {
 pub enum Location {
     /// The SQLite database file.
     File(std::path::PathBuf),
+    /// A PostgreSQL database (its URL, password hidden).
+    Database(String),
 }
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::File(path) => write!(f, "{}", path.display()),
+            Location::Database(url) => f.write_str(url),
         }
     }
 }

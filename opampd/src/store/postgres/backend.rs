@@ -5,19 +5,28 @@
 //! replicas and concurrent requests apply them one at a time.
 
 use super::{agents, configs, users, Postgres};
+use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
+use crate::store::agents::LiveAgent;
 use crate::store::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery};
 use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
     Saved, TargetRow, VersionRow,
 };
-use crate::store::users::AuditEntry;
+use crate::store::users::{
+    AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
+    UserDelete, UserRow, UserUpdate,
+};
 use crate::store::{now_ms, Backend, Room, WriteError};
+use crate::store::{Location, PoolStats};
 use anyhow::{Context, Result};
 use deadpool_postgres::{GenericClient, Transaction};
+use opamp_proto::api::{DbOptimizeReport, DbStats};
+use serde_json::json;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// A configuration with its newest version and latest rollout.
@@ -52,6 +61,17 @@ async fn apply(c: &impl GenericClient, plan: SavePlan) -> Result<Saved> {
     }
     users::insert_audit(c, &audit).await?;
     Ok(plan.saved)
+}
+
+/// The start of the refusal of what the PostgreSQL backend does not do yet.
+const NOT_YET: &str = "opampd on PostgreSQL does not offer";
+
+/// Serialises changes to users (the last-admin rule, the first admin)
+/// across connections and replicas until the transaction ends.
+async fn lock_users(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('users'))", &[])
+        .await?;
+    Ok(())
 }
 
 /// Serialises writes to one configuration across connections and replicas
@@ -484,5 +504,344 @@ impl Backend for Postgres {
             users::prune_audit(&self.client().await?, before).await
         })
         .await
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<UserRow>> {
+        self.read("user_get", async {
+            users::get_user(&self.client().await?, username).await
+        })
+        .await
+    }
+
+    async fn list_users(&self, after: Option<String>, limit: usize) -> Result<(Vec<UserRow>, u64)> {
+        self.read("users_list", async {
+            users::list_users(&self.client().await?, after.as_deref(), limit).await
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: UserRow, audit: AuditEntry) -> Result<bool, WriteError> {
+        self.write("user_create", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            lock_users(&tx).await?;
+            if users::get_user(&tx, &user.username).await?.is_some() {
+                return Ok(false);
+            }
+            users::insert_user(&tx, &user).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn update_user(&self, update: UserUpdate) -> Result<UserChange, WriteError> {
+        self.write("user_update", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            lock_users(&tx).await?;
+            let key = &update.username;
+            let Some(mut user) = users::get_user(&tx, key).await? else {
+                return Ok(UserChange::Missing);
+            };
+            let mut details = json!({"password_changed": update.password_hash.is_some()});
+            if let Some((role, allowed)) = &update.role {
+                let old = user.role.clone();
+                if old == "admin" && role != "admin" && users::count_admins(&tx).await? <= 1 {
+                    return Ok(UserChange::LastAdmin);
+                }
+                users::set_role(&tx, key, role).await?;
+                let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                users::clamp_token_roles(&tx, key, &allowed, role).await?;
+                user.role = role.clone();
+                details["role"] = json!({"from": old, "to": user.role});
+            }
+            if let Some(hash) = &update.password_hash {
+                users::set_password_hash(&tx, key, hash).await?;
+            }
+            // A new password or role ends the user's existing sessions.
+            users::end_sessions(&tx, key).await?;
+            users::insert_audit(
+                &tx,
+                &AuditEntry::ok(
+                    &update.actor,
+                    "user.update",
+                    Some(key),
+                    update.remote_addr.as_deref(),
+                    details,
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(UserChange::Done(user))
+        })
+        .await
+    }
+
+    async fn delete_user(&self, delete: UserDelete) -> Result<UserChange, WriteError> {
+        self.write("user_delete", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            lock_users(&tx).await?;
+            let key = &delete.username;
+            let Some(user) = users::get_user(&tx, key).await? else {
+                return Ok(UserChange::Missing);
+            };
+            if user.role == "admin" && users::count_admins(&tx).await? <= 1 {
+                return Ok(UserChange::LastAdmin);
+            }
+            users::delete_user(&tx, key).await?;
+            let revoked = users::revoke_tokens_of(&tx, key).await?;
+            users::insert_audit(
+                &tx,
+                &AuditEntry::ok(
+                    &delete.actor,
+                    "user.delete",
+                    Some(key),
+                    delete.remote_addr.as_deref(),
+                    json!({"role": user.role, "tokens_revoked": revoked}),
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(UserChange::Done(user))
+        })
+        .await
+    }
+
+    async fn create_first_admin(
+        &self,
+        user: UserRow,
+        token: TokenRow,
+        audit: AuditEntry,
+    ) -> Result<bool, WriteError> {
+        self.write("bootstrap_admin", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // Replicas starting together: the first to take the lock decides.
+            lock_users(&tx).await?;
+            let any: bool = tx
+                .query_one("SELECT EXISTS(SELECT 1 FROM users)", &[])
+                .await?
+                .get(0);
+            if any {
+                return Ok(false);
+            }
+            users::insert_user(&tx, &user).await?;
+            users::insert_token(&tx, &token).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn session_check(&self, username: &str, jti: &str) -> Result<Option<SessionCheck>> {
+        self.read("jwt_check", async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT role, session_generation,
+                            EXISTS(SELECT 1 FROM revoked_jwts WHERE jti = $2)
+                     FROM users WHERE username = $1",
+                    &[&username, &jti],
+                )
+                .await?;
+            Ok(row.map(|r| SessionCheck {
+                role: r.get(0),
+                session_generation: r.get(1),
+                jwt_revoked: r.get(2),
+            }))
+        })
+        .await
+    }
+
+    async fn token_grant(&self, digest: &str) -> Result<Option<TokenGrant>> {
+        self.read("token_lookup", async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT t.id, t.owner, t.role, t.expires_at, t.revoked, u.role
+                     FROM api_tokens t JOIN users u ON u.username = t.owner
+                     WHERE t.token_hash = $1",
+                    &[&digest],
+                )
+                .await?;
+            Ok(row.map(|r| TokenGrant {
+                id: r.get(0),
+                owner: r.get(1),
+                role: r.get(2),
+                expires_at: r.get(3),
+                revoked: r.get(4),
+                owner_role: r.get(5),
+            }))
+        })
+        .await
+    }
+
+    async fn list_tokens(
+        &self,
+        owner: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<TokenRow>, u64)> {
+        self.read("tokens_list", async {
+            users::list_tokens(
+                &self.client().await?,
+                owner.as_deref(),
+                after.as_deref(),
+                limit,
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: TokenRow, audit: AuditEntry) -> Result<(), WriteError> {
+        self.write("token_create", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            users::insert_token(&tx, &token).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, revoke: TokenRevoke) -> Result<bool, WriteError> {
+        self.write("token_revoke", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let Some(token) = users::get_token(&tx, &revoke.id)
+                .await?
+                .filter(|t| revoke.any_owner || t.owner == revoke.actor)
+            else {
+                return Ok(false);
+            };
+            if users::revoke_token(&tx, &revoke.id).await? {
+                users::insert_audit(
+                    &tx,
+                    &AuditEntry::ok(
+                        &revoke.actor,
+                        "token.revoke",
+                        Some(&revoke.id),
+                        revoke.remote_addr.as_deref(),
+                        json!({"name": token.name, "owner": token.owner, "role": token.role}),
+                    ),
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn logout_jwt(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        audit: AuditEntry,
+    ) -> Result<(), WriteError> {
+        self.write("logout", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            users::revoke_jwt(&tx, jti, expires_at).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn logout_token(&self, id: &str, audit: AuditEntry) -> Result<(), WriteError> {
+        self.write("logout", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            users::revoke_token(&tx, id).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_login_failures(&self, summary: FailureSummary) -> Result<(), WriteError> {
+        self.write("audit", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('login_failures:' || $1))",
+                &[&summary.remote_addr],
+            )
+            .await?;
+            users::record_login_failures(&tx, &summary).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, query: AuditQuery) -> Result<(Vec<AuditRow>, u64)> {
+        self.read("audit_list", async {
+            users::list_audit(&self.client().await?, &query).await
+        })
+        .await
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.read("health_probe", async {
+            let one: i32 = self
+                .client()
+                .await?
+                .query_one("SELECT 1", &[])
+                .await?
+                .get(0);
+            anyhow::ensure!(one == 1, "SELECT 1 returned {one}");
+            Ok(())
+        })
+        .await
+    }
+
+    fn location(&self) -> Location {
+        Location::Database(self.redacted_url().to_string())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        Postgres::pool_stats(self)
+    }
+
+    async fn connection_cache_bytes(&self) -> Result<u64> {
+        // The server's caches are PostgreSQL's memory, not this process's.
+        Ok(0)
+    }
+
+    async fn backup_to(&self, _dest: PathBuf) -> Result<()> {
+        anyhow::bail!(
+            "{NOT_YET} backups: use pg_dump against {}",
+            self.redacted_url()
+        )
+    }
+
+    async fn stats(&self, _integrity: bool) -> Result<DbStats> {
+        anyhow::bail!("{NOT_YET} database statistics")
+    }
+
+    async fn optimize(&self) -> Result<DbOptimizeReport> {
+        anyhow::bail!("{NOT_YET} database maintenance: run VACUUM ANALYZE with psql")
+    }
+
+    async fn restore_from(
+        &self,
+        _candidate: PathBuf,
+        _keep_aside: PathBuf,
+        _live_agents: Box<dyn FnOnce() -> Vec<LiveAgent> + Send>,
+    ) -> Result<u64> {
+        anyhow::bail!(
+            "{NOT_YET} restores: use pg_restore against {}",
+            self.redacted_url()
+        )
     }
 }

@@ -29,9 +29,6 @@ pub use url::DatabaseUrl;
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening one connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Advisory lock key under which a replica decides whether to create the
-/// admin user ("admin" in ASCII).
-const BOOTSTRAP_LOCK: i64 = 0x61_646d_696e;
 
 /// Handle to a PostgreSQL database; cheap to clone.
 #[derive(Clone)]
@@ -40,13 +37,6 @@ pub struct Postgres {
     url: DatabaseUrl,
     metrics: Arc<Metrics>,
     writer: Arc<writer::Writer>,
-}
-
-/// What [`Postgres::bootstrap_admin`] stores for the first admin.
-pub struct AdminBootstrap {
-    pub password_hash: String,
-    pub token_digest: String,
-    pub token_id: String,
 }
 
 impl Postgres {
@@ -149,48 +139,6 @@ impl Postgres {
         });
         self.publish_pool();
         client
-    }
-
-    /// Creates the admin user with its bootstrap token unless any user
-    /// exists, deciding under an advisory lock so that of several replicas
-    /// starting on an empty database exactly one does. Returns whether this
-    /// call created it (and so must write `admin.token`).
-    pub async fn bootstrap_admin(&self, admin: AdminBootstrap) -> Result<bool> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BOOTSTRAP_LOCK])
-            .await?;
-        let has_users: bool = tx
-            .query_one("SELECT EXISTS(SELECT 1 FROM users)", &[])
-            .await?
-            .get(0);
-        if has_users {
-            return Ok(false);
-        }
-        let now = super::now_ms();
-        tx.execute(
-            "INSERT INTO users (username, password_hash, role, created_at, session_generation) \
-             VALUES ('admin', $1, 'admin', $2, $2)",
-            &[&admin.password_hash, &now],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO api_tokens (id, name, token_hash, role, owner, created_at) \
-             VALUES ($1, 'bootstrap', $2, 'admin', 'admin', $3)",
-            &[&admin.token_id, &admin.token_digest, &now],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO audit_log (at, actor, action, target, remote_addr, outcome, details) \
-             VALUES ($1, 'system', 'user.create', 'admin', NULL, 'ok', $2)",
-            &[
-                &now,
-                &serde_json::json!({"role": "admin", "bootstrap": true}).to_string(),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     /// Copies the pool's state into the `db_connections_*` gauges

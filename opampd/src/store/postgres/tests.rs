@@ -60,12 +60,47 @@ fn metrics() -> Arc<Metrics> {
     ))
 }
 
-fn admin(n: u32) -> AdminBootstrap {
-    AdminBootstrap {
-        password_hash: format!("hash-{n}"),
-        token_digest: format!("digest-{n}"),
-        token_id: format!("id-{n}"),
-    }
+/// The first admin as opampd creates it, told apart by `n`.
+fn admin(
+    n: u32,
+) -> (
+    crate::store::users::UserRow,
+    crate::store::users::TokenRow,
+    crate::store::users::AuditEntry,
+) {
+    let now = crate::store::now_ms();
+    (
+        crate::store::users::UserRow {
+            username: "admin".into(),
+            password_hash: format!("hash-{n}"),
+            role: "admin".into(),
+            created_at: now,
+            session_generation: now,
+        },
+        crate::store::users::TokenRow {
+            id: format!("id-{n}"),
+            name: "bootstrap".into(),
+            token_hash: format!("digest-{n}"),
+            role: "admin".into(),
+            owner: "admin".into(),
+            created_at: now,
+            expires_at: None,
+            revoked: false,
+        },
+        crate::store::users::AuditEntry::ok(
+            "system",
+            "user.create",
+            Some("admin"),
+            None,
+            serde_json::json!({}),
+        ),
+    )
+}
+
+async fn bootstrap(db: &Postgres, n: u32) -> bool {
+    use crate::store::Backend;
+    let (user, token, audit) = admin(n);
+    db.create_first_admin(user, token, audit).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,10 +130,10 @@ async fn replicas_starting_together_migrate_once_and_bootstrap_once() {
         replicas
             .iter()
             .enumerate()
-            .map(|(n, replica)| replica.bootstrap_admin(admin(n as u32))),
+            .map(|(n, replica)| bootstrap(replica, n as u32)),
     )
     .await;
-    let created: Vec<bool> = created.into_iter().map(Result::unwrap).collect();
+    let created: Vec<bool> = created.into_iter().collect();
     assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
     let winner = created.iter().position(|c| *c).unwrap();
     let row = client
@@ -114,7 +149,7 @@ async fn replicas_starting_together_migrate_once_and_bootstrap_once() {
     assert_eq!(row.get::<_, i64>(2), 1);
     // A later start finds the admin and creates nothing.
     let late = Postgres::open(&url, &options(), metrics()).await.unwrap();
-    assert!(!late.bootstrap_admin(admin(9)).await.unwrap());
+    assert!(!bootstrap(&late, 9).await);
 }
 
 #[tokio::test]
