@@ -11,6 +11,10 @@ struct Rule {
     allowed: &'static [&'static str],
 }
 
+/// The PostgreSQL backend, and the replicas' coordination over the same
+/// database (leases, LISTEN/NOTIFY, the rollout leader's advisory lock).
+const POSTGRES_FOLDERS: &[&str] = &["opampd/src/store/postgres/", "opampd/src/cluster/postgres/"];
+
 fn rules() -> Vec<Rule> {
     // Built from pieces, so this file does not name the drivers itself.
     vec![
@@ -26,11 +30,11 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             name: ["tokio", "_postgres"].concat(),
-            allowed: &["opampd/src/store/postgres/"],
+            allowed: POSTGRES_FOLDERS,
         },
         Rule {
             name: ["deadpool", "_postgres"].concat(),
-            allowed: &["opampd/src/store/postgres/"],
+            allowed: POSTGRES_FOLDERS,
         },
     ]
 }
