@@ -105,20 +105,22 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let started = Instant::now();
-    if let Some(url) = &config.database.url {
-        anyhow::bail!(
-            "database.url ({}): the PostgreSQL backend is not available in this opampd yet; \
-             unset database.url (--database-url, OPAMPD_DATABASE_URL) to keep the state in \
-             the SQLite file {}",
-            store::postgres::url::redact(url),
-            config.db_path().display()
-        );
-    }
+    let database_url = config
+        .database
+        .url
+        .as_deref()
+        .map(store::postgres::DatabaseUrl::parse)
+        .transpose()?;
     create_data_dir(&config.data_dir)?;
     let jwt_key = auth::load_jwt_key(&config, opts.zero_config)?;
     let tls = server::tls_acceptor(&config.tls)?;
     let agent_tls = server::agent_tls_acceptor(&config)?;
-    let replica = replica::Replica::new(config.cluster.replica_id.as_deref(), "sqlite");
+    let backend = if database_url.is_some() {
+        "postgresql"
+    } else {
+        "sqlite"
+    };
+    let replica = replica::Replica::new(config.cluster.replica_id.as_deref(), backend);
     let metrics = Arc::new(metrics::Metrics::new(
         Duration::from_millis(config.database.slow_query_ms),
         replica,
@@ -139,12 +141,16 @@ pub async fn run(
             "NORMAL"
         },
     };
-    let db_path = config.db_path();
-    let store = {
-        let metrics = metrics.clone();
-        let path = db_path.clone();
-        tokio::task::spawn_blocking(move || store::Store::open(&path, &store_opts, metrics))
-            .await??
+    let store = match &database_url {
+        Some(url) => store::Store::new(Arc::new(
+            store::postgres::Postgres::open(url, &store_opts, metrics.clone()).await?,
+        )),
+        None => {
+            let metrics = metrics.clone();
+            let path = config.db_path();
+            tokio::task::spawn_blocking(move || store::Store::open(&path, &store_opts, metrics))
+                .await??
+        }
     };
     if config.opamp.agent_secrets.is_empty() {
         tracing::warn!("no opamp.agent_secrets configured: any agent that can reach the OpAMP endpoint is accepted");
@@ -154,11 +160,10 @@ pub async fn run(
     if !connection_settings.offers_opamp() {
         tracing::info!("{}", opamp::connection::NO_PUBLIC_URL);
     }
-    let cluster = match &config.database.url {
+    let cluster = match &database_url {
         Some(url) => {
-            let url = store::postgres::DatabaseUrl::parse(url)?;
             let coordinator = cluster::postgres::Coordinator::open(
-                &url,
+                url,
                 &metrics.replica().id,
                 Some(server::local_addr(&listeners.main).to_string()),
                 Duration::from_secs(config.cluster.lease_seconds),
