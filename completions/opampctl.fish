@@ -42,6 +42,7 @@ complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "health" -d 'Check
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "agents" -d 'Inspect and manage agents'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "configs" -d 'Manage versioned configurations'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "rollout" -d 'Roll a configuration version out to its agents, in batches'
+complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "packages" -d 'Manage the package catalogue: agent releases and addons, per platform'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "backup" -d 'Write a consistent, compressed, checksummed backup of the database'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "restore" -d 'Restore the database from a backup (checked before anything is touched)'
 complete -c opampctl -n "__fish_opampctl_needs_command" -f -a "logs" -d 'Show opampd\'s log, from the API or the supervisor\'s log'
@@ -392,6 +393,83 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_se
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -f -a "add" -d 'List a package version by reference: its download URL, SHA-256 and signature (admin)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -f -a "list" -d 'List the package versions in the catalogue'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -f -a "show" -d 'Show a package version and its files'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete" -f -a "delete" -d 'Delete a package version from the catalogue (admin)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l platform -d 'The platform of the file: OS/ARCH as agents report os.type and host.arch (any matches every one)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l url -d 'Where agents download the file' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l sha256 -d 'SHA-256 of the file (64 hex digits)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l signature-file -d 'The signature file, e.g. the release\'s .sigstore.json bundle' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l addon -d 'An addon rather than the agent itself'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l unsigned -d 'Accept a file without a signature'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l allow-http -d 'Accept an http:// URL'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l allow-downgrade -d 'Accept a version older than the newest one listed'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l dir -d 'Directory for the backup files (it must exist, unless --create-dir)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l data-dir -d 'Back up the database file in this opampd data directory instead of asking the server' -r -F

@@ -166,6 +166,9 @@ pub enum Command {
     /// Roll a configuration version out to its agents, in batches
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Manage the package catalogue: agent releases and addons, per platform
+    #[command(subcommand)]
+    Packages(PackagesCmd),
     /// Write a consistent, compressed, checksummed backup of the database
     #[command(long_about = "Write a consistent snapshot of the database as \
 opamp_YYYYmmdd_HHMMSS.db.gz plus a .sha256 file (sha256sum format), while opampd runs. \
@@ -479,6 +482,83 @@ pub enum ConfigsCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PackagesCmd {
+    /// List a package version by reference: its download URL, SHA-256 and signature (admin)
+    #[command(long_about = PACKAGES_ADD_ABOUT)]
+    Add(PackagesAddArgs),
+    /// List the package versions in the catalogue
+    List {
+        /// Only this package's versions
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Show a package version and its files
+    Show {
+        /// Package name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Version
+        #[arg(value_name = "VERSION")]
+        version: String,
+    },
+    /// Delete a package version from the catalogue (admin)
+    Delete {
+        /// Package name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Version
+        #[arg(value_name = "VERSION")]
+        version: String,
+    },
+}
+
+/// The man page of `opampctl packages add`.
+const PACKAGES_ADD_ABOUT: &str = "\
+List a package version in opampd's catalogue by reference: agents will \
+download the file from its URL (opampd never fetches it). One call adds one \
+platform's file; call again with another --platform to add more files to \
+the same version (a platform's file never changes once listed).\n\n\
+Safety rules, each with its override: the URL must be https (--allow-http); \
+a signature is required, e.g. the .sigstore.json bundle published beside a \
+collector release (--unsigned); a version older than the newest listed for \
+the name is refused (--allow-downgrade). The SHA-256 comes from the release's \
+checksums file.";
+
+#[derive(Args, Debug)]
+pub struct PackagesAddArgs {
+    /// Package name, e.g. otelcol-contrib
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Version, e.g. 0.120.0
+    #[arg(value_name = "VERSION")]
+    pub version: String,
+    /// The platform of the file: OS/ARCH as agents report os.type and host.arch (any matches every one)
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: String,
+    /// Where agents download the file
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// SHA-256 of the file (64 hex digits)
+    #[arg(long, value_name = "HEX")]
+    pub sha256: String,
+    /// The signature file, e.g. the release's .sigstore.json bundle
+    #[arg(long, value_name = "FILE")]
+    pub signature_file: Option<PathBuf>,
+    /// An addon rather than the agent itself
+    #[arg(long)]
+    pub addon: bool,
+    /// Accept a file without a signature
+    #[arg(long)]
+    pub unsigned: bool,
+    /// Accept an http:// URL
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Accept a version older than the newest one listed
+    #[arg(long)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Args, Debug)]

@@ -27,6 +27,7 @@ pub mod fuzzing;
 pub mod logring;
 pub mod metrics;
 pub mod opamp;
+pub mod packages;
 pub mod procinfo;
 pub mod replica;
 pub mod rollouts;

@@ -624,3 +624,69 @@ pub struct LogEntry {
     #[serde(default)]
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
+
+/// `POST /api/v1/packages`: a package version by reference (files opampd
+/// never downloads), or more platforms for a version already listed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PackageInput {
+    pub name: String,
+    pub version: String,
+    /// `top_level` (the agent itself, the default) or `addon`.
+    #[serde(default)]
+    pub r#type: Option<String>,
+    pub files: Vec<PackageFileInput>,
+    /// Accept files without a signature.
+    #[serde(default)]
+    pub unsigned: bool,
+    /// Accept `http://` download URLs.
+    #[serde(default)]
+    pub allow_insecure_url: bool,
+    /// Accept a version older than the newest one listed for the name.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+/// One file of a package version, by reference.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PackageFileInput {
+    /// As agents report `os.type` (`linux`, `windows`, `darwin`) or `any`.
+    pub os: String,
+    /// As agents report `host.arch` (`amd64`, `arm64`) or `any`.
+    pub arch: String,
+    pub url: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The signature (e.g. the `.sigstore.json` bundle), base64.
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+/// A package version in the catalogue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    /// `top_level` or `addon`.
+    pub r#type: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub files: Vec<PackageFile>,
+    /// After a POST: `created` (a new version) or `updated` (files added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// One file of a package version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackageFile {
+    pub os: String,
+    pub arch: String,
+    /// Where agents download it from (by reference).
+    pub url: Option<String>,
+    pub sha256: String,
+    pub signed: bool,
+    pub size: Option<u64>,
+    /// Uploaded to opampd (true) or by reference.
+    pub hosted: bool,
+    pub created_at: String,
+}

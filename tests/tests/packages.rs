@@ -2,12 +2,13 @@
 //! AcceptsPackages and ReportsPackageStatuses report what they have; a real
 //! opampd announces OffersPackages, stores the statuses per agent (within
 //! opamp.max_stored_bytes_per_agent, across restarts) and shows them in the
-//! API and `opampctl agents show`.
+//! API and `opampctl agents show`. The catalogue through the real opampctl:
+//! versions by reference, the safety rules and their overrides, roles, audit.
 
 use opamp_agent::agent::{Agent, AgentSettings};
 use opamp_agent::session::Session;
 use opamp_agent::ws::{self, WsOptions};
-use opamp_tests::cli::ok;
+use opamp_tests::cli::{fails, json, ok};
 use opamp_tests::client::{new_uid, uid_str};
 use opamp_tests::{wait_for, Opts, Server};
 use serde_json::Value;
@@ -131,4 +132,160 @@ async fn package_statuses_over_the_storage_limit_are_not_stored() {
         .get(&format!("/api/v1/agents/{}", uid_str(&uid)))
         .await;
     assert!(v["packages"].is_null(), "{}", v["packages"]);
+}
+
+/// opampctl exited with `exit` and said `needle`.
+#[track_caller]
+fn rejects(o: &std::process::Output, exit: i32, needle: &str) {
+    let stderr = opamp_tests::stderr(o);
+    assert_eq!(opamp_tests::cli::code(o), exit, "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+}
+
+const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn add<'a>(version: &'a str, platform: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "packages",
+        "add",
+        "otelcol-contrib",
+        version,
+        "--platform",
+        platform,
+        "--url",
+        url,
+        "--sha256",
+        SHA,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[tokio::test]
+async fn the_catalogue_lists_versions_by_reference_under_its_safety_rules() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("otelcol-contrib.tar.gz.sigstore.json");
+    std::fs::write(
+        &bundle,
+        br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}"#,
+    )
+    .unwrap();
+    let bundle = bundle.to_str().unwrap();
+    let url = "https://github.com/open-telemetry/opentelemetry-collector-releases/releases/download/v0.120.0/otelcol-contrib_0.120.0_linux_amd64.tar.gz";
+
+    // Safety rules, each naming its override.
+    rejects(
+        &server.ctl(&add("0.120.0", "linux/amd64", url, &[])),
+        2,
+        "--unsigned",
+    );
+    rejects(
+        &server.ctl(&add(
+            "0.120.0",
+            "linux/amd64",
+            "http://mirror.example.com/a.tar.gz",
+            &["--signature-file", bundle],
+        )),
+        2,
+        "--allow-http",
+    );
+    rejects(
+        &server.ctl(&add("0.120.0", "linux", url, &["--unsigned"])),
+        2,
+        "OS/ARCH",
+    );
+    let mut bad_sha = add("0.120.0", "linux/amd64", url, &["--unsigned"]);
+    bad_sha[9] = "abc";
+    rejects(&server.ctl(&bad_sha), 2, "64 hex digits");
+
+    let created = json(
+        &server.ctl(
+            &[
+                &["-o", "json"][..],
+                &add("0.120.0", "linux/amd64", url, &["--signature-file", bundle]),
+            ]
+            .concat(),
+        ),
+    );
+    assert_eq!(created["result"], "created");
+    assert_eq!(created["files"][0]["signed"], true);
+    assert_eq!(created["files"][0]["sha256"], SHA);
+    // Another platform of the same version; http allowed on request, unsigned on request.
+    let text = ok(&server.ctl(&add(
+        "0.120.0",
+        "linux/arm64",
+        "http://mirror.example.com/otelcol-contrib_0.120.0_linux_arm64.tar.gz",
+        &["--allow-http", "--unsigned"],
+    )));
+    assert!(
+        text.contains("package/otelcol-contrib 0.120.0 updated (2 files)"),
+        "{text}"
+    );
+    // A listed platform's file never changes.
+    let mut changed = add("0.120.0", "linux/amd64", url, &["--unsigned"]);
+    changed[9] = "0000000000000000000000000000000000000000000000000000000000000000";
+    fails(&server.ctl(&changed), "never change");
+    // Older than the newest listed: only with --allow-downgrade.
+    fails(
+        &server.ctl(&add("0.119.0", "linux/amd64", url, &["--unsigned"])),
+        "--allow-downgrade",
+    );
+    ok(&server.ctl(&add(
+        "0.119.0",
+        "linux/amd64",
+        url,
+        &["--unsigned", "--allow-downgrade"],
+    )));
+
+    let listed = ok(&server.ctl(&["packages", "list"]));
+    assert!(
+        listed.contains("NAME") && listed.contains("linux/amd64,linux/arm64"),
+        "{listed}"
+    );
+    let shown = json(&server.ctl(&[
+        "-o",
+        "json",
+        "packages",
+        "show",
+        "otelcol-contrib",
+        "0.120.0",
+    ]));
+    assert_eq!(shown["type"], "top_level");
+    assert_eq!(shown["files"].as_array().unwrap().len(), 2);
+    assert_eq!(shown["files"][1]["signed"], false);
+    let versions = json(&server.ctl(&["-o", "json", "packages", "list", "otelcol-contrib"]));
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+
+    // Admin only: an operator token cannot add or delete.
+    let (code, _) = server
+        .send_json("POST", "/api/v1/users", serde_json::json!({"username": "olga", "password": "operator-password-1", "role": "operator"}))
+        .await;
+    assert_eq!(code, 201);
+    let (_, login) = server
+        .send_json(
+            "POST",
+            "/api/v1/auth/login",
+            serde_json::json!({"username": "olga", "password": "operator-password-1"}),
+        )
+        .await;
+    let operator = login["token"].as_str().unwrap().to_string();
+    let refused = opamp_tests::ctl_env(
+        &["packages", "delete", "otelcol-contrib", "0.119.0"],
+        &[
+            ("OPAMPCTL_SERVER", &server.url()),
+            ("OPAMPCTL_TOKEN", &operator),
+        ],
+    );
+    fails(&refused, "403");
+
+    ok(&server.ctl(&["packages", "delete", "otelcol-contrib", "0.119.0"]));
+    fails(
+        &server.ctl(&["packages", "show", "otelcol-contrib", "0.119.0"]),
+        "no package",
+    );
+    let audit = ok(&server.ctl(&["-o", "json", "audit"]));
+    for action in ["package.create", "package.update", "package.delete"] {
+        assert!(audit.contains(action), "{action} audited: {audit}");
+    }
 }

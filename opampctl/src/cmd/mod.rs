@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod health;
 pub mod login;
 pub mod logs;
+pub mod packages;
 pub mod restart;
 pub mod restore;
 pub mod rollout;
@@ -46,6 +47,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Agents(args) => agents::run(&settings, &client, args).await,
         Command::Configs(args) => configs::run(&settings, &client, args).await,
         Command::Rollout(args) => rollout::run(&settings, &client, args).await,
+        Command::Packages(args) => packages::run(&settings, &client, args).await,
         Command::Backup(args) => backup::run(&settings, &client, &args).await,
         Command::Restore(args) => restore::run(&settings, &client, &args).await,
         Command::Logs(args) => logs::run(&settings, &client, &args).await,

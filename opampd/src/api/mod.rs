@@ -12,6 +12,7 @@ pub mod admin;
 pub mod agents;
 pub mod configs;
 pub mod health;
+pub mod packages;
 pub mod users;
 
 use crate::app::App;
@@ -121,6 +122,15 @@ pub fn routes() -> Vec<Route> {
             "POST",
             "/api/v1/configurations/{name}/rollout/resume",
             configs::rollout_resume,
+        ),
+        guarded::<Viewer, _, _>("GET", "/api/v1/packages", packages::list),
+        guarded::<Admin, _, _>("POST", "/api/v1/packages", packages::create),
+        guarded::<Viewer, _, _>("GET", "/api/v1/packages/{name}", packages::versions),
+        guarded::<Viewer, _, _>("GET", "/api/v1/packages/{name}/{version}", packages::show),
+        guarded::<Admin, _, _>(
+            "DELETE",
+            "/api/v1/packages/{name}/{version}",
+            packages::remove,
         ),
         open("POST", "/api/v1/auth/login", users::login),
         // Checks the credential it revokes itself, to audit refused attempts:

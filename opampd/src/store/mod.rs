@@ -14,6 +14,7 @@ mod backend;
 mod boundary;
 pub mod configs;
 mod error;
+pub use sqlite::packages;
 pub mod postgres;
 pub mod sqlite;
 pub mod users;

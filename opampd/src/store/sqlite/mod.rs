@@ -12,6 +12,7 @@ pub mod components;
 pub mod configs;
 pub mod dbfile;
 pub mod maintenance;
+pub mod packages;
 mod pool;
 pub mod schema;
 pub mod selector;

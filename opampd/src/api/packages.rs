@@ -1,0 +1,210 @@
+//! `/api/v1/packages…`: the package catalogue. Package versions by
+//! reference (URL, SHA-256, signature), checked by `crate::packages` before
+//! they are stored; every change audited in the same transaction. Adding
+//! and deleting take the admin role: a package is a program agents run.
+
+use super::configs::parse_body;
+use super::{Admin, ApiError, ApiResult, Viewer};
+use crate::app::App;
+use crate::packages as rules;
+use crate::store::packages::{AddOutcome, FileRow, PackageAdd, PackageRow};
+use crate::store::rfc3339;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine;
+use opamp_proto::api::{Package, PackageFile, PackageInput};
+use std::sync::Arc;
+
+/// The most files one request may add.
+pub const MAX_FILES: usize = 64;
+
+pub fn to_api(row: PackageRow, result: Option<&str>) -> Package {
+    Package {
+        name: row.name,
+        version: row.version,
+        r#type: if row.top_level { "top_level" } else { "addon" }.into(),
+        created_at: rfc3339(row.created_at),
+        created_by: row.created_by,
+        files: row
+            .files
+            .into_iter()
+            .map(|f| PackageFile {
+                os: f.os,
+                arch: f.arch,
+                url: f.url,
+                sha256: f.sha256,
+                signed: f.signature.as_ref().is_some_and(|s| !s.is_empty()),
+                size: f.size,
+                hosted: f.hosted,
+                created_at: rfc3339(f.created_at),
+            })
+            .collect(),
+        result: result.map(str::to_string),
+    }
+}
+
+/// Whether `type` names a top-level package (`top_level`, the default) or an addon.
+fn top_level(kind: Option<&str>) -> ApiResult<bool> {
+    match kind.unwrap_or("top_level") {
+        "top_level" => Ok(true),
+        "addon" => Ok(false),
+        other => Err(ApiError::bad_request(format!(
+            "type {other:?} is not a package type: use top_level (the agent itself) or addon"
+        ))),
+    }
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::bad_request(message)
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Admin(who, addr): Admin,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Package>)> {
+    let input: PackageInput = parse_body(&body, "package", false)?;
+    rules::check_name(&input.name).map_err(bad)?;
+    rules::check_version(&input.version).map_err(bad)?;
+    let top_level = top_level(input.r#type.as_deref())?;
+    if input.files.is_empty() {
+        return Err(bad(
+            "files is empty: give at least one {os, arch, url, sha256, signature}".into(),
+        ));
+    }
+    if input.files.len() > MAX_FILES {
+        return Err(bad(format!("at most {MAX_FILES} files per request")));
+    }
+    let mut files = Vec::with_capacity(input.files.len());
+    for (index, file) in input.files.iter().enumerate() {
+        let at = |e: String| bad(format!("files[{index}]: {e}"));
+        rules::check_platform("os", &file.os).map_err(at)?;
+        rules::check_platform("arch", &file.arch).map_err(at)?;
+        rules::check_url(&file.url, input.allow_insecure_url).map_err(at)?;
+        let sha256 = rules::parse_sha256(&file.sha256).map_err(at)?;
+        let signature = match file.signature.as_deref().filter(|s| !s.is_empty()) {
+            Some(text) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|e| at(format!("signature is not base64: {e}")))?;
+                if bytes.len() > rules::MAX_SIGNATURE_BYTES {
+                    return Err(at(format!(
+                        "signature is {} bytes; the limit is {}",
+                        bytes.len(),
+                        rules::MAX_SIGNATURE_BYTES
+                    )));
+                }
+                Some(bytes)
+            }
+            None if input.unsigned => None,
+            None => {
+                return Err(at(format!(
+                    "no signature for {}/{}: give the release's signature (e.g. the .sigstore.json bundle, base64), or pass unsigned (opampctl --unsigned) to accept an unsigned file",
+                    file.os, file.arch
+                )))
+            }
+        };
+        if files
+            .iter()
+            .any(|f: &FileRow| f.os == file.os && f.arch == file.arch)
+        {
+            return Err(at(format!("{}/{} is given twice", file.os, file.arch)));
+        }
+        files.push(FileRow {
+            os: file.os.clone(),
+            arch: file.arch.clone(),
+            url: Some(file.url.clone()),
+            sha256,
+            signature,
+            size: None,
+            hosted: false,
+            created_at: 0,
+        });
+    }
+    let outcome = app
+        .store
+        .add_package(PackageAdd {
+            name: input.name.clone(),
+            version: input.version.clone(),
+            top_level,
+            files,
+            allow_downgrade: input.allow_downgrade,
+            actor: who.name.clone(),
+            remote_addr: addr,
+        })
+        .await?;
+    let label = format!("{} {}", input.name, input.version);
+    match outcome {
+        AddOutcome::Added { package, created } => Ok((
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            Json(to_api(
+                package,
+                Some(if created { "created" } else { "updated" }),
+            )),
+        )),
+        AddOutcome::TypeDiffers { top_level } => Err(ApiError::conflict(format!(
+            "{label} is listed as {}; a version keeps its type",
+            if top_level { "top_level" } else { "addon" }
+        ))),
+        AddOutcome::FileDiffers { os, arch } => Err(ApiError::conflict(format!(
+            "{label} already has another file for {os}/{arch}; files of a listed version never change: publish a new version, or delete this one first"
+        ))),
+        AddOutcome::Downgrade { newest } => Err(ApiError::conflict(format!(
+            "{label} is older than {newest}, the newest version listed: pass allow_downgrade (opampctl --allow-downgrade) to list it anyway"
+        ))),
+    }
+}
+
+pub async fn list(State(app): State<Arc<App>>, _viewer: Viewer) -> ApiResult<Json<Vec<Package>>> {
+    let rows = app.store.packages(None).await?;
+    Ok(Json(rows.into_iter().map(|r| to_api(r, None)).collect()))
+}
+
+pub async fn versions(
+    State(app): State<Arc<App>>,
+    _viewer: Viewer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<Package>>> {
+    let rows = app.store.packages(Some(name.clone())).await?;
+    if rows.is_empty() {
+        return Err(ApiError::not_found(format!("no package {name:?}")));
+    }
+    Ok(Json(rows.into_iter().map(|r| to_api(r, None)).collect()))
+}
+
+pub async fn show(
+    State(app): State<Arc<App>>,
+    _viewer: Viewer,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Package>> {
+    match app.store.package(&name, &version).await? {
+        Some(row) => Ok(Json(to_api(row, None))),
+        None => Err(ApiError::not_found(format!(
+            "no package {name:?} version {version:?}"
+        ))),
+    }
+}
+
+pub async fn remove(
+    State(app): State<Arc<App>>,
+    Admin(who, addr): Admin,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    if app
+        .store
+        .delete_package(&name, &version, &who.name, addr)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no package {name:?} version {version:?}"
+        )))
+    }
+}
