@@ -1,6 +1,7 @@
 //! The package catalogue's rules: names, versions, platforms, file hashes,
 //! download URLs and signatures of package versions, checked before
-//! anything is stored. The SQL is `store::packages`; the REST handlers
+//! anything is stored. The records and the rules of adding are
+//! `store::packages` (the SQL is in each backend); the REST handlers
 //! `api::packages`; what agents are offered `opamp::packages`.
 
 use std::cmp::Ordering;

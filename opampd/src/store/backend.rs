@@ -9,6 +9,7 @@ use super::configs::{
     RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, Saved, TargetRow,
     VersionRow,
 };
+use super::packages::{AddOutcome, PackageAdd, PackageRow};
 use super::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
     UserDelete, UserRow, UserUpdate,
@@ -282,6 +283,28 @@ pub trait Backend: Send + Sync {
 
     /// Deletes audit entries older than `before` (ms); returns how many.
     async fn prune_audit(&self, before: i64) -> Result<usize, WriteError>;
+
+    // ---- The package catalogue ----
+
+    /// One package version with its files.
+    async fn package(&self, name: &str, version: &str) -> Result<Option<PackageRow>>;
+
+    /// Every version of `name` (every package when `None`), by name, then
+    /// in the order they were added.
+    async fn packages(&self, name: Option<String>) -> Result<Vec<PackageRow>>;
+
+    /// Adds a version or more files for it, audited, in one transaction;
+    /// refused (see [`super::packages::refusal`]) without a change.
+    async fn add_package(&self, add: PackageAdd) -> Result<AddOutcome, WriteError>;
+
+    /// Deletes a version and its files, audited; whether it existed.
+    async fn delete_package(
+        &self,
+        name: &str,
+        version: &str,
+        actor: &str,
+        remote_addr: Option<String>,
+    ) -> Result<bool, WriteError>;
 
     // ---- Maintenance ----
 

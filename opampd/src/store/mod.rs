@@ -14,7 +14,7 @@ mod backend;
 mod boundary;
 pub mod configs;
 mod error;
-pub use sqlite::packages;
+pub mod packages;
 pub mod postgres;
 pub mod sqlite;
 pub mod users;

@@ -4,7 +4,7 @@
 //! a transaction-scoped advisory lock on the configuration's name, so that
 //! replicas and concurrent requests apply them one at a time.
 
-use super::{agents, configs, users, Postgres};
+use super::{agents, configs, packages, users, Postgres};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
@@ -15,6 +15,7 @@ use crate::store::configs::{
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
     Saved, TargetRow, VersionRow,
 };
+use crate::store::packages::{delete_audit, AddOutcome, PackageAdd, PackageRow};
 use crate::store::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
     UserDelete, UserRow, UserUpdate,
@@ -502,6 +503,53 @@ impl Backend for Postgres {
     async fn prune_audit(&self, before: i64) -> Result<usize, WriteError> {
         self.write("audit_prune", async {
             users::prune_audit(&self.client().await?, before).await
+        })
+        .await
+    }
+
+    async fn package(&self, name: &str, version: &str) -> Result<Option<PackageRow>> {
+        self.read("package_get", async {
+            packages::get(&self.client().await?, name, version).await
+        })
+        .await
+    }
+
+    async fn packages(&self, name: Option<String>) -> Result<Vec<PackageRow>> {
+        self.read("package_list", async {
+            packages::list(&self.client().await?, name.as_deref()).await
+        })
+        .await
+    }
+
+    async fn add_package(&self, add: PackageAdd) -> Result<AddOutcome, WriteError> {
+        self.write("package_add", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let outcome = packages::insert(&tx, add).await?;
+            // A refusal changed nothing: committing it is as good as not.
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn delete_package(
+        &self,
+        name: &str,
+        version: &str,
+        actor: &str,
+        remote_addr: Option<String>,
+    ) -> Result<bool, WriteError> {
+        let audit = delete_audit(name, version, actor, remote_addr.as_deref());
+        self.write("package_delete", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let deleted = packages::delete(&tx, name, version).await?;
+            if deleted {
+                users::insert_audit(&tx, &audit).await?;
+            }
+            tx.commit().await?;
+            Ok(deleted)
         })
         .await
     }

@@ -8,6 +8,7 @@
 mod agents;
 mod backend;
 mod configs;
+mod packages;
 pub mod schema;
 mod selector;
 #[cfg(test)]

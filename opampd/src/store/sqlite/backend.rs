@@ -2,7 +2,7 @@
 //! job of the batching writer (one savepoint of its transaction).
 
 use super::users::insert_audit;
-use super::{agents, components, configs, users, Sqlite};
+use super::{agents, components, configs, packages, users, Sqlite};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
@@ -12,6 +12,7 @@ use crate::store::configs::{
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
     Saved, TargetRow, VersionRow,
 };
+use crate::store::packages::{delete_audit, AddOutcome, PackageAdd, PackageRow};
 use crate::store::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
     UserDelete, UserRow, UserUpdate,
@@ -639,5 +640,40 @@ impl Backend for Sqlite {
     async fn prune_audit(&self, before: i64) -> Result<usize, WriteError> {
         self.write("audit_prune", move |c| users::prune_audit(c, before))
             .await
+    }
+
+    async fn package(&self, name: &str, version: &str) -> Result<Option<PackageRow>> {
+        let (name, version) = (name.to_string(), version.to_string());
+        self.read("package_get", move |c| packages::get(c, &name, &version))
+            .await
+    }
+
+    async fn packages(&self, name: Option<String>) -> Result<Vec<PackageRow>> {
+        self.read("package_list", move |c| packages::list(c, name.as_deref()))
+            .await
+    }
+
+    async fn add_package(&self, add: PackageAdd) -> Result<AddOutcome, WriteError> {
+        self.write("package_add", move |c| packages::insert(c, add))
+            .await
+    }
+
+    async fn delete_package(
+        &self,
+        name: &str,
+        version: &str,
+        actor: &str,
+        remote_addr: Option<String>,
+    ) -> Result<bool, WriteError> {
+        let audit = delete_audit(name, version, actor, remote_addr.as_deref());
+        let (name, version) = (name.to_string(), version.to_string());
+        self.write("package_delete", move |c| {
+            let deleted = packages::delete(c, &name, &version)?;
+            if deleted {
+                insert_audit(c, &audit)?;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 }
