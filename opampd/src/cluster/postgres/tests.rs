@@ -4,57 +4,16 @@
 //! line, or fail when `OPAMP_REQUIRE_TOOLS=1`.
 
 use super::*;
+use crate::store::postgres::tests::{self as store_tests, cluster};
 use crate::store::postgres::Postgres;
-use crate::store::StoreOptions;
-use std::sync::atomic::AtomicU32;
 use std::time::Instant;
-
-fn cluster(test: &str) -> Option<String> {
-    match std::env::var("OPAMP_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("OPAMP_REQUIRE_TOOLS").as_deref() == Ok("1") => {
-            panic!("{test}: PostgreSQL is required (OPAMP_REQUIRE_TOOLS=1) but OPAMP_TEST_POSTGRES_URL is not set")
-        }
-        Err(_) => {
-            eprintln!(
-                "SKIPPED: PostgreSQL not available (OPAMP_TEST_POSTGRES_URL is not set): {test}"
-            );
-            None
-        }
-    }
-}
 
 /// A fresh database with the current schema; its URL.
 async fn fresh_database(cluster: &str) -> DatabaseUrl {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "opampd_cluster_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let admin = DatabaseUrl::parse(cluster).unwrap();
-    let (client, connection) = admin.config().connect(NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+    let url = store_tests::fresh_database(cluster).await;
+    Postgres::open(&url, &store_tests::options(), store_tests::metrics())
         .await
         .unwrap();
-    let base = cluster.rsplit_once('/').unwrap().0;
-    let url = DatabaseUrl::parse(&format!("{base}/{name}")).unwrap();
-    let opts = StoreOptions {
-        max_open_conns: 2,
-        max_idle_conns: 1,
-        conn_max_lifetime: Duration::from_secs(60),
-        flush_interval: Duration::from_millis(20),
-        max_queued_writes: 1000,
-        busy_timeout: Duration::from_secs(5),
-        synchronous: "NORMAL",
-    };
-    let metrics = Arc::new(crate::metrics::Metrics::new(
-        Duration::from_millis(100),
-        crate::replica::Replica::new(Some("unit"), "postgres"),
-    ));
-    Postgres::open(&url, &opts, metrics).await.unwrap();
     url
 }
 

@@ -12,7 +12,7 @@ mod packages;
 pub mod schema;
 mod selector;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod url;
 mod users;
 mod writer;

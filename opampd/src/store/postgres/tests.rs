@@ -7,7 +7,9 @@ use super::*;
 use crate::metrics::Metrics;
 use std::sync::atomic::AtomicU32;
 
-fn cluster(test: &str) -> Option<String> {
+/// The test cluster's URL, or `None` after a SKIPPED line (a panic under
+/// `OPAMP_REQUIRE_TOOLS=1`). Shared with the coordinator's tests.
+pub(crate) fn cluster(test: &str) -> Option<String> {
     match std::env::var("OPAMP_TEST_POSTGRES_URL") {
         Ok(url) => Some(url),
         Err(_) if std::env::var("OPAMP_REQUIRE_TOOLS").as_deref() == Ok("1") => {
@@ -23,7 +25,7 @@ fn cluster(test: &str) -> Option<String> {
 }
 
 /// Creates an empty database in the cluster; returns its checked URL.
-async fn fresh_database(cluster: &str) -> DatabaseUrl {
+pub(crate) async fn fresh_database(cluster: &str) -> DatabaseUrl {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "opampd_unit_{}_{}",
@@ -41,7 +43,7 @@ async fn fresh_database(cluster: &str) -> DatabaseUrl {
     DatabaseUrl::parse(&format!("{base}/{name}")).unwrap()
 }
 
-fn options() -> StoreOptions {
+pub(crate) fn options() -> StoreOptions {
     StoreOptions {
         max_open_conns: 3,
         max_idle_conns: 1,
@@ -53,7 +55,7 @@ fn options() -> StoreOptions {
     }
 }
 
-fn metrics() -> Arc<Metrics> {
+pub(crate) fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new(
         Duration::from_millis(100),
         crate::replica::Replica::new(Some("unit"), "postgres"),
