@@ -362,6 +362,7 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
             s.selector_view(),
             hex::encode(s.reported_hash()),
             status_name(s.reported_status()),
+            s.reported_error().to_string(),
             s.undeliverable()
                 .map(|(hash, reason)| (hex::encode(hash), reason.to_string())),
             s.offered_hash().map(hex::encode),
@@ -369,20 +370,15 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
         )
     });
     match (live, stored) {
-        (Some((view, hash, status, not_sent, offered, reports_status)), stored) => {
-            // The stored error may lag the live status by one writer flush;
-            // the live offer is only the current connection's.
-            let (error, stored_offer) = match stored {
-                Some(r) => ((r.hash == hash).then_some(r.error), r.offered),
-                None => (None, None),
-            };
+        (Some((view, hash, status, error, not_sent, offered, reports_status)), stored) => {
+            // The live offer is only the current connection's.
             Some(Report {
                 view,
-                error: error.unwrap_or_default(),
+                error,
                 hash,
                 status: status.to_string(),
                 not_sent,
-                offered: offered.or(stored_offer),
+                offered: offered.or(stored.and_then(|r| r.offered)),
                 reports_status,
             })
         }

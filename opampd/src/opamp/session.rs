@@ -54,6 +54,8 @@ pub struct Session {
     labels: BTreeMap<String, String>,
     reported_hash: Vec<u8>,
     reported_status: i32,
+    /// The error message that came with the reported status.
+    reported_error: String,
     /// Hash offered on the current connection (reset on reconnect or state loss).
     offered_hash: Option<[u8; 32]>,
     /// A desired configuration too big to send, and why: never offered (nor
@@ -101,6 +103,7 @@ impl Session {
             labels: BTreeMap::new(),
             reported_hash: Vec::new(),
             reported_status: 0,
+            reported_error: String::new(),
             offered_hash: None,
             undeliverable: None,
             full_state_requested: false,
@@ -144,6 +147,7 @@ impl Session {
                 .and_then(|h| hex::decode(h).ok())
                 .unwrap_or_default();
             s.reported_status = status_code(rs["status"].as_str().unwrap_or("unset"));
+            s.reported_error = rs["error"].as_str().unwrap_or("").to_string();
         }
         s.persisted_seen = row.last_seen;
         s.remote_addr = row.remote_addr.as_deref().and_then(|a| a.parse().ok());
@@ -277,6 +281,11 @@ impl Session {
         self.reported_status
     }
 
+    /// The error message the agent sent with its last reported status.
+    pub fn reported_error(&self) -> &str {
+        &self.reported_error
+    }
+
     /// Marks a new session as arriving on `conn_id`: its next message is a connect.
     pub fn arriving(mut self, conn_id: u64) -> Session {
         self.disconnected = true;
@@ -350,6 +359,7 @@ impl Session {
     pub fn forget_reported_status(&mut self) {
         self.reported_hash.clear();
         self.reported_status = 0;
+        self.reported_error.clear();
     }
 
     /// Asks for a restart command with the reply to the next poll (plain HTTP).
@@ -641,6 +651,7 @@ pub fn handle(s: &mut Session, msg: &pb::AgentToServer, ctx: &Ctx<'_>) -> Outcom
         }
         s.reported_hash = rs.last_remote_config_hash.clone();
         s.reported_status = rs.status;
+        s.reported_error.clone_from(&rs.error_message);
         p!().remote_status = Some(
             json!({
                 "hash": hex::encode(&rs.last_remote_config_hash),

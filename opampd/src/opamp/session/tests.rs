@@ -329,6 +329,32 @@ fn a_reported_hash_other_than_the_offer_gets_the_offer_again() {
 }
 
 #[test]
+fn a_failure_message_is_held_by_the_session_before_any_write() {
+    // Rollout progress reads the live session: the message must be there as
+    // soon as the status is, not one writer flush later.
+    let t = target("service.name=a");
+    let mut s = Session::new([1; 16], Transport::WebSocket);
+    let offer = check(&mut s, full(0, CAPS), &t)
+        .reply
+        .remote_config
+        .clone()
+        .expect("offered");
+    let mut failed = heartbeat(1, CAPS);
+    failed.remote_config_status = Some(pb::RemoteConfigStatus {
+        last_remote_config_hash: offer.config_hash.clone(),
+        status: pb::RemoteConfigStatuses::Failed as i32,
+        error_message: "bad receiver".into(),
+    });
+    check(&mut s, failed, &t);
+    assert_eq!(
+        (status_name(s.reported_status()), s.reported_error()),
+        ("failed", "bad receiver")
+    );
+    s.forget_reported_status();
+    assert_eq!(s.reported_error(), "");
+}
+
+#[test]
 fn an_offer_over_the_send_limit_is_not_made_and_says_why_once() {
     let t = target("service.name=a");
     let mut s = Session::new([1; 16], Transport::WebSocket);
