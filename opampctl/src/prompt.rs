@@ -50,7 +50,8 @@ pub fn ask(question: &str, flag: &str) -> Result<String> {
             "pass {flag} (standard input is not a terminal to ask)"
         )));
     }
-    eprint!("{question}: ");
+    // One write: a terminal echoing early typing cannot split the question.
+    let _ = std::io::stderr().write_all(format!("{question}: ").as_bytes());
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin()
@@ -71,7 +72,8 @@ pub fn ask_secret(question: &str, flag: &str) -> Result<String> {
             "pass {flag} (standard input is not a terminal to ask)"
         )));
     }
-    eprint!("{question}: ");
+    // One write: a terminal echoing early typing cannot split the question.
+    let _ = std::io::stderr().write_all(format!("{question}: ").as_bytes());
     let _ = std::io::stderr().flush();
     let secret = console::Term::stderr()
         .read_secure_line()

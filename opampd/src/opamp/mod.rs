@@ -305,6 +305,11 @@ pub async fn process(
         let loaded = if assigned.is_some() {
             None
         } else {
+            // What its last session queued (its first report, its offer) is
+            // committed before the agent's row is read back.
+            if app.store.queued() > 0 {
+                app.store.flush().await;
+            }
             app.store
                 .agent(&opamp_proto::uid_string(&uid))
                 .await

@@ -230,6 +230,9 @@ impl Backend for Postgres {
         changes: BTreeMap<String, Option<String>>,
         audit: AuditEntry,
     ) -> Result<Option<BTreeMap<String, String>>, WriteError> {
+        // As on SQLite, where it queues behind them: an agent whose first
+        // report is still queued is labelled, not unknown.
+        self.writer.flush().await;
         self.write("agent_labels", async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;

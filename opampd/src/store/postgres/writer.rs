@@ -222,12 +222,21 @@ async fn run(
             None if !pending => break,
             None => {}
         }
+        // As the SQLite writer: everything already queued joins the batch; a
+        // flush only ends the wait for more (concurrent flushes share a commit).
         let deadline = tokio::time::Instant::now() + flush_interval;
-        while open && batch.ops < MAX_BATCH_OPS && batch.flushes.is_empty() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(op)) => batch.add(op),
-                Ok(None) => open = false,
-                Err(_) => break,
+        while open && batch.ops < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(op) => batch.add(op),
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                Err(mpsc::error::TryRecvError::Empty) if !batch.flushes.is_empty() => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(op)) => batch.add(op),
+                        Ok(None) => open = false,
+                        Err(_) => break,
+                    }
+                }
             }
         }
         shared.queued.fetch_sub(batch.ops, Ordering::Relaxed);
