@@ -23,3 +23,15 @@ fi
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+
+# The integration tests once more with every test server on PostgreSQL (a
+# database of its own in the throwaway cluster); tests of the SQLite file
+# itself print `SKIPPED (sqlite only)` there.
+if [[ -n "${OPAMP_TEST_POSTGRES_URL:-}" ]]; then
+  OPAMP_TEST_BACKEND=postgres cargo test -p opamp-tests --tests --locked "$@"
+elif [[ "${OPAMP_REQUIRE_TOOLS:-}" == "1" ]]; then
+  echo "error: no PostgreSQL cluster for the PostgreSQL pass (OPAMP_REQUIRE_TOOLS=1)" >&2
+  exit 1
+else
+  echo "SKIPPED: the integration tests on PostgreSQL (no cluster: see above)" >&2
+fi

@@ -57,6 +57,9 @@ pub struct Opts {
     pub postgres: bool,
     /// Run on this PostgreSQL database (e.g. another server's, to share it).
     pub database_url: Option<String>,
+    /// Run on SQLite even with `OPAMP_TEST_BACKEND=postgres`: for a test that
+    /// needs the SQLite file itself (e.g. a backup to hand to another command).
+    pub sqlite: bool,
 }
 
 /// A free loopback address (bind port 0, read it, release it).
@@ -80,6 +83,8 @@ pub struct Server {
     opts: Opts,
     /// The PostgreSQL database this server keeps its state in, across restarts.
     database_url: Option<String>,
+    /// Whether the database is this server's alone, dropped with it.
+    owns_database: bool,
 }
 
 /// The JWT key test servers with a config file use: random per test
@@ -106,14 +111,18 @@ impl Server {
     pub fn start_with(opts: Opts) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_path_buf();
+        let on_postgres = opts.postgres || (postgres::is_default_backend() && !opts.sqlite);
         let database_url = opts.database_url.clone().or_else(|| {
-            (opts.postgres || postgres::is_default_backend()).then(|| {
+            on_postgres.then(|| {
                 let cluster = postgres::available("Server::start").expect(
                     "this server runs on PostgreSQL: start a cluster (scripts/test.sh does)",
                 );
-                postgres::fresh_database(&cluster)
+                postgres::database_for(&cluster, opts.data_dir.as_deref())
             })
         });
+        // Shared or kept across servers on one data directory: never dropped.
+        let owns_database =
+            database_url.is_some() && opts.database_url.is_none() && opts.data_dir.is_none();
         let mut s = Server {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -121,6 +130,7 @@ impl Server {
             _tmp: Some(tmp),
             log: Default::default(),
             opts,
+            owns_database,
             database_url,
         };
         s.spawn();
@@ -246,6 +256,58 @@ impl Server {
         }
     }
 
+    /// The rows of `sql`, one read-only statement in SQL that both backends
+    /// understand, on this server's database (its SQLite file or its
+    /// PostgreSQL database), as JSON objects by column name: for assertions
+    /// on what is stored where no API shows it.
+    pub fn query(&self, sql: &str) -> Vec<Value> {
+        if let Some(url) = &self.database_url {
+            let json = postgres::psql(
+                url,
+                &format!("SELECT COALESCE(json_agg(q), '[]') FROM ({sql}) q"),
+            )
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            return serde_json::from_str(&json).unwrap_or_else(|e| panic!("{sql}: {e}: {json}"));
+        }
+        let db = rusqlite::Connection::open_with_flags(
+            self.data_dir().join("opamp.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", self.data_dir().display()));
+        let mut stmt = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+        let rows = stmt
+            .query_map([], |row| {
+                let mut object = serde_json::Map::new();
+                for (i, name) in names.iter().enumerate() {
+                    use rusqlite::types::ValueRef;
+                    let value = match row.get_ref(i)? {
+                        ValueRef::Null => Value::Null,
+                        ValueRef::Integer(n) => n.into(),
+                        ValueRef::Real(x) => x.into(),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => {
+                            String::from_utf8_lossy(t).into_owned().into()
+                        }
+                    };
+                    object.insert(name.clone(), value);
+                }
+                Ok(Value::Object(object))
+            })
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.map(|r| r.unwrap_or_else(|e| panic!("{sql}: {e}")))
+            .collect()
+    }
+
+    /// The storage backend this server runs on, as `/health` names it:
+    /// `sqlite` or `postgresql`.
+    pub fn backend(&self) -> &'static str {
+        if self.database_url.is_some() {
+            "postgresql"
+        } else {
+            "sqlite"
+        }
+    }
+
     /// Starts again on the same data directory (a new port).
     pub fn restart(&mut self) {
         self.stop();
@@ -306,6 +368,9 @@ impl Drop for Server {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let (true, Some(url)) = (self.owns_database, &self.database_url) {
+            postgres::drop_database(url);
         }
     }
 }

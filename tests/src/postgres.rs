@@ -6,8 +6,11 @@
 //! PostgreSQL, so the behaviour tests run a second time against it. Tests
 //! that read the SQLite file itself call [`sqlite_only`] and skip there.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 /// The environment variable naming the cluster (a superuser URL).
 pub const URL_VAR: &str = "OPAMP_TEST_POSTGRES_URL";
@@ -63,6 +66,49 @@ pub fn fresh_database(cluster: &str) -> String {
     psql(cluster, &format!("CREATE DATABASE {name}"))
         .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
     with_database(cluster, &name)
+}
+
+/// The database of a server on `data_dir`: the one an earlier server of this
+/// test process used on that directory (a restart on the same data keeps its
+/// state, as with the SQLite file in it), else a fresh one. `None`: a fresh
+/// database for a server with a temporary directory of its own.
+pub fn database_for(cluster: &str, data_dir: Option<&Path>) -> String {
+    static BY_DATA_DIR: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    let Some(dir) = data_dir else {
+        return fresh_database(cluster);
+    };
+    let mut known = BY_DATA_DIR.lock().unwrap_or_else(|e| e.into_inner());
+    known
+        .get_or_insert_with(HashMap::new)
+        .entry(dir.to_path_buf())
+        .or_insert_with(|| fresh_database(cluster))
+        .clone()
+}
+
+/// Drops the database of `url` (made by [`fresh_database`]) in the
+/// background, closing its remaining connections: its server is gone.
+pub fn drop_database(url: &str) {
+    let Ok(cluster) = std::env::var(URL_VAR) else {
+        return;
+    };
+    let Some(name) = database_name(url) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = psql(
+            &cluster,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+    });
+}
+
+/// The database named in `url`, when it is one of the tests' own.
+fn database_name(url: &str) -> Option<String> {
+    let base = url.split('?').next()?;
+    let name = base.rsplit('/').next()?;
+    (name.starts_with("opamp_test_")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then(|| name.to_string())
 }
 
 /// `url` with its database replaced by `name`.

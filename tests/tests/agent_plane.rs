@@ -462,25 +462,36 @@ fn presenting(ca: &TestCa, leaf: &Leaf) -> agent::tls::TlsOptions {
         .with_client_cert(&leaf.cert, &leaf.key)
 }
 
-/// Opens the database of `s` read-only, beside the running server.
-fn database(s: &Server) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(
-        s.data_dir().join("opamp.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap()
-}
-
 /// The certificate-mismatch audit rows of `uid`: (outcome, details).
 fn mismatches(s: &Server, uid: &[u8; 16]) -> Vec<(String, String)> {
-    let db = database(s);
-    let mut stmt = db
-        .prepare("SELECT outcome, details FROM audit_log WHERE action = 'agent.certificate_mismatch' AND target = ?1")
-        .unwrap();
-    stmt.query_map([uid_str(uid)], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    s.query(&format!(
+        "SELECT outcome, details FROM audit_log WHERE action = 'agent.certificate_mismatch' AND target = '{}'",
+        uid_str(uid)
+    ))
+    .iter()
+    .map(|r| (text(&r["outcome"]), text(&r["details"])))
+    .collect()
+}
+
+/// The stored certificate fingerprint of `uid` and its service name.
+fn stored_binding(s: &Server, uid: &[u8; 16]) -> Option<(Option<String>, Option<String>)> {
+    let rows = s.query(&format!(
+        "SELECT cert_fingerprint, identifying FROM agents WHERE uid = '{}'",
+        uid_str(uid)
+    ));
+    let row = rows.first()?;
+    let identifying: serde_json::Value =
+        serde_json::from_str(row["identifying"].as_str().unwrap_or("{}")).unwrap();
+    Some((
+        row["cert_fingerprint"].as_str().map(String::from),
+        identifying["service.name"].as_str().map(String::from),
+    ))
+}
+
+fn text(v: &serde_json::Value) -> String {
+    v.as_str()
+        .map(String::from)
+        .unwrap_or_else(|| v.to_string())
 }
 
 fn refused_for_certificate(r: &pb::ServerToAgent) {
@@ -545,27 +556,12 @@ async fn a_uid_is_bound_to_the_client_certificate_it_registered_with() {
     wait_for(
         "the owner's fingerprint is stored",
         Duration::from_secs(10),
-        || async {
-            database(&s)
-                .query_row(
-                    "SELECT cert_fingerprint, json_extract(identifying, '$.\"service.name\"') FROM agents WHERE uid = ?1",
-                    [uid_str(&uid)],
-                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)),
-                )
-                .ok()
-                .filter(|(stored, _)| stored.is_some())
-        },
+        || async { stored_binding(&s, &uid).filter(|(stored, _)| stored.is_some()) },
     )
     .await;
-    let (stored, service): (String, String) = database(&s)
-        .query_row(
-            "SELECT cert_fingerprint, json_extract(identifying, '$.\"service.name\"') FROM agents WHERE uid = ?1",
-            [uid_str(&uid)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(stored, owner_cert.fingerprint);
-    assert_eq!(service, "owner");
+    let (stored, service) = stored_binding(&s, &uid).unwrap();
+    assert_eq!(stored.as_deref(), Some(owner_cert.fingerprint.as_str()));
+    assert_eq!(service.as_deref(), Some("owner"));
 
     // Six refused messages, one audit entry naming the refused certificate.
     let rows = wait_for(

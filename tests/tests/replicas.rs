@@ -45,7 +45,8 @@ async fn a_replica_names_itself_on_health_metrics_logs_and_opampctl() {
         .await
         .unwrap();
     assert_eq!(health["replica_id"], "eu-west-1.replica-2", "{health}");
-    assert_eq!(health["database"]["backend"], "sqlite", "{health}");
+    let backend = server.backend();
+    assert_eq!(health["database"]["backend"], backend, "{health}");
 
     let scrape = http
         .get(format!("{}/metrics", server.url()))
@@ -56,9 +57,9 @@ async fn a_replica_names_itself_on_health_metrics_logs_and_opampctl() {
         .await
         .unwrap();
     assert!(
-        scrape.contains(
-            "opamp_platform_replica_info{replica=\"eu-west-1.replica-2\",backend=\"sqlite\"} 1"
-        ),
+        scrape.contains(&format!(
+            "opamp_platform_replica_info{{replica=\"eu-west-1.replica-2\",backend=\"{backend}\"}} 1"
+        )),
         "replica_info in:\n{scrape}"
     );
     // The pool gauges a balancer deployment watches are there for every pool.
@@ -83,11 +84,11 @@ async fn a_replica_names_itself_on_health_metrics_logs_and_opampctl() {
         &listening
     };
     assert_eq!(fields["replica"], "eu-west-1.replica-2", "{listening}");
-    assert_eq!(fields["backend"], "sqlite", "{listening}");
+    assert_eq!(fields["backend"], backend, "{listening}");
 
     let table = cli::ok(&server.ctl(&["health"]));
     assert!(
-        table.contains("replica eu-west-1.replica-2") && table.contains("sqlite, "),
+        table.contains("replica eu-west-1.replica-2") && table.contains(&format!("{backend}, ")),
         "{table}"
     );
     let json = cli::json(&server.ctl(&["health", "-o", "json"]));

@@ -551,14 +551,24 @@ async fn health_tells_strangers_no_paths() {
         .unwrap();
     assert!(!anonymous.contains(&data_dir), "{anonymous}");
     assert!(!anonymous.contains("opamp.db"), "{anonymous}");
+    assert!(!anonymous.contains("postgres://"), "{anonymous}");
     let (code, with_token) = s.get("/health").await;
     assert_eq!(code, 200);
-    assert!(
-        with_token["database"]["path"]
-            .as_str()
-            .is_some_and(|p| p.ends_with("opamp.db")),
-        "{with_token}"
-    );
+    let path = with_token["database"]["path"].as_str().unwrap_or_default();
+    match s.database_url() {
+        // On PostgreSQL the path is the database URL, its password hidden.
+        Some(url) => {
+            let database = url.rsplit('/').next().unwrap();
+            assert!(
+                path.starts_with("postgres://") && path.ends_with(database),
+                "{with_token}"
+            );
+            let password = url.split_once("://").unwrap().1.split_once('@').unwrap().0;
+            let password = password.split_once(':').unwrap().1;
+            assert!(!path.contains(password), "{with_token}");
+        }
+        None => assert!(path.ends_with("opamp.db"), "{with_token}"),
+    }
 }
 
 /// Sends `head` and then waits for the server to answer or close; returns
