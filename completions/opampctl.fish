@@ -471,7 +471,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_s
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l dir -d 'Directory for the backup files (it must exist, unless --create-dir)' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz or .sql.gz and their .sha256)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l data-dir -d 'Back up the database file in this opampd data directory instead of asking the server' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
@@ -484,7 +484,7 @@ yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l create-dir -d 'Create --dir (and its parents) when it does not exist'
-complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l verify -d 'Read the written file back: checksum, decompression, SQLite integrity and schema'
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l verify -d 'Read the written file back: checksum, decompression, SQLite integrity and schema (a PostgreSQL dump: header, schema statements of its version unchanged, every table\'s block complete with its row count, end line)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -673,8 +673,8 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_see
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "stats" -d 'Size, pages, WAL and rows per table'
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "optimize" -d 'ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "stats" -d 'Size, pages, WAL and rows per table; on PostgreSQL table sizes, dead rows, the pool, connections and running statements'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "optimize" -d 'ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server); on PostgreSQL VACUUM (ANALYZE) of every table'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l data-dir -d 'Read the database file in this data directory (read-only) instead of asking the server' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l token -d 'API token (an admin or operator token, or a login JWT)' -r

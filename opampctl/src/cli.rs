@@ -47,12 +47,12 @@ pub const FILES: &[(&str, &str)] = &[
         "Admin API token written by opampd at its first start; read when no token is given and the server is on this host.",
     ),
     (
-        "opamp_YYYYmmdd_HHMMSS.db.gz, opamp_YYYYmmdd_HHMMSS.db.gz.sha256",
-        "Backups written by opampctl backup, with checksums in sha256sum format.",
+        "opamp_YYYYmmdd_HHMMSS.db.gz, opamp_YYYYmmdd_HHMMSS.sql.gz, FILE.sha256",
+        "Backups written by opampctl backup (.sql.gz: opampd's SQL dump of a PostgreSQL deployment), with checksums in sha256sum format.",
     ),
     (
-        "DATA_DIR/opamp.db.before-restore-TIMESTAMP",
-        "The database a restore replaced, kept aside.",
+        "DATA_DIR/opamp.db.before-restore-TIMESTAMP, DATA_DIR/opamp-postgresql.sql.before-restore-TIMESTAMP",
+        "The database a restore replaced, kept aside (on PostgreSQL as a dump, in the restoring replica's data directory).",
     ),
 ];
 
@@ -176,7 +176,11 @@ The snapshot comes from the server (GET /api/v1/admin/backup, admin token), or w
 --data-dir from the database file through SQLite's online backup API. The file is \
 written under a temporary name, synced and renamed: there is never a partial file under \
 the final name, and on any error (a full disk too) the temporary file is removed and the \
-exit status is not 0.")]
+exit status is not 0. A server on PostgreSQL sends opampd's SQL dump instead, written as \
+opamp_YYYYmmdd_HHMMSS.sql.gz: one REPEATABLE READ snapshot of every table in pg_dump's \
+plain format (the schema, then COPY blocks), which `gunzip -c FILE | psql -v \
+ON_ERROR_STOP=1 URL` loads into an empty database and opampctl restore loads into a running \
+deployment.")]
     Backup(BackupArgs),
     /// Restore the database from a backup (checked before anything is touched)
     #[command(
@@ -185,7 +189,10 @@ The checksum (FILE.sha256, when present), SQLite integrity and schema version ar
 first; nothing is touched if any check fails. Through the API the running server keeps \
 the current database aside and asks every agent to report its full state; with \
 --data-dir the daemon must be stopped, and the current database is moved aside as \
-opamp.db.before-restore-TIMESTAMP before the restored file is moved in."
+opamp.db.before-restore-TIMESTAMP before the restored file is moved in. A PostgreSQL dump \
+(.sql.gz) is checked completely first (see backup --verify) and restored through the \
+server only: in one transaction, every other replica then asks its agents for their full \
+state; the replaced content is kept as a dump in the restoring replica's data directory."
     )]
     Restore(RestoreArgs),
     /// Show opampd's log, from the API or the supervisor's log
@@ -643,10 +650,10 @@ pub struct BackupArgs {
     /// Create --dir (and its parents) when it does not exist
     #[arg(long)]
     pub create_dir: bool,
-    /// Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz and their .sha256)
+    /// Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz or .sql.gz and their .sha256)
     #[arg(long, value_name = "N")]
     pub retention_days: Option<u64>,
-    /// Read the written file back: checksum, decompression, SQLite integrity and schema
+    /// Read the written file back: checksum, decompression, SQLite integrity and schema (a PostgreSQL dump: header, schema statements of its version unchanged, every table's block complete with its row count, end line)
     #[arg(long)]
     pub verify: bool,
     /// Back up the database file in this opampd data directory instead of asking the server
@@ -656,7 +663,7 @@ pub struct BackupArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Backup file: opamp_*.db.gz (or an uncompressed .db)
+    /// Backup file: opamp_*.db.gz or opamp_*.sql.gz (or uncompressed)
     pub file: PathBuf,
     /// Restore into this data directory of a stopped opampd instead of through the server
     #[arg(long, value_name = "DIR")]
@@ -791,7 +798,7 @@ pub struct MemoryArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum DbCmd {
-    /// Size, pages, WAL and rows per table
+    /// Size, pages, WAL and rows per table; on PostgreSQL table sizes, dead rows, the pool, connections and running statements
     Stats {
         /// Also run PRAGMA integrity_check (slow on large databases)
         #[arg(long)]
@@ -800,7 +807,7 @@ pub enum DbCmd {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server)
+    /// ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server); on PostgreSQL VACUUM (ANALYZE) of every table
     Optimize,
 }
 

@@ -568,6 +568,51 @@ pub struct DbStats {
     pub wal_bytes: u64,
     pub tables: BTreeMap<String, u64>,
     pub integrity: Option<String>,
+    /// PostgreSQL's own figures; absent on SQLite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgStats>,
+}
+
+/// The PostgreSQL part of `GET /api/v1/admin/db/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PgStats {
+    /// `pg_database_size` of the database.
+    pub database_bytes: u64,
+    /// Every opampd table, by name.
+    pub tables: Vec<PgTableStats>,
+    /// This replica's connection pool.
+    pub pool: PoolUsage,
+    /// Connections to this database (every client, every replica) by state.
+    pub connections: BTreeMap<String, u64>,
+    /// Statements running now on this database (other than this one), longest first (at most 20).
+    pub running: Vec<PgQuery>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PgTableStats {
+    pub name: String,
+    /// Exact row count.
+    pub rows: u64,
+    /// Dead row versions VACUUM has not reclaimed yet (estimate).
+    pub dead_rows: u64,
+    /// Table, indexes and TOAST.
+    pub bytes: u64,
+    pub last_vacuum: Option<String>,
+    pub last_analyze: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PgQuery {
+    pub pid: i64,
+    /// `active`, `idle in transaction`, …
+    pub state: String,
+    /// Since the statement (or, idle in a transaction, the transaction) started.
+    pub seconds: f64,
+    pub application: String,
+    /// What it waits for, e.g. `Lock:transactionid`.
+    pub wait: Option<String>,
+    /// The statement's first 200 characters.
+    pub query: String,
 }
 
 /// `POST /api/v1/admin/db/optimize`.

@@ -1,7 +1,8 @@
 //! `opampctl backup [--dir DIR [--create-dir]] [--retention-days N] [--verify] [--data-dir DIR]`.
 //!
-//! The backup is `opamp_YYYYmmdd_HHMMSS.db.gz` (UTC) plus
-//! `opamp_YYYYmmdd_HHMMSS.db.gz.sha256` in sha256sum format. Both are written
+//! The backup is `opamp_YYYYmmdd_HHMMSS.db.gz` (UTC; a SQLite database), or
+//! `opamp_YYYYmmdd_HHMMSS.sql.gz` from a server on PostgreSQL (opampd's SQL
+//! dump, which `psql` loads too), plus `FILE.sha256` in sha256sum format. Both are written
 //! owner-only (0600) in a private temporary directory inside --dir, synced,
 //! then renamed to their final names, never over an existing file or
 //! symlink: a file under a final name is always complete. Any error removes
@@ -148,14 +149,62 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// What a backup file holds, told by the server (`x-opampd-backup-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupKind {
+    /// A SQLite database: `.db.gz`.
+    Sqlite,
+    /// opampd's PostgreSQL dump: `.sql.gz`.
+    PostgresDump,
+}
+
+impl BackupKind {
+    /// The kind a backup response carries.
+    fn of_response(response: &reqwest::Response) -> BackupKind {
+        match response
+            .headers()
+            .get("x-opampd-backup-format")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("postgresql-dump") => BackupKind::PostgresDump,
+            _ => BackupKind::Sqlite,
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            BackupKind::Sqlite => "db.gz",
+            BackupKind::PostgresDump => "sql.gz",
+        }
+    }
+
+    /// Whether the first bytes of a snapshot are what this kind starts with.
+    fn starts_right(self, head: &[u8]) -> bool {
+        match self {
+            BackupKind::Sqlite => head == localdb::SQLITE_MAGIC.as_slice(),
+            BackupKind::PostgresDump => {
+                opampd::store::dump::MAGIC.as_bytes().starts_with(head) && !head.is_empty()
+            }
+        }
+    }
+}
+
+/// Where the snapshot comes from.
+enum Snapshot<'a> {
+    /// The database file in this data directory (SQLite's online backup).
+    Local(&'a Path),
+    /// The server's answer to GET /api/v1/admin/backup.
+    Server(reqwest::Response),
+}
+
 /// Whether `name` is a backup file name (or its checksum) this tool writes;
 /// returns the timestamp in it.
 pub fn backup_time(name: &str) -> Option<chrono::NaiveDateTime> {
-    let stem = name
-        .strip_suffix(".sha256")
-        .unwrap_or(name)
-        .strip_prefix("opamp_")?
-        .strip_suffix(".db.gz")?;
+    let name = name.strip_suffix(".sha256").unwrap_or(name);
+    let stem = name.strip_prefix("opamp_")?;
+    let stem = stem
+        .strip_suffix(".db.gz")
+        .or_else(|| stem.strip_suffix(".sql.gz"))?;
     let bytes = stem.as_bytes();
     if bytes.len() != 15
         || bytes[8] != b'_'
@@ -197,9 +246,15 @@ pub fn prune(dir: &Path, days: u64, keep: &[&str]) -> Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Checks a written backup: checksum, decompression, integrity, schema.
-/// The decompressed copy goes to a new private directory in `scratch_parent`.
-pub fn verify(file: &Path, expected_sha: &str, scratch_parent: &Path) -> Result<u32> {
+/// Checks a written backup: checksum, decompression, integrity, schema (a
+/// dump: [`opampd::store::dump::check`]). The decompressed copy of a SQLite
+/// backup goes to a new private directory in `scratch_parent`.
+pub fn verify(
+    file: &Path,
+    kind: BackupKind,
+    expected_sha: &str,
+    scratch_parent: &Path,
+) -> Result<u32> {
     let mut f = std::fs::File::open(file).map_err(|e| io_err("reading", file, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -217,6 +272,11 @@ pub fn verify(file: &Path, expected_sha: &str, scratch_parent: &Path) -> Result<
             file.display()
         )));
     }
+    if kind == BackupKind::PostgresDump {
+        return check_dump(file).map_err(|e| {
+            CtlError::failed(format!("verification of {} failed: {e}", file.display()))
+        });
+    }
     let scratch = PrivateDir::new_in(scratch_parent, "verify").map_err(|e| {
         io_err(
             "creating a private temporary directory in",
@@ -228,6 +288,26 @@ pub fn verify(file: &Path, expected_sha: &str, scratch_parent: &Path) -> Result<
     gunzip_to(file, &tmp)?;
     localdb::check_db(&tmp)
         .map_err(|e| CtlError::failed(format!("verification of {} failed: {e}", file.display())))
+}
+
+/// Checks a dump (gzip-compressed or not) with opampd's own reader; returns
+/// its schema version.
+pub fn check_dump(file: &Path) -> std::result::Result<u32, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut reader = std::io::BufReader::new(f);
+    let gzip = std::io::BufRead::fill_buf(&mut reader)
+        .map(|head| head.starts_with(&[0x1f, 0x8b]))
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let summary = if gzip {
+        opampd::store::dump::check(std::io::BufReader::new(flate2::read::GzDecoder::new(
+            reader,
+        )))
+    } else {
+        opampd::store::dump::check(reader)
+    };
+    summary
+        .map(|s| s.schema_version)
+        .map_err(|refused| refused.0)
 }
 
 /// Decompresses a .gz file to `dest` (a new owner-only file).
@@ -303,11 +383,24 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
         )));
     }
     let leftovers_removed = remove_leftovers(settings, dir);
+    // The server's snapshot starts now; its format decides the file name.
+    let snapshot = match &args.data_dir {
+        Some(data_dir) => Snapshot::Local(data_dir),
+        None => Snapshot::Server(
+            client
+                .send(client.stream_request(Method::GET, "/api/v1/admin/backup"))
+                .await?,
+        ),
+    };
+    let kind = match &snapshot {
+        Snapshot::Local(_) => BackupKind::Sqlite,
+        Snapshot::Server(response) => BackupKind::of_response(response),
+    };
     // A backup in the same second as the previous one waits for the next second.
     let mut tries = 0;
     let (stamp, name, final_path, sha_name, sha_path) = loop {
         let stamp = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
-        let name = format!("opamp_{stamp}.db.gz");
+        let name = format!("opamp_{stamp}.{}", kind.extension());
         let final_path = dir.join(&name);
         let sha_name = format!("{name}.sha256");
         let sha_path = dir.join(&sha_name);
@@ -334,8 +427,8 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
     let mut cleanup = Cleanup(Vec::new());
 
     let mut out = GzOut::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
-    let (source, server_schema) = match &args.data_dir {
-        Some(data_dir) => {
+    let (source, server_schema) = match snapshot {
+        Snapshot::Local(data_dir) => {
             let db = data_dir.join("opamp.db");
             if !db.is_file() {
                 return Err(CtlError::failed(format!(
@@ -361,10 +454,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
             let _ = std::fs::remove_file(&raw_tmp);
             ("local", None)
         }
-        None => {
-            let mut resp = client
-                .send(client.stream_request(Method::GET, "/api/v1/admin/backup"))
-                .await?;
+        Snapshot::Server(mut resp) => {
             let expected = resp.content_length();
             let schema = resp
                 .headers()
@@ -411,10 +501,15 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
         }
     };
     let (sha, bytes, raw, head) = out.finish().map_err(|e| io_err("writing", &tmp, e))?;
-    if head.as_slice() != localdb::SQLITE_MAGIC.as_slice() {
-        return Err(CtlError::failed(
-            "the snapshot is not a SQLite database (wrong header); nothing was kept",
-        ));
+    if !kind.starts_right(&head) {
+        return Err(CtlError::failed(match kind {
+            BackupKind::Sqlite => {
+                "the snapshot is not a SQLite database (wrong header); nothing was kept"
+            }
+            BackupKind::PostgresDump => {
+                "the snapshot is not an opampd PostgreSQL dump (wrong header); nothing was kept"
+            }
+        }));
     }
     // The checksum file first (under its temporary name), then both renames.
     {
@@ -434,7 +529,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
     let mut schema_version = server_schema;
     let mut verified = false;
     if args.verify {
-        let v = match verify(&final_path, &sha, scratch.path()) {
+        let v = match verify(&final_path, kind, &sha, scratch.path()) {
             Ok(v) => v,
             Err(e) => {
                 // A backup that fails verification is not kept under the backup name.
@@ -500,8 +595,11 @@ mod tests {
     fn only_exact_backup_names_match() {
         assert!(backup_time("opamp_20240102_030405.db.gz").is_some());
         assert!(backup_time("opamp_20240102_030405.db.gz.sha256").is_some());
+        assert!(backup_time("opamp_20240102_030405.sql.gz").is_some());
+        assert!(backup_time("opamp_20240102_030405.sql.gz.sha256").is_some());
         for bad in [
             "opamp_20240102_030405.db",
+            "opamp_20240102_030405.sql",
             "opamp_20240102_030405.db.gz.bak",
             "xopamp_20240102_030405.db.gz",
             "opamp_2024010_030405.db.gz",

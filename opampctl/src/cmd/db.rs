@@ -6,10 +6,13 @@ use crate::context::Settings;
 use crate::error::{CtlError, Exit, Result};
 use crate::localdb;
 use crate::output;
-use opamp_proto::api::{DbOptimizeReport, DbStats};
+use opamp_proto::api::{DbOptimizeReport, DbStats, PgStats};
 use reqwest::Method;
 
 fn stats_text(settings: &Settings, st: &DbStats) -> String {
+    if let Some(pg) = &st.postgres {
+        return postgres_text(settings, st, pg);
+    }
     let mut lines = vec![
         format!("path:            {}", st.path),
         format!("schema version:  {}", st.schema_version),
@@ -34,6 +37,62 @@ fn stats_text(settings: &Settings, st: &DbStats) -> String {
     lines.join("\n")
 }
 
+/// The statistics of a database on PostgreSQL.
+fn postgres_text(settings: &Settings, st: &DbStats, pg: &PgStats) -> String {
+    let pool = &pg.pool;
+    let connections: Vec<String> = pg
+        .connections
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
+    let mut lines = vec![
+        format!("database:        {}", st.path),
+        format!("schema version:  {}", st.schema_version),
+        format!("size:            {}", output::bytes(pg.database_bytes)),
+        format!(
+            "pool (this replica): {} open of {} max, {} idle, {} waits",
+            pool.open, pool.max_open, pool.idle, pool.waits_total
+        ),
+        format!("connections:     {}", connections.join(", ")),
+    ];
+    let mut t = output::table(
+        settings,
+        &["TABLE", "ROWS", "DEAD", "SIZE", "VACUUMED", "ANALYZED"],
+    );
+    for table in &pg.tables {
+        t.add_row(vec![
+            table.name.clone(),
+            table.rows.to_string(),
+            table.dead_rows.to_string(),
+            output::bytes(table.bytes),
+            table.last_vacuum.clone().unwrap_or_else(|| "never".into()),
+            table.last_analyze.clone().unwrap_or_else(|| "never".into()),
+        ]);
+    }
+    lines.push(String::new());
+    lines.push(output::render(&t));
+    if !pg.running.is_empty() {
+        let mut t = output::table(
+            settings,
+            &["PID", "STATE", "SECONDS", "APPLICATION", "WAIT", "QUERY"],
+        );
+        for query in &pg.running {
+            t.add_row(vec![
+                query.pid.to_string(),
+                query.state.clone(),
+                format!("{:.1}", query.seconds),
+                query.application.clone(),
+                query.wait.clone().unwrap_or_default(),
+                query.query.replace('\n', " "),
+            ]);
+        }
+        lines.push(String::new());
+        lines.push("running statements:".into());
+        lines.push(output::render(&t));
+    }
+    lines.join("\n")
+}
+
 pub async fn run(settings: &Settings, client: &Client, cmd: DbCmd) -> Result<()> {
     match cmd {
         DbCmd::Stats {
@@ -50,6 +109,11 @@ pub async fn run(settings: &Settings, client: &Client, cmd: DbCmd) -> Result<()>
                         .await?
                 }
             };
+            if integrity && st.postgres.is_some() {
+                output::warn(
+                    "--integrity is a SQLite check: PostgreSQL checks its own pages (data checksums, the amcheck extension)",
+                );
+            }
             if !settings.quiet {
                 output::show(settings, &st, |_| stats_text(settings, &st))?;
             }
@@ -76,7 +140,15 @@ pub async fn run(settings: &Settings, client: &Client, cmd: DbCmd) -> Result<()>
                 let mut text: Vec<String> =
                     r.steps.iter().map(|st| format!("done: {st}")).collect();
                 text.push(format!(
-                    "size (database and WAL) {} -> {} in {} ms",
+                    "size ({}) {} -> {} in {} ms",
+                    if r.steps
+                        .iter()
+                        .any(|step| step.starts_with("VACUUM (ANALYZE)"))
+                    {
+                        "database"
+                    } else {
+                        "database and WAL"
+                    },
                     output::bytes(r.size_before),
                     output::bytes(r.size_after),
                     r.duration_ms

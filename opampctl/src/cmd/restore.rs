@@ -1,12 +1,13 @@
 //! `opampctl restore FILE [--data-dir DIR] [--yes]`.
 //!
 //! Checks come first and touch nothing: the checksum (FILE.sha256 beside the
-//! file, when present), decompression, SQLite integrity, schema version.
-//! Then either the running server restores it (POST /api/v1/admin/restore),
-//! or, with --data-dir and the daemon stopped, the current database is kept
-//! aside and the restored file renamed into place.
+//! file, when present), decompression, SQLite integrity and schema version
+//! (or, for a PostgreSQL dump, opampd's dump check). Then either the running
+//! server restores it (POST /api/v1/admin/restore), or, with --data-dir and
+//! the daemon stopped, the current database is kept aside and the restored
+//! file renamed into place (SQLite only).
 
-use super::backup::{gunzip_to, sync_dir};
+use super::backup::{check_dump, gunzip_to, sync_dir, BackupKind};
 use crate::cli::RestoreArgs;
 use crate::client::Client;
 use crate::context::Settings;
@@ -68,9 +69,10 @@ fn is_gzip(file: &Path) -> Result<bool> {
     Ok(n == 2 && head == [0x1f, 0x8b])
 }
 
-/// Checks the backup and writes the plain database to `dest` (a new
-/// owner-only file, in a private directory); returns its schema version.
-pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<u32> {
+/// Checks the backup and writes the plain database (or dump) to `dest` (a
+/// new owner-only file, in a private directory); returns its schema version
+/// and kind.
+pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<(u32, BackupKind)> {
     if !file.is_file() {
         return Err(CtlError::usage(format!(
             "backup file {} does not exist",
@@ -106,7 +108,20 @@ pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<u32> {
             ))
         })?;
     }
-    let v = localdb::check_db(dest).map_err(|e| {
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(dest)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| CtlError::failed(format!("cannot read {}: {e}", dest.display())))?;
+    let kind = if head[..n].starts_with(opampd::store::dump::MAGIC.as_bytes()) {
+        BackupKind::PostgresDump
+    } else {
+        BackupKind::Sqlite
+    };
+    let checked = match kind {
+        BackupKind::Sqlite => localdb::check_db(dest),
+        BackupKind::PostgresDump => check_dump(dest),
+    };
+    let v = checked.map_err(|e| {
         CtlError::failed(format!(
             "{} cannot be restored: {e}; nothing was changed",
             file.display()
@@ -114,9 +129,15 @@ pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<u32> {
     })?;
     output::info(
         settings,
-        format!("integrity ok, schema version {v}: {}", file.display()),
+        match kind {
+            BackupKind::Sqlite => format!("integrity ok, schema version {v}: {}", file.display()),
+            BackupKind::PostgresDump => format!(
+                "PostgreSQL dump complete, schema version {v}: {}",
+                file.display()
+            ),
+        },
     );
-    Ok(v)
+    Ok((v, kind))
 }
 
 pub async fn run(settings: &Settings, client: &Client, args: &RestoreArgs) -> Result<()> {
@@ -134,7 +155,7 @@ async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Res
         ))
     })?;
     let tmp = scratch.join("restore.db");
-    prepare(settings, &args.file, &tmp)?;
+    let (_, kind) = prepare(settings, &args.file, &tmp)?;
     crate::prompt::confirm(
         args.yes,
         &format!(
@@ -149,7 +170,13 @@ async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Res
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let req = client
         .stream_request(Method::POST, "/api/v1/admin/restore")
-        .header(reqwest::header::CONTENT_TYPE, "application/vnd.sqlite3")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            match kind {
+                BackupKind::Sqlite => "application/vnd.sqlite3",
+                BackupKind::PostgresDump => "application/sql",
+            },
+        )
         .header(reqwest::header::CONTENT_LENGTH, len)
         .body(reqwest::Body::from(f));
     let resp = client.send(req).await?;
@@ -229,7 +256,13 @@ async fn offline(
         ))
     })?;
     let incoming = scratch.join("opamp.db");
-    prepare(settings, &args.file, &incoming)?;
+    let (_, kind) = prepare(settings, &args.file, &incoming)?;
+    if kind == BackupKind::PostgresDump {
+        return Err(CtlError::usage(format!(
+            "{} is a PostgreSQL dump: restore it through a server on PostgreSQL (leave out --data-dir), or load it into an empty database with `gunzip -c FILE | psql -v ON_ERROR_STOP=1 URL`; nothing was changed",
+            args.file.display()
+        )));
+    }
     if let Some(why) = daemon_running(client, &db).await? {
         return Err(CtlError::failed(format!(
             "opampd is running: {why}. Stop it first (e.g. `systemctl stop opampd`), or restore through the API by leaving out --data-dir; nothing was changed"

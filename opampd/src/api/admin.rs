@@ -10,9 +10,9 @@ use crate::app::App;
 use crate::logring::LogLine;
 use crate::opamp::reply::{Answer, Reply};
 use crate::opamp::session::Session;
-use crate::store::now_ms;
 use crate::store::sqlite::{dbfile, schema};
 use crate::store::users::AuditEntry;
+use crate::store::{dump, now_ms, Location};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -55,8 +55,9 @@ impl Drop for TempFile {
     }
 }
 
-/// `GET /api/v1/admin/backup`: one consistent snapshot of the database, as a
-/// SQLite file.
+/// `GET /api/v1/admin/backup`: one consistent snapshot of the database: a
+/// SQLite file, or on PostgreSQL opampd's SQL dump (`store/dump.rs`). The
+/// header `x-opampd-backup-format` says which (`sqlite`, `postgresql-dump`).
 pub async fn backup(State(app): State<Arc<App>>, Admin(who, addr): Admin) -> ApiResult<Response> {
     let tmp = temp_path(&app, "backup");
     let guard = TempFile(Some(tmp.clone()));
@@ -95,12 +96,21 @@ pub async fn backup(State(app): State<Arc<App>>, Admin(who, addr): Admin) -> Api
             Err(e) => Some((Err(e), f)),
         }
     });
-    let name = format!("opamp_{}.db", chrono::Utc::now().format("%Y%m%d_%H%M%S"));
+    let format = BackupFormat::of(&app);
+    let name = format!(
+        "opamp_{}.{}",
+        chrono::Utc::now().format("%Y%m%d_%H%M%S"),
+        format.extension()
+    );
     let mut r = Response::new(Body::from_stream(stream));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/vnd.sqlite3"),
+        HeaderValue::from_static(format.content_type()),
+    );
+    h.insert(
+        "x-opampd-backup-format",
+        HeaderValue::from_static(format.name()),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
@@ -160,12 +170,40 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
             format!("the uploaded file cannot be restored: {reason}; nothing was changed"),
         )
     };
+    let format = BackupFormat::of(app);
+    let uploaded = BackupFormat::sniff(&tmp).await;
+    if uploaded != Some(format) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_backup",
+            format!(
+                "the uploaded file cannot be restored: {}; nothing was changed",
+                format.mismatch(uploaded)
+            ),
+        ));
+    }
     let candidate = tmp.clone();
-    let version = tokio::task::spawn_blocking(move || dbfile::check(&candidate))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|reason| refused(&reason))?;
-    let keep_aside = dbfile::keep_aside_path(&app.config.data_dir, chrono::Utc::now());
+    let version = match format {
+        BackupFormat::Sqlite => tokio::task::spawn_blocking(move || dbfile::check(&candidate))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|reason| refused(&reason))?,
+        BackupFormat::PostgresDump => {
+            crate::store::postgres::dump::check(&candidate)
+                .await
+                .map_err(|e| match e.downcast_ref::<dump::Refused>() {
+                    Some(reason) => refused(&dbfile::Refused(reason.0.clone())),
+                    None => ApiError::internal(e),
+                })?
+                .schema_version
+        }
+    };
+    let keep_aside = match format {
+        BackupFormat::Sqlite => dbfile::keep_aside_path(&app.config.data_dir, chrono::Utc::now()),
+        BackupFormat::PostgresDump => {
+            dump::keep_aside_path(&app.config.data_dir, chrono::Utc::now())
+        }
+    };
     let fleet_app = app.clone();
     let live_agents_added = app
         .store
@@ -179,6 +217,9 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
             if let Some(reason) = e.downcast_ref::<dbfile::Refused>() {
                 return refused(reason);
             }
+            if let Some(reason) = e.downcast_ref::<dump::Refused>() {
+                return refused(&dbfile::Refused(reason.0.clone()));
+            }
             tracing::error!(error = %format!("{e:#}"), "restore failed");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -187,6 +228,8 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
             )
         })?;
     let notified = after_restore(app).await;
+    // The other replicas forget what their agents reported and rebuild too.
+    app.cluster.restored().await;
     tracing::warn!(by = %who, bytes = size, kept_aside = %keep_aside.display(), agents_notified = notified, live_agents_added, "database restored from an uploaded backup");
     Ok(RestoreReport {
         kept_aside: keep_aside.display().to_string(),
@@ -196,6 +239,75 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
         agents_notified: notified,
         live_agents_added,
     })
+}
+
+/// What a backup is: a SQLite file, or opampd's PostgreSQL dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackupFormat {
+    Sqlite,
+    PostgresDump,
+}
+
+impl BackupFormat {
+    /// The format of this server's backups.
+    fn of(app: &App) -> BackupFormat {
+        match app.store.location() {
+            Location::File(_) => BackupFormat::Sqlite,
+            Location::Database(_) => BackupFormat::PostgresDump,
+        }
+    }
+
+    /// The format of an uploaded file, by its first bytes.
+    async fn sniff(path: &Path) -> Option<BackupFormat> {
+        let mut head = [0u8; 64];
+        let mut file = tokio::fs::File::open(path).await.ok()?;
+        let mut filled = 0;
+        while filled < head.len() {
+            match file.read(&mut head[filled..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
+            }
+        }
+        let head = &head[..filled];
+        if head.starts_with(dbfile::SQLITE_MAGIC) {
+            Some(BackupFormat::Sqlite)
+        } else if head.starts_with(dump::MAGIC.as_bytes()) {
+            Some(BackupFormat::PostgresDump)
+        } else {
+            None
+        }
+    }
+
+    /// `x-opampd-backup-format`.
+    fn name(self) -> &'static str {
+        match self {
+            BackupFormat::Sqlite => "sqlite",
+            BackupFormat::PostgresDump => "postgresql-dump",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            BackupFormat::Sqlite => "db",
+            BackupFormat::PostgresDump => "sql",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            BackupFormat::Sqlite => "application/vnd.sqlite3",
+            BackupFormat::PostgresDump => "application/sql",
+        }
+    }
+
+    /// Why an upload of format `uploaded` does not fit this server.
+    fn mismatch(self, uploaded: Option<BackupFormat>) -> &'static str {
+        match (self, uploaded) {
+            (_, None) => "it is neither a SQLite database nor an opampd PostgreSQL dump (wrong file header)",
+            (BackupFormat::Sqlite, Some(_)) => "it is a PostgreSQL dump and this opampd keeps its data in SQLite: restore it into a deployment on PostgreSQL (or load it with psql)",
+            (BackupFormat::PostgresDump, Some(_)) => "it is a SQLite database and this opampd keeps its data in PostgreSQL: move a SQLite deployment with `opampctl db migrate --from-sqlite DATA_DIR --to URL`",
+        }
+    }
 }
 
 /// Streams the request body into `path`; returns its size.
@@ -237,8 +349,9 @@ async fn receive(path: &Path, body: Body) -> ApiResult<u64> {
 }
 
 /// After a restore every live agent must report its full state again, and
-/// cached API tokens may no longer exist.
-async fn after_restore(app: &Arc<App>) -> u64 {
+/// cached API tokens may no longer exist. Run by the replica that restored
+/// and, on PostgreSQL, by every other one when it hears of it.
+pub(crate) async fn after_restore(app: &Arc<App>) -> u64 {
     app.auth.invalidate_tokens();
     let uids = app.fleet.uids();
     let mut notified = 0;

@@ -34,6 +34,9 @@ pub enum Message {
     },
     /// This agent was deleted: drop its session if you hold it.
     Delete { uid: String, owner: String },
+    /// The database was restored: forget what agents reported, ask them
+    /// for their full state, rebuild everything. `from` already did.
+    Restored { from: String },
     /// Not sent by anyone: the listener (re)connected and may have missed
     /// messages, so everything is rebuilt.
     Resync,
@@ -91,6 +94,14 @@ impl Cluster {
         if let Cluster::Postgres(coordinator) = self {
             let from = coordinator.replica().to_string();
             coordinator.notify(&Message::Targets { from }).await;
+        }
+    }
+
+    /// After this replica restored the database: the others catch up.
+    pub async fn restored(&self) {
+        if let Cluster::Postgres(coordinator) = self {
+            let from = coordinator.replica().to_string();
+            coordinator.notify(&Message::Restored { from }).await;
         }
     }
 
@@ -199,6 +210,11 @@ async fn handle(app: &Arc<App>, message: Message) {
                 tracing::warn!(error = %format!("{e:#}"), "cannot rebuild targets after another replica's change");
             }
         }
+        Message::Restored { from } if from == me => {}
+        Message::Restored { from } => {
+            let notified = crate::api::admin::after_restore(app).await;
+            tracing::warn!(by = %from, agents_notified = notified, "the database was restored by another replica");
+        }
         Message::Restart { uid, owner } if owner == me => {
             if let Some(uid) = opamp_proto::parse_uid(&uid) {
                 let delivery = crate::opamp::send_restart(app, &uid);
@@ -260,6 +276,7 @@ mod tests {
                 uid: "u".into(),
                 owner: "b".into(),
             },
+            Message::Restored { from: "a".into() },
         ];
         for message in messages {
             let text = serde_json::to_string(&message).unwrap();

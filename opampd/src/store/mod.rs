@@ -13,6 +13,7 @@ mod backend;
 #[cfg(test)]
 mod boundary;
 pub mod configs;
+pub mod dump;
 mod error;
 pub mod packages;
 pub mod postgres;

@@ -4,7 +4,7 @@
 //! a transaction-scoped advisory lock on the configuration's name, so that
 //! replicas and concurrent requests apply them one at a time.
 
-use super::{agents, configs, packages, users, Postgres};
+use super::{agents, configs, dump, packages, users, Postgres};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
@@ -63,9 +63,6 @@ async fn apply(c: &impl GenericClient, plan: SavePlan) -> Result<Saved> {
     users::insert_audit(c, &audit).await?;
     Ok(plan.saved)
 }
-
-/// The start of the refusal of what the PostgreSQL backend does not do yet.
-const NOT_YET: &str = "opampd on PostgreSQL does not offer";
 
 /// Serialises changes to users (the last-admin rule, the first admin)
 /// across connections and replicas until the transaction ends.
@@ -869,30 +866,46 @@ impl Backend for Postgres {
         Ok(0)
     }
 
-    async fn backup_to(&self, _dest: PathBuf) -> Result<()> {
-        anyhow::bail!(
-            "{NOT_YET} backups: use pg_dump against {}",
-            self.redacted_url()
-        )
+    async fn backup_to(&self, dest: PathBuf) -> Result<()> {
+        self.read("db_backup", async {
+            let mut client = self.client().await?;
+            dump::write(&mut client, &dest).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn stats(&self, _integrity: bool) -> Result<DbStats> {
-        anyhow::bail!("{NOT_YET} database statistics")
+        // PostgreSQL checks its pages itself (checksums, amcheck): no
+        // integrity figure here.
+        self.read("db_stats", self.database_stats()).await
     }
 
     async fn optimize(&self) -> Result<DbOptimizeReport> {
-        anyhow::bail!("{NOT_YET} database maintenance: run VACUUM ANALYZE with psql")
+        self.read("db_optimize", self.vacuum_analyze()).await
     }
 
     async fn restore_from(
         &self,
-        _candidate: PathBuf,
-        _keep_aside: PathBuf,
-        _live_agents: Box<dyn FnOnce() -> Vec<LiveAgent> + Send>,
+        candidate: PathBuf,
+        keep_aside: PathBuf,
+        live_agents: Box<dyn FnOnce() -> Vec<LiveAgent> + Send>,
     ) -> Result<u64> {
-        anyhow::bail!(
-            "{NOT_YET} restores: use pg_restore against {}",
-            self.redacted_url()
+        // Refused before anything is written, even the copy kept aside.
+        dump::check(&candidate).await?;
+        self.backup_to(keep_aside)
+            .await
+            .context("saving the current content aside")?;
+        let start = Instant::now();
+        let mut client = self.client().await?;
+        let loaded = dump::load(
+            &mut client,
+            &candidate,
+            dump::Target::Replace,
+            live_agents(),
         )
+        .await;
+        self.metrics.db_query("db_restore", start.elapsed());
+        Ok(loaded?.live_agents_added)
     }
 }

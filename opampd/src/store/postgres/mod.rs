@@ -8,6 +8,8 @@
 mod agents;
 mod backend;
 mod configs;
+pub mod dump;
+mod maintenance;
 mod packages;
 pub mod schema;
 mod selector;

@@ -12,7 +12,7 @@
 //! collation: byte order, as SQLite compares them.
 
 use anyhow::{bail, Context, Result};
-use deadpool_postgres::Object;
+use deadpool_postgres::{Object, Transaction};
 
 /// Advisory lock key under which replicas migrate, one at a time
 /// ("opampd" in ASCII).
@@ -213,22 +213,30 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
+/// The table that records every applied version.
+const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+             version INTEGER PRIMARY KEY,
+             applied_at BIGINT NOT NULL
+         )";
+
 /// Brings the database up to [`SCHEMA_VERSION`] in one transaction under
 /// [`MIGRATION_LOCK`]: replicas starting together wait for the first, then
 /// find nothing left to do. Refuses a newer database. Returns the versions
 /// this call applied.
 pub async fn migrate(client: &mut Object) -> Result<Vec<u32>> {
     let tx = client.transaction().await?;
+    let applied = migrate_in(&tx).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// [`migrate`] inside a transaction the caller commits (the schema of its
+/// `search_path`).
+pub async fn migrate_in(tx: &Transaction<'_>) -> Result<Vec<u32>> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .context("cannot take the migration lock")?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (
-             version INTEGER PRIMARY KEY,
-             applied_at BIGINT NOT NULL
-         )",
-    )
-    .await?;
+    tx.batch_execute(VERSION_TABLE).await?;
     let current: i32 = tx
         .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
         .await?
@@ -251,8 +259,59 @@ pub async fn migrate(client: &mut Object) -> Result<Vec<u32>> {
         .await?;
         applied.push(*version);
     }
-    tx.commit().await?;
     Ok(applied)
+}
+
+/// The first schema version PostgreSQL has (its first migration creates it whole).
+pub fn first_version() -> u32 {
+    MIGRATIONS[0].0
+}
+
+/// The SQL of the migrations after `after` up to `upto`, in order.
+pub fn migrations_between(after: u32, upto: u32) -> impl Iterator<Item = &'static str> {
+    MIGRATIONS
+        .iter()
+        .filter(move |(v, _)| *v > after && *v <= upto)
+        .map(|(_, sql)| *sql)
+}
+
+/// A script that creates schema `version` in an empty database exactly as
+/// the migrations do, versions recorded: the schema part of a dump.
+/// `version` must be one of [`first_version`]..=[`SCHEMA_VERSION`].
+pub fn script(version: u32) -> String {
+    let mut out = String::new();
+    out.push_str(VERSION_TABLE);
+    out.push_str(";\n");
+    for sql in migrations_between(0, version) {
+        out.push_str(sql.trim_matches('\n'));
+        out.push('\n');
+    }
+    for (v, _) in MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
+        out.push_str(&format!(
+            "INSERT INTO schema_version (version, applied_at) VALUES ({v}, 0);\n"
+        ));
+    }
+    out
+}
+
+/// The tables schema `version` has (besides `schema_version`), in the
+/// order the migrations create them: a table comes after those it refers to.
+pub fn tables(version: u32) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for sql in migrations_between(0, version) {
+        let mut words = sql.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "CREATE" {
+                let mut ahead = words.clone();
+                if ahead.next() == Some("TABLE") {
+                    if let Some(name) = ahead.next() {
+                        out.push(name.trim_end_matches('('));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -263,5 +322,25 @@ mod tests {
     fn versions_follow_sqlite() {
         assert_eq!(SCHEMA_VERSION, crate::store::SCHEMA_VERSION);
         assert!(MIGRATIONS.windows(2).all(|pair| pair[1].0 == pair[0].0 + 1));
+    }
+
+    #[test]
+    fn tables_are_listed_in_creation_order() {
+        let tables = tables(SCHEMA_VERSION);
+        assert_eq!(tables[0], "agents");
+        let position = |name: &str| tables.iter().position(|t| *t == name).unwrap();
+        assert!(position("packages") < position("package_files"));
+        assert!(tables.contains(&"agent_owners"));
+        assert!(!tables.contains(&"schema_version"));
+        assert_eq!(super::tables(8).len() + 2, super::tables(9).len());
+    }
+
+    #[test]
+    fn a_script_records_its_versions() {
+        let script = script(9);
+        assert!(script.contains("CREATE TABLE package_files"));
+        assert!(!script.contains("CREATE TABLE replicas"));
+        assert!(script.contains("VALUES (9, 0);"));
+        assert!(!script.contains("VALUES (10, 0);"));
     }
 }

@@ -91,6 +91,7 @@ pub fn stats(conn: &Connection, path: &Path, integrity: bool) -> Result<DbStats>
         } else {
             None
         },
+        postgres: None,
     })
 }
 

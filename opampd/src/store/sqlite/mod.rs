@@ -11,6 +11,7 @@ mod backend;
 pub mod components;
 pub mod configs;
 pub mod dbfile;
+pub mod dump;
 pub mod maintenance;
 pub mod packages;
 mod pool;
