@@ -184,6 +184,21 @@ async fn a_postgresql_backup_is_a_checksummed_dump_that_restores_through_the_ser
         "cannot be restored",
     );
 
+    // The server refuses a SQLite database, naming the way to move one.
+    let response = s
+        .http()
+        .post(format!("{}/api/v1/admin/restore", s.url()))
+        .bearer_auth(s.token())
+        .body(b"SQLite format 3\0 and more".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let v: Value = response.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("opampctl db migrate --from-sqlite"), "{v}");
+    assert!(message.contains("nothing was changed"), "{v}");
+
     // Retention prunes dumps by the same name rule.
     let old = dir.path().join("opamp_20000101_000000.sql.gz");
     std::fs::write(&old, b"old").unwrap();
