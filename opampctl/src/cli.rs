@@ -520,6 +520,73 @@ pub enum PackagesCmd {
         #[arg(value_name = "VERSION")]
         version: String,
     },
+    /// Roll a package version out to agents in staged batches (operator)
+    #[command(subcommand, long_about = PACKAGES_ROLLOUT_ABOUT)]
+    Rollout(PackagesRolloutCmd),
+}
+
+/// The man page of `opampctl packages rollout`.
+const PACKAGES_ROLLOUT_ABOUT: &str = "\
+Roll a package version out to agents in staged batches, as `opampctl rollout` \
+does for configurations. Each agent gets the catalogue file for its platform \
+(its os.type and host.arch attributes); agents without AcceptsPackages or \
+without a file for their platform are skipped and reported. A failed install \
+pauses the rollout once failures exceed --max-failures; progress survives a \
+restart of opampd.";
+
+#[derive(Subcommand, Debug)]
+pub enum PackagesRolloutCmd {
+    /// Start rolling a package version out (the newest listed by default)
+    Start {
+        /// Package name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Version to roll out
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+        /// Which agents get it: k=v, k!=v, k; comma means and [default: every agent]
+        #[arg(long, value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// Agents per batch
+        #[arg(long, value_name = "N")]
+        batch_size: Option<u64>,
+        /// Failure allowance: pause the rollout when more than N agents fail (default 0: at the first failure)
+        #[arg(long, value_name = "N")]
+        max_failures: Option<u64>,
+        /// Time a batch may take; then its agents that have not reported are counted unconfirmed and the rollout moves on (0: wait for every report) [default: the server's rollouts.batch_timeout_seconds]
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        batch_timeout: Option<Duration>,
+        /// Change nothing: list which agents would get which file, and why others would not
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show a package rollout's progress and each agent's state; exit 0 when completed or running, 1 when paused
+    Status {
+        /// Package name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Follow the progress until the rollout completes or pauses
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Poll interval of --watch
+        #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+        interval: Duration,
+    },
+    /// Pause a running package rollout
+    Pause {
+        /// Package name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Resume a paused package rollout
+    Resume {
+        /// Package name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// A new failure allowance: pause when more than N agents fail (to go on after failures paused it)
+        #[arg(long, value_name = "N")]
+        max_failures: Option<u64>,
+    },
 }
 
 /// The man page of `opampctl packages add`.

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub opamp_messages: [AtomicU64; 2],
     pub ws_connections: AtomicI64,
     pub outgoing_dropped: AtomicU64,
+    /// Packages whose latest rollout is running, paused, completed.
+    package_rollouts: [AtomicI64; 3],
     slow_query: Duration,
     start_time: f64,
     replica: crate::replica::Replica,
@@ -146,9 +148,34 @@ impl Metrics {
             opamp_messages: Default::default(),
             ws_connections: AtomicI64::new(0),
             outgoing_dropped: AtomicU64::new(0),
+            package_rollouts: Default::default(),
             slow_query,
             start_time,
             replica,
+        }
+    }
+
+    /// How many packages' latest rollout is in each of
+    /// [`crate::packages::rollout::STATES`].
+    pub fn set_package_rollouts(&self, counts: [i64; 3]) {
+        for (gauge, n) in self.package_rollouts.iter().zip(counts) {
+            gauge.store(n, Ordering::Relaxed);
+        }
+    }
+
+    fn render_package_rollouts(&self, out: &mut String) {
+        header(
+            out,
+            "package_rollouts",
+            "gauge",
+            "Packages by the state of their latest rollout",
+        );
+        for (state, gauge) in crate::packages::rollout::STATES
+            .iter()
+            .zip(&self.package_rollouts)
+        {
+            let n = gauge.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{PREFIX}package_rollouts{{state=\"{state}\"}} {n}");
         }
     }
 
@@ -225,6 +252,7 @@ impl Metrics {
         self.render_http(&mut out);
         self.render_agents(&mut out);
         self.render_db(&mut out);
+        self.render_package_rollouts(&mut out);
         render_process(&mut out, self.start_time);
         out
     }

@@ -17,6 +17,12 @@
 //! released ones has applied (or failed within the allowance) or is counted
 //! unconfirmed: it received the offer but never reports on it, or stayed
 //! silent past the batch's `batch_timeout` ([`unconfirmed`]).
+//!
+//! The engine has two subjects: configuration versions (here) and package
+//! versions ([`crate::packages::rollout`]). Both keep their rollouts as
+//! [`Staged`], count their agents into a [`Progress`] and let [`next`]
+//! decide; [`automatic`] is the state change that decision makes, and
+//! [`progress`] moves both.
 
 use crate::app::App;
 use crate::opamp::session::{attr_strings, status_name};
@@ -76,7 +82,7 @@ pub async fn rebuild_targets(app: &App) -> Result<()> {
         });
     }
     app.targets.replace(targets);
-    Ok(())
+    crate::packages::rollout::rebuild_targets(app).await
 }
 
 /// Offers every live agent what it should now run (WebSocket agents at once,
@@ -503,10 +509,10 @@ pub fn evaluate(
 
 /// Whether the rollout's current batch has run out of time at `now_ms`:
 /// `Some(timeout in seconds)` if so.
-pub fn batch_expired(rollout: &RolloutRow, now_ms: i64) -> Option<u64> {
-    let timeout = rollout.batch_timeout_ms;
+pub fn batch_expired(rollout: &impl Staged, now_ms: i64) -> Option<u64> {
+    let timeout = rollout.batch_timeout_ms();
     let deadline = rollout
-        .batch_started_at
+        .batch_started_at()
         .saturating_add(i64::try_from(timeout).unwrap_or(i64::MAX));
     (timeout > 0 && now_ms >= deadline).then_some(timeout / 1000)
 }
@@ -672,6 +678,9 @@ pub async fn progress(app: Arc<App>) {
         if let Err(e) = step(&app).await {
             tracing::warn!(error = %format!("{e:#}"), "rollout progress check failed; retrying");
         }
+        if let Err(e) = crate::packages::rollout::step(&app).await {
+            tracing::warn!(error = %format!("{e:#}"), "package rollout progress check failed; retrying");
+        }
     }
 }
 
@@ -684,19 +693,95 @@ pub enum Next {
     Complete,
 }
 
-pub fn next(r: &RolloutRow, p: &Progress) -> Next {
-    if p.failed > r.max_failures {
+pub fn next(r: &impl Staged, p: &Progress) -> Next {
+    if p.failed > r.max_failures() {
         Next::Pause(format!(
             "{} failures exceed max_failures {}",
-            p.failed, r.max_failures
+            p.failed,
+            r.max_failures()
         ))
     } else if !p.released_done {
         Next::Stay
-    } else if r.released_batches < p.batches {
-        Next::Release(r.released_batches + 1)
+    } else if r.released_batches() < p.batches {
+        Next::Release(r.released_batches() + 1)
     } else {
         Next::Complete
     }
+}
+
+/// What the engine reads of a rollout, whatever it rolls out.
+pub trait Staged {
+    fn id(&self) -> i64;
+    fn max_failures(&self) -> u64;
+    /// Batches `0..released_batches` are released.
+    fn released_batches(&self) -> u64;
+    /// How long a batch may take (0: no limit).
+    fn batch_timeout_ms(&self) -> u64;
+    /// When the current batch was released (or the rollout resumed).
+    fn batch_started_at(&self) -> i64;
+}
+
+impl Staged for RolloutRow {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn max_failures(&self) -> u64 {
+        self.max_failures
+    }
+    fn released_batches(&self) -> u64 {
+        self.released_batches
+    }
+    fn batch_timeout_ms(&self) -> u64 {
+        self.batch_timeout_ms
+    }
+    fn batch_started_at(&self) -> i64 {
+        self.batch_started_at
+    }
+}
+
+/// The state change of a running rollout that `decision` makes (`None`:
+/// it stays), audited as `{action}.pause` / `{action}.complete` by the
+/// system on `target`, with `details` and the decision's reason, `failed`
+/// and `automatic` added.
+pub fn automatic(
+    r: &impl Staged,
+    decision: &Next,
+    action: &str,
+    target: &str,
+    mut details: Value,
+    failed: u64,
+) -> Option<RolloutTransition> {
+    let (to, released, reason, audit) = match decision {
+        Next::Stay => return None,
+        Next::Pause(reason) => (
+            "paused",
+            r.released_batches(),
+            Some(reason.clone()),
+            Some("pause"),
+        ),
+        Next::Release(n) => ("running", *n, None, None),
+        Next::Complete => ("completed", r.released_batches(), None, Some("complete")),
+    };
+    details["reason"] = json!(reason);
+    details["automatic"] = json!(true);
+    details["failed"] = json!(failed);
+    Some(RolloutTransition {
+        id: r.id(),
+        from: "running",
+        to,
+        released_batches: released,
+        max_failures: r.max_failures(),
+        reason,
+        audit: audit.map(|what| {
+            AuditEntry::ok(
+                "system",
+                &format!("{action}.{what}"),
+                Some(target),
+                None,
+                details,
+            )
+        }),
+    })
 }
 
 async fn step(app: &Arc<App>) -> Result<()> {
@@ -705,43 +790,11 @@ async fn step(app: &Arc<App>) -> Result<()> {
     for r in running {
         let p = progress_of(app, &r).await?;
         let decision = next(&r, &p);
-        let (to, released, reason, audit) = match &decision {
-            Next::Stay => continue,
-            Next::Pause(reason) => (
-                "paused",
-                r.released_batches,
-                Some(reason.clone()),
-                Some("rollout.pause"),
-            ),
-            Next::Release(n) => ("running", *n, None, None),
-            Next::Complete => (
-                "completed",
-                r.released_batches,
-                None,
-                Some("rollout.complete"),
-            ),
+        let details = json!({"version": r.version});
+        let Some(change) = automatic(&r, &decision, "rollout", &r.name, details, p.failed) else {
+            continue;
         };
-        let audit = audit.map(|action| {
-            AuditEntry::ok(
-                "system",
-                action,
-                Some(&r.name),
-                None,
-                json!({"version": r.version, "reason": reason, "automatic": true, "failed": p.failed}),
-            )
-        });
-        let done = app
-            .store
-            .transition_rollout(RolloutTransition {
-                id: r.id,
-                from: "running",
-                to,
-                released_batches: released,
-                max_failures: r.max_failures,
-                reason,
-                audit,
-            })
-            .await?;
+        let done = app.store.transition_rollout(change).await?;
         if !done {
             continue;
         }

@@ -638,7 +638,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 10;
+pub const DB_SCHEMA_VERSION: u32 = 11;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -734,4 +734,126 @@ pub struct PackageFile {
     /// Uploaded to opampd (true) or by reference.
     pub hosted: bool,
     pub created_at: String,
+}
+
+/// `POST /packages/{name}/rollout`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PackageRolloutRequest {
+    /// The catalogue version; default: the newest one listed.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Which agents (label selector); default: every agent.
+    #[serde(default)]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub batch_size: Option<u64>,
+    #[serde(default)]
+    pub max_failures: Option<u64>,
+    /// Seconds a batch may take; then its silent agents are counted
+    /// unconfirmed. 0 = wait for every report. Default: opampd's
+    /// `rollouts.batch_timeout_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_timeout: Option<u64>,
+    /// Change nothing: say which agents would get which file.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a package rollout request with `dry_run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackageRolloutPlan {
+    pub name: String,
+    pub version: String,
+    pub selector: String,
+    /// How many agents would be offered the version.
+    pub offered: u64,
+    /// How many matching agents would be skipped (see each agent's reason).
+    pub skipped: u64,
+    pub batches: u64,
+    /// Every matching agent, in uid order.
+    pub agents: Vec<PackagePlanAgent>,
+}
+
+/// One agent of a [`PackageRolloutPlan`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackagePlanAgent {
+    pub instance_uid: String,
+    /// The agent's `os.type/host.arch` (`?` where it does not report one).
+    pub platform: String,
+    /// The catalogue file it would get, as `os/arch`; none when skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
+    /// Why it would be skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Package rollout progress: `GET /packages/{name}/rollout`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackageRolloutStatus {
+    pub name: String,
+    pub version: String,
+    /// The version agents not yet released keep (of the last completed rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    pub selector: String,
+    /// `running`, `paused`, `completed` or `superseded`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub batch_size: u64,
+    pub max_failures: u64,
+    /// Seconds a batch may take (0: no limit).
+    pub batch_timeout: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_deadline: Option<String>,
+    pub batches: u64,
+    pub released_batches: u64,
+    /// Agents in the rollout (skipped ones included).
+    pub total: u64,
+    pub pending: u64,
+    /// Downloading or installing.
+    pub installing: u64,
+    pub installed: u64,
+    pub failed: u64,
+    /// No AcceptsPackages, or no file for the agent's platform.
+    pub skipped: u64,
+    /// Counted without a report (silent past the batch timeout, or the
+    /// agent does not report package statuses).
+    pub unconfirmed: u64,
+    pub started_at: String,
+    pub updated_at: String,
+    pub started_by: Option<String>,
+    #[serde(default)]
+    pub failures: Vec<RolloutFailure>,
+    /// Every agent of the rollout in uid order (at most 1000).
+    #[serde(default)]
+    pub agents: Vec<PackageRolloutAgent>,
+}
+
+/// One agent of a package rollout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackageRolloutAgent {
+    pub instance_uid: String,
+    pub batch: u64,
+    /// The agent's `os.type/host.arch`.
+    pub platform: String,
+    /// `pending`, `downloading`, `installing`, `installed`, `failed`,
+    /// `unconfirmed` or `skipped`.
+    pub state: String,
+    /// The agent's status: `connected`, `stale` or `disconnected`.
+    pub status: String,
+    /// The agent's install error (`failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it is `skipped` or `unconfirmed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Download progress, where the agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_percent: Option<f64>,
 }

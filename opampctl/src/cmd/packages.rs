@@ -1,4 +1,5 @@
-//! `opampctl packages add|list|show|delete`: the package catalogue.
+//! `opampctl packages add|list|show|delete`: the package catalogue;
+//! `opampctl packages rollout …` is [`rollout`].
 
 use crate::cli::{PackagesAddArgs, PackagesCmd};
 use crate::client::{enc, Client};
@@ -10,12 +11,15 @@ use comfy_table::Cell;
 use opamp_proto::api::{Package, PackageFileInput, PackageInput};
 use reqwest::Method;
 
+pub mod rollout;
+
 pub async fn run(settings: &Settings, client: &Client, cmd: PackagesCmd) -> Result<()> {
     match cmd {
         PackagesCmd::Add(args) => add(settings, client, &args).await,
         PackagesCmd::List { name } => list(settings, client, name.as_deref()).await,
         PackagesCmd::Show { name, version } => show(settings, client, &name, &version).await,
         PackagesCmd::Delete { name, version } => delete(settings, client, &name, &version).await,
+        PackagesCmd::Rollout(cmd) => rollout::run(settings, client, cmd).await,
     }
 }
 

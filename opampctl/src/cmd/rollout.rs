@@ -121,7 +121,7 @@ fn show_plan(settings: &Settings, plan: &RolloutPlan, force: bool) -> Result<()>
     Ok(())
 }
 
-fn count(n: u64, what: &str) -> String {
+pub fn count(n: u64, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
@@ -135,7 +135,7 @@ fn batches_text(st: &RolloutStatus) -> String {
 }
 
 /// What the failure allowance means, in words.
-fn allowance_text(max_failures: u64) -> String {
+pub fn allowance_text(max_failures: u64) -> String {
     match max_failures {
         0 => "pausing at the first failed agent".into(),
         n => format!("pausing when more than {} fail", count(n, "agent")),
@@ -143,7 +143,7 @@ fn allowance_text(max_failures: u64) -> String {
 }
 
 /// `--batch-timeout` in whole seconds (rounded up); 0 stays 0 (no limit).
-fn timeout_seconds(timeout: Duration) -> Result<u64> {
+pub fn timeout_seconds(timeout: Duration) -> Result<u64> {
     if timeout.is_zero() {
         return Ok(0);
     }
@@ -156,7 +156,7 @@ fn timeout_seconds(timeout: Duration) -> Result<u64> {
 }
 
 /// The batch timeout, in words.
-fn timeout_text(seconds: u64) -> String {
+pub fn timeout_text(seconds: u64) -> String {
     match seconds {
         0 => "waiting for every agent's report".into(),
         s => format!("counting agents silent after {s}s per batch as unconfirmed"),

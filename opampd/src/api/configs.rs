@@ -421,10 +421,10 @@ pub async fn rollback(
 }
 
 /// Largest batch size and failure allowance accepted.
-const MAX_COUNT: u64 = 1_000_000_000;
+pub const MAX_COUNT: u64 = 1_000_000_000;
 
 /// Longest batch timeout accepted, in seconds.
-const MAX_BATCH_TIMEOUT: u64 = 30 * 86_400;
+pub const MAX_BATCH_TIMEOUT: u64 = 30 * 86_400;
 
 /// Starts a rollout (202 and its status), or with `dry_run` says which
 /// targeted agents lack which components (200 and a [`RolloutPlan`]).

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod agents;
 pub mod configs;
 pub mod health;
+pub mod package_rollouts;
 pub mod packages;
 pub mod users;
 
@@ -131,6 +132,26 @@ pub fn routes() -> Vec<Route> {
             "DELETE",
             "/api/v1/packages/{name}/{version}",
             packages::remove,
+        ),
+        guarded::<Viewer, _, _>(
+            "GET",
+            "/api/v1/packages/{name}/rollout",
+            package_rollouts::show,
+        ),
+        guarded::<Operator, _, _>(
+            "POST",
+            "/api/v1/packages/{name}/rollout",
+            package_rollouts::start,
+        ),
+        guarded::<Operator, _, _>(
+            "POST",
+            "/api/v1/packages/{name}/rollout/pause",
+            package_rollouts::pause,
+        ),
+        guarded::<Operator, _, _>(
+            "POST",
+            "/api/v1/packages/{name}/rollout/resume",
+            package_rollouts::resume,
         ),
         open("POST", "/api/v1/auth/login", users::login),
         // Checks the credential it revokes itself, to audit refused attempts:

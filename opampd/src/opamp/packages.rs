@@ -216,6 +216,8 @@ pub struct AgentState {
     reported_all_hash: Vec<u8>,
     /// Name → `agent_has_hash`, as last reported.
     installed: BTreeMap<String, Vec<u8>>,
+    /// The statuses as last reported (JSON, [`statuses_json`]).
+    reported: Option<String>,
 }
 
 impl AgentState {
@@ -226,6 +228,7 @@ impl AgentState {
         };
         let hex_of = |v: &Value| v.as_str().and_then(|h| hex::decode(h).ok());
         AgentState {
+            reported: stored.map(str::to_string),
             offered: None,
             reported_all_hash: hex_of(&value["all_packages_hash"]).unwrap_or_default(),
             installed: value["packages"]
@@ -240,6 +243,11 @@ impl AgentState {
                 })
                 .collect(),
         }
+    }
+
+    /// The statuses as last reported (JSON, [`statuses_json`]).
+    pub fn reported(&self) -> Option<&str> {
+        self.reported.as_deref()
     }
 
     /// Forgets the offer made on this connection (it may not have arrived).
@@ -280,7 +288,9 @@ impl AgentState {
             .filter(|(_, p)| !p.agent_has_hash.is_empty())
             .map(|(name, p)| (name.clone(), p.agent_has_hash.clone()))
             .collect();
-        statuses_json(statuses).to_string()
+        let json = statuses_json(statuses).to_string();
+        self.reported = Some(json.clone());
+        json
     }
 }
 

@@ -261,6 +261,16 @@ impl Session {
         self.capabilities & ACCEPTS_REMOTE_CONFIG != 0
     }
 
+    /// The capability bits the agent last reported.
+    pub fn capabilities(&self) -> u64 {
+        self.capabilities
+    }
+
+    /// The package statuses the agent last reported (JSON, as stored).
+    pub fn package_statuses(&self) -> Option<&str> {
+        self.packages.reported()
+    }
+
     /// Whether the agent reports its remote-config status (ReportsRemoteConfig).
     pub fn reports_remote_config(&self) -> bool {
         self.capabilities & REPORTS_REMOTE_CONFIG != 0

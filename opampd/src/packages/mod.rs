@@ -2,9 +2,12 @@
 //! download URLs and signatures of package versions, checked before
 //! anything is stored. The records and the rules of adding are
 //! `store::packages` (the SQL is in each backend); the REST handlers
-//! `api::packages`; what agents are offered `opamp::packages`.
+//! `api::packages`; what agents are offered `opamp::packages`; package
+//! rollouts [`rollout`].
 
 use std::cmp::Ordering;
+
+pub mod rollout;
 
 /// Longest package name, version, or platform word.
 pub const MAX_WORD: usize = 128;

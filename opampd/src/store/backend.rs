@@ -9,6 +9,10 @@ use super::configs::{
     RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, Saved, TargetRow,
     VersionRow,
 };
+use super::package_rollouts::{
+    PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
+    StoredPackageAgent,
+};
 use super::packages::{AddOutcome, PackageAdd, PackageRow};
 use super::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
@@ -304,6 +308,45 @@ pub trait Backend: Send + Sync {
         version: &str,
         actor: &str,
         remote_addr: Option<String>,
+    ) -> Result<bool, WriteError>;
+
+    // ---- Package rollouts ----
+
+    /// The latest rollout of package `name`, if any.
+    async fn latest_package_rollout(&self, name: &str) -> Result<Option<PackageRolloutRow>>;
+
+    async fn package_rollout(&self, id: i64) -> Result<Option<PackageRolloutRow>>;
+
+    /// Package rollouts in a state, oldest first.
+    async fn package_rollouts_in_state(&self, state: &str) -> Result<Vec<PackageRolloutRow>>;
+
+    /// The agents of a package rollout with what the store knows of each.
+    async fn package_rollout_agents(&self, rollout_id: i64) -> Result<Vec<PackageRolloutAgent>>;
+
+    /// Stored agents matching `selector`, whatever their capabilities, in
+    /// uid order: who a package rollout would consider.
+    async fn package_candidates(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<(String, StoredPackageAgent)>>;
+
+    /// The latest rollout of every package (superseded ones never are),
+    /// with the catalogue versions it names.
+    async fn package_targets(&self) -> Result<Vec<PackageTargetRow>>;
+
+    /// Starts a package rollout: supersedes the earlier ones of the package,
+    /// stores it with its agents, audited, in one transaction. `None` when
+    /// the version is not in the catalogue.
+    async fn start_package_rollout(
+        &self,
+        start: PackageRolloutStart,
+    ) -> Result<Option<PackageRolloutRow>, WriteError>;
+
+    /// Moves a package rollout from one state to another if it is still in
+    /// the expected one (audited when it moved); whether it moved.
+    async fn transition_package_rollout(
+        &self,
+        change: RolloutTransition,
     ) -> Result<bool, WriteError>;
 
     // ---- Maintenance ----

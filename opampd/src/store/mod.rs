@@ -15,6 +15,7 @@ mod boundary;
 pub mod configs;
 pub mod dump;
 mod error;
+pub mod package_rollouts;
 pub mod packages;
 pub mod postgres;
 pub mod sqlite;

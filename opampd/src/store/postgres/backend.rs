@@ -4,7 +4,7 @@
 //! a transaction-scoped advisory lock on the configuration's name, so that
 //! replicas and concurrent requests apply them one at a time.
 
-use super::{agents, configs, dump, packages, users, Postgres};
+use super::{agents, configs, dump, package_rollouts, packages, users, Postgres};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
@@ -14,6 +14,10 @@ use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
     Saved, TargetRow, VersionRow,
+};
+use crate::store::package_rollouts::{
+    plan_start, PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
+    StoredPackageAgent,
 };
 use crate::store::packages::{delete_audit, AddOutcome, PackageAdd, PackageRow};
 use crate::store::users::{
@@ -907,5 +911,99 @@ impl Backend for Postgres {
         .await;
         self.metrics.db_query("db_restore", start.elapsed());
         Ok(loaded?.live_agents_added)
+    }
+
+    async fn latest_package_rollout(&self, name: &str) -> Result<Option<PackageRolloutRow>> {
+        self.read("package_rollout_get", async {
+            package_rollouts::latest(&self.client().await?, name).await
+        })
+        .await
+    }
+
+    async fn package_rollout(&self, id: i64) -> Result<Option<PackageRolloutRow>> {
+        self.read("package_rollout_get", async {
+            package_rollouts::get(&self.client().await?, id).await
+        })
+        .await
+    }
+
+    async fn package_rollouts_in_state(&self, state: &str) -> Result<Vec<PackageRolloutRow>> {
+        self.read("package_rollouts_in_state", async {
+            package_rollouts::in_state(&self.client().await?, state).await
+        })
+        .await
+    }
+
+    async fn package_rollout_agents(&self, rollout_id: i64) -> Result<Vec<PackageRolloutAgent>> {
+        self.read("package_rollout_agents", async {
+            package_rollouts::agents(&self.client().await?, rollout_id).await
+        })
+        .await
+    }
+
+    async fn package_candidates(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<(String, StoredPackageAgent)>> {
+        self.read("package_rollout_candidates", async {
+            package_rollouts::candidates(&self.client().await?, selector).await
+        })
+        .await
+    }
+
+    async fn package_targets(&self) -> Result<Vec<PackageTargetRow>> {
+        self.read("package_targets", async {
+            package_rollouts::targets(&self.client().await?).await
+        })
+        .await
+    }
+
+    async fn start_package_rollout(
+        &self,
+        start: PackageRolloutStart,
+    ) -> Result<Option<PackageRolloutRow>, WriteError> {
+        self.write("package_rollout_start", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('package rollout:' || $1))",
+                &[&start.name],
+            )
+            .await?;
+            if packages::get(&tx, &start.name, &start.version)
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let now = now_ms();
+            let prior = package_rollouts::latest(&tx, &start.name).await?;
+            let (row, audit) = plan_start(&start, prior.as_ref(), now);
+            package_rollouts::supersede(&tx, &start.name, now).await?;
+            let id = package_rollouts::insert(&tx, &row, &start.agents).await?;
+            users::insert_audit(&tx, &audit).await?;
+            tx.commit().await?;
+            Ok(Some(PackageRolloutRow { id, ..row }))
+        })
+        .await
+    }
+
+    async fn transition_package_rollout(
+        &self,
+        change: RolloutTransition,
+    ) -> Result<bool, WriteError> {
+        self.write("package_rollout_transition", async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let moved = package_rollouts::transition(&tx, &change).await?;
+            if moved {
+                if let Some(audit) = &change.audit {
+                    users::insert_audit(&tx, audit).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(moved)
+        })
+        .await
     }
 }

@@ -10,6 +10,7 @@ mod backend;
 mod configs;
 pub mod dump;
 mod maintenance;
+mod package_rollouts;
 mod packages;
 pub mod schema;
 mod selector;

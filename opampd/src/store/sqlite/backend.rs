@@ -2,7 +2,7 @@
 //! job of the batching writer (one savepoint of its transaction).
 
 use super::users::insert_audit;
-use super::{agents, components, configs, packages, users, Sqlite};
+use super::{agents, components, configs, package_rollouts, packages, users, Sqlite};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
@@ -11,6 +11,10 @@ use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
     Saved, TargetRow, VersionRow,
+};
+use crate::store::package_rollouts::{
+    plan_start, PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
+    StoredPackageAgent,
 };
 use crate::store::packages::{delete_audit, AddOutcome, PackageAdd, PackageRow};
 use crate::store::users::{
@@ -673,6 +677,85 @@ impl Backend for Sqlite {
                 insert_audit(c, &audit)?;
             }
             Ok(deleted)
+        })
+        .await
+    }
+
+    async fn latest_package_rollout(&self, name: &str) -> Result<Option<PackageRolloutRow>> {
+        let name = name.to_string();
+        self.read("package_rollout_get", move |c| {
+            package_rollouts::latest(c, &name)
+        })
+        .await
+    }
+
+    async fn package_rollout(&self, id: i64) -> Result<Option<PackageRolloutRow>> {
+        self.read("package_rollout_get", move |c| package_rollouts::get(c, id))
+            .await
+    }
+
+    async fn package_rollouts_in_state(&self, state: &str) -> Result<Vec<PackageRolloutRow>> {
+        let state = state.to_string();
+        self.read("package_rollouts_in_state", move |c| {
+            package_rollouts::in_state(c, &state)
+        })
+        .await
+    }
+
+    async fn package_rollout_agents(&self, rollout_id: i64) -> Result<Vec<PackageRolloutAgent>> {
+        self.read("package_rollout_agents", move |c| {
+            package_rollouts::agents(c, rollout_id)
+        })
+        .await
+    }
+
+    async fn package_candidates(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<(String, StoredPackageAgent)>> {
+        let selector = selector.clone();
+        self.read("package_rollout_candidates", move |c| {
+            package_rollouts::candidates(c, &selector)
+        })
+        .await
+    }
+
+    async fn package_targets(&self) -> Result<Vec<PackageTargetRow>> {
+        self.read("package_targets", package_rollouts::targets)
+            .await
+    }
+
+    async fn start_package_rollout(
+        &self,
+        start: PackageRolloutStart,
+    ) -> Result<Option<PackageRolloutRow>, WriteError> {
+        self.write("package_rollout_start", move |c| {
+            if packages::get(c, &start.name, &start.version)?.is_none() {
+                return Ok(None);
+            }
+            let now = now_ms();
+            let prior = package_rollouts::latest(c, &start.name)?;
+            let (row, audit) = plan_start(&start, prior.as_ref(), now);
+            package_rollouts::supersede(c, &start.name, now)?;
+            let id = package_rollouts::insert(c, &row, &start.agents)?;
+            insert_audit(c, &audit)?;
+            Ok(Some(PackageRolloutRow { id, ..row }))
+        })
+        .await
+    }
+
+    async fn transition_package_rollout(
+        &self,
+        change: RolloutTransition,
+    ) -> Result<bool, WriteError> {
+        self.write("package_rollout_transition", move |c| {
+            let moved = package_rollouts::transition(c, &change)?;
+            if moved {
+                if let Some(audit) = &change.audit {
+                    insert_audit(c, audit)?;
+                }
+            }
+            Ok(moved)
         })
         .await
     }

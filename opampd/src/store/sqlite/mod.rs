@@ -13,6 +13,7 @@ pub mod configs;
 pub mod dbfile;
 pub mod dump;
 pub mod maintenance;
+pub mod package_rollouts;
 pub mod packages;
 mod pool;
 pub mod schema;

@@ -223,6 +223,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX agent_owners_replica ON agent_owners(replica);
     "#,
+    // 11: package rollouts: a package version going to agents batch by
+    // batch, as configuration rollouts do, with each agent's batch.
+    r#"
+    CREATE TABLE package_rollouts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        max_failures INTEGER NOT NULL,
+        released_batches INTEGER NOT NULL DEFAULT 1,
+        previous_version TEXT,
+        reason TEXT,
+        started_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        started_by TEXT,
+        selector TEXT NOT NULL DEFAULT '',
+        batch_timeout_ms INTEGER NOT NULL,
+        batch_started_at INTEGER NOT NULL
+    );
+    CREATE INDEX package_rollouts_name ON package_rollouts(name, id);
+    CREATE TABLE package_rollout_agents (
+        rollout_id INTEGER NOT NULL,
+        uid TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        PRIMARY KEY (rollout_id, uid)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
