@@ -922,6 +922,36 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_becomes_an_audited_state_change() {
+        let r = rollout(1, 0);
+        let details = json!({"version": 1});
+        assert!(automatic(&r, &Next::Stay, "rollout", "c", details.clone(), 0).is_none());
+        let release = automatic(&r, &Next::Release(2), "rollout", "c", details.clone(), 0).unwrap();
+        assert_eq!((release.to, release.released_batches), ("running", 2));
+        assert!(release.audit.is_none(), "a released batch is not audited");
+        let pause = automatic(
+            &r,
+            &Next::Pause("why".into()),
+            "package.rollout",
+            "p/1.0",
+            details,
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            (pause.from, pause.to, pause.released_batches),
+            ("running", "paused", 1)
+        );
+        let audit = pause.audit.unwrap();
+        assert_eq!(audit.action, "package.rollout.pause");
+        assert_eq!(audit.target.as_deref(), Some("p/1.0"));
+        assert_eq!(
+            audit.details,
+            json!({"version": 1, "reason": "why", "automatic": true, "failed": 3})
+        );
+    }
+
+    #[test]
     fn next_step_of_a_running_rollout() {
         assert_eq!(next(&rollout(1, 0), &progress(3, 0, false)), Next::Stay);
         assert_eq!(
