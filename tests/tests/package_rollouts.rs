@@ -403,7 +403,7 @@ async fn a_mixed_fleet_is_upgraded_in_stages_on_postgresql() {
 }
 
 #[tokio::test]
-async fn rolling_out_needs_the_operator_role_and_a_known_version() {
+async fn a_rollout_of_an_unknown_package_or_with_a_bad_selector_is_refused() {
     let server = Server::start();
     let (code, body) = server
         .send_json(
