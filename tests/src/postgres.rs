@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The environment variable naming the cluster (a superuser URL).
 pub const URL_VAR: &str = "OPAMP_TEST_POSTGRES_URL";
@@ -29,10 +29,20 @@ pub fn available(test: &str) -> Option<String> {
             "{URL_VAR} is not set: run scripts/test.sh, or start one with \
              `scripts/pg-throwaway.sh start` and export its URL"
         ),
-        Ok(url) => match psql(&url, "SELECT 1") {
-            Ok(_) => return Some(url),
-            Err(e) => format!("{URL_VAR} does not answer: {e}"),
-        },
+        Ok(url) => {
+            // Asked once per test process: every server start passes here.
+            static ANSWERED: OnceLock<String> = OnceLock::new();
+            if ANSWERED.get() == Some(&url) {
+                return Some(url);
+            }
+            match psql(&url, "SELECT 1") {
+                Ok(_) => {
+                    let _ = ANSWERED.set(url.clone());
+                    return Some(url);
+                }
+                Err(e) => format!("{URL_VAR} does not answer: {e}"),
+            }
+        }
     };
     if std::env::var("OPAMP_REQUIRE_TOOLS").as_deref() == Ok("1") {
         panic!("{test}: PostgreSQL is required (OPAMP_REQUIRE_TOOLS=1) but {problem}");

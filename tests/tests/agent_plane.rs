@@ -192,11 +192,6 @@ async fn browser_origins_are_refused_unless_allowed() {
 
 #[tokio::test]
 async fn plain_http_cannot_speak_for_an_agent_on_a_live_websocket() {
-    if opamp_tests::postgres::sqlite_only(
-        "plain_http_cannot_speak_for_an_agent_on_a_live_websocket",
-    ) {
-        return;
-    }
     let s = Server::start();
     let uid = new_uid();
     let (mut ws, _) = ws_agent(&s, uid, &[]).await;
@@ -387,10 +382,6 @@ async fn a_full_writer_queue_pushes_back_instead_of_growing() {
 
 #[tokio::test]
 async fn reports_over_the_per_agent_storage_limit_are_not_stored() {
-    if opamp_tests::postgres::sqlite_only("reports_over_the_per_agent_storage_limit_are_not_stored")
-    {
-        return;
-    }
     let s = start("opamp:\n  max_stored_bytes_per_agent: 4096\n");
     let uid = new_uid();
     let mut ws = ws_connect(&s.ws_url(), &[]).await.unwrap();
