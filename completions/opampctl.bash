@@ -124,6 +124,9 @@ _opampctl() {
             opampctl__subcmd__configs,show)
                 cmd="opampctl__subcmd__configs__subcmd__show"
                 ;;
+            opampctl__subcmd__db,migrate)
+                cmd="opampctl__subcmd__db__subcmd__migrate"
+                ;;
             opampctl__subcmd__db,optimize)
                 cmd="opampctl__subcmd__db__subcmd__optimize"
                 ;;
@@ -1474,12 +1477,66 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__db)
-            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help stats optimize"
+            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help stats optimize migrate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opampctl__subcmd__db__subcmd__migrate)
+            opts="-o -q -h --from-sqlite --to --replace --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --from-sqlite)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -3638,7 +3695,7 @@ _opampctl_server_values() {
                 i=$((i + 1))
                 continue
                 ;;
-            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--load|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--pid-a|--pid-b|--platform|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--rounds|--samples|--secret|--selector|--server-a|--server-b|--server-pid|--sha256|--signature-file|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--url|--username|--version|--via|-f|-l|-n|-o|-u)
+            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--from-sqlite|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--load|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--pid-a|--pid-b|--platform|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--rounds|--samples|--secret|--selector|--server-a|--server-b|--server-pid|--sha256|--signature-file|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--url|--username|--version|--via|-f|-l|-n|-o|-u)
                 i=$((i + 1))
                 continue
                 ;;

@@ -678,21 +678,22 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fi
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from memory" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l context -d 'Context of the config file to use (server and token file)' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
 wide\t'Like table, with more columns'
 json\t'JSON: stable field names, for scripts'
 yaml\t'YAML, same fields as JSON'"
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "stats" -d 'Size, pages, WAL and rows per table; on PostgreSQL table sizes, dead rows, the pool, connections and running statements'
-complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize" -f -a "optimize" -d 'ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server); on PostgreSQL VACUUM (ANALYZE) of every table'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -f -a "stats" -d 'Size, pages, WAL and rows per table; on PostgreSQL table sizes, dead rows, the pool, connections and running statements'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -f -a "optimize" -d 'ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server); on PostgreSQL VACUUM (ANALYZE) of every table'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and not __fish_seen_subcommand_from stats optimize migrate" -f -a "migrate" -d 'Move a stopped SQLite deployment into an empty PostgreSQL database, every row checked'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l data-dir -d 'Read the database file in this data directory (read-only) instead of asking the server' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from stats" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
@@ -721,6 +722,22 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_su
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from optimize" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l from-sqlite -d 'Data directory of the stopped SQLite opampd (the one holding opamp.db)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l to -d 'The PostgreSQL database: postgres://USER:PASSWORD@HOST:PORT/DATABASE' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l replace -d 'Replace the content of a database that already holds opampd rows'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand db; and __fish_seen_subcommand_from migrate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l actor -d 'Only entries by this actor (user name, or token:NAME)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l action -d 'Only entries of this action (login, config.apply, agent.delete, user.create, …)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand audit" -l since -d 'Only entries at or after this time: RFC 3339 (2026-01-31T12:00:00Z) or an age (30m, 2h, 7d)' -r

@@ -876,6 +876,29 @@ pub enum DbCmd {
     },
     /// ANALYZE, PRAGMA optimize, VACUUM and a WAL checkpoint (through the server); on PostgreSQL VACUUM (ANALYZE) of every table
     Optimize,
+    /// Move a stopped SQLite deployment into an empty PostgreSQL database, every row checked
+    #[command(
+        long_about = "Move a SQLite deployment to PostgreSQL. Its opampd must be \
+stopped (refused while a process holds DATA_DIR/opamp.db). The database is copied with \
+SQLite's online backup API, the copy brought to this release's schema and written as \
+opampd's dump in a private directory inside DATA_DIR; the dump is loaded into the \
+PostgreSQL database in one transaction (users, API tokens, audit log, configurations with \
+every version, rollouts, agents and their events, component lists, packages), and every \
+table's row count is compared with the SQLite one before and after the commit. A database \
+that already holds opampd rows is refused unless --replace. The SQLite file is only read. \
+Then start opampd with --database-url URL and the JWT key the deployment used."
+    )]
+    Migrate {
+        /// Data directory of the stopped SQLite opampd (the one holding opamp.db)
+        #[arg(long = "from-sqlite", value_name = "DATA_DIR")]
+        from_sqlite: PathBuf,
+        /// The PostgreSQL database: postgres://USER:PASSWORD@HOST:PORT/DATABASE
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Replace the content of a database that already holds opampd rows
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 /// The man page of `opampctl bench`.

@@ -323,3 +323,121 @@ async fn db_stats_and_optimize_on_postgresql() {
         .unwrap();
     assert!(agents["last_vacuum"].is_string(), "{stats}");
 }
+
+#[tokio::test]
+async fn a_stopped_sqlite_deployment_migrates_to_postgresql_with_nothing_lost() {
+    let test = "a_stopped_sqlite_deployment_migrates_to_postgresql_with_nothing_lost";
+    let Some(cluster) = postgres::available(test) else {
+        return;
+    };
+    let mut s = Server::start_with(Opts {
+        sqlite: true,
+        ..Default::default()
+    });
+    let agent = register(&s, "checkout").await;
+    save_config(&s, "base", "receivers: {}\n").await;
+    save_config(&s, "base", "receivers: {otlp: {}}\n").await;
+    let (code, v) = s
+        .send_json("POST", "/api/v1/configurations/base/rollout", json!({}))
+        .await;
+    assert_eq!(code, 202, "{v}");
+    add_user(&s, "carol").await;
+    let (_, audit_before) = s.get("/api/v1/audit?limit=1").await;
+    let token = s.token();
+    let data_dir = s.data_dir();
+    let from = data_dir.to_str().unwrap();
+    let target = postgres::fresh_database(&cluster);
+    let migrate = |extra: &[&str]| {
+        let mut args = vec!["db", "migrate", "--from-sqlite", from, "--to", &target];
+        args.extend_from_slice(extra);
+        opamp_tests::ctl_env(&args, &[])
+    };
+
+    // Refused while its opampd runs; nothing is written.
+    fails(&migrate(&[]), "opampd is running");
+    assert_eq!(
+        postgres::psql(
+            &target,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'agents'"
+        )
+        .unwrap(),
+        "0"
+    );
+    s.stop();
+    let report = json(&migrate(&["-o", "json"]));
+    let tables = report["tables"].as_array().unwrap();
+    for table in tables {
+        assert_eq!(table["sqlite"], table["postgresql"], "{report}");
+    }
+    let rows = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {report}"))["postgresql"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(rows("agents"), 1);
+    assert_eq!(rows("config_versions"), 2);
+    assert_eq!(rows("rollouts"), 1);
+    assert_eq!(rows("users"), 2);
+    assert!(rows("api_tokens") >= 1);
+    assert!(rows("audit_log") >= 4);
+    assert!(rows("agent_events") >= 1);
+    assert!(!report["to"].as_str().unwrap().contains(
+        target
+            .split('@')
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+    ));
+
+    // A database that holds rows is refused, unless told to replace them.
+    fails(&migrate(&[]), "not empty");
+    ok(&migrate(&["--replace", "-q"]));
+
+    // An opampd on PostgreSQL serves the same fleet, configurations and
+    // users; the SQLite deployment's API token works there.
+    let pg = Server::start_with(Opts {
+        database_url: Some(target.clone()),
+        ..Default::default()
+    });
+    let env = [("OPAMPCTL_SERVER", pg.url()), ("OPAMPCTL_TOKEN", token)];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let shown = json(&opamp_tests::ctl_env(
+        &["agents", "show", &agent, "-o", "json"],
+        &env,
+    ));
+    assert_eq!(shown["instance_uid"], agent.as_str());
+    let history = json(&opamp_tests::ctl_env(
+        &["configs", "history", "base", "-o", "json"],
+        &env,
+    ));
+    assert_eq!(history["total"], 2, "{history}");
+    let users = ok(&opamp_tests::ctl_env(&["users", "list"], &env));
+    assert!(users.contains("carol"), "{users}");
+    let audit_after = json(&opamp_tests::ctl_env(&["audit", "-o", "json"], &env));
+    assert!(
+        audit_after
+            .to_string()
+            .contains(audit_before["items"][0]["action"].as_str().unwrap()),
+        "{audit_after}"
+    );
+
+    // A bad URL is a usage error that names the flag.
+    let out = opamp_tests::ctl_env(
+        &[
+            "db",
+            "migrate",
+            "--from-sqlite",
+            from,
+            "--to",
+            "mysql://x@y/z",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--to"), "{}", stderr(&out));
+}

@@ -1,4 +1,4 @@
-//! `opampctl db stats [--integrity] [--data-dir DIR]|optimize`.
+//! `opampctl db stats [--integrity] [--data-dir DIR]|optimize|migrate`.
 
 use crate::cli::DbCmd;
 use crate::client::Client;
@@ -125,6 +125,11 @@ pub async fn run(settings: &Settings, client: &Client, cmd: DbCmd) -> Result<()>
                 _ => Ok(()),
             }
         }
+        DbCmd::Migrate {
+            from_sqlite,
+            to,
+            replace,
+        } => super::migrate::run(settings, &from_sqlite, &to, replace).await,
         DbCmd::Optimize => {
             let (_, r): (_, DbOptimizeReport) = client
                 .send_json(

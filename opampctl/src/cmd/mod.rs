@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod health;
 pub mod login;
 pub mod logs;
+pub mod migrate;
 pub mod packages;
 pub mod restart;
 pub mod restore;

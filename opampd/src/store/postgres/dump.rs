@@ -14,7 +14,7 @@ use crate::store::agents::{AgentEvent, LiveAgent};
 use crate::store::dump::{self, Refused};
 use crate::store::{now_ms, rfc3339};
 use anyhow::{Context, Result};
-use deadpool_postgres::{GenericClient, Object, Transaction};
+use deadpool_postgres::{Object, Transaction};
 use futures_util::{SinkExt, StreamExt};
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -226,6 +226,20 @@ pub async fn load(
             .get(0);
         counts.push((table.to_string(), rows as u64));
     }
+    // Into an empty database every row of the dump is there, and nothing else.
+    if target == Target::Empty {
+        for (table, rows) in &counts {
+            let dumped = summary
+                .tables
+                .iter()
+                .find(|t| &t.name == table)
+                .map_or(0, |t| t.rows);
+            anyhow::ensure!(
+                *rows == dumped,
+                "table {table} holds {rows} rows after the load, the dump {dumped}: nothing was committed"
+            );
+        }
+    }
     tx.commit().await?;
     Ok(Loaded {
         summary,
@@ -234,17 +248,37 @@ pub async fn load(
     })
 }
 
-/// Rows of every table that a dump holds, in dump order.
-pub async fn counts(client: &impl GenericClient) -> Result<Vec<(String, u64)>> {
-    let mut counts = Vec::new();
-    for table in dump::data_tables(schema::SCHEMA_VERSION) {
-        let rows: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await?
-            .get(0);
-        counts.push((table.to_string(), rows as u64));
+/// Loads the dump at `path` into the database at `url` from outside a
+/// running opampd (`opampctl db migrate`): into an empty database, or
+/// replacing its content when `replace`. A database with rows is refused
+/// with a [`NotEmpty`] error otherwise.
+pub async fn load_into(url: &super::DatabaseUrl, path: &Path, replace: bool) -> Result<Loaded> {
+    let mut config = url.config().clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
     }
-    Ok(counts)
+    config.application_name("opampctl db migrate");
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(1)
+        .build()
+        .context("cannot build a PostgreSQL connection")?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", url.redacted()))?;
+    let target = if replace {
+        Target::Replace
+    } else {
+        Target::Empty
+    };
+    load(&mut client, path, target, Vec::new()).await
 }
 
 /// Copies every block of the dump into the scratch schema's tables.
