@@ -87,14 +87,27 @@ pub async fn flush_last_seen(app: Arc<App>) {
     }
 }
 
-/// Sets the agent gauges (and so `/health`'s counts): connected and stale
-/// from the fleet ([`crate::fleet::Liveness`]), disconnected = the rest of
-/// the stored inventory.
+/// Sets the agent gauges (and so `/health`'s counts) for the whole fleet:
+/// connected and stale from this replica's sessions
+/// ([`crate::fleet::Liveness`]) plus the agents other replicas hold
+/// ([`crate::cluster::Elsewhere`], PostgreSQL form), disconnected = the rest
+/// of the stored inventory.
 pub async fn refresh_agent_gauges(app: &App) {
     let Ok(stored) = app.store.count_agents().await else {
         return;
     };
-    let live = app.fleet.counts(now_ms(), app.stale_after_ms());
+    let now = now_ms();
+    let mut live = app.fleet.counts(now, app.stale_after_ms());
+    match app.cluster.count_elsewhere(app, now).await {
+        Ok(elsewhere) => {
+            live.connected += elsewhere.connected;
+            live.stale += elsewhere.stale;
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot count the agents other replicas hold");
+            return;
+        }
+    }
     let live_total = live.connected + live.stale;
     // A brand-new agent is live a writer batch before it is stored.
     let total = stored.max(live_total);

@@ -25,6 +25,7 @@
 //! [`progress`] moves both.
 
 use crate::app::App;
+use crate::cluster::Elsewhere;
 use crate::opamp::session::{attr_strings, status_name};
 use crate::selector::{AgentView, Selector};
 use crate::store::configs::{self, RolloutAgent, RolloutRow, RolloutTransition};
@@ -403,6 +404,7 @@ pub fn evaluate(
     selector: &Selector,
     requires: &BTreeSet<String>,
     agents: &[RolloutAgent],
+    elsewhere: &Elsewhere,
 ) -> Progress {
     let mut p = Progress {
         released_done: true,
@@ -475,7 +477,7 @@ pub fn evaluate(
                 None => {
                     p.applying += 1;
                     p.released_done = false;
-                    wait_for(app, &mut p, &a.uid, &uid, "applying");
+                    wait_for(app, elsewhere, &mut p, &a.uid, &uid, "applying");
                 }
             },
             _ => {
@@ -488,9 +490,12 @@ pub fn evaluate(
                 let silence = if delivered {
                     Silence::Delivered
                 } else {
-                    let status =
-                        app.fleet
-                            .liveness(&uid, crate::store::now_ms(), app.stale_after_ms());
+                    let status = elsewhere.liveness(
+                        &app.fleet,
+                        &uid,
+                        crate::store::now_ms(),
+                        app.stale_after_ms(),
+                    );
                     Silence::NotDelivered(status.as_str())
                 };
                 match unconfirmed(&r, silence, expired) {
@@ -498,7 +503,7 @@ pub fn evaluate(
                     None => {
                         p.pending += 1;
                         p.released_done = false;
-                        wait_for(app, &mut p, &a.uid, &uid, "pending");
+                        wait_for(app, elsewhere, &mut p, &a.uid, &uid, "pending");
                     }
                 }
             }
@@ -586,12 +591,22 @@ fn not_sent<'a>(rollout: &RolloutRow, desired: Option<&Desired>, r: &'a Report) 
 }
 
 /// Names a released agent the rollout waits for (agents come in uid order).
-fn wait_for(app: &App, p: &mut Progress, id: &str, uid: &[u8; 16], state: &str) {
+fn wait_for(
+    app: &App,
+    elsewhere: &Elsewhere,
+    p: &mut Progress,
+    id: &str,
+    uid: &[u8; 16],
+    state: &str,
+) {
     p.waiting_total += 1;
     if p.waiting.len() < WAITING_MAX {
-        let status = app
-            .fleet
-            .liveness(uid, crate::store::now_ms(), app.stale_after_ms());
+        let status = elsewhere.liveness(
+            &app.fleet,
+            uid,
+            crate::store::now_ms(),
+            app.stale_after_ms(),
+        );
         p.waiting.push(RolloutWaiting {
             instance_uid: id.to_string(),
             state: state.into(),
@@ -614,7 +629,12 @@ pub async fn progress_of(app: &App, rollout: &RolloutRow) -> Result<Progress> {
         .find(|t| t.name == rollout.name && t.current.version == rollout.version)
         .map(|t| t.requires.clone())
         .unwrap_or_default();
-    Ok(evaluate(app, rollout, &selector, &requires, &agents))
+    // Agents held by other replicas are live too (PostgreSQL form).
+    let uids: Vec<String> = agents.iter().map(|a| a.uid.clone()).collect();
+    let elsewhere = app.cluster.elsewhere(app, Some(&uids)).await?;
+    Ok(evaluate(
+        app, rollout, &selector, &requires, &agents, &elsewhere,
+    ))
 }
 
 /// The API view of a rollout.

@@ -2,6 +2,7 @@
 
 use super::{ApiError, ApiResult, ForceParam, Operator, Viewer};
 use crate::app::App;
+use crate::cluster::Elsewhere;
 use crate::fleet::Liveness;
 use crate::selector::Selector;
 use crate::store::agents::{AgentRow, ListQuery, UidFilter};
@@ -69,14 +70,24 @@ pub async fn list(
             Some(p)
         }
     };
-    // The status filter is resolved from the fleet, like the STATUS column.
+    // The status filter is resolved like the STATUS column: this replica's
+    // sessions, then the agents other replicas hold (PostgreSQL form).
     let (now, stale_after) = (now_ms(), app.stale_after_ms());
-    let uids = status.map(|wanted| match wanted {
-        Liveness::Disconnected => UidFilter::Except(
-            app.fleet
-                .uids_where(now, stale_after, |l| l != Liveness::Disconnected),
-        ),
-        _ => UidFilter::Only(app.fleet.uids_where(now, stale_after, |l| l == wanted)),
+    let everywhere = match status {
+        Some(_) => Some(app.cluster.elsewhere(&app, None).await?),
+        None => None,
+    };
+    let uids = status.zip(everywhere.as_ref()).map(|(wanted, elsewhere)| {
+        let keep = |l: Liveness| match wanted {
+            Liveness::Disconnected => l != Liveness::Disconnected,
+            _ => l == wanted,
+        };
+        let mut uids = app.fleet.uids_where(now, stale_after, keep);
+        uids.extend(elsewhere.uids_where(&app.fleet, now, stale_after, keep));
+        match wanted {
+            Liveness::Disconnected => UidFilter::Except(uids),
+            _ => UidFilter::Only(uids),
+        }
     });
     let query = ListQuery {
         selector,
@@ -92,7 +103,14 @@ pub async fn list(
     } else {
         None
     };
-    let items = rows.iter().map(|r| to_api(&app, r)).collect();
+    let elsewhere = match everywhere {
+        Some(everywhere) => everywhere,
+        None => {
+            let page: Vec<String> = rows.iter().map(|r| r.uid.clone()).collect();
+            app.cluster.elsewhere(&app, Some(&page)).await?
+        }
+    };
+    let items = rows.iter().map(|r| to_api(&app, r, &elsewhere)).collect();
     Ok(Json(Page {
         items,
         next_cursor,
@@ -121,7 +139,11 @@ pub async fn show(
 ) -> ApiResult<Json<Agent>> {
     let uid = parse_uid(&uid)?;
     let row = load(&app, &uid).await?;
-    let mut agent = to_api(&app, &row);
+    let elsewhere = app
+        .cluster
+        .elsewhere(&app, Some(std::slice::from_ref(&row.uid)))
+        .await?;
+    let mut agent = to_api(&app, &row, &elsewhere);
     agent.available_components = app
         .components
         .get_hex(row.components_hash.as_deref())
@@ -214,7 +236,11 @@ pub async fn labels(
         .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))?;
     app.cluster.labels_changed(&app, &uid, labels).await;
     let row = load(&app, &uid).await?;
-    Ok(Json(to_api(&app, &row)))
+    let elsewhere = app
+        .cluster
+        .elsewhere(&app, Some(std::slice::from_ref(&row.uid)))
+        .await?;
+    Ok(Json(to_api(&app, &row, &elsewhere)))
 }
 
 pub async fn restart(
@@ -309,20 +335,25 @@ pub async fn events(
     Ok(Json(json!({"items": items})))
 }
 
-/// The API view of a stored agent, with live facts from the fleet.
-pub fn to_api(app: &App, r: &AgentRow) -> Agent {
+/// The API view of a stored agent, with live facts from this replica's
+/// session, or from `elsewhere` for an agent another replica holds.
+pub fn to_api(app: &App, r: &AgentRow, elsewhere: &Elsewhere) -> Agent {
     let uid = opamp_proto::parse_uid(&r.uid).unwrap_or([0; 16]);
     let (now, stale_after) = (now_ms(), app.stale_after_ms());
     let live = app.fleet.with(&uid, |s| {
         (
             s.last_seen(),
-            s.transport(),
+            s.transport().as_str(),
             Liveness::of(Some(s), now, stale_after),
         )
     });
+    let live = live.or_else(|| {
+        let (liveness, seen) = elsewhere.remote(&r.uid, now, stale_after)?;
+        Some((seen, r.transport.as_str(), liveness))
+    });
     let last_seen = live.map_or(r.last_seen, |(seen, _, _)| seen.max(r.last_seen));
     let status = live.map_or(Liveness::Disconnected, |(_, _, l)| l).as_str();
-    let transport = live.map_or(r.transport.as_str(), |(_, t, _)| t.as_str());
+    let transport = live.map_or(r.transport.as_str(), |(_, t, _)| t);
     let obj = |t: &str| -> BTreeMap<String, Value> { serde_json::from_str(t).unwrap_or_default() };
     let health = r
         .health

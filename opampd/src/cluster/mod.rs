@@ -13,8 +13,10 @@
 pub mod postgres;
 
 use crate::app::App;
+use crate::fleet::{Fleet, LiveCounts, Liveness};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// What one replica tells the others (a NOTIFY payload, JSON).
@@ -40,6 +42,74 @@ pub enum Message {
     /// Not sent by anyone: the listener (re)connected and may have missed
     /// messages, so everything is rebuilt.
     Resync,
+}
+
+/// What this replica knows of the agents other live replicas hold: their
+/// stored last-seen times. Always empty in the local form.
+///
+/// An agent's liveness on any replica ([`Elsewhere::liveness`]): its session
+/// here if there is one; otherwise held by another live replica, connected
+/// or stale by its stored last-seen time; otherwise disconnected. The stored
+/// time lags the owner's in-memory one by up to a last-seen flush
+/// (`database.last_seen_flush_seconds`), so that much is added to the
+/// staleness window of agents held elsewhere.
+#[derive(Debug, Default)]
+pub struct Elsewhere {
+    /// uid → stored last-seen time (Unix ms).
+    held: HashMap<String, i64>,
+    /// How far a stored last-seen time may lag the live one, in ms.
+    lag_ms: i64,
+}
+
+impl Elsewhere {
+    /// The agent's liveness: from its session here if there is one,
+    /// otherwise as held by another replica.
+    pub fn liveness(
+        &self,
+        fleet: &Fleet,
+        uid: &[u8; 16],
+        now_ms: i64,
+        stale_after_ms: i64,
+    ) -> Liveness {
+        if fleet.contains(uid) {
+            return fleet.liveness(uid, now_ms, stale_after_ms);
+        }
+        self.remote(&opamp_proto::uid_string(uid), now_ms, stale_after_ms)
+            .map_or(Liveness::Disconnected, |(liveness, _)| liveness)
+    }
+
+    /// Liveness and stored last-seen time of an agent another live replica
+    /// holds; `None` if none does (say nothing of this replica's sessions).
+    pub fn remote(&self, uid: &str, now_ms: i64, stale_after_ms: i64) -> Option<(Liveness, i64)> {
+        let seen = *self.held.get(uid)?;
+        let liveness = if now_ms - seen > stale_after_ms + self.lag_ms {
+            Liveness::Stale
+        } else {
+            Liveness::Connected
+        };
+        Some((liveness, seen))
+    }
+
+    /// Uids of the agents held elsewhere, and not here, whose liveness
+    /// satisfies `keep`.
+    pub fn uids_where(
+        &self,
+        fleet: &Fleet,
+        now_ms: i64,
+        stale_after_ms: i64,
+        keep: impl Fn(Liveness) -> bool,
+    ) -> Vec<String> {
+        self.held
+            .keys()
+            .filter(|uid| {
+                opamp_proto::parse_uid(uid).is_none_or(|key| !fleet.contains(&key))
+                    && self
+                        .remote(uid, now_ms, stale_after_ms)
+                        .is_some_and(|(liveness, _)| keep(liveness))
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// The coordination handle of a running opampd (see the module docs).
@@ -170,6 +240,33 @@ impl Cluster {
         }
     }
 
+    /// The agents other live replicas hold: every one (`among` = None) or
+    /// those among `among`. No database read in the local form.
+    pub async fn elsewhere(&self, app: &App, among: Option<&[String]>) -> Result<Elsewhere> {
+        let Cluster::Postgres(coordinator) = self else {
+            return Ok(Elsewhere::default());
+        };
+        if among.is_some_and(<[String]>::is_empty) {
+            return Ok(Elsewhere::default());
+        }
+        let held = coordinator.held_elsewhere(among).await?;
+        Ok(Elsewhere {
+            held: held.into_iter().collect(),
+            lag_ms: lag_ms(app),
+        })
+    }
+
+    /// How many agents other live replicas hold, by liveness (the rule of
+    /// [`Elsewhere`]). Nothing to read in the local form.
+    pub async fn count_elsewhere(&self, app: &App, now_ms: i64) -> Result<LiveCounts> {
+        let Cluster::Postgres(coordinator) = self else {
+            return Ok(LiveCounts::default());
+        };
+        let fresh_since = now_ms - app.stale_after_ms() - lag_ms(app);
+        let (connected, stale) = coordinator.count_elsewhere(fresh_since).await?;
+        Ok(LiveCounts { connected, stale })
+    }
+
     /// Whether another live replica holds the agent (PostgreSQL form only).
     pub async fn held_elsewhere(&self, app: &App, uid: &[u8; 16]) -> bool {
         self.remote_owner(app, uid).await.is_some()
@@ -195,6 +292,11 @@ impl Cluster {
             coordinator.notify(message).await;
         }
     }
+}
+
+/// How far a stored last-seen time may lag the owner's live one, in ms.
+fn lag_ms(app: &App) -> i64 {
+    app.config.database.last_seen_flush_seconds.max(1) as i64 * 1000
 }
 
 /// Acts on a message from another replica (or the listener's resync).

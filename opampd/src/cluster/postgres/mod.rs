@@ -4,8 +4,10 @@
 //! - **Lease**: a `replicas` row per replica, its heartbeat renewed every
 //!   third of `cluster.lease_seconds` in the database's clock (replicas'
 //!   clocks may differ). A replica whose heartbeat is older than its lease
-//!   is gone: what it held counts for nothing, and the next replica to start
-//!   clears it.
+//!   is gone: what it held counts for nothing at once (every lookup joins
+//!   the lease), and the rollout leader clears it every third of the lease
+//!   ([`Coordinator::reap`]): owner records deleted, agents stored
+//!   disconnected.
 //! - **Owners**: `agent_owners` says which replica holds each connected
 //!   agent, written in batches from an in-memory queue.
 //! - **Messages**: NOTIFY on [`CHANNEL`]; each replica LISTENs on one
@@ -106,6 +108,7 @@ impl Coordinator {
         tokio::spawn(self.clone().renew_lease(shutdown.clone()));
         tokio::spawn(self.clone().write_owners(shutdown.clone()));
         tokio::spawn(self.clone().lead(shutdown.clone()));
+        tokio::spawn(self.clone().reap_expired(shutdown.clone()));
         tokio::spawn(self.listen(messages, shutdown));
     }
 
@@ -137,16 +140,44 @@ impl Coordinator {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Every agent held by a live replica, with its replica: the fleet's
-    /// liveness as every replica sees it.
-    pub async fn holders(&self) -> Result<HashMap<String, String>> {
+    /// Agents held by a live replica other than this one, with their stored
+    /// last-seen time (Unix ms): every one, or those among `among`. Agents
+    /// not stored yet are left out (no list shows them either).
+    pub async fn held_elsewhere(&self, among: Option<&[String]>) -> Result<Vec<(String, i64)>> {
         let sql = format!(
-            "SELECT o.uid, o.replica FROM agent_owners o JOIN replicas r ON r.id = o.replica \
-             WHERE r.heartbeat_at + r.lease_ms >= {DB_NOW}"
+            "SELECT o.uid, a.last_seen FROM agent_owners o \
+             JOIN replicas r ON r.id = o.replica JOIN agents a ON a.uid = o.uid \
+             WHERE o.replica <> $1 AND r.heartbeat_at + r.lease_ms >= {DB_NOW}"
         );
         let control = self.control().await?;
-        let rows = client(&control).query(&sql, &[]).await?;
+        let rows = match among {
+            None => client(&control).query(&sql, &[&self.replica]).await?,
+            Some(uids) => {
+                let sql = format!("{sql} AND o.uid = ANY($2)");
+                client(&control)
+                    .query(&sql, &[&self.replica, &uids])
+                    .await?
+            }
+        };
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// How many agents live replicas other than this one hold: (stored
+    /// last-seen time at or after `fresh_since`, before it).
+    pub async fn count_elsewhere(&self, fresh_since: i64) -> Result<(u64, u64)> {
+        let sql = format!(
+            "SELECT count(*) FILTER (WHERE a.last_seen >= $2), \
+                    count(*) FILTER (WHERE a.last_seen < $2) \
+             FROM agent_owners o \
+             JOIN replicas r ON r.id = o.replica JOIN agents a ON a.uid = o.uid \
+             WHERE o.replica <> $1 AND r.heartbeat_at + r.lease_ms >= {DB_NOW}"
+        );
+        let control = self.control().await?;
+        let row = client(&control)
+            .query_one(&sql, &[&self.replica, &fresh_since])
+            .await?;
+        let count = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok((count(0), count(1)))
     }
 
     /// The replicas whose lease is current, by id.
@@ -199,25 +230,80 @@ impl Coordinator {
              heartbeat_at = EXCLUDED.heartbeat_at, lease_ms = EXCLUDED.lease_ms, \
              address = EXCLUDED.address"
         );
+        {
+            let control = self.control().await?;
+            client(&control)
+                .execute(&insert, &[&self.replica, &lease_ms, &self.address])
+                .await?;
+        }
+        self.reap(true).await?;
+        Ok(())
+    }
+
+    /// Clears what replicas past their lease left behind (with `mine_too`,
+    /// also this replica's records from a previous run): their owner
+    /// records and replica rows go, and their agents are stored
+    /// disconnected. So are agents stored as connected that no replica
+    /// holds and that nothing changed for twice the lease (a replica killed
+    /// before it recorded them). Returns how many agents were marked.
+    pub async fn reap(&self, mine_too: bool) -> Result<u64> {
         let expired = format!("heartbeat_at + lease_ms < {DB_NOW}");
+        let now = crate::store::now_ms();
+        let quiet_since = now - 2 * self.lease.as_millis() as i64;
+        let owners = format!(
+            "WITH gone AS ( \
+                DELETE FROM agent_owners \
+                WHERE replica IN (SELECT id FROM replicas WHERE {expired}) \
+                   OR replica NOT IN (SELECT id FROM replicas) \
+                   OR ($2 AND replica = $1) \
+                RETURNING uid) \
+             UPDATE agents SET status = 'disconnected', updated_at = $3 \
+             WHERE uid IN (SELECT uid FROM gone) AND status <> 'disconnected'"
+        );
+        let orphans = "UPDATE agents SET status = 'disconnected', updated_at = $1 \
+             WHERE status <> 'disconnected' AND updated_at < $2 \
+             AND NOT EXISTS (SELECT 1 FROM agent_owners o WHERE o.uid = agents.uid)";
         let control = self.control().await?;
         let client = client(&control);
-        client
-            .execute(&insert, &[&self.replica, &lease_ms, &self.address])
+        let marked = client
+            .execute(&owners, &[&self.replica, &mine_too, &now])
             .await?;
         client
             .execute(
-                &format!(
-                    "DELETE FROM agent_owners WHERE replica = $1 \
-                     OR replica IN (SELECT id FROM replicas WHERE {expired})"
-                ),
+                &format!("DELETE FROM replicas WHERE {expired} AND id <> $1"),
                 &[&self.replica],
             )
             .await?;
-        client
-            .execute(&format!("DELETE FROM replicas WHERE {expired}"), &[])
-            .await?;
-        Ok(())
+        let orphaned = client.execute(orphans, &[&now, &quiet_since]).await?;
+        let marked = marked + orphaned;
+        if marked > 0 {
+            tracing::info!(
+                agents = marked,
+                "agents of replicas past their lease marked disconnected"
+            );
+        }
+        Ok(marked)
+    }
+
+    /// Every third of the lease, while this replica drives rollouts: clears
+    /// what replicas past their lease left behind ([`Coordinator::reap`]).
+    async fn reap_expired(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = (self.lease / 3).max(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            if !self.is_leader() {
+                continue;
+            }
+            if let Err(e) = self.reap(false).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot clear what expired replicas left behind; retrying");
+            }
+        }
     }
 
     /// Renews the heartbeat every third of the lease; at shutdown, removes
@@ -238,7 +324,7 @@ impl Coordinator {
                     // Another replica found the lease expired and cleared it.
                     tracing::warn!(replica = %self.replica, "lease had expired; registering again");
                     match self.register().await {
-                        Ok(()) => self.hold_again(),
+                        Ok(()) => self.hold_again().await,
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "cannot register the replica again")
                         }
@@ -284,12 +370,31 @@ impl Coordinator {
     }
 
     /// Queues again, as held here, every agent this replica serves (after
-    /// its lease expired and another replica cleared its records).
-    fn hold_again(&self) {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for uid in held {
-            pending.entry(uid).or_insert(true);
+    /// its lease expired and another replica cleared its records), and
+    /// stores them as connected again.
+    async fn hold_again(&self) {
+        let held: Vec<String> = {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for uid in held.iter() {
+                pending.entry(uid.clone()).or_insert(true);
+            }
+            held.iter().cloned().collect()
+        };
+        let reclaimed = async {
+            let control = self.control().await?;
+            client(&control)
+                .execute(
+                    "UPDATE agents SET status = 'connected' \
+                     WHERE uid = ANY($1) AND status = 'disconnected'",
+                    &[&held],
+                )
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = reclaimed {
+            tracing::warn!(error = %format!("{e:#}"), "cannot store this replica's agents as connected again");
         }
     }
 

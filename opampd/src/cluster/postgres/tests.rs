@@ -79,7 +79,7 @@ async fn replicas_see_each_others_agents_until_a_lease_expires() {
     a.coordinator.record_owner("agent-1".into(), true);
     b.coordinator.record_owner("agent-2".into(), true);
     eventually(Duration::from_secs(2), "both owners recorded", || async {
-        b.coordinator.holders().await.unwrap().len() == 2
+        query(&url, "SELECT uid FROM agent_owners").await.len() == 2
     })
     .await;
     assert_eq!(
@@ -307,4 +307,82 @@ async fn one_replica_leads_and_another_takes_over_when_it_dies() {
     .await;
     assert!(!leader.coordinator.is_leader());
     drop((leader, other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_clears_what_a_dead_replica_left_and_stores_its_agents_disconnected() {
+    let Some(cluster) =
+        cluster("the_leader_clears_what_a_dead_replica_left_and_stores_its_agents_disconnected")
+    else {
+        return;
+    };
+    let url = fresh_database(&cluster).await;
+    let (client, connection) = url.config().connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // A replica that was killed just now (its lease still current), one of
+    // its agents, an agent nobody recorded (its replica died first) and
+    // an agent that stays held.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO agents (uid, status, first_seen, last_seen, updated_at) VALUES \
+               ('agent-dead', 'connected', 0, 0, 0), \
+               ('agent-unrecorded', 'connected', 0, 0, 0); \
+             INSERT INTO replicas (id, started_at, heartbeat_at, lease_ms, address) \
+               VALUES ('dead', 0, {DB_NOW}, 3000, NULL); \
+             INSERT INTO agent_owners (uid, replica, since) VALUES ('agent-dead', 'dead', 0)"
+        ))
+        .await
+        .unwrap();
+    let status = |uid: &'static str| {
+        let url = url.clone();
+        async move {
+            query(
+                &url,
+                &format!("SELECT status FROM agents WHERE uid = '{uid}'"),
+            )
+            .await
+        }
+    };
+    let lease = Duration::from_secs(3);
+    let b = start(&url, "b", lease).await;
+    // An agent connecting to b now.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO agents (uid, status, first_seen, last_seen, updated_at) \
+             VALUES ('agent-held', 'connected', {DB_NOW}, {DB_NOW}, {DB_NOW})"
+        ))
+        .await
+        .unwrap();
+    b.coordinator.record_owner("agent-held".into(), true);
+    b.coordinator.flush_owners().await.unwrap();
+    // At start: what no replica holds is stored disconnected; the dead
+    // replica's lease is still current.
+    assert_eq!(status("agent-unrecorded").await, ["disconnected"]);
+    assert_eq!(status("agent-dead").await, ["connected"]);
+    let held = b.coordinator.held_elsewhere(None).await.unwrap();
+    assert_eq!(held, [("agent-dead".to_string(), 0)], "b sees dead's agent");
+    assert_eq!(b.coordinator.count_elsewhere(0).await.unwrap(), (1, 0));
+    assert_eq!(b.coordinator.count_elsewhere(1).await.unwrap(), (0, 1));
+
+    // Once the lease runs out: not held at once, and cleared by the
+    // leader within a third of the lease.
+    eventually(
+        lease + Duration::from_secs(1),
+        "dead's lease over",
+        || async { b.coordinator.held_elsewhere(None).await.unwrap().is_empty() },
+    )
+    .await;
+    eventually(lease, "dead's agent stored disconnected", || async {
+        status("agent-dead").await == ["disconnected"]
+    })
+    .await;
+    assert!(b.coordinator.is_leader());
+    assert!(
+        query(&url, "SELECT uid FROM agent_owners WHERE replica = 'dead'")
+            .await
+            .is_empty()
+    );
+    assert_eq!(query(&url, "SELECT id FROM replicas").await, ["b"]);
+    assert_eq!(status("agent-held").await, ["connected"], "b holds it");
+    drop(b);
 }

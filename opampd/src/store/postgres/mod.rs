@@ -44,8 +44,7 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects, migrates the schema (under the migration lock) and marks
-    /// every agent disconnected until a live session says otherwise.
+    /// Connects and migrates the schema (under the migration lock).
     pub async fn open(
         url: &DatabaseUrl,
         opts: &StoreOptions,
@@ -99,13 +98,9 @@ impl Postgres {
         if !applied.is_empty() {
             tracing::info!(database = %url.redacted(), versions = ?applied, "schema migrated");
         }
-        // Agents are only connected while a live session says so.
-        client
-            .execute(
-                "UPDATE agents SET status = 'disconnected' WHERE status != 'disconnected'",
-                &[],
-            )
-            .await?;
+        // Other replicas may hold agents now: their stored status stays.
+        // What replicas past their lease held is stored disconnected by the
+        // cluster's reaping (cluster::postgres::Coordinator::reap).
         drop(client);
         postgres.publish_pool();
         postgres.start_pool_upkeep(opts.max_idle_conns);
