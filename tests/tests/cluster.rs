@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 /// The lease the replicas run with: short, so a death shows quickly.
 const LEASE_SECONDS: u64 = 3;
 
-/// A replica named `id` on the database at `url`. Replicas after the first
-/// get the first's admin token (only the first replica writes one).
-fn replica(url: &str, id: &str, first: Option<&Server>) -> Server {
+/// A replica named `id`: the first on a fresh database of its own (dropped
+/// with it), the others on the first's database with its admin token (only
+/// the first replica writes one).
+fn replica(id: &str, first: Option<&Server>) -> Server {
     let server = Server::start_with(Opts {
-        database_url: Some(url.to_string()),
+        postgres: first.is_none(),
+        database_url: first.map(|f| f.database_url().expect("on PostgreSQL").to_string()),
         env: vec![
             ("OPAMPD_CLUSTER_REPLICA_ID".into(), id.into()),
             (
@@ -42,16 +44,15 @@ fn replica(url: &str, id: &str, first: Option<&Server>) -> Server {
 /// Two replicas, `a` (started first, so it drives rollouts) and `b`, on a
 /// fresh database; None (SKIPPED line printed) without PostgreSQL.
 async fn two_replicas(test: &str) -> Option<(Server, Server)> {
-    let cluster = postgres::available(test)?;
-    let url = postgres::fresh_database(&cluster);
-    let a = replica(&url, "a", None);
+    postgres::available(test)?;
+    let a = replica("a", None);
     wait_for("a drives rollouts", Duration::from_secs(10), || async {
         a.logs()
             .contains("this replica now drives rollout progress")
             .then_some(())
     })
     .await;
-    let b = replica(&url, "b", Some(&a));
+    let b = replica("b", Some(&a));
     Some((a, b))
 }
 
