@@ -364,8 +364,15 @@ fn stored_report(app: &App, s: &configs::StoredAgent) -> Report {
 fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
     let stored = a.stored.as_ref().map(|s| stored_report(app, s));
     let uid = opamp_proto::parse_uid(&a.uid)?;
+    // A plain-HTTP agent polling several replicas: this replica's copy of
+    // its session may be behind; the stored row is committed before each
+    // poll's reply.
+    let shared = app.cluster.shares_sessions().is_some();
     let live = app.fleet.with(&uid, |s| {
-        (
+        if shared && s.transport() == crate::opamp::session::Transport::Http {
+            return None;
+        }
+        Some((
             s.selector_view(),
             hex::encode(s.reported_hash()),
             status_name(s.reported_status()),
@@ -374,9 +381,9 @@ fn report(app: &App, a: &RolloutAgent) -> Option<Report> {
                 .map(|(hash, reason)| (hex::encode(hash), reason.to_string())),
             s.offered_hash().map(hex::encode),
             s.reports_remote_config(),
-        )
+        ))
     });
-    match (live, stored) {
+    match (live.flatten(), stored) {
         (Some((view, hash, status, error, not_sent, offered, reports_status)), stored) => {
             // The live offer is only the current connection's.
             Some(Report {

@@ -638,7 +638,7 @@ pub struct MemoryReport {
 /// The database schema version opampd writes (`PRAGMA user_version`).
 /// opampctl checks backups against it; opampd's tests keep it equal to the
 /// number of its migrations.
-pub const DB_SCHEMA_VERSION: u32 = 11;
+pub const DB_SCHEMA_VERSION: u32 = 12;
 
 /// `POST /api/v1/admin/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -150,6 +150,16 @@ impl Cluster {
         });
     }
 
+    /// Whether plain-HTTP agents' sessions are shared through their records
+    /// (the PostgreSQL form: any replica may serve the next poll); the id
+    /// of this replica, which the records name, if so.
+    pub fn shares_sessions(&self) -> Option<&str> {
+        match self {
+            Cluster::Local => None,
+            Cluster::Postgres(coordinator) => Some(coordinator.replica()),
+        }
+    }
+
     /// Whether this replica drives rollout progress now: always in the local
     /// form, while holding the advisory lock in the PostgreSQL form.
     pub fn leads_rollouts(&self) -> bool {
@@ -192,6 +202,25 @@ impl Cluster {
     /// Sends a restart command to a connected agent, wherever it is held:
     /// how it was delivered, or `None` if no live replica holds it.
     pub async fn restart(&self, app: &App, uid: &[u8; 16]) -> Option<String> {
+        if self.shares_sessions().is_some()
+            && !app.fleet.with(uid, |s| s.pushable()).unwrap_or(false)
+        {
+            // A plain-HTTP agent's next poll may reach any replica: the
+            // command waits in its shared session record.
+            let fresh_after =
+                crate::store::now_ms() - app.config.opamp.disconnect_after_seconds as i64 * 1000;
+            match app
+                .store
+                .request_session_restart(&opamp_proto::uid_string(uid), fresh_after)
+                .await
+            {
+                Ok(true) => return Some("queued for the next poll".to_string()),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot queue a restart in the agent's session record")
+                }
+            }
+        }
         if let Some(delivery) = crate::opamp::send_restart(app, uid) {
             return Some(delivery.to_string());
         }

@@ -15,7 +15,7 @@ pub mod session;
 pub mod ws;
 
 use crate::app::App;
-use crate::store::agents::AgentEvent;
+use crate::store::agents::{AgentEvent, RecordWrite, SessionRecord, SessionWrite};
 use crate::store::users::AuditEntry;
 use crate::store::{now_ms, AgentPatch};
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
@@ -294,6 +294,22 @@ pub async fn process(
             .fleet
             .with(&uid, |s| s.conn_id() == origin.conn_id)
             .unwrap_or(false);
+    // Plain HTTP on several replicas: the agent's last poll may have been
+    // served by another replica; its shared record says where it stands.
+    let sharing = match app.cluster.shares_sessions() {
+        Some(replica) if origin.transport == Transport::Http => Some(replica),
+        _ => None,
+    };
+    let record = match sharing {
+        Some(_) if assigned.is_none() => match shared_record(app, &uid).await {
+            Ok(record) => record,
+            Err(reply) => return Ok((Outcome::reply_only(reply), uid)),
+        },
+        _ => None,
+    };
+    if sharing.is_some() && assigned.is_none() {
+        catch_up(app, &uid, record.as_ref());
+    }
     if !app.fleet.contains(&key) && !replacing && at_capacity(app) {
         tracing::warn!(remote_addr = %origin.remote, max_agents = app.config.opamp.max_agents,
             transport = origin.transport.as_str(), "agent refused: max agents reached");
@@ -321,7 +337,7 @@ pub async fn process(
                 return Err(foreign(app, &uid, msg, origin));
             }
         }
-        let session = match &loaded {
+        let mut session = match &loaded {
             Some(row) => {
                 let mut session = Session::from_row(key, row, origin.transport);
                 session.set_components(app.components.get_hex(row.components_hash.as_deref()));
@@ -329,8 +345,26 @@ pub async fn process(
             }
             None => Session::new(key, origin.transport),
         };
-        // Becomes connected below, with the connect event.
-        app.fleet.insert_if_absent(session.arriving(origin.conn_id));
+        // A plain-HTTP agent polling another replica too: this poll continues
+        // the session its record holds, it is no new connection.
+        let continuing = match (&loaded, &record) {
+            (Some(_), Some(record)) => {
+                session.take_record(record);
+                !record.disconnected
+                    && now - record.updated_at
+                        <= app.config.opamp.disconnect_after_seconds as i64 * 1000
+            }
+            (None, Some(record)) => {
+                session.follow_record((record.version, record.row_changes));
+                false
+            }
+            _ => false,
+        };
+        if !continuing {
+            // Becomes connected below, with the connect event.
+            session = session.arriving(origin.conn_id);
+        }
+        app.fleet.insert_if_absent(session);
         app.cluster.holds(&key);
     }
     let targets = &app.targets;
@@ -340,6 +374,7 @@ pub async fn process(
         if connecting {
             s.bind_certificate(origin.certificate.as_ref());
         }
+        let restart_pending = s.restart_pending();
         let out = session::handle(
             s,
             msg,
@@ -354,9 +389,15 @@ pub async fn process(
                 components: &app.components,
             },
         );
-        (out, connecting)
+        let write = sharing.map(|replica| SessionWrite {
+            expected: s.record_position().0.max(0),
+            record: s.record(replica, now),
+            row_changed: false,
+            restart_sent: restart_pending && !s.restart_pending(),
+        });
+        (out, connecting, write)
     });
-    let Some((mut out, connecting)) = result else {
+    let Some((mut out, connecting, mut write)) = result else {
         // Removed concurrently (deleted through the API): answer, keep nothing.
         return Ok((
             Outcome::reply_only(Reply::ack(msg.instance_uid.clone())),
@@ -386,6 +427,9 @@ pub async fn process(
             app.store.queue_event(event);
         }
     }
+    if let Some(write) = write.as_mut() {
+        write.row_changed = patch.is_some();
+    }
     if let Some(patch) = patch {
         app.store.queue_agent(patch);
     }
@@ -393,12 +437,16 @@ pub async fn process(
         log_too_big(&key, reason);
         app.rollout_wakeup.notify_one();
     }
+    let mut flushed = false;
     if out.remote_status_changed {
         // A remote-config status is acknowledged only once it is durable: an
         // APPLIED the agent saw answered must survive a crash of the server.
+        flushed = true;
         if app.store.flush().await {
             app.rollout_wakeup.notify_one();
         } else {
+            write = None;
+            app.fleet.with(&key, Session::lose_record);
             // Not committed: no acknowledgement. The agent sends the status
             // again; forgetting it here makes that report count as new.
             tracing::warn!(uid = %opamp_proto::uid_string(&key),
@@ -407,14 +455,20 @@ pub async fn process(
                 s.forget_reported_status();
                 s.forget_offer();
             });
-            out.reply = Reply::error(
-                msg.instance_uid.clone(),
-                Refusal::Unavailable {
-                    retry_after: Some(std::time::Duration::from_secs(
-                        app.config.opamp.retry_after_seconds,
-                    )),
-                },
-                "the remote-config status could not be stored; send it again later".into(),
+            out.reply = unavailable(
+                app,
+                msg,
+                "the remote-config status could not be stored; send it again later",
+            );
+            out.follow_up = None;
+        }
+    }
+    if let Some(write) = write {
+        if !share(app, &key, write, flushed).await {
+            out.reply = unavailable(
+                app,
+                msg,
+                "this agent's session changed on another replica meanwhile; send the message again",
             );
             out.follow_up = None;
         }
@@ -448,6 +502,104 @@ pub async fn process(
         agent_left(app, &key, origin.conn_id, "agent_disconnect");
     }
     Ok((out, key))
+}
+
+/// An UNAVAILABLE error reply with opampd's retry delay.
+fn unavailable(app: &App, msg: &pb::AgentToServer, why: &str) -> Reply {
+    Reply::error(
+        msg.instance_uid.clone(),
+        Refusal::Unavailable {
+            retry_after: Some(std::time::Duration::from_secs(
+                app.config.opamp.retry_after_seconds,
+            )),
+        },
+        why.into(),
+    )
+}
+
+/// The shared session record of a plain-HTTP agent, or the reply that says
+/// to poll again later when it cannot be read.
+async fn shared_record(app: &App, uid: &[u8; 16]) -> Result<Option<SessionRecord>, Reply> {
+    app.store
+        .session_record(&opamp_proto::uid_string(uid))
+        .await
+        .map_err(|e| {
+            tracing::warn!(uid = %opamp_proto::uid_string(uid), error = %format!("{e:#}"),
+                "cannot read the agent's shared session record; asking it to poll again later");
+            Reply::error(
+                uid.to_vec(),
+                Refusal::Unavailable {
+                    retry_after: Some(std::time::Duration::from_secs(
+                        app.config.opamp.retry_after_seconds,
+                    )),
+                },
+                "the agent's session could not be read; send the message again later".into(),
+            )
+        })
+}
+
+/// Brings this replica's copy of a plain-HTTP agent's session up to its
+/// shared record: nothing when it wrote the record itself; the record's
+/// protocol state when only other replicas' polls came in between; a reload
+/// from the stored row (the session is dropped here and loaded again) when
+/// the row changed too or the record is gone (the agent was deleted). A
+/// WebSocket session the agent leaves for plain HTTP is the freshest there
+/// is: it goes on from where the record stands.
+fn catch_up(app: &App, uid: &[u8; 16], record: Option<&SessionRecord>) {
+    let stale = app.fleet.with(uid, |s| {
+        let (version, row_changes) = s.record_position();
+        match record {
+            _ if s.transport() != Transport::Http => {
+                s.follow_record(record.map_or((0, 0), |r| (r.version, r.row_changes)));
+                false
+            }
+            None => version != 0,
+            Some(r) if row_changes != r.row_changes => true,
+            Some(r) => {
+                if version != r.version || r.restart_pending != s.restart_pending() {
+                    s.take_record(r);
+                }
+                false
+            }
+        }
+    });
+    if stale == Some(true) {
+        app.fleet
+            .remove_if(uid, |s| s.transport() == Transport::Http);
+    }
+}
+
+/// Writes a poll's shared session record before its reply goes out, after
+/// committing the agent state the poll queued (a replica reading the record
+/// then finds the row current). False when it could not be written or
+/// another poll wrote it first (a retry racing its original): the session
+/// is reloaded at the next poll and this one is answered "again later".
+async fn share(app: &App, uid: &[u8; 16], write: SessionWrite, flushed: bool) -> bool {
+    if write.row_changed && !flushed && !app.store.flush().await {
+        app.fleet.with(uid, Session::lose_record);
+        return false;
+    }
+    let version = write.record.version;
+    let mine = write.record.row_changes + i64::from(write.row_changed);
+    match app.store.write_session_record(write).await {
+        Ok(RecordWrite::Written { row_changes }) => {
+            app.fleet
+                .with(uid, |s| s.record_written(version, row_changes, mine));
+            true
+        }
+        Ok(RecordWrite::Conflict) => {
+            tracing::info!(uid = %opamp_proto::uid_string(uid),
+                "another replica served this agent's session meanwhile; it is asked to send its message again");
+            app.fleet.with(uid, Session::lose_record);
+            false
+        }
+        Err(e) => {
+            tracing::warn!(uid = %opamp_proto::uid_string(uid), error = %e,
+                "cannot write the agent's shared session record; it is asked to send its message again");
+            app.fleet.with(uid, Session::lose_record);
+            false
+        }
+    }
 }
 
 /// Refuses a message for `uid` from a connection whose client certificate is

@@ -255,6 +255,16 @@ impl AgentState {
         self.offered = None;
     }
 
+    /// The `all_packages_hash` offered on the current connection.
+    pub fn offered(&self) -> Option<[u8; 32]> {
+        self.offered
+    }
+
+    /// Takes the offer made on the current connection from a shared session record.
+    pub fn set_offered(&mut self, offered: Option<[u8; 32]>) {
+        self.offered = offered;
+    }
+
     /// The offer to make now, if any (and records it).
     pub fn take_offer(
         &mut self,

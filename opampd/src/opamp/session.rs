@@ -85,6 +85,9 @@ pub struct Session {
     /// SHA-256 (hex) of the client certificate the agent registered with:
     /// only a connection presenting it speaks for this uid.
     certificate: Option<Arc<str>>,
+    /// The shared session record this session stands at (plain HTTP on
+    /// PostgreSQL): (version, row changes); (0, 0) none, (-1, -1) unknown.
+    record: (i64, i64),
 }
 
 /// Whether a connection presenting `presented` may speak for an agent bound
@@ -123,6 +126,7 @@ impl Session {
             packages_epoch: u64::MAX,
             components: components::Known::default(),
             certificate: None,
+            record: (0, 0),
         }
     }
 
@@ -390,6 +394,88 @@ impl Session {
         Some(patch)
     }
 
+    /// Whether a restart command waits for the next poll.
+    pub fn restart_pending(&self) -> bool {
+        self.restart_pending
+    }
+
+    /// The shared session record this session stands at: (version, row
+    /// changes); (0, 0) when there is none, (-1, -1) when unknown.
+    pub fn record_position(&self) -> (i64, i64) {
+        self.record
+    }
+
+    /// Forgets where this session stands against its shared record (a
+    /// write failed or lost a race): the next poll reloads it.
+    pub fn lose_record(&mut self) {
+        self.record = (-1, -1);
+    }
+
+    /// Stands at `position` of the shared record without taking anything
+    /// from it (a record left by an agent whose row is gone).
+    pub fn follow_record(&mut self, position: (i64, i64)) {
+        self.record = position;
+    }
+
+    /// Takes the protocol state of the agent's shared session record (the
+    /// rest is the stored row's, or this session's own when the row did not
+    /// change since).
+    pub fn take_record(&mut self, record: &store::agents::SessionRecord) {
+        let state: SharedState = serde_json::from_str(&record.state).unwrap_or_default();
+        let hash = |h: Option<&String>| {
+            h.and_then(|h| hex::decode(h).ok())
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+        };
+        self.seq = Some(record.sequence_num);
+        self.restart_pending = record.restart_pending;
+        self.full_state_requested = state.full_state_requested;
+        self.offered_hash = hash(state.offered.as_ref());
+        self.undeliverable = state
+            .undeliverable
+            .as_ref()
+            .and_then(|(h, reason)| Some((hash(Some(h))?, reason.clone())));
+        self.packages
+            .set_offered(hash(state.packages_offered.as_ref()));
+        self.connection
+            .set_offered_with(state.connection_offered_with);
+        self.record = (record.version, record.row_changes);
+    }
+
+    /// The shared session record this session makes after a poll served by
+    /// `replica` at `now_ms`: the next version; row changes as they stand
+    /// (the poll's own change is counted by the writer).
+    pub fn record(&self, replica: &str, now_ms: i64) -> store::agents::SessionRecord {
+        let (version, row_changes) = self.record;
+        let state = SharedState {
+            offered: self.offered_hash.map(hex::encode),
+            undeliverable: self
+                .undeliverable
+                .as_ref()
+                .map(|(h, reason)| (hex::encode(h), reason.clone())),
+            full_state_requested: self.full_state_requested,
+            packages_offered: self.packages.offered().map(hex::encode),
+            connection_offered_with: self.connection.offered_with(),
+        };
+        store::agents::SessionRecord {
+            uid: opamp_proto::uid_string(&self.uid),
+            version: version.max(0) + 1,
+            row_changes: row_changes.max(0),
+            replica: replica.to_string(),
+            sequence_num: self.seq.unwrap_or(0),
+            restart_pending: self.restart_pending,
+            disconnected: self.disconnected,
+            state: serde_json::to_string(&state).unwrap_or_default(),
+            updated_at: now_ms,
+        }
+    }
+
+    /// Records that the poll wrote the shared record at `version`, leaving
+    /// `row_changes` stored where this session expected `mine`: when another
+    /// change of the row slipped in, the next poll reloads it.
+    pub fn record_written(&mut self, version: i64, row_changes: i64, mine: i64) {
+        self.record = (version, if row_changes == mine { mine } else { -1 });
+    }
+
     /// Estimated heap and inline bytes this session holds.
     pub fn estimated_bytes(&self) -> usize {
         let strings: usize = self
@@ -450,6 +536,23 @@ impl Session {
             .as_ref()
             .map(|(hash, reason)| (hash, reason.as_str()))
     }
+}
+
+/// The part of a shared session record that is neither a column nor in the
+/// stored row: what was offered on the current connection, and the retry
+/// state of the last reply.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SharedState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    undeliverable: Option<(String, String)>,
+    #[serde(default)]
+    full_state_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    packages_offered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connection_offered_with: Option<u64>,
 }
 
 /// What [`Session::take_offer`] decided.

@@ -190,3 +190,54 @@ pub struct LiveAgent {
 
 /// (at ms, event, remote address, details).
 pub type EventRow = (i64, String, Option<String>, Option<String>);
+
+/// The protocol state of a plain-HTTP agent's session that replicas share
+/// (PostgreSQL form): written before each poll's reply, so that whichever
+/// replica serves the next poll continues the same session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub uid: String,
+    /// Bumped by every poll that writes the record; a write is refused
+    /// unless the stored version is the one its session was read at.
+    pub version: i64,
+    /// Changes to the agent's stored row the session holds a copy of: bumped
+    /// by a poll that committed agent state and by a label change. A replica
+    /// whose copy is older reloads the row.
+    pub row_changes: i64,
+    /// The replica that served the poll that wrote it.
+    pub replica: String,
+    pub sequence_num: u64,
+    /// A restart command waits for the next poll.
+    pub restart_pending: bool,
+    /// The agent said goodbye.
+    pub disconnected: bool,
+    /// JSON: the rest of the session's protocol state (`opamp::session`).
+    pub state: String,
+    /// When it was written, in Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// What writing a [`SessionRecord`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordWrite {
+    /// Written; the stored `row_changes` now (a label change may have
+    /// raised it meanwhile).
+    Written { row_changes: i64 },
+    /// Another poll wrote the record since this session was read.
+    Conflict,
+}
+
+/// A poll's write of its agent's [`SessionRecord`].
+#[derive(Debug, Clone)]
+pub struct SessionWrite {
+    /// What to store; its `version` is `expected + 1`, its `row_changes`
+    /// what a new record starts with.
+    pub record: SessionRecord,
+    /// The version the session was read at (0: no record then).
+    pub expected: i64,
+    /// The poll committed agent state: `row_changes` goes up by one.
+    pub row_changed: bool,
+    /// The poll carried the pending restart command: it is no longer pending
+    /// (one requested meanwhile is kept otherwise).
+    pub restart_sent: bool,
+}

@@ -3,7 +3,10 @@
 //! handler needs (a rollout start, a configuration save…) is one method, so
 //! each backend runs it atomically in its own way.
 
-use super::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, LiveAgent};
+use super::agents::{
+    AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, LiveAgent, RecordWrite, SessionRecord,
+    SessionWrite,
+};
 use super::configs::{
     ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome, Listed,
     RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, Saved, TargetRow,
@@ -116,12 +119,13 @@ pub trait Backend: Send + Sync {
     /// Recent connection events of one agent, newest first.
     async fn agent_events(&self, uid: &str, limit: usize) -> Result<Vec<EventRow>>;
 
-    /// Deletes an agent and its events, auditing it with `audit` if it
-    /// existed; returns whether it did.
+    /// Deletes an agent with its events and session record, auditing it
+    /// with `audit` if it existed; returns whether it did.
     async fn delete_agent(&self, uid: &str, audit: AuditEntry) -> Result<bool, WriteError>;
 
     /// Applies a label patch (`None` removes a key) and audits it; returns
-    /// the new labels, `None` if there is no such agent.
+    /// the new labels, `None` if there is no such agent. A session record
+    /// counts it as a change of the row (sessions holding a copy reload it).
     async fn patch_labels(
         &self,
         uid: &str,
@@ -131,6 +135,22 @@ pub trait Backend: Send + Sync {
 
     /// Deletes connection events older than `before` (ms); returns how many.
     async fn prune_events(&self, before: i64) -> Result<usize, WriteError>;
+
+    /// A plain-HTTP agent's shared session record (see [`SessionRecord`]).
+    async fn session_record(&self, uid: &str) -> Result<Option<SessionRecord>>;
+
+    /// Writes a poll's session record, unless another poll wrote it since
+    /// the session was read ([`RecordWrite::Conflict`]).
+    async fn write_session_record(&self, write: SessionWrite) -> Result<RecordWrite, WriteError>;
+
+    /// Asks for a restart command with the next poll of an agent whose
+    /// session record says it is connected and was written at `fresh_after`
+    /// (ms) or later; whether there is such a record.
+    async fn request_session_restart(
+        &self,
+        uid: &str,
+        fresh_after: i64,
+    ) -> Result<bool, WriteError>;
 
     /// Every stored component list.
     async fn component_sets(&self) -> Result<Vec<ComponentSet>>;

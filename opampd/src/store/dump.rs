@@ -33,7 +33,9 @@ pub const MAGIC: &str = "-- opampd PostgreSQL dump, schema version ";
 /// The last line's start; the table and row counts follow.
 pub const END: &str = "-- opampd dump end: ";
 /// Tables whose rows are live coordination state, never dumped.
-pub const COORDINATION_TABLES: &[&str] = &["replicas", "agent_owners"];
+/// (`agent_sessions`: the live plain-HTTP sessions, which go on from what
+/// the replicas hold.)
+pub const COORDINATION_TABLES: &[&str] = &["replicas", "agent_owners", "agent_sessions"];
 /// The statements before the schema.
 const PREAMBLE: &str = "SET client_encoding = 'UTF8';
 SET standard_conforming_strings = on;

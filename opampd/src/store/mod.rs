@@ -18,6 +18,8 @@ mod error;
 pub mod package_rollouts;
 pub mod packages;
 pub mod postgres;
+#[cfg(test)]
+mod session_records;
 pub mod sqlite;
 pub mod users;
 

@@ -557,3 +557,47 @@ mod packages {
             .is_none());
     }
 }
+
+#[test]
+fn a_session_taking_the_shared_record_continues_where_another_replica_left_it() {
+    let t = target("service.name=a");
+    let caps = CAPS | ACCEPTS_RESTART_COMMAND;
+    // Replica A serves the first polls and offers the configuration.
+    let mut a = Session::new([1; 16], Transport::Http);
+    let offer = check(&mut a, full(0, caps), &t).reply.remote_config.clone();
+    assert!(offer.is_some(), "offered on A");
+    check(&mut a, heartbeat(1, caps), &t);
+    check(&mut a, heartbeat(2, caps), &t);
+    a.queue_restart();
+    let record = a.record("a", 7);
+    assert_eq!((record.version, record.sequence_num), (1, 2));
+    assert!(record.restart_pending && !record.disconnected);
+
+    // Replica B saw only the first report: on its own it would see a gap.
+    let mut stale = Session::new([1; 16], Transport::Http);
+    check(&mut stale, full(0, caps), &Targets::default());
+    let mut lost = stale.clone();
+    let gap = check(&mut lost, heartbeat(3, caps), &t);
+    assert_eq!(
+        gap.reply.flags & FLAG_REPORT_FULL_STATE,
+        FLAG_REPORT_FULL_STATE
+    );
+
+    // With the record it continues: no full-state request, no second offer,
+    // the restart A queued goes out.
+    let mut b = stale;
+    b.take_record(&record);
+    assert_eq!(b.record_position(), (1, 0));
+    let out = check(&mut b, heartbeat(3, caps), &t);
+    assert_eq!(out.reply.flags & FLAG_REPORT_FULL_STATE, 0);
+    assert!(out.reply.command.is_some(), "the restart A queued");
+    let out = check(&mut b, heartbeat(4, caps), &t);
+    assert_eq!(out.reply.flags & FLAG_REPORT_FULL_STATE, 0);
+    assert!(out.reply.remote_config.is_none(), "offered once, on A");
+
+    // A retry of B's last poll reaching A is answered as B answered it.
+    let next = b.record("b", 9);
+    a.take_record(&next);
+    let retry = check(&mut a, heartbeat(4, caps), &t);
+    assert_eq!(retry.reply.flags & FLAG_REPORT_FULL_STATE, 0);
+}

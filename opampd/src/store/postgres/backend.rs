@@ -4,12 +4,14 @@
 //! a transaction-scoped advisory lock on the configuration's name, so that
 //! replicas and concurrent requests apply them one at a time.
 
-use super::{agents, configs, dump, package_rollouts, packages, users, Postgres};
+use super::{agents, configs, dump, package_rollouts, packages, sessions, users, Postgres};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
 use crate::store::agents::LiveAgent;
-use crate::store::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery};
+use crate::store::agents::{
+    AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, RecordWrite, SessionRecord, SessionWrite,
+};
 use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
@@ -216,6 +218,7 @@ impl Backend for Postgres {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let found = agents::delete(&tx, uid).await?;
+            sessions::delete(&tx, uid).await?;
             if found {
                 users::insert_audit(&tx, &audit).await?;
             }
@@ -240,6 +243,7 @@ impl Backend for Postgres {
             let Some(labels) = agents::patch_labels(&tx, uid, &changes).await? else {
                 return Ok(None);
             };
+            sessions::row_changed(&tx, uid).await?;
             users::insert_audit(&tx, &audit).await?;
             tx.commit().await?;
             Ok(Some(labels))
@@ -250,6 +254,31 @@ impl Backend for Postgres {
     async fn prune_events(&self, before: i64) -> Result<usize, WriteError> {
         self.write("event_prune", async {
             agents::prune_events(&self.client().await?, before).await
+        })
+        .await
+    }
+
+    async fn session_record(&self, uid: &str) -> Result<Option<SessionRecord>> {
+        self.read("session_get", async {
+            sessions::get(&self.client().await?, uid).await
+        })
+        .await
+    }
+
+    async fn write_session_record(&self, write: SessionWrite) -> Result<RecordWrite, WriteError> {
+        self.write("session_write", async {
+            sessions::write(&self.client().await?, &write).await
+        })
+        .await
+    }
+
+    async fn request_session_restart(
+        &self,
+        uid: &str,
+        fresh_after: i64,
+    ) -> Result<bool, WriteError> {
+        self.write("session_restart", async {
+            sessions::request_restart(&self.client().await?, uid, fresh_after).await
         })
         .await
     }

@@ -14,6 +14,7 @@ mod package_rollouts;
 mod packages;
 pub mod schema;
 mod selector;
+mod sessions;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod url;

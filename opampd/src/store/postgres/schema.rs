@@ -239,6 +239,24 @@ const MIGRATIONS: &[(u32, &str)] = &[
     );
     "#,
     ),
+    // 12: the shared session record of each plain-HTTP agent: whichever
+    // replica serves its next poll continues the same session.
+    (
+        12,
+        r#"
+    CREATE TABLE agent_sessions (
+        uid TEXT COLLATE "C" PRIMARY KEY,
+        version BIGINT NOT NULL,
+        row_changes BIGINT NOT NULL,
+        replica TEXT NOT NULL,
+        sequence_num BIGINT NOT NULL,
+        restart_pending BOOLEAN NOT NULL DEFAULT FALSE,
+        disconnected BOOLEAN NOT NULL DEFAULT FALSE,
+        state TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    "#,
+    ),
 ];
 
 /// The schema version this build writes.

@@ -2,11 +2,16 @@
 //! job of the batching writer (one savepoint of its transaction).
 
 use super::users::insert_audit;
-use super::{agents, components, configs, package_rollouts, packages, users, Sqlite};
+use super::{
+    agents, components, configs, package_rollouts, packages, sessions, users, Sqlite,
+};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
-use crate::store::agents::{AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, LiveAgent};
+use crate::store::agents::{
+    AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, LiveAgent, RecordWrite, SessionRecord,
+    SessionWrite,
+};
 use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
@@ -135,6 +140,7 @@ impl Backend for Sqlite {
         let uid = uid.to_string();
         self.write("agent_delete", move |c| {
             let found = agents::delete(c, &uid)?;
+            sessions::delete(c, &uid)?;
             if found {
                 insert_audit(c, &audit)?;
             }
@@ -154,6 +160,7 @@ impl Backend for Sqlite {
             let Some(labels) = agents::patch_labels(c, &uid, &changes)? else {
                 return Ok(None);
             };
+            sessions::row_changed(c, &uid)?;
             insert_audit(c, &audit)?;
             Ok(Some(labels))
         })
@@ -163,6 +170,29 @@ impl Backend for Sqlite {
     async fn prune_events(&self, before: i64) -> Result<usize, WriteError> {
         self.write("event_prune", move |c| agents::prune_events(c, before))
             .await
+    }
+
+    async fn session_record(&self, uid: &str) -> Result<Option<SessionRecord>> {
+        let uid = uid.to_string();
+        self.read("session_get", move |c| sessions::get(c, &uid))
+            .await
+    }
+
+    async fn write_session_record(&self, write: SessionWrite) -> Result<RecordWrite, WriteError> {
+        self.write("session_write", move |c| sessions::write(c, &write))
+            .await
+    }
+
+    async fn request_session_restart(
+        &self,
+        uid: &str,
+        fresh_after: i64,
+    ) -> Result<bool, WriteError> {
+        let uid = uid.to_string();
+        self.write("session_restart", move |c| {
+            sessions::request_restart(c, &uid, fresh_after)
+        })
+        .await
     }
 
     async fn component_sets(&self) -> Result<Vec<ComponentSet>> {

@@ -18,6 +18,7 @@ pub mod packages;
 mod pool;
 pub mod schema;
 pub mod selector;
+pub mod sessions;
 pub mod users;
 mod writer;
 

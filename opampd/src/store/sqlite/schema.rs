@@ -251,6 +251,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rollout_id, uid)
     );
     "#,
+    // 12: the shared session record of each plain-HTTP agent (used on
+    // PostgreSQL, kept alike here): whichever replica serves its next poll
+    // continues the same session.
+    r#"
+    CREATE TABLE agent_sessions (
+        uid TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        row_changes INTEGER NOT NULL,
+        replica TEXT NOT NULL,
+        sequence_num INTEGER NOT NULL,
+        restart_pending INTEGER NOT NULL DEFAULT 0,
+        disconnected INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
