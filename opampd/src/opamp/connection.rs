@@ -197,18 +197,6 @@ impl AgentState {
         .to_string()
     }
 
-    /// The sequence number whose reply carried the last offer (kept in a
-    /// shared session record, not in the stored row).
-    pub fn offered_with(&self) -> Option<u64> {
-        self.offered_with
-    }
-
-    /// Takes the sequence number whose reply carried the last offer from a
-    /// shared session record.
-    pub fn set_offered_with(&mut self, sequence_num: Option<u64>) {
-        self.offered_with = sequence_num;
-    }
-
     /// Records a reported status; true when it changed.
     pub fn record_status(&mut self, status: &pb::ConnectionSettingsStatus) -> bool {
         if self.reported.as_ref() == Some(status) {

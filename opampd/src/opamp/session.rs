@@ -436,8 +436,6 @@ impl Session {
             .and_then(|(h, reason)| Some((hash(Some(h))?, reason.clone())));
         self.packages
             .set_offered(hash(state.packages_offered.as_ref()));
-        self.connection
-            .set_offered_with(state.connection_offered_with);
         self.record = (record.version, record.row_changes);
     }
 
@@ -454,7 +452,6 @@ impl Session {
                 .map(|(h, reason)| (hex::encode(h), reason.clone())),
             full_state_requested: self.full_state_requested,
             packages_offered: self.packages.offered().map(hex::encode),
-            connection_offered_with: self.connection.offered_with(),
         };
         store::agents::SessionRecord {
             uid: opamp_proto::uid_string(&self.uid),
@@ -540,7 +537,9 @@ impl Session {
 
 /// The part of a shared session record that is neither a column nor in the
 /// stored row: what was offered on the current connection, and the retry
-/// state of the last reply.
+/// state of the last reply. (Which message's reply carried the connection
+/// settings stays in memory, as across restarts: a retry elsewhere does not
+/// get them again.)
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct SharedState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -551,8 +550,6 @@ struct SharedState {
     full_state_requested: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     packages_offered: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    connection_offered_with: Option<u64>,
 }
 
 /// What [`Session::take_offer`] decided.
