@@ -2,9 +2,7 @@
 //! job of the batching writer (one savepoint of its transaction).
 
 use super::users::insert_audit;
-use super::{
-    agents, components, configs, package_rollouts, packages, sessions, users, Sqlite,
-};
+use super::{agents, components, configs, package_rollouts, packages, sessions, users, Sqlite};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
 use crate::selector::Selector;
