@@ -1673,7 +1673,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__doctor)
-            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --long-query-seconds --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1700,6 +1700,10 @@ _opampctl() {
                     return 0
                     ;;
                 --opamp-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --long-query-seconds)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3137,7 +3141,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__troubleshoot__subcmd__agent__subcmd__connect)
-            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --long-query-seconds --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3164,6 +3168,10 @@ _opampctl() {
                     return 0
                     ;;
                 --opamp-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --long-query-seconds)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3207,7 +3215,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__troubleshoot__subcmd__db__subcmd__pool)
-            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --long-query-seconds --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3234,6 +3242,10 @@ _opampctl() {
                     return 0
                     ;;
                 --opamp-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --long-query-seconds)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3331,7 +3343,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__troubleshoot__subcmd__startup)
-            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --config --data-dir --tls-cert --agent-secret --opamp-path --opamp-url --long-query-seconds --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -3358,6 +3370,10 @@ _opampctl() {
                     return 0
                     ;;
                 --opamp-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --long-query-seconds)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -3695,7 +3711,7 @@ _opampctl_server_values() {
                 i=$((i + 1))
                 continue
                 ;;
-            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--from-sqlite|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--load|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--pid-a|--pid-b|--platform|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--rounds|--samples|--secret|--selector|--server-a|--server-b|--server-pid|--sha256|--signature-file|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--url|--username|--version|--via|-f|-l|-n|-o|-u)
+            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--from-sqlite|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--load|--long-query-seconds|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--pid-a|--pid-b|--platform|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--rounds|--samples|--secret|--selector|--server-a|--server-b|--server-pid|--sha256|--signature-file|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--url|--username|--version|--via|-f|-l|-n|-o|-u)
                 i=$((i + 1))
                 continue
                 ;;

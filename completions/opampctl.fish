@@ -576,6 +576,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l tls-cert -d
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l long-query-seconds -d 'On PostgreSQL: a statement or transaction running this long is reported (long-queries)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand doctor" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -612,6 +613,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fi
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l long-query-seconds -d 'On PostgreSQL: a statement or transaction running this long is reported (long-queries)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from startup" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -631,6 +633,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fi
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l long-query-seconds -d 'On PostgreSQL: a statement or transaction running this long is reported (long-queries)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from agent-connect" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
@@ -650,6 +653,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fi
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l agent-secret -d 'An agent secret to test against the OpAMP endpoint' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-path -d 'Path of the OpAMP endpoint [default: opamp.path of --config, else /v1/opamp]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l opamp-url -d 'OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l long-query-seconds -d 'On PostgreSQL: a statement or transaction running this long is reported (long-queries)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand troubleshoot; and __fish_seen_subcommand_from db-pool" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

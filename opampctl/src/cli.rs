@@ -839,6 +839,9 @@ pub struct DoctorArgs {
     /// OpAMP URL when agents use another listener, e.g. http://host:4320/v1/opamp [default: from agent_listen of --config]
     #[arg(long, value_name = "URL")]
     pub opamp_url: Option<String>,
+    /// On PostgreSQL: a statement or transaction running this long is reported (long-queries)
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub long_query_seconds: u64,
 }
 
 #[derive(Subcommand, Debug)]

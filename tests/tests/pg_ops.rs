@@ -441,3 +441,51 @@ async fn a_stopped_sqlite_deployment_migrates_to_postgresql_with_nothing_lost() 
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--to"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn troubleshoot_db_pool_reports_postgresql_and_its_long_running_statements() {
+    let Some(s) =
+        pg_server("troubleshoot_db_pool_reports_postgresql_and_its_long_running_statements")
+    else {
+        return;
+    };
+    let url = s.database_url().unwrap().to_string();
+    let sleeper = std::thread::spawn(move || postgres::psql(&url, "SELECT pg_sleep(4)"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = s.ctl(&[
+        "troubleshoot",
+        "db-pool",
+        "--long-query-seconds",
+        "1",
+        "-o",
+        "json",
+    ]);
+    let report: Value = serde_json::from_str(&opamp_tests::stdout(&out))
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    let text = report.to_string();
+    let check = |name: &str| -> Value {
+        report["checks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{text}"))
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+            .clone()
+    };
+    assert_eq!(check("postgres")["verdict"], "ok", "{text}");
+    assert_eq!(check("pg-pool")["verdict"], "ok", "{text}");
+    let long = check("long-queries");
+    assert_eq!(long["verdict"], "warn", "{text}");
+    assert!(
+        long["detail"].as_str().unwrap().contains("pg_sleep"),
+        "{text}"
+    );
+    assert!(
+        long["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("pg_cancel_backend"),
+        "{text}"
+    );
+    sleeper.join().unwrap().unwrap();
+}

@@ -68,7 +68,13 @@ impl Diagnosis<'_> {
 
     async fn check_db_size(&mut self) {
         let check = match self.client.get::<DbStats>("/api/v1/admin/db/stats").await {
-            Ok(stats) => db_size_verdict(&stats),
+            Ok(stats) => match &stats.postgres {
+                Some(pg) => {
+                    self.check_postgres(&stats, pg);
+                    return;
+                }
+                None => db_size_verdict(&stats),
+            },
             Err(e) => warn(
                 "db-size",
                 format!("cannot read database statistics: {}", e.message),

@@ -18,6 +18,7 @@ mod connect;
 mod database;
 mod local;
 mod memory;
+mod postgres;
 mod report;
 mod server;
 mod target;
