@@ -432,6 +432,27 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_s
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l os -d 'The file\'s OS as agents report os.type (any matches every one)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l arch -d 'The file\'s architecture as agents report host.arch (any matches every one)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l platform -d 'OS/ARCH in one, as `packages add` takes it (instead of --os and --arch)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l sha256 -d 'The SHA-256 the file must have (64 hex digits); refused when it differs' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l signature-file -l signature -d 'The signature file, e.g. the release\'s .sigstore.json bundle' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+wide\t'Like table, with more columns'
+json\t'JSON: stable field names, for scripts'
+yaml\t'YAML, same fields as JSON'"
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l addon -d 'An addon rather than the agent itself'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l unsigned -d 'Accept a file without a signature'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l allow-downgrade -d 'Accept a version older than the newest one listed'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from upload" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from list" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F

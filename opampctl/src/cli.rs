@@ -496,6 +496,9 @@ pub enum PackagesCmd {
     /// List a package version by reference: its download URL, SHA-256 and signature (admin)
     #[command(long_about = PACKAGES_ADD_ABOUT)]
     Add(PackagesAddArgs),
+    /// Upload a package file to opampd, which stores it and serves it to agents (admin)
+    #[command(long_about = PACKAGES_UPLOAD_ABOUT)]
+    Upload(PackagesUploadArgs),
     /// List the package versions in the catalogue
     List {
         /// Only this package's versions
@@ -600,6 +603,59 @@ a signature is required, e.g. the .sigstore.json bundle published beside a \
 collector release (--unsigned); a version older than the newest listed for \
 the name is refused (--allow-downgrade). The SHA-256 comes from the release's \
 checksums file.";
+
+/// The man page of `opampctl packages upload`.
+const PACKAGES_UPLOAD_ABOUT: &str = "\
+Upload a package file (e.g. a collector release's .tar.gz) to opampd, which \
+keeps it in packages.dir named by its SHA-256 and serves it to agents under \
+/v1/packages/ with their OpAMP credentials, resumable with Range requests. \
+opampd computes the SHA-256 as the bytes arrive; with --sha256 (from the \
+release's checksums file) an upload whose bytes differ is refused and \
+nothing is kept. opampctl also checks that the server's SHA-256 is the one \
+of the bytes it sent. The file size is limited by packages.max_file_bytes \
+(512 MiB by default).\n\n\
+The same safety rules as `packages add`: a signature is required \
+(--signature-file, e.g. the .sigstore.json bundle; --unsigned to accept \
+none), and a version older than the newest listed needs --allow-downgrade. \
+A progress bar shows the transfer on a terminal; -o json prints the \
+package version as stored.";
+
+#[derive(Args, Debug)]
+pub struct PackagesUploadArgs {
+    /// Package name, e.g. otelcol-contrib
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Version, e.g. 0.120.0
+    #[arg(value_name = "VERSION")]
+    pub version: String,
+    /// The file to upload
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The file's OS as agents report os.type (any matches every one)
+    #[arg(long, value_name = "OS", required_unless_present = "platform")]
+    pub os: Option<String>,
+    /// The file's architecture as agents report host.arch (any matches every one)
+    #[arg(long, value_name = "ARCH", required_unless_present = "platform")]
+    pub arch: Option<String>,
+    /// OS/ARCH in one, as `packages add` takes it (instead of --os and --arch)
+    #[arg(long, value_name = "OS/ARCH", conflicts_with_all = ["os", "arch"])]
+    pub platform: Option<String>,
+    /// The SHA-256 the file must have (64 hex digits); refused when it differs
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// The signature file, e.g. the release's .sigstore.json bundle
+    #[arg(long, value_name = "FILE", visible_alias = "signature")]
+    pub signature_file: Option<PathBuf>,
+    /// An addon rather than the agent itself
+    #[arg(long)]
+    pub addon: bool,
+    /// Accept a file without a signature
+    #[arg(long, conflicts_with = "signature_file")]
+    pub unsigned: bool,
+    /// Accept a version older than the newest one listed
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
 
 #[derive(Args, Debug)]
 pub struct PackagesAddArgs {

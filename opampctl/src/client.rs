@@ -212,7 +212,8 @@ impl Client {
     }
 }
 
-async fn decode<T: DeserializeOwned>(resp: Response, path: &str) -> Result<T> {
+/// Reads the JSON reply of a request to `path`.
+pub async fn decode<T: DeserializeOwned>(resp: Response, path: &str) -> Result<T> {
     let bytes = resp
         .bytes()
         .await

@@ -23,6 +23,8 @@ pub struct App {
     pub targets: Targets,
     /// The packages rolled out to agents.
     pub package_targets: crate::opamp::packages::PackageTargets,
+    /// The package files uploaded to opampd, served to agents.
+    pub hosted: crate::packages::hosted::Hosted,
     /// The component lists agents reported, by hash.
     pub components: crate::components::Cache,
     pub metrics: Arc<Metrics>,

@@ -319,6 +319,30 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
          connected after its last heartbeat (default 30, 3 to 3600; renewed every third of it). \
          A replica killed without notice has its agents listed disconnected within this time.",
     ),
+    (
+        "packages.dir",
+        "Where uploaded (hosted) package files are kept, named by their SHA-256 (default \
+         DATA_DIR/packages). Several replicas need one directory they all share (a shared \
+         volume): a file uploaded through one replica is served by all.",
+    ),
+    (
+        "packages.max_file_bytes",
+        "Largest package file one upload may bring (default 536870912, 512 MiB); a larger one \
+         is refused with 413 and nothing is kept.",
+    ),
+    (
+        "packages.public_url",
+        "The address agents download hosted package files from, e.g. \
+         https://opamp.example.com (files are under /v1/packages/). Default: the scheme and \
+         host of opamp.public_url (wss becomes https), else the agent listener's address. \
+         Behind a load balancer set it (or opamp.public_url) to the balancer's address.",
+    ),
+    (
+        "packages.verify_interval_seconds",
+        "A hosted file is checked against its SHA-256 before it is served on its first serve \
+         after start, when it changed on disk, and when its last check is older than this \
+         (default 3600); a file that does not match is refused to agents (410) and logged.",
+    ),
 ];
 
 /// ENVIRONMENT of the man page: (variables, what they do).

@@ -29,6 +29,35 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub rollouts: RolloutsConfig,
     pub cluster: ClusterConfig,
+    pub packages: PackagesConfig,
+}
+
+/// Package files uploaded to opampd (hosted) and served to agents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PackagesConfig {
+    /// Where hosted files are kept, by SHA-256; unset: `<data_dir>/packages`.
+    /// Several replicas need one directory they all share.
+    pub dir: Option<PathBuf>,
+    /// Largest file one upload may bring.
+    pub max_file_bytes: u64,
+    /// The address agents download hosted files from (`https://opamp.example.com`);
+    /// unset: derived from `opamp.public_url`, else the agent listener's address.
+    pub public_url: Option<String>,
+    /// A stored file is checked against its SHA-256 before it is served when
+    /// its last check is older than this (and on its first serve after start).
+    pub verify_interval_seconds: u64,
+}
+
+impl Default for PackagesConfig {
+    fn default() -> Self {
+        PackagesConfig {
+            dir: None,
+            max_file_bytes: 512 * 1024 * 1024,
+            public_url: None,
+            verify_interval_seconds: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -246,6 +275,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             rollouts: RolloutsConfig::default(),
             cluster: ClusterConfig::default(),
+            packages: PackagesConfig::default(),
         }
     }
 }
@@ -527,6 +557,15 @@ impl Config {
                 self.cluster.lease_seconds
             );
         }
+        if let Some(url) = &self.packages.public_url {
+            check_url("packages.public_url", url, &["http", "https"])?;
+        }
+        if self.packages.max_file_bytes == 0 {
+            bail!("packages.max_file_bytes is 0: give the largest file an upload may bring in bytes (default 536870912, 512 MiB)");
+        }
+        if self.packages.verify_interval_seconds == 0 {
+            bail!("packages.verify_interval_seconds is 0: give how often a stored file is checked again before it is served, in seconds (default 3600)");
+        }
         let agent_tls = &self.opamp.tls;
         if agent_tls.client_ca_file.is_some() || agent_tls.require_client_cert {
             if self.agent_listen.is_none() {
@@ -544,6 +583,14 @@ impl Config {
 
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("opamp.db")
+    }
+
+    /// Where hosted package files are kept.
+    pub fn packages_dir(&self) -> PathBuf {
+        self.packages
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("packages"))
     }
 }
 

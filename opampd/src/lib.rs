@@ -174,6 +174,13 @@ pub async fn run(
         }
         None => cluster::Cluster::local(),
     };
+    let hosted = {
+        let (agent_addr, agent_tls) = match &listeners.agent {
+            Some(agent) => (server::local_addr(agent), agent_tls.is_some()),
+            None => (server::local_addr(&listeners.main), tls.is_some()),
+        };
+        packages::hosted::Hosted::open(&config, agent_addr, agent_tls)?
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let components = components::Cache::with_limit(config.opamp.max_stored_bytes_per_agent);
     let app = Arc::new(App {
@@ -193,6 +200,7 @@ pub async fn run(
         cluster,
         targets: targeting::Targets::default(),
         package_targets: Default::default(),
+        hosted,
         components,
         metrics,
         logs: opts.logs,

@@ -53,7 +53,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
 
 /// The kernel's host name (the pod name in Kubernetes, the container's
 /// host name in Compose).
-fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_string())

@@ -1436,7 +1436,7 @@ fn haproxy_balances_requests_on_readiness() {
         "balance roundrobin",
         "http-reuse safe",
         "option forwardfor",
-        "http-request deny deny_status 404 unless { path /v1/opamp }",
+        "http-request deny deny_status 404 unless { path /v1/opamp } || { path_beg /v1/packages/ }",
     ] {
         assert!(lines.contains(&needed), "haproxy.cfg lacks `{needed}`");
     }

@@ -13,6 +13,7 @@ pub mod health;
 pub mod login;
 pub mod logs;
 pub mod migrate;
+pub mod package_upload;
 pub mod packages;
 pub mod restart;
 pub mod restore;

@@ -1,5 +1,5 @@
-//! `opampctl packages add|list|show|delete`: the package catalogue;
-//! `opampctl packages rollout …` is [`rollout`].
+//! `opampctl packages add|list|show|delete`: the package catalogue
+//! (`upload`: `package_upload`); `opampctl packages rollout …` is [`rollout`].
 
 use crate::cli::{PackagesAddArgs, PackagesCmd};
 use crate::client::{enc, Client};
@@ -16,6 +16,7 @@ pub mod rollout;
 pub async fn run(settings: &Settings, client: &Client, cmd: PackagesCmd) -> Result<()> {
     match cmd {
         PackagesCmd::Add(args) => add(settings, client, &args).await,
+        PackagesCmd::Upload(args) => super::package_upload::run(settings, client, &args).await,
         PackagesCmd::List { name } => list(settings, client, name.as_deref()).await,
         PackagesCmd::Show { name, version } => show(settings, client, &name, &version).await,
         PackagesCmd::Delete { name, version } => delete(settings, client, &name, &version).await,
@@ -23,7 +24,7 @@ pub async fn run(settings: &Settings, client: &Client, cmd: PackagesCmd) -> Resu
     }
 }
 
-fn path(name: &str, version: &str) -> Result<String> {
+pub(super) fn path(name: &str, version: &str) -> Result<String> {
     if name.trim().is_empty() || version.trim().is_empty() {
         return Err(CtlError::usage(
             "the package name and version must not be empty",
@@ -33,7 +34,7 @@ fn path(name: &str, version: &str) -> Result<String> {
 }
 
 /// `OS/ARCH` → (os, arch).
-fn platform(text: &str) -> Result<(String, String)> {
+pub(super) fn platform(text: &str) -> Result<(String, String)> {
     match text.split_once('/') {
         Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.contains('/') => {
             Ok((os.to_string(), arch.to_string()))

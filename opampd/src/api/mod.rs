@@ -12,6 +12,7 @@ pub mod admin;
 pub mod agents;
 pub mod configs;
 pub mod health;
+pub mod package_files;
 pub mod package_rollouts;
 pub mod packages;
 pub mod users;
@@ -152,6 +153,11 @@ pub fn routes() -> Vec<Route> {
             "POST",
             "/api/v1/packages/{name}/rollout/resume",
             package_rollouts::resume,
+        ),
+        guarded::<Admin, _, _>(
+            "PUT",
+            "/api/v1/packages/{name}/{version}/files/{os}/{arch}",
+            package_files::upload,
         ),
         open("POST", "/api/v1/auth/login", users::login),
         // Checks the credential it revokes itself, to audit refused attempts:
@@ -456,6 +462,10 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(table)
         .route(&opamp_path, axum::routing::any(crate::opamp::endpoint))
+        .route(
+            crate::packages::hosted::DOWNLOAD_PATH,
+            axum::routing::get(crate::opamp::download::serve),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.http.max_api_body_bytes,
         ))
@@ -463,11 +473,16 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// The router of the agent-only listener: just the OpAMP endpoint.
+/// The router of the agent-only listener: the OpAMP endpoint and the
+/// hosted package files.
 pub fn agent_router(app: Arc<App>) -> Router {
     let opamp_path = app.config.opamp.path.clone();
     Router::new()
         .route(&opamp_path, axum::routing::any(crate::opamp::endpoint))
+        .route(
+            crate::packages::hosted::DOWNLOAD_PATH,
+            axum::routing::get(crate::opamp::download::serve),
+        )
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app)
 }

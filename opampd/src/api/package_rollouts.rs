@@ -69,7 +69,7 @@ pub async fn start(
             .max_by(|a, b| crate::packages::compare_versions(&a.version, &b.version))
             .expect("not empty"),
     };
-    let version = version_of(row);
+    let version = version_of(&app.hosted, row);
     let candidates = engine::candidates(&app, &selector).await?;
     let placed: Vec<(Candidate, Result<String, String>)> = candidates
         .into_iter()

@@ -1,12 +1,14 @@
 //! `/api/v1/packages…`: the package catalogue. Package versions by
 //! reference (URL, SHA-256, signature), checked by `crate::packages` before
-//! they are stored; every change audited in the same transaction. Adding
-//! and deleting take the admin role: a package is a program agents run.
+//! they are stored (hosted files: `api::package_files`); every change
+//! audited in the same transaction. Adding and deleting take the admin
+//! role: a package is a program agents run.
 
 use super::configs::parse_body;
 use super::{Admin, ApiError, ApiResult, Viewer};
 use crate::app::App;
 use crate::packages as rules;
+use crate::packages::hosted::Hosted;
 use crate::store::packages::{AddOutcome, FileRow, PackageAdd, PackageRow};
 use crate::store::rfc3339;
 use axum::body::Bytes;
@@ -20,7 +22,11 @@ use std::sync::Arc;
 /// The most files one request may add.
 pub const MAX_FILES: usize = 64;
 
-pub fn to_api(row: PackageRow, result: Option<&str>) -> Package {
+/// A stored version as the API shows it; a hosted file's URL is the one
+/// agents download it from.
+pub fn to_api(hosted: &Hosted, row: PackageRow, result: Option<&str>) -> Package {
+    let name = row.name.clone();
+    let version = row.version.clone();
     Package {
         name: row.name,
         version: row.version,
@@ -31,9 +37,12 @@ pub fn to_api(row: PackageRow, result: Option<&str>) -> Package {
             .files
             .into_iter()
             .map(|f| PackageFile {
+                url: match f.hosted {
+                    true => Some(hosted.url(&name, &version, &f.os, &f.arch)),
+                    false => f.url,
+                },
                 os: f.os,
                 arch: f.arch,
-                url: f.url,
                 sha256: f.sha256,
                 signed: f.signature.as_ref().is_some_and(|s| !s.is_empty()),
                 size: f.size,
@@ -46,7 +55,7 @@ pub fn to_api(row: PackageRow, result: Option<&str>) -> Package {
 }
 
 /// Whether `type` names a top-level package (`top_level`, the default) or an addon.
-fn top_level(kind: Option<&str>) -> ApiResult<bool> {
+pub(super) fn top_level(kind: Option<&str>) -> ApiResult<bool> {
     match kind.unwrap_or("top_level") {
         "top_level" => Ok(true),
         "addon" => Ok(false),
@@ -84,20 +93,8 @@ pub async fn create(
         rules::check_platform("arch", &file.arch).map_err(at)?;
         rules::check_url(&file.url, input.allow_insecure_url).map_err(at)?;
         let sha256 = rules::parse_sha256(&file.sha256).map_err(at)?;
-        let signature = match file.signature.as_deref().filter(|s| !s.is_empty()) {
-            Some(text) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(text.trim())
-                    .map_err(|e| at(format!("signature is not base64: {e}")))?;
-                if bytes.len() > rules::MAX_SIGNATURE_BYTES {
-                    return Err(at(format!(
-                        "signature is {} bytes; the limit is {}",
-                        bytes.len(),
-                        rules::MAX_SIGNATURE_BYTES
-                    )));
-                }
-                Some(bytes)
-            }
+        let signature = match parse_signature(file.signature.as_deref().unwrap_or("")).map_err(at)? {
+            Some(bytes) => Some(bytes),
             None if input.unsigned => None,
             None => {
                 return Err(at(format!(
@@ -135,7 +132,36 @@ pub async fn create(
             remote_addr: addr,
         })
         .await?;
-    let label = format!("{} {}", input.name, input.version);
+    added(&app, outcome, &input.name, &input.version)
+}
+
+/// A signature given as base64 (empty: none) → its bytes, within the limit.
+pub(super) fn parse_signature(text: &str) -> Result<Option<Vec<u8>>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("signature is not base64: {e}"))?;
+    if bytes.len() > rules::MAX_SIGNATURE_BYTES {
+        return Err(format!(
+            "signature is {} bytes; the limit is {}",
+            bytes.len(),
+            rules::MAX_SIGNATURE_BYTES
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// The answer to adding `name` `version`: the version as stored, or why not.
+pub(super) fn added(
+    app: &App,
+    outcome: AddOutcome,
+    name: &str,
+    version: &str,
+) -> ApiResult<(StatusCode, Json<Package>)> {
+    let label = format!("{name} {version}");
     match outcome {
         AddOutcome::Added { package, created } => Ok((
             if created {
@@ -144,6 +170,7 @@ pub async fn create(
                 StatusCode::OK
             },
             Json(to_api(
+                &app.hosted,
                 package,
                 Some(if created { "created" } else { "updated" }),
             )),
@@ -163,7 +190,11 @@ pub async fn create(
 
 pub async fn list(State(app): State<Arc<App>>, _viewer: Viewer) -> ApiResult<Json<Vec<Package>>> {
     let rows = app.store.packages(None).await?;
-    Ok(Json(rows.into_iter().map(|r| to_api(r, None)).collect()))
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| to_api(&app.hosted, r, None))
+            .collect(),
+    ))
 }
 
 pub async fn versions(
@@ -175,7 +206,11 @@ pub async fn versions(
     if rows.is_empty() {
         return Err(ApiError::not_found(format!("no package {name:?}")));
     }
-    Ok(Json(rows.into_iter().map(|r| to_api(r, None)).collect()))
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| to_api(&app.hosted, r, None))
+            .collect(),
+    ))
 }
 
 pub async fn show(
@@ -184,7 +219,7 @@ pub async fn show(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Package>> {
     match app.store.package(&name, &version).await? {
-        Some(row) => Ok(Json(to_api(row, None))),
+        Some(row) => Ok(Json(to_api(&app.hosted, row, None))),
         None => Err(ApiError::not_found(format!(
             "no package {name:?} version {version:?}"
         ))),
@@ -196,11 +231,23 @@ pub async fn remove(
     Admin(who, addr): Admin,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    // The version's hosted files go with it unless another version names them.
+    let _changes = app.hosted.changes.lock().await;
+    let hosted: Vec<String> = app
+        .store
+        .package(&name, &version)
+        .await?
+        .into_iter()
+        .flat_map(|p| p.files)
+        .filter(|f| f.hosted)
+        .map(|f| f.sha256)
+        .collect();
     if app
         .store
         .delete_package(&name, &version, &who.name, addr)
         .await?
     {
+        super::package_files::remove_unreferenced(&app, &hosted).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(

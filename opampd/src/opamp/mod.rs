@@ -8,6 +8,7 @@
 //! store's batching writer.
 
 pub mod connection;
+pub mod download;
 pub mod http;
 pub mod packages;
 pub mod reply;
@@ -38,21 +39,8 @@ pub async fn endpoint(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    if let Some(origin) = foreign_origin(&app, req.headers()) {
-        tracing::warn!(remote_addr = %remote, origin = %origin, "OpAMP request refused: browser Origin not in opamp.allowed_origins");
-        return plain(
-            StatusCode::FORBIDDEN,
-            "requests from web pages are refused: agents send no Origin header (allow an origin with opamp.allowed_origins)\n",
-        );
-    }
-    if !agent_authorized(&app, req.headers()) {
-        tracing::warn!(remote_addr = %remote, "agent refused: missing or wrong agent secret");
-        let mut r = plain(StatusCode::UNAUTHORIZED, "agent authentication failed: send a configured agent secret as 'Authorization: Bearer <secret>'\n");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"opamp\""),
-        );
-        return r;
+    if let Some(refused) = refuse_agent(&app, req.headers(), remote) {
+        return refused;
     }
     if app.draining.load(Ordering::Relaxed) {
         return retry_later(
@@ -108,6 +96,29 @@ pub async fn endpoint(
         Ok(upgrade) => ws::upgrade(app, remote, certificate, upgrade),
         Err(rejection) => rejection.into_response(),
     }
+}
+
+/// The answer to a request that does not come from an agent: a web page's
+/// (an `Origin` not allowed) or one without a configured agent secret.
+/// The OpAMP endpoint and the package downloads ask the same.
+pub fn refuse_agent(app: &App, headers: &HeaderMap, remote: SocketAddr) -> Option<Response> {
+    if let Some(origin) = foreign_origin(app, headers) {
+        tracing::warn!(remote_addr = %remote, origin = %origin, "agent request refused: browser Origin not in opamp.allowed_origins");
+        return Some(plain(
+            StatusCode::FORBIDDEN,
+            "requests from web pages are refused: agents send no Origin header (allow an origin with opamp.allowed_origins)\n",
+        ));
+    }
+    if !agent_authorized(app, headers) {
+        tracing::warn!(remote_addr = %remote, "agent refused: missing or wrong agent secret");
+        let mut r = plain(StatusCode::UNAUTHORIZED, "agent authentication failed: send a configured agent secret as 'Authorization: Bearer <secret>'\n");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"opamp\""),
+        );
+        return Some(r);
+    }
+    None
 }
 
 /// The fingerprint of the client certificate the request's connection presented.

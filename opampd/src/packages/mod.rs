@@ -5,6 +5,8 @@
 //! `api::packages`; what agents are offered `opamp::packages`; package
 //! rollouts [`rollout`].
 
+pub mod hosted;
+
 use std::cmp::Ordering;
 
 pub mod rollout;

@@ -77,8 +77,11 @@ pub async fn rebuild_targets(app: &App) -> Result<()> {
         };
         targets.push(PackageTarget {
             selector,
-            current: Arc::new(version_of(&row.current)),
-            previous: row.previous.as_ref().map(|p| Arc::new(version_of(p))),
+            current: Arc::new(version_of(&app.hosted, &row.current)),
+            previous: row
+                .previous
+                .as_ref()
+                .map(|p| Arc::new(version_of(&app.hosted, p))),
             released: row.released.map(|uids| {
                 uids.iter()
                     .filter_map(|u| opamp_proto::parse_uid(u))
@@ -94,9 +97,9 @@ pub async fn rebuild_targets(app: &App) -> Result<()> {
 /// The states `opamp_platform_package_rollouts` counts (latest rollout of each package).
 pub const STATES: [&str; 3] = ["running", "paused", "completed"];
 
-/// A catalogue version as offered: the files agents can download. A hosted
-/// file has no reference URL and is left out until opampd serves it.
-pub fn version_of(row: &PackageRow) -> PackageVersion {
+/// A catalogue version as offered: the files agents can download (a hosted
+/// file at the address opampd serves it from).
+pub fn version_of(hosted: &crate::packages::hosted::Hosted, row: &PackageRow) -> PackageVersion {
     PackageVersion {
         name: row.name.clone(),
         version: row.version.clone(),
@@ -110,7 +113,10 @@ pub fn version_of(row: &PackageRow) -> PackageVersion {
                 Some(PackageFile {
                     os: f.os.clone(),
                     arch: f.arch.clone(),
-                    url: f.url.clone()?,
+                    url: match f.hosted {
+                        true => hosted.url(&row.name, &row.version, &f.os, &f.arch),
+                        false => f.url.clone()?,
+                    },
                     content_hash,
                     signature: f.signature.clone().unwrap_or_default(),
                 })
@@ -404,7 +410,7 @@ pub async fn progress_of(
         .store
         .package(&rollout.name, &rollout.version)
         .await?
-        .map(|row| version_of(&row));
+        .map(|row| version_of(&app.hosted, &row));
     Ok(evaluate(app, rollout, version.as_ref(), &agents))
 }
 
