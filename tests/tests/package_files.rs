@@ -178,13 +178,15 @@ async fn hosted_files_round_trip(server: Server) {
         )
         .await;
     let operator = login["token"].as_str().unwrap().to_string();
+    // A small file: the refusal comes before the body is read.
+    let (small, _, _) = release_file(dir.path(), "small.tar.gz", 100, 3);
     let refused = ctl_env(
         &[
             "packages",
             "upload",
             "otelcol",
             "1.0.0",
-            file.to_str().unwrap(),
+            small.to_str().unwrap(),
             "--platform",
             "linux/amd64",
             "--unsigned",
@@ -340,7 +342,17 @@ async fn hosted_files_round_trip(server: Server) {
         .await
         .unwrap()
         .contains("no longer matches its SHA-256"));
-    assert!(server.logs().contains("no longer matches its SHA-256"));
+    opamp_tests::wait_for(
+        "the error in the log",
+        std::time::Duration::from_secs(10),
+        || async {
+            server
+                .logs()
+                .contains("no longer matches its SHA-256")
+                .then_some(())
+        },
+    )
+    .await;
     let mut agent = packaged_agent();
     let download = offer(&mut agent, &url, &Sha256::digest(&bytes));
     match fetch(&mut downloader, &download).await {
