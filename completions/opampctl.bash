@@ -148,6 +148,9 @@ _opampctl() {
             opampctl__subcmd__packages,show)
                 cmd="opampctl__subcmd__packages__subcmd__show"
                 ;;
+            opampctl__subcmd__packages,upload)
+                cmd="opampctl__subcmd__packages__subcmd__upload"
+                ;;
             opampctl__subcmd__packages__subcmd__rollout,pause)
                 cmd="opampctl__subcmd__packages__subcmd__rollout__subcmd__pause"
                 ;;
@@ -2025,7 +2028,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__packages)
-            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help add list show delete rollout"
+            opts="-o -q -h --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help add upload list show delete rollout"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2489,6 +2492,76 @@ _opampctl() {
                 return 0
             fi
             case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opampctl__subcmd__packages__subcmd__upload)
+            opts="-o -q -h --os --arch --platform --sha256 --signature --signature-file --addon --unsigned --allow-downgrade --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --os)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --arch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --platform)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sha256)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --signature-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --signature)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -3711,7 +3784,7 @@ _opampctl_server_values() {
                 i=$((i + 1))
                 continue
                 ;;
-            --action|--actor|--agent-secret|--agents|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--from-sqlite|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--load|--long-query-seconds|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--output|--pid-a|--pid-b|--platform|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--rounds|--samples|--secret|--selector|--server-a|--server-b|--server-pid|--sha256|--signature-file|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--url|--username|--version|--via|-f|-l|-n|-o|-u)
+            --action|--actor|--agent-secret|--agents|--arch|--batch-size|--batch-timeout|--compose-file|--config|--config-bytes|--connections|--content-type|--data-dir|--description|--dir|--duration|--expires-in-days|--file|--from|--from-sqlite|--grep|--heartbeat|--interval|--jitter|--level|--limit|--lines|--load|--long-query-seconds|--max-failures|--name|--namespace|--opamp-path|--opamp-url|--os|--output|--pid-a|--pid-b|--platform|--processes|--ramp|--request-timeout|--restart-cmd|--retention-days|--role|--rounds|--samples|--secret|--selector|--server-a|--server-b|--server-pid|--sha256|--signature-file|--since|--source-ips|--status|--timeout|--tls-cert|--to|--transport|--unit|--url|--username|--version|--via|-f|-l|-n|-o|-u)
                 i=$((i + 1))
                 continue
                 ;;

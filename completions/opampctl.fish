@@ -393,24 +393,25 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_se
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand rollout; and __fish_seen_subcommand_from resume" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -l context -d 'Context of the config file to use (server and token file)' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -l token-file -d 'File holding the API token [default: ./data/admin.token, then /var/lib/opampd/admin.token, for a server on this host]' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -l context -d 'Context of the config file to use (server and token file)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -s o -l output -d 'Output format' -r -f -a "table\t'Aligned columns for people'
 wide\t'Like table, with more columns'
 json\t'JSON: stable field names, for scripts'
 yaml\t'YAML, same fields as JSON'"
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -f -a "add" -d 'List a package version by reference: its download URL, SHA-256 and signature (admin)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -f -a "list" -d 'List the package versions in the catalogue'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -f -a "show" -d 'Show a package version and its files'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -f -a "delete" -d 'Delete a package version from the catalogue (admin)'
-complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add list show delete rollout" -f -a "rollout" -d 'Roll a package version out to agents in staged batches (operator)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -f -a "add" -d 'List a package version by reference: its download URL, SHA-256 and signature (admin)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -f -a "upload" -d 'Upload a package file to opampd, which stores it and serves it to agents (admin)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -f -a "list" -d 'List the package versions in the catalogue'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -f -a "show" -d 'Show a package version and its files'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -f -a "delete" -d 'Delete a package version from the catalogue (admin)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and not __fish_seen_subcommand_from add upload list show delete rollout" -f -a "rollout" -d 'Roll a package version out to agents in staged batches (operator)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l platform -d 'The platform of the file: OS/ARCH as agents report os.type and host.arch (any matches every one)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l url -d 'Where agents download the file' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from add" -l sha256 -d 'SHA-256 of the file (64 hex digits)' -r
