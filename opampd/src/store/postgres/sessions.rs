@@ -37,7 +37,7 @@ pub async fn write(c: &impl GenericClient, write: &SessionWrite) -> Result<Recor
         .query_opt(
             "INSERT INTO agent_sessions (uid, version, row_changes, replica, sequence_num, \
                  restart_pending, disconnected, state, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $7, $8) \
+             VALUES ($1, $2, $3::BIGINT + $9::BIGINT, $4, $5, FALSE, $6, $7, $8) \
              ON CONFLICT (uid) DO UPDATE SET version = EXCLUDED.version, \
                  row_changes = agent_sessions.row_changes + $9, replica = EXCLUDED.replica, \
                  sequence_num = EXCLUDED.sequence_num, \
