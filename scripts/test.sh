@@ -27,9 +27,9 @@ cargo test --workspace --locked "$@"
 # With OPAMP_TEST_BOTH_BACKENDS=1, the integration tests once more with
 # every test server on PostgreSQL (a database of its own in the throwaway
 # cluster); tests of the SQLite file itself print `SKIPPED (sqlite only)`
-# there. Not part of the default run until that pass is green: a plain-HTTP
-# agent reloaded from its shared session record on PostgreSQL is asked for
-# its component list again (tests/tests/components.rs).
+# there. Not part of the default run until that pass is green: doctor's
+# database checks on PostgreSQL still look for the SQLite file
+# (tests/tests/ctl_ops.rs troubleshoot_db_pool_memory_and_db_maintenance).
 if [[ "${OPAMP_TEST_BOTH_BACKENDS:-}" != "1" ]]; then
   exit 0
 fi
