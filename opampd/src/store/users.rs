@@ -138,3 +138,48 @@ pub struct TokenRevoke {
     /// An admin may revoke anybody's token; others only their own.
     pub any_owner: bool,
 }
+
+impl UserUpdate {
+    /// The audit entry of this update; `role` is the role change made
+    /// (from, to), if any.
+    pub fn audit(&self, role: Option<(&str, &str)>) -> AuditEntry {
+        let mut details = serde_json::json!({"password_changed": self.password_hash.is_some()});
+        if let Some((from, to)) = role {
+            details["role"] = serde_json::json!({"from": from, "to": to});
+        }
+        AuditEntry::ok(
+            &self.actor,
+            "user.update",
+            Some(&self.username),
+            self.remote_addr.as_deref(),
+            details,
+        )
+    }
+}
+
+impl UserDelete {
+    /// The audit entry of this deletion: the user's role and how many of
+    /// their tokens went with them.
+    pub fn audit(&self, role: &str, tokens_revoked: usize) -> AuditEntry {
+        AuditEntry::ok(
+            &self.actor,
+            "user.delete",
+            Some(&self.username),
+            self.remote_addr.as_deref(),
+            serde_json::json!({"role": role, "tokens_revoked": tokens_revoked}),
+        )
+    }
+}
+
+impl TokenRevoke {
+    /// The audit entry of revoking `token` (never its secret: it has none here).
+    pub fn audit(&self, token: &TokenRow) -> AuditEntry {
+        AuditEntry::ok(
+            &self.actor,
+            "token.revoke",
+            Some(&self.id),
+            self.remote_addr.as_deref(),
+            serde_json::json!({"name": token.name, "owner": token.owner, "role": token.role}),
+        )
+    }
+}

@@ -29,7 +29,6 @@ use anyhow::{Context, Result};
 use opamp_proto::api::{DbOptimizeReport, DbStats};
 use rusqlite::Connection;
 use rusqlite::{params, OptionalExtension};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -414,33 +413,23 @@ impl Backend for Sqlite {
             let Some(mut user) = users::get_user(c, key)? else {
                 return Ok(UserChange::Missing);
             };
-            let mut details = json!({"password_changed": update.password_hash.is_some()});
+            let mut old = None;
             if let Some((role, allowed)) = &update.role {
-                let old = user.role.clone();
-                if old == "admin" && role != "admin" && users::count_admins(c)? <= 1 {
+                if user.role == "admin" && role != "admin" && users::count_admins(c)? <= 1 {
                     return Ok(UserChange::LastAdmin);
                 }
                 users::set_role(c, key, role)?;
                 let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
                 users::clamp_token_roles(c, key, &allowed, role)?;
-                user.role = role.clone();
-                details["role"] = json!({"from": old, "to": user.role});
+                old = Some(std::mem::replace(&mut user.role, role.clone()));
             }
             if let Some(h) = &update.password_hash {
                 users::set_password_hash(c, key, h)?;
             }
             // A new password or role ends the user's existing sessions.
             users::end_sessions(c, key)?;
-            insert_audit(
-                c,
-                &AuditEntry::ok(
-                    &update.actor,
-                    "user.update",
-                    Some(key),
-                    update.remote_addr.as_deref(),
-                    details,
-                ),
-            )?;
+            let change = old.as_deref().map(|from| (from, user.role.as_str()));
+            insert_audit(c, &update.audit(change))?;
             Ok(UserChange::Done(user))
         })
         .await
@@ -457,16 +446,7 @@ impl Backend for Sqlite {
             }
             users::delete_user(c, key)?;
             let revoked = users::revoke_tokens_of(c, key)?;
-            insert_audit(
-                c,
-                &AuditEntry::ok(
-                    &delete.actor,
-                    "user.delete",
-                    Some(key),
-                    delete.remote_addr.as_deref(),
-                    json!({"role": user.role, "tokens_revoked": revoked}),
-                ),
-            )?;
+            insert_audit(c, &delete.audit(&user.role, revoked))?;
             Ok(UserChange::Done(user))
         })
         .await
@@ -562,16 +542,7 @@ impl Backend for Sqlite {
                 return Ok(false);
             };
             if users::revoke_token(c, &revoke.id)? {
-                insert_audit(
-                    c,
-                    &AuditEntry::ok(
-                        &revoke.actor,
-                        "token.revoke",
-                        Some(&revoke.id),
-                        revoke.remote_addr.as_deref(),
-                        json!({"name": token.name, "owner": token.owner, "role": token.role}),
-                    ),
-                )?;
+                insert_audit(c, &revoke.audit(&token))?;
             }
             Ok(true)
         })

@@ -4,6 +4,10 @@
 //! a transaction-scoped advisory lock on the configuration's name, so that
 //! replicas and concurrent requests apply them one at a time.
 
+mod accounts;
+mod catalogue;
+mod configurations;
+
 use super::{agents, configs, dump, package_rollouts, packages, sessions, users, Postgres};
 use crate::auth::throttle::FailureSummary;
 use crate::components::ComponentSet;
@@ -13,81 +17,27 @@ use crate::store::agents::{
     AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, RecordWrite, SessionRecord, SessionWrite,
 };
 use crate::store::configs::{
-    self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
-    Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
-    Saved, TargetRow, VersionRow,
+    ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome, Listed,
+    RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, Saved, TargetRow,
+    VersionRow,
 };
 use crate::store::package_rollouts::{
-    plan_start, PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
+    PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
     StoredPackageAgent,
 };
-use crate::store::packages::{delete_audit, AddOutcome, PackageAdd, PackageRow};
+use crate::store::packages::{AddOutcome, PackageAdd, PackageRow};
 use crate::store::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
     UserDelete, UserRow, UserUpdate,
 };
-use crate::store::{now_ms, Backend, Room, WriteError};
+use crate::store::{Backend, Room, WriteError};
 use crate::store::{Location, PoolStats};
 use anyhow::{Context, Result};
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use opamp_proto::api::{DbOptimizeReport, DbStats};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// A configuration with its newest version and latest rollout.
-async fn detail(c: &impl GenericClient, name: &str) -> Result<Option<ConfigDetail>> {
-    let Some(row) = configs::get(c, name).await? else {
-        return Ok(None);
-    };
-    let newest = configs::get_version(c, name, row.latest_version)
-        .await?
-        .with_context(|| format!("configuration {} lacks its newest version", row.name))?;
-    let rollout = configs::latest_rollout(c, name).await?;
-    Ok(Some(ConfigDetail {
-        row,
-        newest,
-        rollout,
-    }))
-}
-
-/// Writes what a save or rollback decided.
-async fn apply(c: &impl GenericClient, plan: SavePlan) -> Result<Saved> {
-    let Some(audit) = plan.audit else {
-        return Ok(plan.saved);
-    };
-    if plan.insert {
-        configs::insert(c, &plan.saved.row).await?;
-    }
-    if let Some(version) = &plan.version {
-        configs::insert_version(c, version).await?;
-    }
-    if !plan.insert {
-        configs::update(c, &plan.saved.row).await?;
-    }
-    users::insert_audit(c, &audit).await?;
-    Ok(plan.saved)
-}
-
-/// Serialises changes to users (the last-admin rule, the first admin)
-/// across connections and replicas until the transaction ends.
-async fn lock_users(tx: &Transaction<'_>) -> Result<()> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext('users'))", &[])
-        .await?;
-    Ok(())
-}
-
-/// Serialises writes to one configuration across connections and replicas
-/// until the transaction ends.
-async fn lock_configuration(tx: &Transaction<'_>, name: &str) -> Result<()> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('configuration:' || $1))",
-        &[&name],
-    )
-    .await?;
-    Ok(())
-}
 
 /// A failed write: the database's own trouble (connection, resources,
 /// read-only) is `Storage`, anything else the operation's.
@@ -306,7 +256,7 @@ impl Backend for Postgres {
 
     async fn configuration_detail(&self, name: &str) -> Result<Option<ConfigDetail>> {
         self.read("config_get", async {
-            detail(&self.client().await?, name).await
+            configurations::detail(&self.client().await?, name).await
         })
         .await
     }
@@ -327,16 +277,10 @@ impl Backend for Postgres {
         name: &str,
         version: u64,
     ) -> Result<Option<(ConfigRow, Option<VersionRow>)>> {
-        self.read("config_version", async {
-            let client = self.client().await?;
-            let Some(row) = configs::get(&client, name).await? else {
-                return Ok(None);
-            };
-            Ok(Some((
-                row,
-                configs::get_version(&client, name, version).await?,
-            )))
-        })
+        self.read(
+            "config_version",
+            configurations::config_version(self, name, version),
+        )
         .await
     }
 
@@ -346,28 +290,18 @@ impl Backend for Postgres {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Option<(Vec<VersionRow>, u64)>> {
-        self.read("config_versions", async {
-            let client = self.client().await?;
-            if configs::get(&client, name).await?.is_none() {
-                return Ok(None);
-            }
-            Ok(Some(
-                configs::list_versions(&client, name, before, limit).await?,
-            ))
-        })
+        self.read(
+            "config_versions",
+            configurations::config_versions(self, name, before, limit),
+        )
         .await
     }
 
     async fn save_configuration(&self, save: ConfigSave) -> Result<Saved, WriteError> {
-        self.write("config_save", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            lock_configuration(&tx, &save.name).await?;
-            let current = detail(&tx, &save.name).await?;
-            let saved = apply(&tx, plan::plan_save(save, current, now_ms())).await?;
-            tx.commit().await?;
-            Ok(saved)
-        })
+        self.write(
+            "config_save",
+            configurations::save_configuration(self, save),
+        )
         .await
     }
 
@@ -375,29 +309,10 @@ impl Backend for Postgres {
         &self,
         rollback: ConfigRollback,
     ) -> Result<RollbackOutcome, WriteError> {
-        self.write("config_rollback", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            lock_configuration(&tx, &rollback.name).await?;
-            let Some(current) = detail(&tx, &rollback.name).await? else {
-                return Ok(RollbackOutcome::Missing);
-            };
-            let newest = current.row.latest_version;
-            let target = match plan::rollback_target(rollback.version, newest) {
-                Ok(target) => target,
-                Err(outcome) => return Ok(outcome),
-            };
-            let Some(old) = configs::get_version(&tx, &rollback.name, target).await? else {
-                return Ok(RollbackOutcome::NoSuchVersion {
-                    version: target,
-                    newest,
-                });
-            };
-            let plan = plan::plan_rollback(&rollback, current, old, now_ms());
-            let saved = apply(&tx, plan).await?;
-            tx.commit().await?;
-            Ok(RollbackOutcome::Saved(Box::new(saved)))
-        })
+        self.write(
+            "config_rollback",
+            configurations::rollback_configuration(self, rollback),
+        )
         .await
     }
 
@@ -405,35 +320,16 @@ impl Backend for Postgres {
         &self,
         delete: ConfigDelete,
     ) -> Result<DeleteOutcome, WriteError> {
-        self.write("config_delete", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            lock_configuration(&tx, &delete.name).await?;
-            let row = configs::get(&tx, &delete.name).await?;
-            let rollout = configs::latest_rollout(&tx, &delete.name).await?;
-            let audit = match plan::plan_delete(&delete, row.as_ref(), rollout.as_ref()) {
-                Ok(audit) => audit,
-                Err(outcome) => return Ok(outcome),
-            };
-            configs::delete(&tx, &delete.name).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(DeleteOutcome::Deleted {
-                rolled_out: rollout.is_some(),
-            })
-        })
+        self.write(
+            "config_delete",
+            configurations::delete_configuration(self, delete),
+        )
         .await
     }
 
     async fn latest_rollout(&self, name: &str) -> Result<Option<(ConfigRow, Option<RolloutRow>)>> {
-        self.read("rollout_get", async {
-            let client = self.client().await?;
-            let Some(row) = configs::get(&client, name).await? else {
-                return Ok(None);
-            };
-            Ok(Some((row, configs::latest_rollout(&client, name).await?)))
-        })
-        .await
+        self.read("rollout_get", configurations::latest_rollout(self, name))
+            .await
     }
 
     async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>> {
@@ -458,64 +354,20 @@ impl Backend for Postgres {
     }
 
     async fn targets(&self) -> Result<Vec<TargetRow>> {
-        self.read("targets_load", async {
-            let mut client = self.client().await?;
-            // One snapshot: rollouts and their agents as of one moment.
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let targets = configs::targets(&tx).await?;
-            tx.commit().await?;
-            Ok(targets)
-        })
-        .await
+        self.read("targets_load", configurations::targets(self))
+            .await
     }
 
     async fn start_rollout(&self, start: RolloutStart) -> Result<Option<RolloutRow>, WriteError> {
-        self.write("rollout_start", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            lock_configuration(&tx, &start.name).await?;
-            let Some(version) = configs::get_version(&tx, &start.name, start.version).await? else {
-                return Ok(None);
-            };
-            let now = now_ms();
-            let prior = configs::latest_rollout(&tx, &start.name).await?;
-            let (row, audit) = plan::plan_rollout(&start, version.hash, prior.as_ref(), now);
-            configs::supersede(&tx, &start.name, now).await?;
-            let id = configs::insert_rollout(&tx, &row, &start.agents).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(Some(RolloutRow { id, ..row }))
-        })
-        .await
+        self.write("rollout_start", configurations::start_rollout(self, start))
+            .await
     }
 
     async fn transition_rollout(&self, change: RolloutTransition) -> Result<bool, WriteError> {
-        self.write("rollout_transition", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            let moved = configs::transition(
-                &tx,
-                change.id,
-                change.from,
-                change.to,
-                change.released_batches,
-                change.max_failures,
-                change.reason.as_deref(),
-            )
-            .await?;
-            if moved {
-                if let Some(audit) = &change.audit {
-                    users::insert_audit(&tx, audit).await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(moved)
-        })
+        self.write(
+            "rollout_transition",
+            configurations::transition_rollout(self, change),
+        )
         .await
     }
 
@@ -555,15 +407,8 @@ impl Backend for Postgres {
     }
 
     async fn add_package(&self, add: PackageAdd) -> Result<AddOutcome, WriteError> {
-        self.write("package_add", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            let outcome = packages::insert(&tx, add).await?;
-            // A refusal changed nothing: committing it is as good as not.
-            tx.commit().await?;
-            Ok(outcome)
-        })
-        .await
+        self.write("package_add", catalogue::add_package(self, add))
+            .await
     }
 
     async fn delete_package(
@@ -573,17 +418,10 @@ impl Backend for Postgres {
         actor: &str,
         remote_addr: Option<String>,
     ) -> Result<bool, WriteError> {
-        let audit = delete_audit(name, version, actor, remote_addr.as_deref());
-        self.write("package_delete", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            let deleted = packages::delete(&tx, name, version).await?;
-            if deleted {
-                users::insert_audit(&tx, &audit).await?;
-            }
-            tx.commit().await?;
-            Ok(deleted)
-        })
+        self.write(
+            "package_delete",
+            catalogue::delete_package(self, name, version, actor, remote_addr),
+        )
         .await
     }
 
@@ -602,93 +440,18 @@ impl Backend for Postgres {
     }
 
     async fn create_user(&self, user: UserRow, audit: AuditEntry) -> Result<bool, WriteError> {
-        self.write("user_create", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            lock_users(&tx).await?;
-            if users::get_user(&tx, &user.username).await?.is_some() {
-                return Ok(false);
-            }
-            users::insert_user(&tx, &user).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(true)
-        })
-        .await
+        self.write("user_create", accounts::create_user(self, user, audit))
+            .await
     }
 
     async fn update_user(&self, update: UserUpdate) -> Result<UserChange, WriteError> {
-        self.write("user_update", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            lock_users(&tx).await?;
-            let key = &update.username;
-            let Some(mut user) = users::get_user(&tx, key).await? else {
-                return Ok(UserChange::Missing);
-            };
-            let mut details = json!({"password_changed": update.password_hash.is_some()});
-            if let Some((role, allowed)) = &update.role {
-                let old = user.role.clone();
-                if old == "admin" && role != "admin" && users::count_admins(&tx).await? <= 1 {
-                    return Ok(UserChange::LastAdmin);
-                }
-                users::set_role(&tx, key, role).await?;
-                let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
-                users::clamp_token_roles(&tx, key, &allowed, role).await?;
-                user.role = role.clone();
-                details["role"] = json!({"from": old, "to": user.role});
-            }
-            if let Some(hash) = &update.password_hash {
-                users::set_password_hash(&tx, key, hash).await?;
-            }
-            // A new password or role ends the user's existing sessions.
-            users::end_sessions(&tx, key).await?;
-            users::insert_audit(
-                &tx,
-                &AuditEntry::ok(
-                    &update.actor,
-                    "user.update",
-                    Some(key),
-                    update.remote_addr.as_deref(),
-                    details,
-                ),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(UserChange::Done(user))
-        })
-        .await
+        self.write("user_update", accounts::update_user(self, update))
+            .await
     }
 
     async fn delete_user(&self, delete: UserDelete) -> Result<UserChange, WriteError> {
-        self.write("user_delete", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            lock_users(&tx).await?;
-            let key = &delete.username;
-            let Some(user) = users::get_user(&tx, key).await? else {
-                return Ok(UserChange::Missing);
-            };
-            if user.role == "admin" && users::count_admins(&tx).await? <= 1 {
-                return Ok(UserChange::LastAdmin);
-            }
-            users::delete_user(&tx, key).await?;
-            let revoked = users::revoke_tokens_of(&tx, key).await?;
-            users::insert_audit(
-                &tx,
-                &AuditEntry::ok(
-                    &delete.actor,
-                    "user.delete",
-                    Some(key),
-                    delete.remote_addr.as_deref(),
-                    json!({"role": user.role, "tokens_revoked": revoked}),
-                ),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(UserChange::Done(user))
-        })
-        .await
+        self.write("user_delete", accounts::delete_user(self, delete))
+            .await
     }
 
     async fn create_first_admin(
@@ -697,68 +460,21 @@ impl Backend for Postgres {
         token: TokenRow,
         audit: AuditEntry,
     ) -> Result<bool, WriteError> {
-        self.write("bootstrap_admin", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            // Replicas starting together: the first to take the lock decides.
-            lock_users(&tx).await?;
-            let any: bool = tx
-                .query_one("SELECT EXISTS(SELECT 1 FROM users)", &[])
-                .await?
-                .get(0);
-            if any {
-                return Ok(false);
-            }
-            users::insert_user(&tx, &user).await?;
-            users::insert_token(&tx, &token).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(true)
-        })
+        self.write(
+            "bootstrap_admin",
+            accounts::create_first_admin(self, user, token, audit),
+        )
         .await
     }
 
     async fn session_check(&self, username: &str, jti: &str) -> Result<Option<SessionCheck>> {
-        self.read("jwt_check", async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT role, session_generation,
-                            EXISTS(SELECT 1 FROM revoked_jwts WHERE jti = $2)
-                     FROM users WHERE username = $1",
-                    &[&username, &jti],
-                )
-                .await?;
-            Ok(row.map(|r| SessionCheck {
-                role: r.get(0),
-                session_generation: r.get(1),
-                jwt_revoked: r.get(2),
-            }))
-        })
-        .await
+        self.read("jwt_check", accounts::session_check(self, username, jti))
+            .await
     }
 
     async fn token_grant(&self, digest: &str) -> Result<Option<TokenGrant>> {
-        self.read("token_lookup", async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT t.id, t.owner, t.role, t.expires_at, t.revoked, u.role
-                     FROM api_tokens t JOIN users u ON u.username = t.owner
-                     WHERE t.token_hash = $1",
-                    &[&digest],
-                )
-                .await?;
-            Ok(row.map(|r| TokenGrant {
-                id: r.get(0),
-                owner: r.get(1),
-                role: r.get(2),
-                expires_at: r.get(3),
-                revoked: r.get(4),
-                owner_role: r.get(5),
-            }))
-        })
-        .await
+        self.read("token_lookup", accounts::token_grant(self, digest))
+            .await
     }
 
     async fn list_tokens(
@@ -780,44 +496,13 @@ impl Backend for Postgres {
     }
 
     async fn create_token(&self, token: TokenRow, audit: AuditEntry) -> Result<(), WriteError> {
-        self.write("token_create", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            users::insert_token(&tx, &token).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.write("token_create", accounts::create_token(self, token, audit))
+            .await
     }
 
     async fn revoke_token(&self, revoke: TokenRevoke) -> Result<bool, WriteError> {
-        self.write("token_revoke", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            let Some(token) = users::get_token(&tx, &revoke.id)
-                .await?
-                .filter(|t| revoke.any_owner || t.owner == revoke.actor)
-            else {
-                return Ok(false);
-            };
-            if users::revoke_token(&tx, &revoke.id).await? {
-                users::insert_audit(
-                    &tx,
-                    &AuditEntry::ok(
-                        &revoke.actor,
-                        "token.revoke",
-                        Some(&revoke.id),
-                        revoke.remote_addr.as_deref(),
-                        json!({"name": token.name, "owner": token.owner, "role": token.role}),
-                    ),
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(true)
-        })
-        .await
+        self.write("token_revoke", accounts::revoke_token(self, revoke))
+            .await
     }
 
     async fn logout_jwt(
@@ -826,43 +511,18 @@ impl Backend for Postgres {
         expires_at: i64,
         audit: AuditEntry,
     ) -> Result<(), WriteError> {
-        self.write("logout", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            users::revoke_jwt(&tx, jti, expires_at).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.write("logout", accounts::logout_jwt(self, jti, expires_at, audit))
+            .await
     }
 
     async fn logout_token(&self, id: &str, audit: AuditEntry) -> Result<(), WriteError> {
-        self.write("logout", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            users::revoke_token(&tx, id).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.write("logout", accounts::logout_token(self, id, audit))
+            .await
     }
 
     async fn record_login_failures(&self, summary: FailureSummary) -> Result<(), WriteError> {
-        self.write("audit", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('login_failures:' || $1))",
-                &[&summary.remote_addr],
-            )
-            .await?;
-            users::record_login_failures(&tx, &summary).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.write("audit", accounts::record_login_failures(self, summary))
+            .await
     }
 
     async fn list_audit(&self, query: AuditQuery) -> Result<(Vec<AuditRow>, u64)> {
@@ -991,29 +651,10 @@ impl Backend for Postgres {
         &self,
         start: PackageRolloutStart,
     ) -> Result<Option<PackageRolloutRow>, WriteError> {
-        self.write("package_rollout_start", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('package rollout:' || $1))",
-                &[&start.name],
-            )
-            .await?;
-            if packages::get(&tx, &start.name, &start.version)
-                .await?
-                .is_none()
-            {
-                return Ok(None);
-            }
-            let now = now_ms();
-            let prior = package_rollouts::latest(&tx, &start.name).await?;
-            let (row, audit) = plan_start(&start, prior.as_ref(), now);
-            package_rollouts::supersede(&tx, &start.name, now).await?;
-            let id = package_rollouts::insert(&tx, &row, &start.agents).await?;
-            users::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(Some(PackageRolloutRow { id, ..row }))
-        })
+        self.write(
+            "package_rollout_start",
+            catalogue::start_package_rollout(self, start),
+        )
         .await
     }
 
@@ -1021,18 +662,10 @@ impl Backend for Postgres {
         &self,
         change: RolloutTransition,
     ) -> Result<bool, WriteError> {
-        self.write("package_rollout_transition", async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            let moved = package_rollouts::transition(&tx, &change).await?;
-            if moved {
-                if let Some(audit) = &change.audit {
-                    users::insert_audit(&tx, audit).await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(moved)
-        })
+        self.write(
+            "package_rollout_transition",
+            catalogue::transition_package_rollout(self, change),
+        )
         .await
     }
 }
