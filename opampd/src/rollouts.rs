@@ -26,17 +26,17 @@
 
 use crate::app::App;
 use crate::cluster::Elsewhere;
-use crate::opamp::session::{attr_strings, status_name};
+use crate::opamp::session::status_name;
 use crate::selector::{AgentView, Selector};
 use crate::store::configs::{self, RolloutAgent, RolloutRow, RolloutTransition};
-use crate::store::rfc3339;
 use crate::store::users::AuditEntry;
+use crate::store::{json, rfc3339};
 use crate::targeting::{Desired, Target, VersionRef};
 use anyhow::Result;
 use opamp_proto::api::{
     RolloutFailure, RolloutIncompatible, RolloutStatus, RolloutUnconfirmed, RolloutWaiting,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,15 +197,12 @@ pub async fn oversized_offer(
     let stored = app.store.agents(stored_only).await?;
     for row in stored {
         let id = row.uid;
-        let obj = |t: &str| -> Map<String, Value> { serde_json::from_str(t).unwrap_or_default() };
-        let mut values = attr_strings(&obj(&row.identifying), &obj(&row.non_identifying));
-        let labels: BTreeMap<String, String> =
-            serde_json::from_str(&row.labels).unwrap_or_default();
-        values.extend(labels);
-        let view = AgentView {
-            values,
-            components: app.components.get_hex(row.components_hash.as_deref()),
-        };
+        let view = AgentView::stored(
+            &row.identifying,
+            &row.non_identifying,
+            &row.labels,
+            app.components.get_hex(row.components_hash.as_deref()),
+        );
         if let Some(uid) = opamp_proto::parse_uid(&id) {
             views.push((id, uid, view));
         }
@@ -318,7 +315,7 @@ struct Report {
 
 /// The hash of the last offer made, from an offered-record (not one that could not be sent).
 fn stored_offered(offered: Option<&str>) -> Option<String> {
-    let record: Value = serde_json::from_str(offered?).ok()?;
+    let record = json::value(offered);
     if record.get("error").is_some() {
         return None;
     }
@@ -327,7 +324,7 @@ fn stored_offered(offered: Option<&str>) -> Option<String> {
 
 /// The offer that could not be sent, from an offered-record.
 fn stored_not_sent(offered: Option<&str>) -> Option<(String, String)> {
-    let record: Value = serde_json::from_str(offered?).ok()?;
+    let record = json::value(offered);
     Some((
         record["hash"].as_str()?.to_string(),
         record["error"].as_str()?.to_string(),
@@ -335,19 +332,13 @@ fn stored_not_sent(offered: Option<&str>) -> Option<(String, String)> {
 }
 
 fn stored_report(app: &App, s: &configs::StoredAgent) -> Report {
-    let obj = |t: &str| -> Map<String, Value> { serde_json::from_str(t).unwrap_or_default() };
-    let mut values = attr_strings(&obj(&s.identifying), &obj(&s.non_identifying));
-    let labels: BTreeMap<String, String> = serde_json::from_str(&s.labels).unwrap_or_default();
-    values.extend(labels);
-    let view = AgentView {
-        values,
-        components: app.components.get_hex(s.components_hash.as_deref()),
-    };
-    let rs: Value = s
-        .remote_status
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null);
+    let view = AgentView::stored(
+        &s.identifying,
+        &s.non_identifying,
+        &s.labels,
+        app.components.get_hex(s.components_hash.as_deref()),
+    );
+    let rs = json::value(s.remote_status.as_deref());
     Report {
         view,
         hash: rs["hash"].as_str().unwrap_or("").to_string(),

@@ -51,6 +51,25 @@ pub struct AgentView {
     pub components: Option<std::sync::Arc<crate::components::ComponentSet>>,
 }
 
+impl AgentView {
+    /// The view of a stored agent, from its JSON columns: labels over the
+    /// string attributes (identifying over non-identifying).
+    pub fn stored(
+        identifying: &str,
+        non_identifying: &str,
+        labels: &str,
+        components: Option<std::sync::Arc<crate::components::ComponentSet>>,
+    ) -> AgentView {
+        use crate::store::json;
+        let mut values = crate::opamp::session::attr_strings(
+            &json::object(identifying),
+            &json::object(non_identifying),
+        );
+        values.extend(json::labels(labels));
+        AgentView { values, components }
+    }
+}
+
 impl Subject for AgentView {
     fn value(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)

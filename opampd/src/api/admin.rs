@@ -364,7 +364,7 @@ pub(crate) async fn after_restore(app: &Arc<App>) -> u64 {
             // it, so the next message (or the push below) asks for all of it.
             s.forget_reports(
                 row.as_ref()
-                    .and_then(|r| serde_json::from_str(&r.labels).ok())
+                    .map(|r| crate::store::json::labels(&r.labels))
                     .unwrap_or_default(),
             );
             s.pushable().then_some(s.conn_id())

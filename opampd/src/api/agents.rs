@@ -7,7 +7,7 @@ use crate::fleet::Liveness;
 use crate::selector::Selector;
 use crate::store::agents::{AgentRow, ListQuery, UidFilter};
 use crate::store::users::AuditEntry;
-use crate::store::{now_ms, rfc3339};
+use crate::store::{json, now_ms, rfc3339};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -289,11 +289,8 @@ pub async fn effective_config(
 ) -> ApiResult<Json<api::EffectiveConfig>> {
     let uid = parse_uid(&uid)?;
     let row = load(&app, &uid).await?;
-    let files: Map<String, Value> = row
-        .effective_config
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default();
+    let files: Map<String, Value> =
+        json::typed(row.effective_config.as_deref()).unwrap_or_default();
     let files = files
         .into_iter()
         .map(|(name, f)| {
@@ -354,18 +351,15 @@ pub fn to_api(app: &App, r: &AgentRow, elsewhere: &Elsewhere) -> Agent {
     let last_seen = live.map_or(r.last_seen, |(seen, _, _)| seen.max(r.last_seen));
     let status = live.map_or(Liveness::Disconnected, |(_, _, l)| l).as_str();
     let transport = live.map_or(r.transport.as_str(), |(_, t, _)| t);
-    let obj = |t: &str| -> BTreeMap<String, Value> { serde_json::from_str(t).unwrap_or_default() };
-    let health = r
-        .health
-        .as_deref()
-        .and_then(|t| serde_json::from_str::<api::Health>(t).ok());
+    let obj = |t: &str| -> BTreeMap<String, Value> { json::object(t).into_iter().collect() };
+    let health = json::typed::<api::Health>(r.health.as_deref());
     Agent {
         instance_uid: r.uid.clone(),
         status: status.into(),
         transport: transport.into(),
         identifying_attributes: obj(&r.identifying),
         non_identifying_attributes: obj(&r.non_identifying),
-        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
+        labels: json::labels(&r.labels),
         capabilities: opamp_proto::caps::agent_capability_names(r.capabilities),
         health,
         effective_config_hash: r.effective_config_hash.clone(),
@@ -376,27 +370,15 @@ pub fn to_api(app: &App, r: &AgentRow, elsewhere: &Elsewhere) -> Agent {
         last_seen: rfc3339(last_seen),
         remote_addr: r.remote_addr.clone(),
         sequence_num: r.sequence_num,
-        custom_capabilities: r
-            .custom_capabilities
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default(),
+        custom_capabilities: json::typed(r.custom_capabilities.as_deref()).unwrap_or_default(),
         available_components_hash: r.components_hash.clone(),
         available_components: None,
     }
 }
 
 fn remote_config_state(r: &AgentRow) -> RemoteConfigState {
-    let offered: Value = r
-        .offered
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null);
-    let reported: Value = r
-        .remote_status
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null);
+    let offered = json::value(r.offered.as_deref());
+    let reported = json::value(r.remote_status.as_deref());
     let reported_hash = reported["hash"]
         .as_str()
         .filter(|h| !h.is_empty())
@@ -418,11 +400,7 @@ fn remote_config_state(r: &AgentRow) -> RemoteConfigState {
         (None, _) => reported_status,
     };
     let error = not_sent.or(error);
-    let applied: Value = r
-        .applied
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null);
+    let applied = json::value(r.applied.as_deref());
     let running = match (applied["hash"].as_str(), &reported_hash) {
         (Some(a), Some(rh)) if a == rh => config_refs(&applied),
         _ => Vec::new(),

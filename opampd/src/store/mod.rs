@@ -15,9 +15,11 @@ mod boundary;
 pub mod configs;
 pub mod dump;
 mod error;
+pub mod json;
 pub mod package_rollouts;
 pub mod packages;
 pub mod postgres;
+mod queue;
 #[cfg(test)]
 mod session_records;
 pub mod sqlite;

@@ -5,9 +5,9 @@ use crate::components::ComponentSet;
 use crate::store::agents::{
     AgentEvent, AgentPatch, AgentRow, ComponentsPatch, EventRow, ListQuery, UidFilter,
 };
+use crate::store::json;
 use anyhow::Result;
 use deadpool_postgres::GenericClient;
-use opamp_proto::api::AvailableComponent;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
@@ -130,15 +130,7 @@ pub async fn apply_patches<'a>(
         }
         let exists: bool = c.query_one(&known, &[&p.uid]).await?.get(0);
         if !exists {
-            let service: Option<String> = p
-                .identifying
-                .as_deref()
-                .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
-                .and_then(|v| {
-                    v.get("service.name")
-                        .and_then(|s| s.as_str())
-                        .map(str::to_string)
-                });
+            let service = p.identifying.as_deref().and_then(json::service_name);
             let details = serde_json::json!({
                 "transport": p.transport.unwrap_or("http"),
                 "service.name": service,
@@ -326,8 +318,7 @@ pub async fn patch_labels(
         return Ok(None);
     };
     let current: String = current.get(0);
-    let mut labels: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(&current).unwrap_or_default();
+    let mut labels = json::labels(&current);
     for (k, v) in changes {
         match v {
             Some(v) => {
@@ -385,7 +376,7 @@ pub async fn component_sets(c: &impl GenericClient) -> Result<Vec<ComponentSet>>
         .iter()
         .filter_map(|r| {
             let (hash, entries): (String, String) = (r.get(0), r.get(1));
-            let entries: Vec<AvailableComponent> = serde_json::from_str(&entries).ok()?;
+            let entries = json::component_entries(&entries)?;
             Some(ComponentSet::from_stored(hex::decode(hash).ok()?, entries))
         })
         .collect())

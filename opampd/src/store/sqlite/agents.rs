@@ -274,8 +274,7 @@ pub fn patch_labels(
     else {
         return Ok(None);
     };
-    let mut labels: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(&current).unwrap_or_default();
+    let mut labels = crate::store::json::labels(&current);
     for (k, v) in changes {
         match v {
             Some(v) => {

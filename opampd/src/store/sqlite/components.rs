@@ -4,7 +4,6 @@
 use crate::components::ComponentSet;
 use crate::store::agents::ComponentsPatch;
 use anyhow::Result;
-use opamp_proto::api::AvailableComponent;
 use rusqlite::{params, Connection};
 
 /// Writes what a patch says of components and custom capabilities (after the
@@ -37,7 +36,7 @@ pub fn all(conn: &Connection) -> Result<Vec<ComponentSet>> {
     Ok(rows
         .into_iter()
         .filter_map(|(hash, entries)| {
-            let entries: Vec<AvailableComponent> = serde_json::from_str(&entries).ok()?;
+            let entries = crate::store::json::component_entries(&entries)?;
             Some(ComponentSet::from_stored(hex::decode(hash).ok()?, entries))
         })
         .collect())

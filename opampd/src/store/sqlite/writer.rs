@@ -9,11 +9,10 @@
 use super::agents;
 use crate::metrics::Metrics;
 use crate::store::agents::{AgentEvent, AgentPatch};
+use crate::store::queue::{AgentChanges, Queue, MAX_BATCH_OPS};
 use crate::store::{Room, WriteError};
 use rusqlite::Connection;
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,17 +51,7 @@ const EXEC_ROOM_WAIT: Duration = Duration::from_secs(10);
 pub struct Writer {
     tx: Mutex<Option<Sender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    queued: AtomicU64,
-    /// Past this many queued operations, writers wait ([`Writer::wait_for_room`]).
-    max_queued: u64,
-    /// Woken whenever the thread takes operations off the queue.
-    room: tokio::sync::Notify,
-    commits: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    queue: Arc<Queue>,
 }
 
 impl Writer {
@@ -73,36 +62,23 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> Writer {
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            queued: AtomicU64::new(0),
-            max_queued: max_queued.max(1),
-            room: tokio::sync::Notify::new(),
-            commits: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-        });
-        let thread_shared = shared.clone();
+        let queue = Queue::new(max_queued);
+        let thread_queue = queue.clone();
         let thread = std::thread::Builder::new()
             .name("opampd-writer".into())
-            .spawn(move || run(conn, rx, flush_interval, thread_shared, metrics))
+            .spawn(move || run(conn, rx, flush_interval, thread_queue, metrics))
             .expect("spawn writer thread");
         Writer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            shared,
+            queue,
         }
     }
 
     fn send(&self, op: Op) -> bool {
         let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
-            Some(tx) => {
-                self.shared.queued.fetch_add(1, Ordering::Relaxed);
-                if tx.send(op).is_err() {
-                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    return false;
-                }
-                true
-            }
+            Some(tx) => self.queue.push(|| tx.send(op).is_ok()),
             None => false,
         }
     }
@@ -180,57 +156,22 @@ impl Writer {
     }
 
     pub fn queued(&self) -> u64 {
-        self.shared.queued.load(Ordering::Relaxed)
+        self.queue.queued()
     }
 
     /// Whether the queue is below `database.max_queued_writes`.
     pub fn has_room(&self) -> bool {
-        self.queued() < self.shared.max_queued
+        self.queue.has_room()
     }
 
-    /// Reserves room for `ops` operations in the queue, waiting up to `limit`
-    /// while it is full (`database.max_queued_writes`); `None` if it stayed
-    /// full. Whoever is about to queue changes reserves first, and the
-    /// reservation is released when the [`Room`] is dropped: overload becomes
-    /// waiting (and past the limit a refusal to retry), never an unbounded
-    /// queue. The queue holds at most twice the bound: reservations plus the
-    /// operations of their holders.
+    /// Room for `ops` operations, waiting up to `limit` while the queue is
+    /// full ([`Queue::reserve`]).
     pub async fn reserve(&self, ops: u64, limit: Duration) -> Option<Room> {
-        let deadline = tokio::time::Instant::now() + limit;
-        let queued = &self.shared.queued;
-        loop {
-            let notified = self.shared.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let mut current = queued.load(Ordering::Relaxed);
-            while current + ops <= self.shared.max_queued {
-                match queued.compare_exchange_weak(
-                    current,
-                    current + ops,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        return Some(Room::new(Reserved {
-                            shared: self.shared.clone(),
-                            ops,
-                        }))
-                    }
-                    Err(now) => current = now,
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
-            }
-        }
+        self.queue.reserve(ops, limit).await
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.shared
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.queue.last_error()
     }
 
     /// Commits what is queued and stops the thread.
@@ -242,22 +183,8 @@ impl Writer {
     }
 }
 
-/// Room reserved in the writer's queue ([`Writer::reserve`]), released on drop.
-struct Reserved {
-    shared: Arc<Shared>,
-    ops: u64,
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        self.shared.queued.fetch_sub(self.ops, Ordering::Relaxed);
-        self.shared.room.notify_waiters();
-    }
-}
-
 struct Batch {
-    patches: HashMap<String, AgentPatch>,
-    events: Vec<AgentEvent>,
+    changes: AgentChanges,
     jobs: Vec<(&'static str, Job, JobReply)>,
     flushes: Vec<oneshot::Sender<bool>>,
     /// An exclusive job ends the batch; it runs after the batch commits.
@@ -268,8 +195,7 @@ struct Batch {
 impl Batch {
     fn new() -> Self {
         Batch {
-            patches: HashMap::new(),
-            events: Vec::new(),
+            changes: AgentChanges::default(),
             jobs: Vec::new(),
             flushes: Vec::new(),
             exclusive: None,
@@ -280,13 +206,8 @@ impl Batch {
     fn add(&mut self, op: Op) {
         self.ops += 1;
         match op {
-            Op::Agent(p) => match self.patches.get_mut(&p.uid) {
-                Some(existing) => existing.merge(*p),
-                None => {
-                    self.patches.insert(p.uid.clone(), *p);
-                }
-            },
-            Op::Event(e) => self.events.push(e),
+            Op::Agent(p) => self.changes.patch(*p),
+            Op::Event(e) => self.changes.event(e),
             Op::Exec {
                 operation,
                 job,
@@ -306,24 +227,19 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.patches.is_empty()
-            && self.events.is_empty()
-            && self.jobs.is_empty()
-            && self.flushes.is_empty()
+        self.changes.is_empty() && self.jobs.is_empty() && self.flushes.is_empty()
     }
 }
-
-const MAX_BATCH_OPS: u64 = 20_000;
 
 fn run(
     mut conn: Connection,
     rx: Receiver<Op>,
     flush_interval: Duration,
-    shared: Arc<Shared>,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) {
-    // Patches that failed to commit are retried with the next batch.
-    let mut carry: HashMap<String, AgentPatch> = HashMap::new();
+    // Agent state that failed to commit is retried with the next batch.
+    let mut carry = AgentChanges::default();
     let mut open = true;
     while open || !carry.is_empty() {
         let mut batch = Batch::new();
@@ -372,17 +288,11 @@ fn run(
                 }
             }
         }
-        shared.queued.fetch_sub(batch.ops, Ordering::Relaxed);
-        shared.room.notify_waiters();
-        for (uid, mut old) in carry.drain() {
-            if let Some(newer) = batch.patches.remove(&uid) {
-                old.merge(newer);
-            }
-            batch.patches.insert(uid, old);
-        }
+        queue.taken(batch.ops);
+        batch.changes.after(std::mem::take(&mut carry));
         let exclusive = batch.exclusive.take();
         if !batch.is_empty() {
-            commit(&mut conn, batch, &shared, &metrics, &mut carry);
+            carry = commit(&mut conn, batch, &queue, &metrics);
         }
         if let Some((operation, job, reply)) = exclusive {
             let t = Instant::now();
@@ -394,17 +304,11 @@ fn run(
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
-fn commit(
-    conn: &mut Connection,
-    batch: Batch,
-    shared: &Shared,
-    metrics: &Metrics,
-    carry: &mut HashMap<String, AgentPatch>,
-) {
+/// Commits a batch and answers its jobs and flushes; what is left to retry.
+fn commit(conn: &mut Connection, batch: Batch, queue: &Queue, metrics: &Metrics) -> AgentChanges {
     let start = Instant::now();
     let Batch {
-        patches,
-        events,
+        changes,
         jobs,
         flushes,
         ..
@@ -414,13 +318,13 @@ fn commit(
         // IMMEDIATE: take the write lock at the start, waiting up to the busy
         // timeout for another process (opampctl) to release it.
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if !patches.is_empty() {
+        if !changes.patches.is_empty() {
             let t = Instant::now();
-            agents::apply_patches(&tx, patches.values())?;
+            agents::apply_patches(&tx, changes.patches.values())?;
             metrics.db_query("agent_upsert", t.elapsed());
         }
-        if !events.is_empty() {
-            agents::insert_events(&tx, &events)?;
+        if !changes.events.is_empty() {
+            agents::insert_events(&tx, &changes.events)?;
         }
         for (operation, job, reply) in jobs {
             let t = Instant::now();
@@ -449,28 +353,15 @@ fn commit(
         tx.commit()
     })();
     metrics.db_query("commit", start.elapsed());
-    let committed = result.is_ok();
-    match result {
-        Ok(()) => {
-            shared.commits.fetch_add(1, Ordering::Relaxed);
-            *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            for (reply, r) in replies {
-                let _ = reply.send(r);
-            }
+    let result = result.map_err(|e| e.to_string());
+    queue.settle(result, changes, flushes, |result| {
+        for (reply, answer) in replies {
+            let _ = match result {
+                Ok(()) => reply.send(answer),
+                Err(message) => reply.send(Err(WriteError::Storage(message.clone()))),
+            };
         }
-        Err(e) => {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "database commit failed; agent state will be retried");
-            *shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
-            for (reply, _) in replies {
-                let _ = reply.send(Err(WriteError::Storage(msg.clone())));
-            }
-            carry.extend(patches);
-        }
-    }
-    for f in flushes {
-        let _ = f.send(committed);
-    }
+    })
 }
 
 fn is_storage_error(e: &rusqlite::Error) -> bool {
