@@ -18,6 +18,7 @@ pub mod packages;
 pub mod restart;
 pub mod restore;
 pub mod rollout;
+pub mod staged;
 pub mod supervisor;
 pub mod tokens;
 pub mod users;

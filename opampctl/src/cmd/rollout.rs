@@ -2,13 +2,15 @@
 
 use crate::cli::RolloutCmd;
 use crate::client::{enc, Client};
+use crate::cmd::staged::{
+    self, allowance_text, batches_text, count, timeout_seconds, timeout_text, Staged,
+};
 use crate::context::Settings;
-use crate::error::{CtlError, Exit, Result};
+use crate::error::{CtlError, Result};
 use crate::output;
 use comfy_table::Cell;
-use opamp_proto::api::{RolloutPlan, RolloutRequest, RolloutResume, RolloutStatus};
+use opamp_proto::api::{RolloutPlan, RolloutRequest, RolloutStatus};
 use reqwest::Method;
-use std::time::{Duration, Instant};
 
 pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Result<()> {
     match cmd {
@@ -49,7 +51,7 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
                         st.name,
                         st.version,
                         count(st.total, "agent"),
-                        batches_text(&st),
+                        batches_text(st.batch_size, st.batches),
                         allowance_text(st.max_failures),
                         timeout_text(st.batch_timeout),
                         st.name
@@ -74,10 +76,21 @@ pub async fn run(settings: &Settings, client: &Client, cmd: RolloutCmd) -> Resul
             name,
             watch,
             interval,
-        } => status(settings, client, &name, watch, interval).await,
-        RolloutCmd::Pause { name } => change(settings, client, &name, "pause", None).await,
+        } => {
+            staged::status::<RolloutStatus>(settings, client, &path(&name, "")?, watch, interval)
+                .await
+        }
+        RolloutCmd::Pause { name } => {
+            staged::change::<RolloutStatus>(settings, client, &path(&name, "/pause")?, None).await
+        }
         RolloutCmd::Resume { name, max_failures } => {
-            change(settings, client, &name, "resume", max_failures).await
+            staged::change::<RolloutStatus>(
+                settings,
+                client,
+                &path(&name, "/resume")?,
+                max_failures,
+            )
+            .await
         }
     }
 }
@@ -121,48 +134,6 @@ fn show_plan(settings: &Settings, plan: &RolloutPlan, force: bool) -> Result<()>
     Ok(())
 }
 
-pub fn count(n: u64, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
-/// "in one batch", "in 3 batches of 10".
-fn batches_text(st: &RolloutStatus) -> String {
-    if st.batch_size == 0 || st.batches <= 1 {
-        "in one batch".into()
-    } else {
-        format!("in {} batches of {}", st.batches, st.batch_size)
-    }
-}
-
-/// What the failure allowance means, in words.
-pub fn allowance_text(max_failures: u64) -> String {
-    match max_failures {
-        0 => "pausing at the first failed agent".into(),
-        n => format!("pausing when more than {} fail", count(n, "agent")),
-    }
-}
-
-/// `--batch-timeout` in whole seconds (rounded up); 0 stays 0 (no limit).
-pub fn timeout_seconds(timeout: Duration) -> Result<u64> {
-    if timeout.is_zero() {
-        return Ok(0);
-    }
-    if timeout < Duration::from_secs(1) {
-        return Err(CtlError::usage(
-            "--batch-timeout must be at least 1s (or 0 to wait for every report)",
-        ));
-    }
-    Ok(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0))
-}
-
-/// The batch timeout, in words.
-pub fn timeout_text(seconds: u64) -> String {
-    match seconds {
-        0 => "waiting for every agent's report".into(),
-        s => format!("counting agents silent after {s}s per batch as unconfirmed"),
-    }
-}
-
 fn path(name: &str, tail: &str) -> Result<String> {
     if name.trim().is_empty() {
         return Err(CtlError::usage("the configuration name is empty"));
@@ -173,38 +144,51 @@ fn path(name: &str, tail: &str) -> Result<String> {
     ))
 }
 
-async fn change(
-    settings: &Settings,
-    client: &Client,
-    name: &str,
-    action: &str,
-    max_failures: Option<u64>,
-) -> Result<()> {
-    let body = RolloutResume { max_failures };
-    let (_, st): (_, RolloutStatus) = client
-        .send_json(Method::POST, &path(name, &format!("/{action}"))?, &body)
-        .await?;
-    if settings.human() {
-        output::info(
-            settings,
-            format!(
-                "rollout of {} version {}: {}",
-                st.name, st.version, st.state
-            ),
-        );
-        Ok(())
-    } else {
-        output::machine(settings, &st)
-    }
-}
-
-/// Whether the rollout stopped: failed or paused (exit 1).
-pub fn stopped(st: &RolloutStatus) -> bool {
-    matches!(st.state.as_str(), "failed" | "paused")
-}
-
 /// How many waiting agents a table names (`-o wide` names all the server sent).
 const WAITING_SHOWN: usize = 10;
+
+impl Staged for RolloutStatus {
+    fn title(&self) -> String {
+        format!("{} version {}", self.name, self.version)
+    }
+
+    fn state(&self) -> &str {
+        &self.state
+    }
+
+    fn ended(&self) -> bool {
+        matches!(self.state.as_str(), "completed" | "failed")
+    }
+
+    /// Failed or paused.
+    fn stopped(&self) -> bool {
+        matches!(self.state.as_str(), "failed" | "paused")
+    }
+
+    fn line(&self) -> String {
+        line(self)
+    }
+
+    fn table(&self, settings: &Settings, wide: bool) -> String {
+        table(settings, self, wide)
+    }
+
+    fn advice(&self) -> String {
+        stopped_advice(self)
+    }
+
+    fn bar(&self) -> (String, u64, u64, String) {
+        (
+            format!("{} v{}", self.name, self.version),
+            self.total,
+            self.applied + self.failed + self.unconfirmed,
+            format!(
+                "{} applying, {} pending, {} failed, {} unconfirmed ({})",
+                self.applying, self.pending, self.failed, self.unconfirmed, self.state
+            ),
+        )
+    }
+}
 
 fn line(st: &RolloutStatus) -> String {
     format!(
@@ -302,23 +286,6 @@ fn table(settings: &Settings, st: &RolloutStatus, wide: bool) -> String {
     text
 }
 
-fn finish(settings: &Settings, st: &RolloutStatus) -> Result<()> {
-    if !settings.quiet {
-        output::show(settings, st, |wide| table(settings, st, wide))?;
-    }
-    if stopped(st) {
-        if settings.human() {
-            eprintln!("{}", stopped_advice(st));
-        }
-        return Err(if settings.quiet {
-            CtlError::failed(line(st))
-        } else {
-            CtlError::silent(Exit::Failed)
-        });
-    }
-    Ok(())
-}
-
 /// What to do about a paused or failed rollout, in commands.
 fn stopped_advice(st: &RolloutStatus) -> String {
     let name = &st.name;
@@ -340,61 +307,4 @@ fn stopped_advice(st: &RolloutStatus) -> String {
                 .unwrap_or_default()
         )
     }
-}
-
-async fn status(
-    settings: &Settings,
-    client: &Client,
-    name: &str,
-    watch: bool,
-    interval: Duration,
-) -> Result<()> {
-    let p = path(name, "")?;
-    let st: RolloutStatus = client.get(&p).await?;
-    if !watch || matches!(st.state.as_str(), "completed" | "failed") {
-        return finish(settings, &st);
-    }
-    let bar = settings.progress().then(|| {
-        let b = indicatif::ProgressBar::new(st.total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix} [{bar:30}] {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_prefix(format!("{} v{}", st.name, st.version));
-        b.enable_steady_tick(Duration::from_millis(150));
-        b
-    });
-    let plain = bar.is_none() && settings.human() && !settings.quiet;
-    let mut last_line = String::new();
-    let mut last_print = Instant::now();
-    let mut st = st;
-    loop {
-        if let Some(b) = &bar {
-            b.set_length(st.total);
-            b.set_position(st.applied + st.failed + st.unconfirmed);
-            b.set_message(format!(
-                "{} applying, {} pending, {} failed, {} unconfirmed ({})",
-                st.applying, st.pending, st.failed, st.unconfirmed, st.state
-            ));
-        } else if plain {
-            let l = line(&st);
-            if l != last_line || last_print.elapsed() > Duration::from_secs(30) {
-                eprintln!("{} {l}", chrono::Local::now().format("%H:%M:%S"));
-                last_line = l;
-                last_print = Instant::now();
-            }
-        }
-        if st.state == "completed" || stopped(&st) {
-            break;
-        }
-        tokio::time::sleep(interval).await;
-        st = client.get(&p).await?;
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    finish(settings, &st)
 }

@@ -426,6 +426,43 @@ pub const MAX_COUNT: u64 = 1_000_000_000;
 /// Longest batch timeout accepted, in seconds.
 pub const MAX_BATCH_TIMEOUT: u64 = 30 * 86_400;
 
+/// A rollout request's batch size, failure allowance and batch timeout
+/// (seconds), with their defaults; 400 when one is out of range. The same
+/// for configuration and package rollouts.
+pub fn batch_settings(
+    app: &App,
+    batch_size: Option<u64>,
+    max_failures: Option<u64>,
+    batch_timeout: Option<u64>,
+) -> ApiResult<(u64, u64, u64)> {
+    let batch_size = batch_size.unwrap_or(0);
+    let max_failures = max_failures.unwrap_or(0);
+    if batch_size > MAX_COUNT || max_failures > MAX_COUNT {
+        return Err(ApiError::bad_request(format!(
+            "batch_size and max_failures must be at most {MAX_COUNT}"
+        )));
+    }
+    let batch_timeout = batch_timeout.unwrap_or(app.config.rollouts.batch_timeout_seconds);
+    if batch_timeout > MAX_BATCH_TIMEOUT {
+        return Err(ApiError::bad_request(format!(
+            "batch_timeout is in seconds and must be at most {MAX_BATCH_TIMEOUT} (30 days); 0 waits for every report"
+        )));
+    }
+    Ok((batch_size, max_failures, batch_timeout))
+}
+
+/// The failure allowance a resume goes on with: the one asked for, else
+/// the rollout's own; 400 when out of range.
+pub fn resumed_allowance(asked: Option<u64>, current: u64) -> ApiResult<u64> {
+    let max_failures = asked.unwrap_or(current);
+    if max_failures > MAX_COUNT {
+        return Err(ApiError::bad_request(format!(
+            "max_failures must be at most {MAX_COUNT}"
+        )));
+    }
+    Ok(max_failures)
+}
+
 /// Starts a rollout (202 and its status), or with `dry_run` says which
 /// targeted agents lack which components (200 and a [`RolloutPlan`]).
 pub async fn rollout_start(
@@ -435,21 +472,8 @@ pub async fn rollout_start(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: RolloutRequest = parse_body(&body, "rollout request", true)?;
-    let batch_size = req.batch_size.unwrap_or(0);
-    let max_failures = req.max_failures.unwrap_or(0);
-    if batch_size > MAX_COUNT || max_failures > MAX_COUNT {
-        return Err(ApiError::bad_request(format!(
-            "batch_size and max_failures must be at most {MAX_COUNT}"
-        )));
-    }
-    let batch_timeout = req
-        .batch_timeout
-        .unwrap_or(app.config.rollouts.batch_timeout_seconds);
-    if batch_timeout > MAX_BATCH_TIMEOUT {
-        return Err(ApiError::bad_request(format!(
-            "batch_timeout is in seconds and must be at most {MAX_BATCH_TIMEOUT} (30 days); 0 waits for every report"
-        )));
-    }
+    let (batch_size, max_failures, batch_timeout) =
+        batch_settings(&app, req.batch_size, req.max_failures, req.batch_timeout)?;
     if req.version == Some(0) {
         return Err(ApiError::bad_request(
             "version 0 does not exist: versions start at 1",
@@ -684,12 +708,7 @@ pub async fn rollout_resume(
             r.version, r.state
         )));
     }
-    let max_failures = req.max_failures.unwrap_or(r.max_failures);
-    if max_failures > MAX_COUNT {
-        return Err(ApiError::bad_request(format!(
-            "max_failures must be at most {MAX_COUNT}"
-        )));
-    }
+    let max_failures = resumed_allowance(req.max_failures, r.max_failures)?;
     let p = rollouts::progress_of(&app, &r).await?;
     if p.failed > max_failures {
         return Err(ApiError::conflict(format!(

@@ -3,7 +3,7 @@
 //! style, same states, same resume rule); the engine is
 //! [`crate::packages::rollout`]. Operator role; every change audited.
 
-use super::configs::{parse_body, MAX_BATCH_TIMEOUT, MAX_COUNT};
+use super::configs::{batch_settings, parse_body, resumed_allowance};
 use super::{ApiError, ApiResult, Operator, Viewer};
 use crate::app::App;
 use crate::packages::rollout::{self as engine, version_of, Candidate};
@@ -34,21 +34,8 @@ pub async fn start(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: PackageRolloutRequest = parse_body(&body, "package rollout request", true)?;
-    let batch_size = req.batch_size.unwrap_or(0);
-    let max_failures = req.max_failures.unwrap_or(0);
-    if batch_size > MAX_COUNT || max_failures > MAX_COUNT {
-        return Err(ApiError::bad_request(format!(
-            "batch_size and max_failures must be at most {MAX_COUNT}"
-        )));
-    }
-    let batch_timeout = req
-        .batch_timeout
-        .unwrap_or(app.config.rollouts.batch_timeout_seconds);
-    if batch_timeout > MAX_BATCH_TIMEOUT {
-        return Err(ApiError::bad_request(format!(
-            "batch_timeout is in seconds and must be at most {MAX_BATCH_TIMEOUT} (30 days); 0 waits for every report"
-        )));
-    }
+    let (batch_size, max_failures, batch_timeout) =
+        batch_settings(&app, req.batch_size, req.max_failures, req.batch_timeout)?;
     let selector_text = req.selector.clone().unwrap_or_default();
     let selector = Selector::parse(&selector_text)
         .map_err(|e| ApiError::bad_request(format!("selector {selector_text:?}: {e}")))?;
@@ -223,12 +210,7 @@ pub async fn resume(
             r.version, r.state
         )));
     }
-    let max_failures = req.max_failures.unwrap_or(r.max_failures);
-    if max_failures > MAX_COUNT {
-        return Err(ApiError::bad_request(format!(
-            "max_failures must be at most {MAX_COUNT}"
-        )));
-    }
+    let max_failures = resumed_allowance(req.max_failures, r.max_failures)?;
     let (p, _) = engine::progress_of(&app, &r).await?;
     if p.failed > max_failures {
         return Err(ApiError::conflict(format!(

@@ -3,16 +3,15 @@
 
 use crate::cli::PackagesRolloutCmd;
 use crate::client::{enc, Client};
-use crate::cmd::rollout::{allowance_text, count, timeout_seconds, timeout_text};
+use crate::cmd::staged::{
+    self, allowance_text, batches_text, count, timeout_seconds, timeout_text, Staged,
+};
 use crate::context::Settings;
-use crate::error::{CtlError, Exit, Result};
+use crate::error::{CtlError, Result};
 use crate::output;
 use comfy_table::Cell;
-use opamp_proto::api::{
-    PackageRolloutPlan, PackageRolloutRequest, PackageRolloutStatus, RolloutResume,
-};
+use opamp_proto::api::{PackageRolloutPlan, PackageRolloutRequest, PackageRolloutStatus};
 use reqwest::Method;
-use std::time::{Duration, Instant};
 
 pub async fn run(settings: &Settings, client: &Client, cmd: PackagesRolloutCmd) -> Result<()> {
     match cmd {
@@ -48,11 +47,7 @@ pub async fn run(settings: &Settings, client: &Client, cmd: PackagesRolloutCmd) 
             if !settings.human() {
                 return output::machine(settings, &st);
             }
-            let batches = if st.batch_size == 0 || st.batches <= 1 {
-                "in one batch".to_string()
-            } else {
-                format!("in {} batches of {}", st.batches, st.batch_size)
-            };
+            let batches = batches_text(st.batch_size, st.batches);
             output::info(
                 settings,
                 format!(
@@ -81,10 +76,23 @@ pub async fn run(settings: &Settings, client: &Client, cmd: PackagesRolloutCmd) 
             name,
             watch,
             interval,
-        } => status(settings, client, &name, watch, interval).await,
-        PackagesRolloutCmd::Pause { name } => change(settings, client, &name, "pause", None).await,
+        } => {
+            staged::status::<PackageRolloutStatus>(
+                settings,
+                client,
+                &path(&name, "")?,
+                watch,
+                interval,
+            )
+            .await
+        }
+        PackagesRolloutCmd::Pause { name } => {
+            staged::change::<PackageRolloutStatus>(settings, client, &path(&name, "/pause")?, None)
+                .await
+        }
         PackagesRolloutCmd::Resume { name, max_failures } => {
-            change(settings, client, &name, "resume", max_failures).await
+            let path = path(&name, "/resume")?;
+            staged::change::<PackageRolloutStatus>(settings, client, &path, max_failures).await
         }
     }
 }
@@ -136,25 +144,46 @@ fn show_plan(settings: &Settings, plan: &PackageRolloutPlan) -> Result<()> {
     Ok(())
 }
 
-async fn change(
-    settings: &Settings,
-    client: &Client,
-    name: &str,
-    action: &str,
-    max_failures: Option<u64>,
-) -> Result<()> {
-    let body = RolloutResume { max_failures };
-    let (_, st): (_, PackageRolloutStatus) = client
-        .send_json(Method::POST, &path(name, &format!("/{action}"))?, &body)
-        .await?;
-    if settings.human() {
-        output::info(
-            settings,
-            format!("rollout of {} {}: {}", st.name, st.version, st.state),
-        );
-        Ok(())
-    } else {
-        output::machine(settings, &st)
+impl Staged for PackageRolloutStatus {
+    fn title(&self) -> String {
+        format!("{} {}", self.name, self.version)
+    }
+
+    fn state(&self) -> &str {
+        &self.state
+    }
+
+    fn ended(&self) -> bool {
+        matches!(self.state.as_str(), "completed" | "superseded")
+    }
+
+    /// Paused.
+    fn stopped(&self) -> bool {
+        self.state == "paused"
+    }
+
+    fn line(&self) -> String {
+        line(self)
+    }
+
+    fn table(&self, settings: &Settings, wide: bool) -> String {
+        table(settings, self, wide)
+    }
+
+    fn advice(&self) -> String {
+        stopped_advice(self)
+    }
+
+    fn bar(&self) -> (String, u64, u64, String) {
+        (
+            format!("{} {}", self.name, self.version),
+            self.total - self.skipped,
+            self.installed + self.failed + self.unconfirmed,
+            format!(
+                "{} installing, {} pending, {} failed, {} unconfirmed ({})",
+                self.installing, self.pending, self.failed, self.unconfirmed, self.state
+            ),
+        )
     }
 }
 
@@ -252,28 +281,6 @@ fn table(settings: &Settings, st: &PackageRolloutStatus, wide: bool) -> String {
     text
 }
 
-/// Whether the rollout stopped (exit 1).
-fn stopped(st: &PackageRolloutStatus) -> bool {
-    st.state == "paused"
-}
-
-fn finish(settings: &Settings, st: &PackageRolloutStatus) -> Result<()> {
-    if !settings.quiet {
-        output::show(settings, st, |wide| table(settings, st, wide))?;
-    }
-    if stopped(st) {
-        if settings.human() {
-            eprintln!("{}", stopped_advice(st));
-        }
-        return Err(if settings.quiet {
-            CtlError::failed(line(st))
-        } else {
-            CtlError::silent(Exit::Failed)
-        });
-    }
-    Ok(())
-}
-
 /// What to do about a paused rollout, in commands.
 fn stopped_advice(st: &PackageRolloutStatus) -> String {
     let name = &st.name;
@@ -294,60 +301,4 @@ fn stopped_advice(st: &PackageRolloutStatus) -> String {
                 .unwrap_or_default()
         )
     }
-}
-
-async fn status(
-    settings: &Settings,
-    client: &Client,
-    name: &str,
-    watch: bool,
-    interval: Duration,
-) -> Result<()> {
-    let p = path(name, "")?;
-    let mut st: PackageRolloutStatus = client.get(&p).await?;
-    if !watch || matches!(st.state.as_str(), "completed" | "superseded") {
-        return finish(settings, &st);
-    }
-    let bar = settings.progress().then(|| {
-        let b = indicatif::ProgressBar::new(st.total - st.skipped);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix} [{bar:30}] {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_prefix(format!("{} {}", st.name, st.version));
-        b.enable_steady_tick(Duration::from_millis(150));
-        b
-    });
-    let plain = bar.is_none() && settings.human() && !settings.quiet;
-    let mut last_line = String::new();
-    let mut last_print = Instant::now();
-    loop {
-        if let Some(b) = &bar {
-            b.set_length(st.total - st.skipped);
-            b.set_position(st.installed + st.failed + st.unconfirmed);
-            b.set_message(format!(
-                "{} installing, {} pending, {} failed, {} unconfirmed ({})",
-                st.installing, st.pending, st.failed, st.unconfirmed, st.state
-            ));
-        } else if plain {
-            let l = line(&st);
-            if l != last_line || last_print.elapsed() > Duration::from_secs(30) {
-                eprintln!("{} {l}", chrono::Local::now().format("%H:%M:%S"));
-                last_line = l;
-                last_print = Instant::now();
-            }
-        }
-        if matches!(st.state.as_str(), "completed" | "superseded") || stopped(&st) {
-            break;
-        }
-        tokio::time::sleep(interval).await;
-        st = client.get(&p).await?;
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    finish(settings, &st)
 }
