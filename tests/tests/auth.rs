@@ -246,41 +246,13 @@ async fn tokens_are_bounded_by_their_creator() {
     let s = server();
     create_user(&s, "otto", "operator-password-1", "operator").await;
     let jwt = login(&s, "otto", "operator-password-1").await;
-    let (code, _, v) = call(
-        &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&jwt),
-        Some(json!({"name": "deploy", "role": "admin"})),
-    )
-    .await;
+    let (code, v) = create_token(&s, &jwt, json!({"name": "deploy", "role": "admin"})).await;
     assert_eq!(code, 403, "{v}");
-    let (code, _, v) = call(
-        &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&jwt),
-        Some(json!({"name": ""})),
-    )
-    .await;
+    let (code, v) = create_token(&s, &jwt, json!({"name": ""})).await;
     assert_eq!(code, 400, "{v}");
-    let (code, _, v) = call(
-        &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&jwt),
-        Some(json!({"name": "x", "expires_in_days": 0})),
-    )
-    .await;
+    let (code, v) = create_token(&s, &jwt, json!({"name": "x", "expires_in_days": 0})).await;
     assert_eq!(code, 400, "{v}");
-    let (code, _, t) = call(
-        &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&jwt),
-        Some(json!({"name": "deploy", "expires_in_days": 30})),
-    )
-    .await;
+    let (code, t) = create_token(&s, &jwt, json!({"name": "deploy", "expires_in_days": 30})).await;
     assert_eq!(code, 201, "{t}");
     assert_eq!(
         (&t["role"], &t["owner"], &t["revoked"]),
@@ -338,14 +310,7 @@ async fn tokens_are_bounded_by_their_creator() {
     assert_eq!((code, &v["error"]["code"]), (401, &json!("token_revoked")));
 
     // A demoted user's tokens lose the rights too.
-    let (_, _, t2) = call(
-        &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&jwt),
-        Some(json!({"name": "second"})),
-    )
-    .await;
+    let (_, t2) = create_token(&s, &jwt, json!({"name": "second"})).await;
     let second = t2["token"].as_str().unwrap().to_string();
     let (code, _, _) = call(&s, "GET", "/api/v1/agents", Some(&second), None).await;
     assert_eq!(code, 200);
@@ -380,13 +345,11 @@ async fn tokens_are_bounded_by_their_creator() {
 #[tokio::test]
 async fn users_are_managed_by_admins_and_the_last_admin_stays() {
     let s = server();
-    let (code, v) = s
-        .send_json(
-            "POST",
-            "/api/v1/users",
-            json!({"username": "bob", "password": "short", "role": "viewer"}),
-        )
-        .await;
+    let (code, v) = post_user(
+        &s,
+        json!({"username": "bob", "password": "short", "role": "viewer"}),
+    )
+    .await;
     assert_eq!(code, 400);
     assert!(
         v["error"]["message"]
@@ -395,30 +358,24 @@ async fn users_are_managed_by_admins_and_the_last_admin_stays() {
             .contains("12 to 1024 characters"),
         "{v}"
     );
-    let (code, _) = s
-        .send_json(
-            "POST",
-            "/api/v1/users",
-            json!({"username": "bob", "password": "long-enough-pw", "role": "root"}),
-        )
-        .await;
+    let (code, _) = post_user(
+        &s,
+        json!({"username": "bob", "password": "long-enough-pw", "role": "root"}),
+    )
+    .await;
     assert_eq!(code, 400);
-    let (code, _) = s
-        .send_json(
-            "POST",
-            "/api/v1/users",
-            json!({"username": "bad name", "password": "long-enough-pw", "role": "viewer"}),
-        )
-        .await;
+    let (code, _) = post_user(
+        &s,
+        json!({"username": "bad name", "password": "long-enough-pw", "role": "viewer"}),
+    )
+    .await;
     assert_eq!(code, 400);
     create_user(&s, "bob", "long-enough-pw", "viewer").await;
-    let (code, _) = s
-        .send_json(
-            "POST",
-            "/api/v1/users",
-            json!({"username": "bob", "password": "long-enough-pw", "role": "viewer"}),
-        )
-        .await;
+    let (code, _) = post_user(
+        &s,
+        json!({"username": "bob", "password": "long-enough-pw", "role": "viewer"}),
+    )
+    .await;
     assert_eq!(code, 409);
     let (_, v) = s.get("/api/v1/users").await;
     assert_eq!(v["total"], 2);
@@ -489,106 +446,89 @@ async fn audit_log_records_who_did_what_and_never_a_secret() {
     assert_eq!(code, 401);
     let admin_jwt = login(&s, "admin", &admin_pw).await;
 
-    let op = |m: &'static str, p: String, b: Option<Value>| call_code(&s, &carol, m, p, b);
-    assert_eq!(
-        op(
-            "POST",
-            "/api/v1/configurations".into(),
-            Some(json!({"name": "audited", "body": "a: 1"}))
-        )
-        .await,
-        201
-    );
-    assert_eq!(
-        op(
-            "POST",
-            "/api/v1/configurations".into(),
-            Some(json!({"name": "audited", "body": "a: 2"}))
-        )
-        .await,
-        201
-    );
-    assert_eq!(
-        op(
-            "POST",
-            "/api/v1/configurations/audited/rollback".into(),
-            Some(json!({}))
-        )
-        .await,
-        201
-    );
+    expect_codes(
+        &s,
+        &carol,
+        [
+            (
+                "POST",
+                "/api/v1/configurations".into(),
+                Some(json!({"name": "audited", "body": "a: 1"})),
+                201,
+            ),
+            (
+                "POST",
+                "/api/v1/configurations".into(),
+                Some(json!({"name": "audited", "body": "a: 2"})),
+                201,
+            ),
+            (
+                "POST",
+                "/api/v1/configurations/audited/rollback".into(),
+                Some(json!({})),
+                201,
+            ),
+        ],
+    )
+    .await;
     // An agent to label, restart and delete.
     let uid = new_uid();
     let (mut ws, _) = ws_agent(&s, uid, &[]).await;
     agent(&s, &uid).await;
-    assert_eq!(
-        op(
-            "POST",
-            "/api/v1/configurations/audited/rollout".into(),
-            Some(json!({"batch_size": 1}))
-        )
-        .await,
-        202
-    );
-    assert_eq!(
-        op(
-            "POST",
-            "/api/v1/configurations/audited/rollout/pause".into(),
-            None
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        op(
-            "POST",
-            "/api/v1/configurations/audited/rollout/resume".into(),
-            None
-        )
-        .await,
-        200
-    );
     let id = uid_str(&uid);
-    assert_eq!(
-        op(
-            "PATCH",
-            format!("/api/v1/agents/{id}/labels"),
-            Some(json!({"labels": {"team": "a"}}))
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        op("POST", format!("/api/v1/agents/{id}/restart"), None).await,
-        202
-    );
+    expect_codes(
+        &s,
+        &carol,
+        [
+            (
+                "POST",
+                "/api/v1/configurations/audited/rollout".into(),
+                Some(json!({"batch_size": 1})),
+                202,
+            ),
+            (
+                "POST",
+                "/api/v1/configurations/audited/rollout/pause".into(),
+                None,
+                200,
+            ),
+            (
+                "POST",
+                "/api/v1/configurations/audited/rollout/resume".into(),
+                None,
+                200,
+            ),
+            (
+                "PATCH",
+                format!("/api/v1/agents/{id}/labels"),
+                Some(json!({"labels": {"team": "a"}})),
+                200,
+            ),
+            ("POST", format!("/api/v1/agents/{id}/restart"), None, 202),
+        ],
+    )
+    .await;
     ws.close(None).await.ok();
     drop(ws);
     wait_for("agent disconnected", Duration::from_secs(10), || async {
         (agent(&s, &uid).await["status"] == "disconnected").then_some(())
     })
     .await;
-    assert_eq!(
-        op("DELETE", format!("/api/v1/agents/{id}"), None).await,
-        204
-    );
-    assert_eq!(
-        op(
-            "DELETE",
-            "/api/v1/configurations/audited?force=true".into(),
-            None
-        )
-        .await,
-        204
-    );
-    let (code, _, tok) = call(
+    expect_codes(
         &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&carol),
-        Some(json!({"name": "script"})),
+        &carol,
+        [
+            ("DELETE", format!("/api/v1/agents/{id}"), None, 204),
+            (
+                "DELETE",
+                "/api/v1/configurations/audited?force=true".into(),
+                None,
+                204,
+            ),
+        ],
     )
     .await;
+    let (code, tok) = create_token(&s, &carol, json!({"name": "script"})).await;
     assert_eq!(code, 201);
     let token_secret = tok["token"].as_str().unwrap().to_string();
     let (code, _, _) = call(
@@ -801,14 +741,27 @@ async fn agent_secrets_rotate_without_a_restart() {
     assert!(!logs.contains("old-secret-0123456789") && !logs.contains("new-secret-0123456789"));
 }
 
-async fn call_code(
+/// Sends each request with `token` in turn and asserts its status.
+async fn expect_codes<const N: usize>(
     s: &Server,
     token: &str,
-    method: &str,
-    path: String,
-    body: Option<Value>,
-) -> u16 {
-    call(s, method, &path, Some(token), body).await.0
+    requests: [(&str, String, Option<Value>, u16); N],
+) {
+    for (method, path, body, expected) in requests {
+        let (code, _, v) = call(s, method, &path, Some(token), body).await;
+        assert_eq!(code, expected, "{method} {path}: {v}");
+    }
+}
+
+/// `POST /api/v1/tokens` with `token`: the status and the answer.
+async fn create_token(s: &Server, token: &str, body: Value) -> (u16, Value) {
+    let (code, _, v) = call(s, "POST", "/api/v1/tokens", Some(token), Some(body)).await;
+    (code, v)
+}
+
+/// `POST /api/v1/users` with the admin token: the status and the answer.
+async fn post_user(s: &Server, body: Value) -> (u16, Value) {
+    s.send_json("POST", "/api/v1/users", body).await
 }
 
 struct Pki {
