@@ -1,10 +1,10 @@
 //! The transactions of the package catalogue and package rollouts.
 
 use crate::store::configs::RolloutTransition;
+use crate::store::now_ms;
 use crate::store::package_rollouts::{plan_start, PackageRolloutRow, PackageRolloutStart};
 use crate::store::packages::{delete_audit, AddOutcome, PackageAdd};
 use crate::store::postgres::{package_rollouts, packages, users, Postgres};
-use crate::store::now_ms;
 use anyhow::Result;
 use deadpool_postgres::GenericClient;
 

@@ -5,8 +5,8 @@ use crate::store::configs::{
     RollbackOutcome, RolloutRow, RolloutStart, RolloutTransition, SavePlan, Saved, TargetRow,
     VersionRow,
 };
-use crate::store::postgres::{configs, users, Postgres};
 use crate::store::now_ms;
+use crate::store::postgres::{configs, users, Postgres};
 use anyhow::{Context, Result};
 use deadpool_postgres::{GenericClient, Transaction};
 
