@@ -38,15 +38,17 @@ async fn exercise(store: &dyn Backend) {
     let uid = "0190a0a0-0000-7000-8000-000000000001";
     assert_eq!(store.session_record(uid).await.unwrap(), None);
 
-    // The first poll creates it; only where nothing is stored.
-    let first = record(uid, 1, 0);
+    // The first poll creates it, counting its own change of the row; only
+    // where nothing is stored.
+    let mut first = record(uid, 1, 0);
     assert_eq!(
         store
             .write_session_record(write(first.clone(), 0, true))
             .await
             .unwrap(),
-        RecordWrite::Written { row_changes: 1 }
+        RecordWrite::Written { row_changes: 2 }
     );
+    first.row_changes = 2;
     assert_eq!(store.session_record(uid).await.unwrap(), Some(first));
     assert_eq!(
         store
@@ -64,7 +66,7 @@ async fn exercise(store: &dyn Backend) {
             .write_session_record(write(record(uid, 2, 1), 1, false))
             .await
             .unwrap(),
-        RecordWrite::Written { row_changes: 1 }
+        RecordWrite::Written { row_changes: 2 }
     );
     assert_eq!(
         store
@@ -105,7 +107,7 @@ async fn exercise(store: &dyn Backend) {
     sent.restart_sent = true;
     assert_eq!(
         store.write_session_record(sent).await.unwrap(),
-        RecordWrite::Written { row_changes: 2 }
+        RecordWrite::Written { row_changes: 3 }
     );
     assert!(
         !store
@@ -125,7 +127,7 @@ async fn exercise(store: &dyn Backend) {
     let changes = BTreeMap::from([("env".to_string(), Some("prod".to_string()))]);
     store.patch_labels(uid, changes, audit()).await.unwrap();
     let stored = store.session_record(uid).await.unwrap().unwrap();
-    assert_eq!((stored.version, stored.row_changes), (4, 3));
+    assert_eq!((stored.version, stored.row_changes), (4, 4));
 
     // A disconnected agent gets no restart; a deleted one has no record.
     let mut gone = record(uid, 5, 4);

@@ -37,7 +37,7 @@ pub fn write(conn: &Connection, write: &SessionWrite) -> Result<RecordWrite> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO agent_sessions (uid, version, row_changes, replica, sequence_num, \
              restart_pending, disconnected, state, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8) \
+         VALUES (?1, ?2, ?3 + ?9, ?4, ?5, 0, ?6, ?7, ?8) \
          ON CONFLICT (uid) DO UPDATE SET version = excluded.version, \
              row_changes = agent_sessions.row_changes + ?9, replica = excluded.replica, \
              sequence_num = excluded.sequence_num, \
