@@ -14,8 +14,15 @@ const LARGE_WAL: u64 = 256 << 20;
 
 impl Diagnosis<'_> {
     /// `database`: the file in the data directory (--data-dir, or data_dir
-    /// of --config), opened read-only.
+    /// of --config), opened read-only; skipped on PostgreSQL.
     pub(super) fn check_database_file(&mut self) {
+        if let Some(why) = self.postgres_backend() {
+            self.push(skip(
+                "database",
+                format!("{why}: there is no SQLite file to check (the postgres check covers the database)"),
+            ));
+            return;
+        }
         let Some(dir) = self.data_dir.clone() else {
             let why = self.no_data_dir();
             self.push(skip(
@@ -45,6 +52,17 @@ impl Diagnosis<'_> {
         self.push(pool_verdict(&health));
         self.check_slow_queries().await;
         self.check_db_size().await;
+    }
+
+    /// Why the server's database is PostgreSQL, when it is: its health
+    /// report says so, or --config sets `database.url`.
+    fn postgres_backend(&self) -> Option<String> {
+        match &self.health {
+            Some(health) if health.database.backend == "postgresql" => {
+                Some("the server keeps its data in PostgreSQL".into())
+            }
+            _ => self.postgres_note.clone(),
+        }
     }
 
     async fn check_slow_queries(&mut self) {

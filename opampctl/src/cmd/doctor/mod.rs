@@ -39,9 +39,9 @@ pub async fn doctor(settings: &Settings, client: &Client, args: &DoctorArgs) -> 
     let mut diagnosis = Diagnosis::new(&target, args, Procedure::Doctor);
     diagnosis.check_config();
     diagnosis.check_data_dir();
-    diagnosis.check_database_file();
     diagnosis.check_port().await;
     diagnosis.check_server().await;
+    diagnosis.check_database_file();
     diagnosis.check_token().await;
     diagnosis.check_tls().await;
     diagnosis.check_opamp_http().await;
@@ -67,9 +67,9 @@ pub async fn troubleshoot(
             let mut diagnosis = Diagnosis::new(&target, &args, Procedure::Startup);
             diagnosis.check_config();
             diagnosis.check_data_dir();
-            diagnosis.check_database_file();
             diagnosis.check_port().await;
             diagnosis.check_server().await;
+            diagnosis.check_database_file();
             report::finish(diagnosis, Vec::new())
         }
         TroubleshootCmd::AgentConnect(args) => {
@@ -137,6 +137,8 @@ struct Diagnosis<'a> {
     data_dir_note: Option<String>,
     /// How the data directory gave the token (for the token check).
     token_note: Option<String>,
+    /// Set when --config puts opampd on PostgreSQL.
+    postgres_note: Option<String>,
     /// `None` until the server check ran.
     reachable: Option<bool>,
     /// Set by the server check when something other than opampd answers.
@@ -159,6 +161,7 @@ impl<'a> Diagnosis<'a> {
             data_dir: target.data_dir.clone(),
             data_dir_note: target.data_dir_note.clone(),
             token_note: target.token_note.clone(),
+            postgres_note: target.postgres_note.clone(),
             reachable: None,
             not_opampd: false,
             port_holder: None,

@@ -27,6 +27,8 @@ pub(super) struct Target {
     pub data_dir_note: Option<String>,
     /// Where the token came from, when from the data directory.
     pub token_note: Option<String>,
+    /// Set when --config names a PostgreSQL database (`database.url`).
+    pub postgres_note: Option<String>,
 }
 
 /// Where the opampd of a configuration file serves.
@@ -48,6 +50,17 @@ pub(super) fn data_dir_from_config(file: &Path) -> Option<PathBuf> {
     tree.get("data_dir")?.as_str().map(PathBuf::from)
 }
 
+/// Whether a configuration file puts opampd on PostgreSQL (a non-empty
+/// `database.url`).
+pub(super) fn postgres_in_config(file: &Path) -> bool {
+    read_tree(file).ok().is_some_and(|tree| {
+        tree.get("database")
+            .and_then(|database| database.get("url"))
+            .and_then(|url| url.as_str())
+            .is_some_and(|url| !url.trim().is_empty())
+    })
+}
+
 impl Target {
     pub(super) fn new(settings: &Settings, client: &Client, args: &DoctorArgs) -> Result<Target> {
         let mut target = Target {
@@ -58,6 +71,11 @@ impl Target {
             data_dir: args.data_dir.clone(),
             data_dir_note: None,
             token_note: None,
+            postgres_note: args
+                .config
+                .as_deref()
+                .filter(|file| postgres_in_config(file))
+                .map(|file| format!("{} sets database.url (PostgreSQL)", file.display())),
         };
         let mut address_from_file = false;
         let mut opamp_path = args.opamp_path.clone();
@@ -199,6 +217,24 @@ mod tests {
         let file = dir.join("config.yaml");
         std::fs::write(&file, yaml).unwrap();
         address_from_config(&file)
+    }
+
+    #[test]
+    fn a_database_url_in_the_file_means_postgresql() {
+        let dir = crate::files::PrivateDir::new_temp("test").unwrap();
+        let file = dir.join("config.yaml");
+        for (yaml, postgres) in [
+            ("", false),
+            ("database:\n  max_open_conns: 4\n", false),
+            ("database:\n  url: \"\"\n", false),
+            (
+                "database:\n  url: postgres://opamp:secret@db:5432/opamp\n",
+                true,
+            ),
+        ] {
+            std::fs::write(&file, yaml).unwrap();
+            assert_eq!(postgres_in_config(&file), postgres, "{yaml}");
+        }
     }
 
     #[test]
