@@ -121,6 +121,27 @@ pub async fn refresh_agent_gauges(app: &App) {
     m.total.store(total as i64, Ordering::Relaxed);
 }
 
+/// Whether the last poll of a plain-HTTP agent whose polls stopped here was
+/// served by another replica (its shared session record names that
+/// replica): true only where replicas share sessions.
+async fn served_elsewhere(app: &App, uid: &[u8; 16]) -> bool {
+    let Some(me) = app.cluster.shares_sessions() else {
+        return false;
+    };
+    match app
+        .store
+        .session_record(&opamp_proto::uid_string(uid))
+        .await
+    {
+        Ok(Some(record)) => record.replica != me,
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a silent agent's shared session record");
+            false
+        }
+    }
+}
+
 /// Marks silent plain-HTTP agents disconnected, refreshes the agent gauges and
 /// prunes old connection events.
 pub async fn liveness(app: Arc<App>) {
@@ -140,6 +161,15 @@ pub async fn liveness(app: Arc<App>) {
             }
         });
         for uid in gone {
+            if served_elsewhere(&app, &uid).await {
+                // Its polls go to other replicas now: the one that served
+                // the last of them says when it goes silent.
+                app.fleet.remove_if(&uid, |s| {
+                    s.transport() == Transport::Http && s.last_seen() < cutoff
+                });
+                app.cluster.released(&uid);
+                continue;
+            }
             crate::opamp::agent_left(
                 &app,
                 &uid,

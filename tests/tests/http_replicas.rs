@@ -27,12 +27,16 @@ const PUBLIC_URL: &str = "https://opamp.example.test/v1/opamp";
 /// `n` replicas on one fresh database, named `replica-1`…; None (with a
 /// SKIPPED line) without PostgreSQL.
 fn replicas(n: usize, test: &str) -> Option<Vec<Server>> {
+    replicas_with(n, test, "  heartbeat_interval_seconds: 20\n")
+}
+
+/// [`replicas`] with other `opamp:` settings (lines indented two spaces),
+/// then any other sections.
+fn replicas_with(n: usize, test: &str, opamp: &str) -> Option<Vec<Server>> {
     let cluster = postgres::available(test)?;
     let url = postgres::fresh_database(&cluster);
-    let config = format!(
-        "opamp:\n  agent_secrets: [{SECRET}]\n  public_url: {PUBLIC_URL}\n  \
-         heartbeat_interval_seconds: 20\n"
-    );
+    let config =
+        format!("opamp:\n  agent_secrets: [{SECRET}]\n  public_url: {PUBLIC_URL}\n{opamp}");
     Some(
         (1..=n)
             .map(|i| {
@@ -53,6 +57,8 @@ struct Alternating {
     next: usize,
     /// Exchanges sent to each replica.
     sent: Vec<u64>,
+    /// Every exchange to this replica, when set.
+    pinned: Option<usize>,
 }
 
 impl Alternating {
@@ -65,13 +71,14 @@ impl Alternating {
                 .collect(),
             next: 0,
             sent: vec![0; servers.len()],
+            pinned: None,
         }
     }
 }
 
 impl Transport for Alternating {
     async fn exchange(&mut self, message: &pb::AgentToServer) -> Result<pb::ServerToAgent, Error> {
-        let i = self.next % self.transports.len();
+        let i = self.pinned.unwrap_or(self.next % self.transports.len());
         self.next += 1;
         self.sent[i] += 1;
         self.transports[i].exchange(message).await
@@ -269,6 +276,103 @@ async fn polls_alternating_between_two_replicas_continue_one_session() {
         .await;
         assert_eq!(shown["instance_uid"], uid_str(&uid), "{shown}");
     }
+}
+
+/// A GET to `server` with `token`.
+async fn fetch(server: &Server, token: &str, path: &str) -> Value {
+    let r = server
+        .http()
+        .get(format!("{}{path}", server.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
+/// The events of one agent, as `server` lists them.
+async fn events(server: &Server, token: &str, uid: &[u8; 16]) -> Vec<Value> {
+    let v = fetch(
+        server,
+        token,
+        &format!("/api/v1/agents/{}/events", uid_str(uid)),
+    )
+    .await;
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_agent_polling_another_replica_is_not_swept_as_silent() {
+    let test = "an_agent_polling_another_replica_is_not_swept_as_silent";
+    let Some(servers) = replicas_with(
+        2,
+        test,
+        "  heartbeat_interval_seconds: 1\n  stale_after_seconds: 1\n  disconnect_after_seconds: 2\n\
+         database:\n  last_seen_flush_seconds: 1\n",
+    ) else {
+        return;
+    };
+    let (a, b) = (&servers[0], &servers[1]);
+    let token = a.token();
+    let uid = new_uid();
+    let mut session = Session::new(agent(uid, "moved"), Alternating::new(&servers));
+    session.start().await.unwrap();
+    assert_eq!(
+        session.transport_mut().sent[0],
+        1,
+        "A served the first poll"
+    );
+    // From now on every poll goes to B; A's sweep runs every 2 s and finds
+    // no poll of its own for longer than disconnect_after_seconds.
+    session.transport_mut().pinned = Some(1);
+    for _ in 0..7 {
+        session.heartbeat().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let sent = session.transport_mut().sent.clone();
+    assert!(sent[0] <= 2 && sent[1] >= 7, "{sent:?}");
+    assert_one_session_start(&session, uid);
+    for server in [a, b] {
+        let events = events(server, &token, &uid).await;
+        assert!(
+            !events.iter().any(|e| e["event"] == "disconnected"),
+            "no disconnection recorded: {events:?}"
+        );
+        let shown = fetch(server, &token, &format!("/api/v1/agents/{}", uid_str(&uid))).await;
+        // (stale_after_seconds is 1: a second after the last poll.)
+        assert_ne!(shown["status"], "disconnected", "{shown}");
+    }
+
+    // Silent for real: the replica that served its last poll says so, once.
+    let disconnected = wait_for("disconnected", Duration::from_secs(15), || async {
+        let events = events(b, &token, &uid).await;
+        let n = events
+            .iter()
+            .filter(|e| e["event"] == "disconnected")
+            .count();
+        (n > 0).then_some(n)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = events(a, &token, &uid).await;
+    let n = events
+        .iter()
+        .filter(|e| e["event"] == "disconnected")
+        .count();
+    assert_eq!((disconnected, n), (1, 1), "{events:?}");
+}
+
+/// No new uid, no ReportFullState, no error: the session went on.
+fn assert_one_session_start<T: Transport>(session: &Session<T>, uid: [u8; 16]) {
+    let agent = session.agent();
+    assert_eq!(agent.uid(), uid);
+    assert_eq!(
+        agent.counters().full_state_requests,
+        0,
+        "{:?}",
+        session.events()
+    );
+    assert_eq!(agent.counters().server_errors, 0, "{:?}", session.events());
 }
 
 #[tokio::test]
