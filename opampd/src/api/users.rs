@@ -577,7 +577,7 @@ pub async fn audit(
             target: r.target,
             remote_addr: r.remote_addr,
             outcome: r.outcome,
-            details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null),
+            details: crate::store::json::value(Some(&r.details)),
         })
         .collect();
     Ok(Json(Page {

@@ -483,24 +483,14 @@ pub fn plan_rollout(
     prior: Option<&RolloutRow>,
     now: i64,
 ) -> (RolloutRow, AuditEntry) {
-    let previous_version = prior.and_then(|p| {
-        if p.state == "completed" {
-            Some(p.version)
-        } else {
-            p.previous_version
-        }
-    });
+    let previous_version =
+        prior.and_then(|p| kept_version(&p.state, &p.version, &p.previous_version));
     let row = RolloutRow {
         id: 0,
         name: start.name.clone(),
         version: start.version,
         hash,
-        state: if start.agents.is_empty() {
-            "completed"
-        } else {
-            "running"
-        }
-        .into(),
+        state: first_state(&start.agents).into(),
         batch_size: start.batch_size,
         max_failures: start.max_failures,
         released_batches: 1,
@@ -533,6 +523,41 @@ pub fn plan_rollout(
     );
     (row, audit)
 }
+
+/// The version a new rollout keeps for the agents outside its released
+/// batches: its predecessor's version if that one completed, else the one
+/// the predecessor kept. The same for configuration and package rollouts.
+pub fn kept_version<V: Clone>(state: &str, version: &V, kept: &Option<V>) -> Option<V> {
+    if state == "completed" {
+        Some(version.clone())
+    } else {
+        kept.clone()
+    }
+}
+
+/// A new rollout's state: completed at once when nobody is to receive it.
+pub fn first_state(agents: &[(String, u64)]) -> &'static str {
+    if agents.is_empty() {
+        "completed"
+    } else {
+        "running"
+    }
+}
+
+/// The two tables of one kind of staged rollout: its rollouts, and each
+/// rollout's agents with their batch. Configuration and package rollouts
+/// keep the same columns there, so one piece of SQL per backend serves both.
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutTables {
+    pub rollouts: &'static str,
+    pub agents: &'static str,
+}
+
+/// The tables of configuration rollouts.
+pub const CONFIGURATION_ROLLOUTS: RolloutTables = RolloutTables {
+    rollouts: "rollouts",
+    agents: "rollout_agents",
+};
 
 /// A rollout state change: applied only while the rollout is in `from`; a
 /// rollout that (again) runs starts its batch's time limit now.

@@ -3,6 +3,7 @@
 //! starts. State changes use [`super::configs::RolloutTransition`], as
 //! configuration rollouts do.
 
+use super::configs::{first_state, kept_version};
 use super::packages::PackageRow;
 use super::users::AuditEntry;
 use serde_json::json;
@@ -67,6 +68,13 @@ pub struct PackageTargetRow {
     pub released: Option<Vec<String>>,
 }
 
+/// The tables of package rollouts.
+pub const PACKAGE_ROLLOUTS: crate::store::configs::RolloutTables =
+    crate::store::configs::RolloutTables {
+        rollouts: "package_rollouts",
+        agents: "package_rollout_agents",
+    };
+
 /// A package rollout to start.
 #[derive(Debug, Clone)]
 pub struct PackageRolloutStart {
@@ -93,23 +101,13 @@ pub fn plan_start(
     prior: Option<&PackageRolloutRow>,
     now: i64,
 ) -> (PackageRolloutRow, AuditEntry) {
-    let previous_version = prior.and_then(|p| {
-        if p.state == "completed" {
-            Some(p.version.clone())
-        } else {
-            p.previous_version.clone()
-        }
-    });
+    let previous_version =
+        prior.and_then(|p| kept_version(&p.state, &p.version, &p.previous_version));
     let row = PackageRolloutRow {
         id: 0,
         name: start.name.clone(),
         version: start.version.clone(),
-        state: if start.agents.is_empty() {
-            "completed"
-        } else {
-            "running"
-        }
-        .into(),
+        state: first_state(&start.agents).into(),
         batch_size: start.batch_size,
         max_failures: start.max_failures,
         released_batches: 1,

@@ -1,6 +1,8 @@
 //! The SQL of configurations, their immutable versions, and rollouts with
 //! their per-agent batch assignment.
 
+use super::staged;
+use crate::store::configs::CONFIGURATION_ROLLOUTS;
 use crate::store::configs::{
     ConfigRow, Listed, RolloutAgent, RolloutRow, StoredAgent, TargetRow, VersionRow,
 };
@@ -275,16 +277,6 @@ pub async fn rollouts_in_state(c: &impl GenericClient, state: &str) -> Result<Ve
         .collect())
 }
 
-/// Marks every earlier rollout of `name` superseded.
-pub async fn supersede(c: &impl GenericClient, name: &str, now: i64) -> Result<()> {
-    c.execute(
-        "UPDATE rollouts SET state = 'superseded', updated_at = $2 WHERE name = $1 AND state != 'superseded'",
-        &[&name, &now],
-    )
-    .await?;
-    Ok(())
-}
-
 /// Inserts a rollout and its agents (uid, batch); returns its id.
 pub async fn insert_rollout(
     c: &impl GenericClient,
@@ -319,45 +311,8 @@ pub async fn insert_rollout(
         )
         .await?
         .get(0);
-    let uids: Vec<&str> = agents.iter().map(|(uid, _)| uid.as_str()).collect();
-    let batches: Vec<i64> = agents.iter().map(|(_, batch)| *batch as i64).collect();
-    c.execute(
-        "INSERT INTO rollout_agents (rollout_id, uid, batch)
-         SELECT $1, uid, batch FROM UNNEST($2::text[], $3::bigint[]) AS a(uid, batch)",
-        &[&id, &uids, &batches],
-    )
-    .await?;
+    staged::insert_agents(c, CONFIGURATION_ROLLOUTS, id, agents).await?;
     Ok(id)
-}
-
-/// Changes a rollout's progress fields if it is still in state `from`; a
-/// rollout that (again) runs starts its batch's time limit now.
-pub async fn transition(
-    c: &impl GenericClient,
-    id: i64,
-    from: &str,
-    to: &str,
-    released_batches: u64,
-    max_failures: u64,
-    reason: Option<&str>,
-) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE rollouts SET state = $3::text, released_batches = $4, max_failures = $5, reason = $6,
-            updated_at = $7,
-            batch_started_at = CASE WHEN $3::text = 'running' THEN $7 ELSE batch_started_at END
-         WHERE id = $1 AND state = $2",
-        &[
-            &id,
-            &from,
-            &to,
-            &(released_batches as i64),
-            &(max_failures as i64),
-            &reason,
-            &crate::store::now_ms(),
-        ],
-    )
-    .await?
-        > 0)
 }
 
 pub async fn rollout_agents(c: &impl GenericClient, rollout_id: i64) -> Result<Vec<RolloutAgent>> {
@@ -417,17 +372,14 @@ pub async fn targets(c: &impl GenericClient) -> Result<Vec<TargetRow>> {
             Some(v) => get_version(c, &rollout.name, v).await?,
             None => None,
         };
-        let released = if rollout.state == "completed" {
-            None
-        } else {
-            let rows = c
-                .query(
-                    "SELECT uid FROM rollout_agents WHERE rollout_id = $1 AND batch < $2",
-                    &[&rollout.id, &(rollout.released_batches as i64)],
-                )
-                .await?;
-            Some(rows.iter().map(|r| r.get(0)).collect())
-        };
+        let released = staged::released(
+            c,
+            CONFIGURATION_ROLLOUTS,
+            rollout.id,
+            &rollout.state,
+            rollout.released_batches,
+        )
+        .await?;
         out.push(TargetRow {
             name: rollout.name.clone(),
             selector: rollout.selector.clone(),

@@ -15,6 +15,7 @@ mod packages;
 pub mod schema;
 mod selector;
 mod sessions;
+mod staged;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod url;

@@ -1,8 +1,9 @@
 //! The SQL of package rollouts and their per-agent batches.
 
 use super::packages;
+use super::staged;
 use crate::selector::Selector;
-use crate::store::configs::RolloutTransition;
+use crate::store::package_rollouts::PACKAGE_ROLLOUTS;
 use crate::store::package_rollouts::{
     PackageRolloutAgent, PackageRolloutRow, PackageTargetRow, StoredPackageAgent,
 };
@@ -67,17 +68,6 @@ pub async fn in_state(c: &impl GenericClient, state: &str) -> Result<Vec<Package
     Ok(rows.iter().map(rollout_row).collect())
 }
 
-/// Marks every earlier rollout of package `name` superseded.
-pub async fn supersede(c: &impl GenericClient, name: &str, now: i64) -> Result<()> {
-    c.execute(
-        "UPDATE package_rollouts SET state = 'superseded', updated_at = $2
-         WHERE name = $1 AND state != 'superseded'",
-        &[&name, &now],
-    )
-    .await?;
-    Ok(())
-}
-
 /// Inserts a rollout and its agents (uid, batch); returns its id.
 pub async fn insert(
     c: &impl GenericClient,
@@ -110,37 +100,8 @@ pub async fn insert(
         )
         .await?
         .get(0);
-    let uids: Vec<&str> = agents.iter().map(|(uid, _)| uid.as_str()).collect();
-    let batches: Vec<i64> = agents.iter().map(|(_, batch)| *batch as i64).collect();
-    c.execute(
-        "INSERT INTO package_rollout_agents (rollout_id, uid, batch)
-         SELECT $1, uid, batch FROM UNNEST($2::text[], $3::bigint[]) AS a(uid, batch)",
-        &[&id, &uids, &batches],
-    )
-    .await?;
+    staged::insert_agents(c, PACKAGE_ROLLOUTS, id, agents).await?;
     Ok(id)
-}
-
-/// Changes a rollout's progress fields if it is still in state `from`; a
-/// rollout that (again) runs starts its batch's time limit now.
-pub async fn transition(c: &impl GenericClient, change: &RolloutTransition) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE package_rollouts SET state = $3::text, released_batches = $4, max_failures = $5,
-            reason = $6, updated_at = $7,
-            batch_started_at = CASE WHEN $3::text = 'running' THEN $7 ELSE batch_started_at END
-         WHERE id = $1 AND state = $2",
-        &[
-            &change.id,
-            &change.from,
-            &change.to,
-            &(change.released_batches as i64),
-            &(change.max_failures as i64),
-            &change.reason,
-            &crate::store::now_ms(),
-        ],
-    )
-    .await?
-        > 0)
 }
 
 fn stored_agent(r: &Row, first: usize) -> Option<StoredPackageAgent> {
@@ -235,17 +196,14 @@ pub async fn targets(c: &impl GenericClient) -> Result<Vec<PackageTargetRow>> {
             Some(v) => packages::get(c, &rollout.name, v).await?,
             None => None,
         };
-        let released = if rollout.state == "completed" {
-            None
-        } else {
-            let rows = c
-                .query(
-                    "SELECT uid FROM package_rollout_agents WHERE rollout_id = $1 AND batch < $2",
-                    &[&rollout.id, &(rollout.released_batches as i64)],
-                )
-                .await?;
-            Some(rows.iter().map(|r| r.get(0)).collect())
-        };
+        let released = staged::released(
+            c,
+            PACKAGE_ROLLOUTS,
+            rollout.id,
+            &rollout.state,
+            rollout.released_batches,
+        )
+        .await?;
         out.push(PackageTargetRow {
             rollout,
             current,

@@ -1,6 +1,7 @@
 //! [`Backend`] for [`Sqlite`]: each operation is a read on the pool or one
 //! job of the batching writer (one savepoint of its transaction).
 
+use super::staged;
 use super::users::insert_audit;
 use super::{agents, components, configs, package_rollouts, packages, sessions, users, Sqlite};
 use crate::auth::throttle::FailureSummary;
@@ -10,11 +11,13 @@ use crate::store::agents::{
     AgentEvent, AgentPatch, AgentRow, EventRow, ListQuery, LiveAgent, RecordWrite, SessionRecord,
     SessionWrite,
 };
+use crate::store::configs::CONFIGURATION_ROLLOUTS;
 use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     Listed, RollbackOutcome, RolloutAgent, RolloutRow, RolloutStart, RolloutTransition, SavePlan,
     Saved, TargetRow, VersionRow,
 };
+use crate::store::package_rollouts::PACKAGE_ROLLOUTS;
 use crate::store::package_rollouts::{
     plan_start, PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
     StoredPackageAgent,
@@ -353,7 +356,7 @@ impl Backend for Sqlite {
             let now = now_ms();
             let prior = configs::latest_rollout(c, &start.name)?;
             let (row, audit) = plan::plan_rollout(&start, version.hash, prior.as_ref(), now);
-            configs::supersede(c, &start.name, now)?;
+            staged::supersede(c, CONFIGURATION_ROLLOUTS, &start.name, now)?;
             let id = configs::insert_rollout(c, &row, &start.agents)?;
             insert_audit(c, &audit)?;
             Ok(Some(RolloutRow { id, ..row }))
@@ -363,21 +366,7 @@ impl Backend for Sqlite {
 
     async fn transition_rollout(&self, change: RolloutTransition) -> Result<bool, WriteError> {
         self.write("rollout_transition", move |c| {
-            let moved = configs::transition(
-                c,
-                change.id,
-                change.from,
-                change.to,
-                change.released_batches,
-                change.max_failures,
-                change.reason.as_deref(),
-            )?;
-            if moved {
-                if let Some(audit) = &change.audit {
-                    insert_audit(c, audit)?;
-                }
-            }
-            Ok(moved)
+            staged::transition(c, CONFIGURATION_ROLLOUTS, &change)
         })
         .await
     }
@@ -735,7 +724,7 @@ impl Backend for Sqlite {
             let now = now_ms();
             let prior = package_rollouts::latest(c, &start.name)?;
             let (row, audit) = plan_start(&start, prior.as_ref(), now);
-            package_rollouts::supersede(c, &start.name, now)?;
+            staged::supersede(c, PACKAGE_ROLLOUTS, &start.name, now)?;
             let id = package_rollouts::insert(c, &row, &start.agents)?;
             insert_audit(c, &audit)?;
             Ok(Some(PackageRolloutRow { id, ..row }))
@@ -748,13 +737,7 @@ impl Backend for Sqlite {
         change: RolloutTransition,
     ) -> Result<bool, WriteError> {
         self.write("package_rollout_transition", move |c| {
-            let moved = package_rollouts::transition(c, &change)?;
-            if moved {
-                if let Some(audit) = &change.audit {
-                    insert_audit(c, audit)?;
-                }
-            }
-            Ok(moved)
+            staged::transition(c, PACKAGE_ROLLOUTS, &change)
         })
         .await
     }

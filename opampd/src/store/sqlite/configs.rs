@@ -1,7 +1,9 @@
 //! The SQL of configurations, their immutable versions, and rollouts with
 //! their per-agent batch assignment.
 
+use super::staged;
 use crate::selector::Selector;
+use crate::store::configs::CONFIGURATION_ROLLOUTS;
 use crate::store::configs::{
     ConfigRow, Listed, RolloutAgent, RolloutRow, StoredAgent, TargetRow, VersionRow,
 };
@@ -227,15 +229,6 @@ pub fn rollouts_in_state(c: &Connection, state: &str) -> Result<Vec<RolloutRow>>
     Ok(rows)
 }
 
-/// Marks every earlier rollout of `name` superseded.
-pub fn supersede(c: &Connection, name: &str, now: i64) -> Result<()> {
-    c.execute(
-        "UPDATE rollouts SET state = 'superseded', updated_at = ?2 WHERE name = ?1 AND state != 'superseded'",
-        params![name, now],
-    )?;
-    Ok(())
-}
-
 /// Inserts a rollout and its agents (uid, batch); returns its id.
 pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) -> Result<i64> {
     c.execute(
@@ -263,41 +256,8 @@ pub fn insert_rollout(c: &Connection, r: &RolloutRow, agents: &[(String, u64)]) 
         ],
     )?;
     let id = c.last_insert_rowid();
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO rollout_agents (rollout_id, uid, batch) VALUES (?1, ?2, ?3)",
-    )?;
-    for (uid, batch) in agents {
-        stmt.execute(params![id, uid, *batch as i64])?;
-    }
+    staged::insert_agents(c, CONFIGURATION_ROLLOUTS, id, agents)?;
     Ok(id)
-}
-
-/// Changes a rollout's progress fields if it is still in state `from`; a
-/// rollout that (again) runs starts its batch's time limit now.
-/// Returns whether it changed.
-pub fn transition(
-    c: &Connection,
-    id: i64,
-    from: &str,
-    to: &str,
-    released_batches: u64,
-    max_failures: u64,
-    reason: Option<&str>,
-) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE rollouts SET state = ?3, released_batches = ?4, max_failures = ?5, reason = ?6, updated_at = ?7,
-            batch_started_at = CASE WHEN ?3 = 'running' THEN ?7 ELSE batch_started_at END
-         WHERE id = ?1 AND state = ?2",
-        params![
-            id,
-            from,
-            to,
-            released_batches as i64,
-            max_failures as i64,
-            reason,
-            crate::store::now_ms()
-        ],
-    )? > 0)
 }
 
 pub fn rollout_agents(c: &Connection, rollout_id: i64) -> Result<Vec<RolloutAgent>> {
@@ -381,19 +341,13 @@ pub fn targets(c: &Connection) -> Result<Vec<TargetRow>> {
             Some(v) => get_version(c, &rollout.name, v)?,
             None => None,
         };
-        let released = if rollout.state == "completed" {
-            None
-        } else {
-            let mut stmt = c.prepare_cached(
-                "SELECT uid FROM rollout_agents WHERE rollout_id = ?1 AND batch < ?2",
-            )?;
-            let rows = stmt
-                .query_map(params![rollout.id, rollout.released_batches as i64], |r| {
-                    r.get(0)
-                })?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Some(rows)
-        };
+        let released = staged::released(
+            c,
+            CONFIGURATION_ROLLOUTS,
+            rollout.id,
+            &rollout.state,
+            rollout.released_batches,
+        )?;
         out.push(TargetRow {
             name: rollout.name.clone(),
             selector,

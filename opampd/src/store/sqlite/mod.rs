@@ -19,6 +19,7 @@ mod pool;
 pub mod schema;
 pub mod selector;
 pub mod sessions;
+mod staged;
 pub mod users;
 mod writer;
 

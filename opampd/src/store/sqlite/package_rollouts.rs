@@ -1,7 +1,9 @@
 //! The SQL of package rollouts and their per-agent batches.
 
 use super::packages;
+use super::staged;
 use crate::selector::Selector;
+use crate::store::package_rollouts::PACKAGE_ROLLOUTS;
 use crate::store::package_rollouts::{
     PackageRolloutAgent, PackageRolloutRow, PackageTargetRow, StoredPackageAgent,
 };
@@ -56,16 +58,6 @@ pub fn in_state(c: &Connection, state: &str) -> Result<Vec<PackageRolloutRow>> {
     Ok(rows)
 }
 
-/// Marks every earlier rollout of package `name` superseded.
-pub fn supersede(c: &Connection, name: &str, now: i64) -> Result<()> {
-    c.execute(
-        "UPDATE package_rollouts SET state = 'superseded', updated_at = ?2
-         WHERE name = ?1 AND state != 'superseded'",
-        params![name, now],
-    )?;
-    Ok(())
-}
-
 /// Inserts a rollout and its agents (uid, batch); returns its id.
 pub fn insert(c: &Connection, r: &PackageRolloutRow, agents: &[(String, u64)]) -> Result<i64> {
     c.execute(
@@ -91,36 +83,8 @@ pub fn insert(c: &Connection, r: &PackageRolloutRow, agents: &[(String, u64)]) -
         ],
     )?;
     let id = c.last_insert_rowid();
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO package_rollout_agents (rollout_id, uid, batch) VALUES (?1, ?2, ?3)",
-    )?;
-    for (uid, batch) in agents {
-        stmt.execute(params![id, uid, *batch as i64])?;
-    }
+    staged::insert_agents(c, PACKAGE_ROLLOUTS, id, agents)?;
     Ok(id)
-}
-
-/// Changes a rollout's progress fields if it is still in state `from`; a
-/// rollout that (again) runs starts its batch's time limit now.
-pub fn transition(
-    c: &Connection,
-    change: &crate::store::configs::RolloutTransition,
-) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE package_rollouts SET state = ?3, released_batches = ?4, max_failures = ?5,
-            reason = ?6, updated_at = ?7,
-            batch_started_at = CASE WHEN ?3 = 'running' THEN ?7 ELSE batch_started_at END
-         WHERE id = ?1 AND state = ?2",
-        params![
-            change.id,
-            change.from,
-            change.to,
-            change.released_batches as i64,
-            change.max_failures as i64,
-            change.reason,
-            crate::store::now_ms()
-        ],
-    )? > 0)
 }
 
 const AGENT_COLUMNS: &str =
@@ -213,19 +177,13 @@ pub fn targets(c: &Connection) -> Result<Vec<PackageTargetRow>> {
             Some(v) => packages::get(c, &rollout.name, v)?,
             None => None,
         };
-        let released = if rollout.state == "completed" {
-            None
-        } else {
-            let mut stmt = c.prepare_cached(
-                "SELECT uid FROM package_rollout_agents WHERE rollout_id = ?1 AND batch < ?2",
-            )?;
-            let uids = stmt
-                .query_map(params![rollout.id, rollout.released_batches as i64], |r| {
-                    r.get(0)
-                })?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Some(uids)
-        };
+        let released = staged::released(
+            c,
+            PACKAGE_ROLLOUTS,
+            rollout.id,
+            &rollout.state,
+            rollout.released_batches,
+        )?;
         out.push(PackageTargetRow {
             rollout,
             current,

@@ -2,8 +2,10 @@
 
 use crate::store::configs::RolloutTransition;
 use crate::store::now_ms;
+use crate::store::package_rollouts::PACKAGE_ROLLOUTS;
 use crate::store::package_rollouts::{plan_start, PackageRolloutRow, PackageRolloutStart};
 use crate::store::packages::{delete_audit, AddOutcome, PackageAdd};
+use crate::store::postgres::staged;
 use crate::store::postgres::{package_rollouts, packages, users, Postgres};
 use anyhow::Result;
 use deadpool_postgres::GenericClient;
@@ -55,7 +57,7 @@ pub(super) async fn start_package_rollout(
     let now = now_ms();
     let prior = package_rollouts::latest(&tx, &start.name).await?;
     let (row, audit) = plan_start(&start, prior.as_ref(), now);
-    package_rollouts::supersede(&tx, &start.name, now).await?;
+    staged::supersede(&tx, PACKAGE_ROLLOUTS, &start.name, now).await?;
     let id = package_rollouts::insert(&tx, &row, &start.agents).await?;
     users::insert_audit(&tx, &audit).await?;
     tx.commit().await?;
@@ -68,12 +70,7 @@ pub(super) async fn transition_package_rollout(
 ) -> Result<bool> {
     let mut client = pg.client().await?;
     let tx = client.transaction().await?;
-    let moved = package_rollouts::transition(&tx, &change).await?;
-    if moved {
-        if let Some(audit) = &change.audit {
-            users::insert_audit(&tx, audit).await?;
-        }
-    }
+    let moved = staged::transition(&tx, PACKAGE_ROLLOUTS, &change).await?;
     tx.commit().await?;
     Ok(moved)
 }

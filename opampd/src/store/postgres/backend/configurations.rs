@@ -1,11 +1,13 @@
 //! The transactions and snapshot reads of configurations and their rollouts.
 
+use crate::store::configs::CONFIGURATION_ROLLOUTS;
 use crate::store::configs::{
     self as plan, ConfigDelete, ConfigDetail, ConfigRollback, ConfigRow, ConfigSave, DeleteOutcome,
     RollbackOutcome, RolloutRow, RolloutStart, RolloutTransition, SavePlan, Saved, TargetRow,
     VersionRow,
 };
 use crate::store::now_ms;
+use crate::store::postgres::staged;
 use crate::store::postgres::{configs, users, Postgres};
 use anyhow::{Context, Result};
 use deadpool_postgres::{GenericClient, Transaction};
@@ -181,7 +183,7 @@ pub(super) async fn start_rollout(
     let now = now_ms();
     let prior = configs::latest_rollout(&tx, &start.name).await?;
     let (row, audit) = plan::plan_rollout(&start, version.hash, prior.as_ref(), now);
-    configs::supersede(&tx, &start.name, now).await?;
+    staged::supersede(&tx, CONFIGURATION_ROLLOUTS, &start.name, now).await?;
     let id = configs::insert_rollout(&tx, &row, &start.agents).await?;
     users::insert_audit(&tx, &audit).await?;
     tx.commit().await?;
@@ -191,21 +193,7 @@ pub(super) async fn start_rollout(
 pub(super) async fn transition_rollout(pg: &Postgres, change: RolloutTransition) -> Result<bool> {
     let mut client = pg.client().await?;
     let tx = client.transaction().await?;
-    let moved = configs::transition(
-        &tx,
-        change.id,
-        change.from,
-        change.to,
-        change.released_batches,
-        change.max_failures,
-        change.reason.as_deref(),
-    )
-    .await?;
-    if moved {
-        if let Some(audit) = &change.audit {
-            users::insert_audit(&tx, audit).await?;
-        }
-    }
+    let moved = staged::transition(&tx, CONFIGURATION_ROLLOUTS, &change).await?;
     tx.commit().await?;
     Ok(moved)
 }
