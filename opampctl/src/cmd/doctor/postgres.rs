@@ -44,7 +44,7 @@ const BLOATED_MIN_ROWS: u64 = 1000;
 /// tables whose dead row versions VACUUM has not reclaimed.
 fn size_verdict(pg: &PgStats) -> Check {
     let mut largest: Vec<&PgTableStats> = pg.tables.iter().collect();
-    largest.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    largest.sort_by_key(|table| std::cmp::Reverse(table.bytes));
     let top: Vec<String> = largest
         .iter()
         .take(3)
