@@ -50,24 +50,10 @@ async fn every_route_refuses_bad_and_weak_credentials() {
     let revoked_jwt = login(&s, "admin", &admin_password(&s)).await;
     let (code, _, _) = call(&s, "POST", "/api/v1/auth/logout", Some(&revoked_jwt), None).await;
     assert_eq!(code, 204);
-    let (code, _, t) = call(
-        &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&s.token()),
-        Some(json!({"name": "soon revoked"})),
-    )
-    .await;
+    let (code, t) = create_token(&s, &s.token(), json!({"name": "soon revoked"})).await;
     assert_eq!(code, 201, "{t}");
     let revoked_token = t["token"].as_str().unwrap().to_string();
-    let (code, _, _) = call(
-        &s,
-        "DELETE",
-        &format!("/api/v1/tokens/{}", t["id"].as_str().unwrap()),
-        Some(&s.token()),
-        None,
-    )
-    .await;
+    let code = revoke_token(&s, &s.token(), t["id"].as_str().unwrap()).await;
     assert_eq!(code, 204);
 
     let forged = Auth::new(
@@ -130,12 +116,9 @@ async fn every_route_refuses_bad_and_weak_credentials() {
         }
     }
     // Login itself is open.
-    let (code, _, _) = call(
+    let (code, _, _) = try_login(
         &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "vera", "password": "viewer-password-1"})),
+        json!({"username": "vera", "password": "viewer-password-1"}),
     )
     .await;
     assert_eq!(code, 200);
@@ -145,44 +128,28 @@ async fn every_route_refuses_bad_and_weak_credentials() {
 async fn login_logout_and_rate_limit() {
     let s = server();
     create_user(&s, "alice", "alice-password-1", "operator").await;
-    let (code, _, v) = call(
+    let (code, _, v) = try_login(
         &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "alice", "password": "wrong-password"})),
+        json!({"username": "alice", "password": "wrong-password"}),
     )
     .await;
     assert_eq!(
         (code, &v["error"]["message"]),
         (401, &json!("invalid username or password"))
     );
-    let (code, _, v2) = call(
+    let (code, _, v2) = try_login(
         &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "nobody", "password": "whatever-it-is"})),
+        json!({"username": "nobody", "password": "whatever-it-is"}),
     )
     .await;
     assert_eq!(code, 401);
     assert_eq!(v, v2, "unknown users and wrong passwords look the same");
-    let (code, _, v) = call(
-        &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"user": "x"})),
-    )
-    .await;
+    let (code, _, v) = try_login(&s, json!({"user": "x"})).await;
     assert_eq!(code, 400, "{v}");
 
-    let (code, _, v) = call(
+    let (code, _, v) = try_login(
         &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "alice", "password": "alice-password-1"})),
+        json!({"username": "alice", "password": "alice-password-1"}),
     )
     .await;
     assert_eq!(code, 200, "{v}");
@@ -199,14 +166,7 @@ async fn login_logout_and_rate_limit() {
     assert_eq!(code, 401);
 
     // Logging out with an API token revokes that token.
-    let (_, _, t) = call(
-        &s,
-        "POST",
-        "/api/v1/tokens",
-        Some(&s.token()),
-        Some(json!({"name": "ci"})),
-    )
-    .await;
+    let (_, t) = create_token(&s, &s.token(), json!({"name": "ci"})).await;
     let secret = t["token"].as_str().unwrap().to_string();
     let (code, _, _) = call(&s, "POST", "/api/v1/auth/logout", Some(&secret), None).await;
     assert_eq!(code, 204);
@@ -215,22 +175,16 @@ async fn login_logout_and_rate_limit() {
 
     // Ten failures for one user from one address: the eleventh try waits, even with the right password.
     for _ in 0..10 {
-        let (code, _, _) = call(
+        let (code, _, _) = try_login(
             &s,
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"username": "alice", "password": "guess-guess-guess"})),
+            json!({"username": "alice", "password": "guess-guess-guess"}),
         )
         .await;
         assert!(code == 401, "{code}");
     }
-    let (code, headers, v) = call(
+    let (code, headers, v) = try_login(
         &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "alice", "password": "alice-password-1"})),
+        json!({"username": "alice", "password": "alice-password-1"}),
     )
     .await;
     assert_eq!(code, 429, "{v}");
@@ -288,23 +242,9 @@ async fn tokens_are_bounded_by_their_creator() {
         .as_str()
         .unwrap()
         .to_string();
-    let (code, _, _) = call(
-        &s,
-        "DELETE",
-        &format!("/api/v1/tokens/{bootstrap_id}"),
-        Some(&jwt),
-        None,
-    )
-    .await;
+    let code = revoke_token(&s, &jwt, &bootstrap_id).await;
     assert_eq!(code, 404, "someone else's token is not yours to revoke");
-    let (code, _, _) = call(
-        &s,
-        "DELETE",
-        &format!("/api/v1/tokens/{}", t["id"].as_str().unwrap()),
-        Some(&jwt),
-        None,
-    )
-    .await;
+    let code = revoke_token(&s, &jwt, t["id"].as_str().unwrap()).await;
     assert_eq!(code, 204);
     let (code, _, v) = call(&s, "GET", "/api/v1/agents", Some(&secret), None).await;
     assert_eq!((code, &v["error"]["code"]), (401, &json!("token_revoked")));
@@ -410,14 +350,8 @@ async fn users_are_managed_by_admins_and_the_last_admin_stays() {
         )
         .await;
     assert_eq!(code, 200);
-    let (code, _, _) = call(
-        &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "bob", "password": "long-enough-pw"})),
-    )
-    .await;
+    let (code, _, _) =
+        try_login(&s, json!({"username": "bob", "password": "long-enough-pw"})).await;
     assert_eq!(code, 401);
     let bob = login(&s, "bob", "a-new-long-password").await;
     // With two admins, one may go; its tokens go with it.
@@ -435,12 +369,9 @@ async fn audit_log_records_who_did_what_and_never_a_secret() {
     let admin_pw = admin_password(&s);
     create_user(&s, "carol", "carol-password-1", "operator").await;
     let carol = login(&s, "carol", "carol-password-1").await;
-    let (code, _, _) = call(
+    let (code, _, _) = try_login(
         &s,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"username": "carol", "password": "not-carols-password"})),
+        json!({"username": "carol", "password": "not-carols-password"}),
     )
     .await;
     assert_eq!(code, 401);
@@ -531,14 +462,7 @@ async fn audit_log_records_who_did_what_and_never_a_secret() {
     let (code, tok) = create_token(&s, &carol, json!({"name": "script"})).await;
     assert_eq!(code, 201);
     let token_secret = tok["token"].as_str().unwrap().to_string();
-    let (code, _, _) = call(
-        &s,
-        "DELETE",
-        &format!("/api/v1/tokens/{}", tok["id"].as_str().unwrap()),
-        Some(&carol),
-        None,
-    )
-    .await;
+    let code = revoke_token(&s, &carol, tok["id"].as_str().unwrap()).await;
     assert_eq!(code, 204);
     create_user(&s, "dave", "dave-password-12", "viewer").await;
     let (code, _) = s
@@ -757,6 +681,24 @@ async fn expect_codes<const N: usize>(
 async fn create_token(s: &Server, token: &str, body: Value) -> (u16, Value) {
     let (code, _, v) = call(s, "POST", "/api/v1/tokens", Some(token), Some(body)).await;
     (code, v)
+}
+
+/// `POST /api/v1/auth/login` with `body`, as it answers.
+async fn try_login(s: &Server, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    call(s, "POST", "/api/v1/auth/login", None, Some(body)).await
+}
+
+/// `DELETE /api/v1/tokens/{id}` with `token`: the status.
+async fn revoke_token(s: &Server, token: &str, id: &str) -> u16 {
+    call(
+        s,
+        "DELETE",
+        &format!("/api/v1/tokens/{id}"),
+        Some(token),
+        None,
+    )
+    .await
+    .0
 }
 
 /// `POST /api/v1/users` with the admin token: the status and the answer.
