@@ -992,7 +992,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l transport -d
 http\t'Plain HTTP (POST per message)'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l connections -d 'Keep-alive connections of plain-HTTP agents, in total' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l config-bytes -d 'Size of each agent\'s effective config, and of the rolled-out configuration' -r
-complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l server-pid -d 'opampd\'s process id on this host: measure its memory (VmRSS) and CPU time' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l server-pid -d 'opampd\'s process id on this host: measure its memory (VmRSS), CPU time and open files; with several --server, one per replica in the same order (repeated, or a comma list)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l processes -d 'Worker processes simulating the agents (each one a share of --agents)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l source-ips -d 'Local addresses to connect from, round-robin: a range A-B, a list A,B,C or one address' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand bench" -l ramp -d 'How fast agents connect, in total: N/s, N/m or N (per second)' -r

@@ -59,6 +59,9 @@ pub struct ContextEntry {
 pub struct Settings {
     /// Base URL without a trailing slash.
     pub server: String,
+    /// Every server --server named (repeated or as a comma list), `server`
+    /// first: the replicas `opampctl bench` drives. Just `server` otherwise.
+    pub servers: Vec<String>,
     /// Whether --server, OPAMPCTL_SERVER or the context named the server
     /// (else it is [`DEFAULT_SERVER`]).
     pub server_given: bool,
@@ -248,6 +251,25 @@ pub fn check_server_url(url: &str, source: &str) -> Result<String> {
     Ok(trimmed)
 }
 
+/// The servers --server (or OPAMPCTL_SERVER) names, checked: every value
+/// of a repeated flag, each split at commas. Empty without the flag.
+pub fn given_servers(g: &Global) -> Result<Vec<String>> {
+    g.server
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| check_server_url(url, "--server"))
+        .collect()
+}
+
+/// The error for several servers given to a command that talks to one.
+pub fn several_servers(count: usize) -> CtlError {
+    CtlError::usage(format!(
+        "--server names {count} servers: only opampctl bench drives several replicas; give this command one --server"
+    ))
+}
+
 fn read_token_file(path: &Path, source: &str) -> Result<String> {
     let path = expand_home(path);
     let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -329,13 +351,18 @@ pub fn session_context(g: &Global) -> Result<SessionContext> {
 /// Settings to reach the server of `entry` (or --server, which comes first)
 /// with `token` as the only credential.
 pub fn settings_with(g: &Global, entry: &ContextEntry, token: Option<String>) -> Result<Settings> {
-    let server = match (&g.server, &entry.server) {
-        (Some(s), _) => check_server_url(s, "--server")?,
+    let given = given_servers(g)?;
+    if given.len() > 1 {
+        return Err(several_servers(given.len()));
+    }
+    let server = match (given.first(), &entry.server) {
+        (Some(s), _) => s.clone(),
         (None, Some(s)) => check_server_url(s, "the context's server")?,
         (None, None) => DEFAULT_SERVER.to_string(),
     };
     Ok(Settings {
-        server_given: g.server.is_some() || entry.server.is_some(),
+        server_given: !given.is_empty() || entry.server.is_some(),
+        servers: vec![server.clone()],
         server,
         token_source: "the login session".to_string(),
         token,
@@ -382,8 +409,9 @@ pub fn resolve(g: &Global) -> Result<Settings> {
             "--context {name:?} given but there is no opampctl config file (set OPAMPCTL_CONFIG or create ~/.config/opampctl/config.yaml)"
         )));
     }
-    let server = match (&g.server, &ctx.server) {
-        (Some(s), _) => check_server_url(s, "--server")?,
+    let given = given_servers(g)?;
+    let server = match (given.first(), &ctx.server) {
+        (Some(s), _) => s.clone(),
         (None, Some(s)) => check_server_url(s, "the context's server")?,
         (None, None) => DEFAULT_SERVER.to_string(),
     };
@@ -428,7 +456,12 @@ pub fn resolve(g: &Global) -> Result<Settings> {
         (None, "none".to_string())
     };
     Ok(Settings {
-        server_given: g.server.is_some() || ctx.server.is_some(),
+        server_given: !given.is_empty() || ctx.server.is_some(),
+        servers: if given.is_empty() {
+            vec![server.clone()]
+        } else {
+            given
+        },
         server,
         token,
         token_source,

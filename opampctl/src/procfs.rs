@@ -1,5 +1,6 @@
 //! What opampctl reads from /proc and the process limits (Linux): whether a
-//! process exists, another process's CPU time and resident memory, this
+//! process exists, another process's CPU time, resident memory and open
+//! files, this
 //! process's open-file limit and user id, the kernel release, the ephemeral
 //! port range, and the listening TCP sockets with their owners. The CPU time
 //! and the open-file limit are opampd's readers (`opampd::procinfo`). Every
@@ -20,6 +21,14 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// A process's CPU time and this process's open-file limit: opampd's
 /// readers, shared.
 pub use opampd::procinfo::{cpu_seconds, raise_nofile};
+
+/// How many files (sockets included) a process has open: the entries of
+/// /proc/PID/fd.
+pub fn open_files(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|entries| entries.count())
+}
 
 /// Whether a process with this id exists (a zombie counts).
 pub fn process_exists(pid: u32) -> bool {

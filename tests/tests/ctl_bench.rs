@@ -3,7 +3,7 @@
 //! runs only check that agents connect, exchange, and that every number the
 //! mode promises is reported.
 
-use opamp_tests::{bin, ctl_env, free_addr, signal, stderr, stdout, Server};
+use opamp_tests::{bin, ctl_env, free_addr, postgres, signal, stderr, stdout, Opts, Server};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -615,4 +615,210 @@ fn compare_flags_are_checked_before_anything_runs() {
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
+}
+
+/// Two replicas on one fresh PostgreSQL database, the first driving
+/// rollouts (the second gets its admin token); None (SKIPPED line printed)
+/// without PostgreSQL.
+fn two_replicas(test: &str) -> Option<(Server, Server)> {
+    postgres::available(test)?;
+    let replica = |id: &str, first: Option<&Server>| {
+        Server::start_with(Opts {
+            postgres: first.is_none(),
+            database_url: first.map(|f| f.database_url().expect("on PostgreSQL").to_string()),
+            env: vec![("OPAMPD_CLUSTER_REPLICA_ID".into(), id.into())],
+            ..Opts::default()
+        })
+    };
+    let a = replica("a", None);
+    let started = Instant::now();
+    while !a
+        .logs()
+        .contains("this replica now drives rollout progress")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replica a does not drive rollouts:\n{}",
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b = replica("b", Some(&a));
+    std::fs::write(b.data_dir().join("admin.token"), a.token()).expect("token written");
+    Some((a, b))
+}
+
+#[test]
+fn several_replicas_get_their_share_of_agents_and_their_own_figures() {
+    let Some((a, b)) =
+        two_replicas("several_replicas_get_their_share_of_agents_and_their_own_figures")
+    else {
+        return;
+    };
+    let (url_a, url_b) = (a.url(), b.url());
+    let pids = format!("{},{}", a.pid(), b.pid());
+    let o = a.ctl(&[
+        "bench",
+        "hold",
+        "--agents",
+        "20",
+        "--duration",
+        "2s",
+        "--heartbeat",
+        "1s",
+        "--server",
+        &url_a,
+        "--server",
+        &url_b,
+        "--server-pid",
+        &pids,
+        "--processes",
+        "2",
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    all_connected(&v, 20);
+    // The totals are there; one pid is not: each replica has its own.
+    has(
+        &v,
+        &[
+            "server_rss_after_kib",
+            "rss_per_agent_kib",
+            "server_cpu_s",
+            "cpu_per_heartbeat_us",
+            "server_fds",
+        ],
+    );
+    lacks(&v, &["server_pid"]);
+    let replicas = v["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 2, "{v:#}");
+    let mut messages = 0;
+    for (replica, (url, pid)) in replicas.iter().zip([(&url_a, a.pid()), (&url_b, b.pid())]) {
+        assert_eq!(replica["server"], url.as_str(), "{v:#}");
+        assert_eq!(replica["pid"], pid, "{v:#}");
+        assert_eq!(replica["connected"], 10, "round-robin: {v:#}");
+        has(
+            replica,
+            &[
+                "rss_before_kib",
+                "rss_after_kib",
+                "rss_per_agent_kib",
+                "fds",
+                "cpu_s",
+                "cpu_per_heartbeat_us",
+            ],
+        );
+        // Its agents' sockets are among its open files.
+        assert!(replica["fds"].as_u64().unwrap() >= 10, "{v:#}");
+        messages += replica["messages"].as_u64().unwrap();
+    }
+    assert_eq!(messages, v["messages"].as_u64().unwrap(), "{v:#}");
+    // Each agent was deleted through its replica; the other one (same
+    // database) lists none either.
+    assert_eq!(inventory(&b), 0, "{v:#}");
+
+    // Through one OpAMP URL (a balancer; here replica a itself): each
+    // replica's agents come from its /metrics.
+    let o = b.ctl(&[
+        "bench",
+        "hold",
+        "--agents",
+        "6",
+        "--duration",
+        "1s",
+        "--heartbeat",
+        "1s",
+        "--server",
+        &format!("{url_a},{url_b}"),
+        "--server-pid",
+        &a.pid().to_string(),
+        "--server-pid",
+        &b.pid().to_string(),
+        "--opamp-url",
+        &format!("{url_a}/v1/opamp"),
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    all_connected(&v, 6);
+    assert_eq!(v["replicas"][0]["connected"], 6, "{v:#}");
+    assert_eq!(v["replicas"][1]["connected"], 0, "{v:#}");
+}
+
+#[test]
+fn a_rollout_started_on_one_replica_is_timed_to_the_agents_of_all() {
+    let Some((a, b)) =
+        two_replicas("a_rollout_started_on_one_replica_is_timed_to_the_agents_of_all")
+    else {
+        return;
+    };
+    // Started on b (the first --server); a drives the rollout's progress.
+    let servers = format!("{},{}", b.url(), a.url());
+    let o = a.ctl(&[
+        "bench",
+        "rollout",
+        "--agents",
+        "10",
+        "--duration",
+        "30s",
+        "--config-bytes",
+        "512",
+        "--server",
+        &servers,
+        "-o",
+        "json",
+    ]);
+    let v = json(&o);
+    all_connected(&v, 10);
+    assert_eq!(v["rollout_received"], 10, "{v:#}");
+    assert_eq!(v["rollout_applied"], 10, "{v:#}");
+    has(&v, &["rollout_received_s", "rollout_applied_s"]);
+    let replicas = v["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 2, "{v:#}");
+    for replica in replicas {
+        assert_eq!(replica["connected"], 5, "{v:#}");
+        assert_eq!(replica["rollout_received"], 5, "{v:#}");
+        assert!(
+            replica["rollout_received_s"].as_f64().unwrap()
+                <= v["rollout_received_s"].as_f64().unwrap(),
+            "{v:#}"
+        );
+    }
+}
+
+#[test]
+fn several_servers_are_checked_and_only_for_bench() {
+    let one = Server::start();
+    let url = one.url();
+    let two = format!("{url},{url}");
+    // One pid for two servers.
+    let o = one.ctl(&[
+        "bench",
+        "hold",
+        "--agents",
+        "2",
+        "--server",
+        &two,
+        "--server-pid",
+        &one.pid().to_string(),
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("one pid per --server"),
+        "{}",
+        stderr(&o)
+    );
+    // A bad URL in the list is named.
+    let o = one.ctl(&["bench", "hold", "--server", &format!("{url},ftp://x")]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("ftp://x"), "{}", stderr(&o));
+    // Other commands talk to one server.
+    let o = one.ctl(&["agents", "list", "--server", &url, "--server", &url]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("only opampctl bench drives several replicas"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -27,9 +27,9 @@ pub struct BenchArgs {
     /// Size of each agent's effective config, and of the rolled-out configuration
     #[arg(long, default_value_t = 2048, value_name = "BYTES")]
     pub config_bytes: usize,
-    /// opampd's process id on this host: measure its memory (VmRSS) and CPU time
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    /// opampd's process id on this host: measure its memory (VmRSS), CPU time and open files; with several --server, one per replica in the same order (repeated, or a comma list)
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Worker processes simulating the agents (each one a share of --agents)
     #[arg(long, default_value_t = 1, value_name = "P")]
     pub processes: usize,

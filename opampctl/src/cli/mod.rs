@@ -56,7 +56,7 @@ pub struct Cli {
 pub struct Global {
     /// Base URL of opampd [default: http://127.0.0.1:8080]
     #[arg(long, global = true, env = "OPAMPCTL_SERVER", value_name = "URL")]
-    pub server: Option<String>,
+    pub server: Vec<String>,
     /// API token (an admin or operator token, or a login JWT)
     #[arg(
         long,

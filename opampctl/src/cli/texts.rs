@@ -201,6 +201,18 @@ gives about 28,000 ports to one server: --processes P runs P worker \
 processes, each simulating a share of the agents, and --source-ips spreads \
 the connections over local addresses. Every process uses one core. The exit \
 status is 1 when any error occurred.\n\n\
+Several replicas (opampd on PostgreSQL): --server URL once per replica (or \
+one comma list) and, to measure them, --server-pid PID once per replica in \
+the same order. The agents are spread round-robin over the replicas and \
+connect to each one's own address; with --opamp-url they all go through that \
+one URL instead (a load balancer), and each replica's share is read from its \
+/metrics. The figures are totals, and each replica's (its agents, RSS, RSS \
+per agent, open files, CPU, CPU per heartbeat or per 1000 messages) follow \
+in a second table (-o json: replicas). rollout starts the rollout on the \
+first --server once it lists every connected agent, and times the agents of \
+every replica (each replica's last agent too). The operator token must be \
+valid on all replicas (it is, on one database): each simulated agent is \
+deleted through its own replica (through the first with --opamp-url).\n\n\
 compare: runs --load (hold, status or http; default hold) with the same \
 flags against two OpAMP servers on this host, any implementation: --server-a \
 URL --pid-a PID and --server-b URL --pid-b PID, --rounds times each, \
@@ -212,4 +224,6 @@ B/A, the ratio that counts: absolute figures move between runs on a shared \
 machine, the ratio of one comparison much less.\n\n\
 Example:\n\n\
 opampctl bench hold --agents 15000 --processes 2 --source-ips 127.0.0.1-127.0.0.4 \
---ramp 2000/s --duration 60s --server-pid $(pidof opampd)";
+--ramp 2000/s --duration 60s --server-pid $(pidof opampd)\n\n\
+opampctl bench hold --agents 30000 --processes 4 --source-ips 127.0.0.1-127.0.0.8 \
+--server http://127.0.0.1:8081,http://127.0.0.1:8082 --server-pid PID1,PID2";

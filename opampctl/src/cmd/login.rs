@@ -98,7 +98,7 @@ pub async fn logout(g: &Global) -> Result<()> {
     // The session ends on the server it was opened on, whatever --server says.
     let mut global = g.clone();
     if entry.server.is_some() {
-        global.server = None;
+        global.server.clear();
     }
     let settings = context::settings_with(&global, &entry, Some(token))?;
     let client = Client::new(&settings)?;

@@ -41,6 +41,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         _ => {}
     }
     let settings = context::resolve(&cli.global)?;
+    if settings.servers.len() > 1 && !matches!(cli.command, Command::Bench(_)) {
+        return Err(context::several_servers(settings.servers.len()));
+    }
     let client = Client::new(&settings)?;
     match cli.command {
         Command::Health(args) => health::run(&settings, &client, &args).await,

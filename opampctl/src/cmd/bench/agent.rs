@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// What one agent measured.
 #[derive(Debug, Default)]
 pub struct AgentOutcome {
+    /// The endpoint (replica) the agent connects to.
+    pub endpoint: usize,
     pub connect_ms: Option<f64>,
     pub latencies: Vec<f64>,
     pub messages: u64,
@@ -36,7 +38,10 @@ pub async fn agent_task(
     start: Instant,
     mut phase: watch::Receiver<Phase>,
 ) -> AgentOutcome {
-    let mut outcome = AgentOutcome::default();
+    let mut outcome = AgentOutcome {
+        endpoint: shared.plan.endpoint_of(idx),
+        ..Default::default()
+    };
     tokio::select! {
         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(start)) => {}
         _ = phase.wait_for(|now| *now == Phase::Stop) => {
@@ -235,7 +240,10 @@ impl Agent {
         let started = Instant::now();
         let link = match plan.transport {
             Transport::Ws => {
-                let connector = shared.ws.as_ref().ok_or("no WebSocket connector")?;
+                let connector = shared
+                    .ws
+                    .get(plan.endpoint_of(idx))
+                    .ok_or("no WebSocket connector")?;
                 let ws = tokio::time::timeout(plan.timeout, ws_open(connector, plan, idx))
                     .await
                     .map_err(|_| format!("no WebSocket within {}s", plan.timeout.as_secs()))??;
@@ -271,7 +279,10 @@ impl Agent {
                 (reply, started.elapsed())
             }
             Link::Http => {
-                let pool = shared.http.as_ref().ok_or("no plain-HTTP client")?;
+                let pool = shared
+                    .http
+                    .get(shared.plan.endpoint_of(self.state.idx))
+                    .ok_or("no plain-HTTP client")?;
                 http_exchange(pool, self.state.idx, message).await?
             }
         };
@@ -316,7 +327,7 @@ impl Agent {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
             }
             Link::Http => {
-                if let Some(pool) = &shared.http {
+                if let Some(pool) = shared.http.get(shared.plan.endpoint_of(self.state.idx)) {
                     let _ = http_exchange(pool, self.state.idx, &bye).await;
                 }
             }
@@ -557,7 +568,10 @@ async fn heartbeat_until_closed(
 /// One reconnect attempt: connect, minimal message, full report if asked.
 async fn come_back(shared: &Shared, agent: &mut Agent) -> Result<(), String> {
     let plan = &shared.plan;
-    let connector = shared.ws.as_ref().ok_or("no WebSocket connector")?;
+    let connector = shared
+        .ws
+        .get(plan.endpoint_of(agent.state.idx))
+        .ok_or("no WebSocket connector")?;
     let ws = tokio::time::timeout(plan.timeout, ws_open(connector, plan, agent.state.idx))
         .await
         .map_err(|_| "connect timed out".to_string())??;

@@ -21,8 +21,87 @@ const LIVE_EVERY: Duration = Duration::from_millis(50);
 /// How often rollout mode asks for the rollout's status.
 const ROLLOUT_POLL: Duration = Duration::from_millis(50);
 
-/// The server's /proc readings (with --server-pid), in KiB and CPU seconds.
+/// The /proc readings of every server given with --server-pid (one per
+/// replica, in the order of --server), taken together.
 #[derive(Debug, Default)]
+pub struct Servers {
+    pub pids: Vec<u32>,
+    pub readings: Vec<ServerReadings>,
+}
+
+impl Servers {
+    /// The servers' RSS now, as their `rss_before`.
+    pub fn new(pids: Vec<u32>) -> Servers {
+        let readings = pids
+            .iter()
+            .map(|&pid| ServerReadings {
+                rss_before: procfs::rss_kib(pid),
+                ..Default::default()
+            })
+            .collect();
+        Servers { pids, readings }
+    }
+
+    fn each(&mut self, mut read: impl FnMut(u32, &mut ServerReadings)) {
+        for (&pid, readings) in self.pids.iter().zip(self.readings.iter_mut()) {
+            read(pid, readings);
+        }
+    }
+
+    /// RSS and open files once every agent connected.
+    pub fn read_connected(&mut self) {
+        self.each(|pid, readings| {
+            readings.rss_connected = procfs::rss_kib(pid);
+            readings.fds_connected = procfs::open_files(pid);
+        });
+    }
+
+    pub fn read_cpu_before(&mut self) {
+        self.each(|pid, readings| readings.cpu_before = procfs::cpu_seconds(pid));
+    }
+
+    /// CPU time after the measured phase and RSS at the end.
+    pub fn read_end(&mut self) {
+        self.each(|pid, readings| {
+            readings.cpu_after = procfs::cpu_seconds(pid);
+            readings.rss_end = procfs::rss_kib(pid);
+        });
+    }
+
+    /// hold: an RSS sample of every server.
+    pub fn sample_rss(&mut self) {
+        self.each(|pid, readings| readings.rss_samples.extend(procfs::rss_kib(pid)));
+    }
+
+    /// The readings of all servers as one: the sums (a figure missing for
+    /// one server is missing for all).
+    pub fn combined(&self) -> ServerReadings {
+        fn sum<T: std::iter::Sum<T>>(values: impl Iterator<Item = Option<T>>) -> Option<T> {
+            values
+                .collect::<Option<Vec<T>>>()
+                .map(|all| all.into_iter().sum())
+        }
+        let all = &self.readings;
+        if all.is_empty() {
+            return ServerReadings::default();
+        }
+        let samples = all.iter().map(|r| r.rss_samples.len()).min().unwrap_or(0);
+        ServerReadings {
+            rss_before: sum(all.iter().map(|r| r.rss_before)),
+            rss_connected: sum(all.iter().map(|r| r.rss_connected)),
+            rss_samples: (0..samples)
+                .map(|i| all.iter().map(|r| r.rss_samples[i]).sum())
+                .collect(),
+            rss_end: sum(all.iter().map(|r| r.rss_end)),
+            cpu_before: sum(all.iter().map(|r| r.cpu_before)),
+            cpu_after: sum(all.iter().map(|r| r.cpu_after)),
+            fds_connected: sum(all.iter().map(|r| r.fds_connected)),
+        }
+    }
+}
+
+/// One server's /proc readings, in KiB and CPU seconds.
+#[derive(Debug, Default, Clone)]
 pub struct ServerReadings {
     pub rss_before: Option<u64>,
     /// When every agent had connected.
@@ -32,6 +111,8 @@ pub struct ServerReadings {
     pub rss_end: Option<u64>,
     pub cpu_before: Option<f64>,
     pub cpu_after: Option<f64>,
+    /// Open files (sockets included) when every agent had connected.
+    pub fds_connected: Option<usize>,
 }
 
 impl ServerReadings {
@@ -58,20 +139,21 @@ pub struct Measured {
 
 /// hold, status, http: `go`, then --duration, sampling the server's RSS
 /// (hold) every tenth of it (1 to 5 s).
-pub async fn steady(
-    bench: &Bench<'_>,
-    workers: &mut [Handle],
-    server: &mut ServerReadings,
-) -> Measured {
+pub async fn steady(bench: &Bench<'_>, workers: &mut [Handle], servers: &mut Servers) -> Measured {
     let args = bench.args;
-    server.cpu_before = bench.server_pid.and_then(procfs::cpu_seconds);
+    servers.read_cpu_before();
     send_all(workers, Command::Go);
     let go = Instant::now();
     output::info(
         bench.settings,
         format!("measuring for {}s", args.duration.as_secs_f64()),
     );
-    server.rss_samples.extend(server.rss_connected);
+    let hold = args.mode == crate::cli::BenchMode::Hold;
+    if hold {
+        for readings in &mut servers.readings {
+            readings.rss_samples.extend(readings.rss_connected);
+        }
+    }
     let every = (args.duration / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
     loop {
         let left = args.duration.saturating_sub(go.elapsed());
@@ -79,10 +161,8 @@ pub async fn steady(
             break;
         }
         tokio::time::sleep(left.min(every)).await;
-        if let Some(rss) = bench.server_pid.and_then(procfs::rss_kib) {
-            if args.mode == crate::cli::BenchMode::Hold {
-                server.rss_samples.push(rss);
-            }
+        if hold {
+            servers.sample_rss();
         }
     }
     Measured {
@@ -100,7 +180,7 @@ pub async fn rollout(
     workers: &mut [Handle],
     connected: usize,
     report: &mut BenchReport,
-    server: &mut ServerReadings,
+    servers: &mut Servers,
 ) -> Result<Measured> {
     let args = bench.args;
     let name = bench.configuration_name();
@@ -121,7 +201,10 @@ pub async fn rollout(
         return Err(e);
     }
     report.configuration = Some(name.clone());
-    server.cpu_before = bench.server_pid.and_then(procfs::cpu_seconds);
+    if bench.settings.servers.len() > 1 {
+        wait_listed(bench, connected).await;
+    }
+    servers.read_cpu_before();
     send_all(workers, Command::Go);
     output::info(
         bench.settings,
@@ -158,8 +241,39 @@ pub async fn rollout(
     Ok(measured)
 }
 
-/// Starts the rollout and polls it; the time until completed (`None` if it
-/// failed, paused or ran past `deadline`) and the last status.
+/// Several replicas: waits (up to --duration) until the first replica,
+/// where the rollout starts, lists every connected agent of the run. A
+/// replica stores its agents' first reports a moment after they connected,
+/// and a rollout targets the agents stored when it starts.
+async fn wait_listed(bench: &Bench<'_>, connected: usize) {
+    let path = format!(
+        "/api/v1/agents?limit=1&selector={}",
+        enc(&format!("bench.run={}", bench.run_id))
+    );
+    let deadline = Instant::now() + bench.args.duration;
+    let mut listed = 0;
+    while Instant::now() < deadline {
+        if let Ok(page) = bench
+            .client
+            .get::<opamp_proto::api::Page<serde_json::Value>>(&path)
+            .await
+        {
+            listed = page.total as usize;
+            if listed >= connected {
+                return;
+            }
+        }
+        tokio::time::sleep(ROLLOUT_POLL).await;
+    }
+    output::warn(format!(
+        "{} lists {listed} of the {connected} connected agents: the rollout targets those",
+        bench.settings.server
+    ));
+}
+
+/// Starts the rollout and polls it; the time until completed with every
+/// agent counted (`None` if it failed, paused or ran past `deadline`) and
+/// the last status.
 async fn run_rollout(
     bench: &Bench<'_>,
     name: &str,
@@ -184,7 +298,10 @@ async fn run_rollout(
         ));
     }
     loop {
-        if status.state == "completed" {
+        // With several replicas the one asked may count the last agents (or
+        // their APPLIED) a moment after the replica driving the rollout
+        // completed it: done when it counts every connected agent applied.
+        if status.state == "completed" && status.applied >= connected as u64 {
             return Ok::<_, CtlError>((Some(go.elapsed()), status));
         }
         if matches!(status.state.as_str(), "failed" | "paused") {

@@ -46,7 +46,7 @@ use coordinator::{
     collect, parse_worker, spawn_child, spawn_local, wait_ready, Handle, WORKER_ENV,
 };
 use futures_util::StreamExt;
-use measure::ServerReadings;
+use measure::Servers;
 use plan::{
     bench_uid, new_run_id, plan_for, share, transport_of, validate, warn_limits, Plan, Transport,
 };
@@ -67,26 +67,27 @@ pub async fn run(settings: &Settings, client: &Client, args: &BenchArgs) -> Resu
     }
     let bench = Bench::prepare(settings, client, args).await?;
     let plans = bench.plans().await?;
-    let mut server = ServerReadings {
-        rss_before: bench.server_rss(),
-        ..Default::default()
-    };
+    let mut servers = Servers::new(bench.server_pids.clone());
     bench.announce();
     let mut workers = bench.start_workers(plans).await?;
     let connected = bench.connect(&mut workers).await;
-    server.rss_connected = bench.server_rss();
+    servers.read_connected();
+    let balanced = match settings.servers.len() {
+        replicas if replicas > 1 && !bench.direct() => Some(bench.replica_connections().await),
+        _ => None,
+    };
     let mut report = bench.new_report();
     let measured = match args.mode {
         BenchMode::Hold | BenchMode::Status | BenchMode::Http => {
-            measure::steady(&bench, &mut workers, &mut server).await
+            measure::steady(&bench, &mut workers, &mut servers).await
         }
         BenchMode::Rollout => {
-            match measure::rollout(&bench, &mut workers, connected, &mut report, &mut server).await
+            match measure::rollout(&bench, &mut workers, connected, &mut report, &mut servers).await
             {
                 Ok(measured) => measured,
                 Err(e) => {
                     if !args.keep {
-                        cleanup(settings, client, &bench.run_id, args.agents).await;
+                        bench.cleanup().await;
                     }
                     return Err(e);
                 }
@@ -95,17 +96,26 @@ pub async fn run(settings: &Settings, client: &Client, args: &BenchArgs) -> Resu
         BenchMode::Reconnect => measure::reconnect(&bench, &mut workers, &mut report).await,
         BenchMode::Compare => unreachable!("bench compare runs its loads in child processes"),
     };
-    server.cpu_after = bench.server_pid.and_then(procfs::cpu_seconds);
-    server.rss_end = bench.server_rss();
+    servers.read_end();
     output::info(settings, "stopping the agents");
     let teardown = args.duration + settings.timeout + Duration::from_secs(30);
     let results = collect(&mut workers, &bench.per_worker, teardown).await;
-    report.add_results(args, bench.transport, &results, &measured, &server);
+    report.add_results(args, bench.transport, &results, &measured, &servers);
+    if settings.servers.len() > 1 {
+        report.add_replicas(
+            args,
+            &settings.servers,
+            balanced.as_deref(),
+            &results,
+            &measured,
+            &servers,
+        );
+    }
     if args.mode == BenchMode::Rollout {
         bench.delete_configuration().await;
     }
     if !args.keep {
-        cleanup(settings, client, &bench.run_id, args.agents).await;
+        bench.cleanup().await;
     }
     bench.show(&report)?;
     exit_status(settings, &report)
@@ -118,8 +128,8 @@ struct Bench<'a> {
     args: &'a BenchArgs,
     transport: Transport,
     run_id: String,
-    /// The server process to measure (never in reconnect mode).
-    server_pid: Option<u32>,
+    /// The server processes to measure, one per --server (none in reconnect mode).
+    server_pids: Vec<u32>,
     /// Agents per worker.
     per_worker: Vec<usize>,
 }
@@ -135,20 +145,27 @@ impl<'a> Bench<'a> {
         validate(settings, args)?;
         if args.opamp_url.is_none() {
             // Fail fast (exit 3) rather than with thousands of refused agents.
-            client
-                .send_any(client.request(Method::GET, "/health/live"))
-                .await?;
+            for server in &settings.servers {
+                let replica = Settings {
+                    server: server.clone(),
+                    ..settings.clone()
+                };
+                let replica_client = Client::new(&replica)?;
+                replica_client
+                    .send_any(replica_client.request(Method::GET, "/health/live"))
+                    .await?;
+            }
         }
         let transport = transport_of(args.mode, args.transport)?;
         let nofile = procfs::raise_nofile();
         warn_limits(args, transport, nofile);
-        let server_pid = if args.mode == BenchMode::Reconnect {
-            if args.server_pid.is_some() {
+        let server_pids = if args.mode == BenchMode::Reconnect {
+            if !args.server_pid.is_empty() {
                 output::warn("--server-pid is not used by bench reconnect: the restart gives the server a new process");
             }
-            None
+            Vec::new()
         } else {
-            args.server_pid
+            args.server_pid.clone()
         };
         let count = args.processes;
         Ok(Bench {
@@ -157,7 +174,7 @@ impl<'a> Bench<'a> {
             args,
             transport,
             run_id: new_run_id(),
-            server_pid,
+            server_pids,
             per_worker: (0..count)
                 .map(|index| share(args.agents, index, count).len())
                 .collect(),
@@ -174,8 +191,20 @@ impl<'a> Bench<'a> {
         Ok(plans)
     }
 
-    fn server_rss(&self) -> Option<u64> {
-        self.server_pid.and_then(procfs::rss_kib)
+    /// Whether the agents connect to the replicas themselves (round-robin),
+    /// not through one --opamp-url such as a balancer.
+    fn direct(&self) -> bool {
+        self.args.opamp_url.is_none()
+    }
+
+    /// Through a balancer: each replica's open WebSocket connections, from
+    /// its /metrics (`None` for a replica that does not say).
+    async fn replica_connections(&self) -> Vec<Option<usize>> {
+        let mut connections = Vec::new();
+        for server in &self.settings.servers {
+            connections.push(websocket_connections(self.settings, server).await);
+        }
+        connections
     }
 
     fn configuration_name(&self) -> String {
@@ -186,11 +215,19 @@ impl<'a> Bench<'a> {
         output::info(
             self.settings,
             format!(
-                "bench {}: connecting {} {} agents at {}/s (run {})",
+                "bench {}: connecting {} {} agents at {}/s{} (run {})",
                 self.args.mode.as_str(),
                 self.args.agents,
                 self.transport.as_str(),
                 self.args.ramp,
+                match self.settings.servers.len() {
+                    1 => String::new(),
+                    replicas if self.direct() => format!(", spread over {replicas} replicas"),
+                    replicas => format!(
+                        " through {} to {replicas} replicas",
+                        self.args.opamp_url.as_deref().unwrap_or_default()
+                    ),
+                },
                 self.run_id
             ),
         );
@@ -242,7 +279,10 @@ impl<'a> Bench<'a> {
             run_id: self.run_id.clone(),
             agents: self.args.agents,
             processes: self.args.processes,
-            server_pid: self.server_pid,
+            server_pid: match self.server_pids.as_slice() {
+                [pid] => Some(*pid),
+                _ => None,
+            },
             ..Default::default()
         }
     }
@@ -271,7 +311,7 @@ impl<'a> Bench<'a> {
             report::table(self.settings, report)
         })?;
         let mode = self.args.mode;
-        if self.server_pid.is_none()
+        if self.server_pids.is_empty()
             && self.settings.human()
             && mode != BenchMode::Reconnect
             && mode != BenchMode::Rollout
@@ -283,6 +323,24 @@ impl<'a> Bench<'a> {
         }
         Ok(())
     }
+}
+
+/// The `opamp_platform_websocket_connections` gauge of `server`'s /metrics.
+async fn websocket_connections(settings: &Settings, server: &str) -> Option<usize> {
+    let replica = Settings {
+        server: server.to_string(),
+        ..settings.clone()
+    };
+    let client = Client::new(&replica).ok()?;
+    let response = client
+        .send_any(client.request(Method::GET, "/metrics"))
+        .await
+        .ok()?;
+    let text = response.text().await.ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("opamp_platform_websocket_connections "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as usize)
 }
 
 /// Exit 1 when the run had errors (with the first error sample when quiet).
@@ -306,20 +364,79 @@ fn exit_status(settings: &Settings, report: &BenchReport) -> Result<()> {
     })
 }
 
+impl Bench<'_> {
+    /// Deletes the run's agents from the inventory: each through the replica
+    /// it was connected to (which stored its goodbye), or all through the
+    /// first --server when they went through one --opamp-url.
+    async fn cleanup(&self) {
+        let mut clients = Vec::new();
+        if self.direct() && self.settings.servers.len() > 1 {
+            for server in &self.settings.servers {
+                let replica = Settings {
+                    server: server.clone(),
+                    ..self.settings.clone()
+                };
+                match Client::new(&replica) {
+                    Ok(client) => clients.push(client),
+                    Err(_) => {
+                        clients.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        let clients: Vec<&Client> = if clients.is_empty() {
+            vec![self.client]
+        } else {
+            clients.iter().collect()
+        };
+        cleanup(self.settings, &clients, &self.run_id, self.args.agents).await;
+    }
+}
+
 /// Deletes the run's agents from the inventory (they are disconnected by
-/// now), or says how to when there is no token to do it with.
-async fn cleanup(settings: &Settings, client: &Client, run_id: &str, agents: usize) {
-    if !client.has_token() {
+/// now; agent `idx` through `clients[idx % clients.len()]`), or says how to
+/// when there is no token to do it with. With several replicas a second
+/// pass a second later deletes the agents whose goodbye a replica stored
+/// after the first delete.
+async fn cleanup(settings: &Settings, clients: &[&Client], run_id: &str, agents: usize) {
+    if !clients[0].has_token() {
         output::warn(format!(
             "the {agents} simulated agents stay in the inventory: deleting them needs an operator token (--token, --token-file or OPAMPCTL_TOKEN); delete them later with `opampctl agents delete -l bench.run={run_id} --force --yes`"
         ));
         return;
     }
+    let (deleted, mut failures) = delete_agents(clients, run_id, agents).await;
+    if settings.servers.len() > 1 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (again, still) = delete_agents(clients, run_id, agents).await;
+        failures = still;
+        if again > 0 {
+            output::info(
+                settings,
+                format!("deleted {again} simulated agents a second time (a replica stored their goodbye after the first delete)"),
+            );
+        }
+    }
+    if failures > 0 {
+        output::warn(format!(
+            "{failures} simulated agents could not be deleted: `opampctl agents delete -l bench.run={run_id} --force --yes` retries"
+        ));
+    }
+    output::info(
+        settings,
+        format!("deleted {deleted} simulated agents from the inventory"),
+    );
+}
+
+/// One pass of deletes over the run's agents: (deleted, failed).
+async fn delete_agents(clients: &[&Client], run_id: &str, agents: usize) -> (usize, usize) {
     let deleted = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);
     futures_util::stream::iter(0..agents)
         .for_each_concurrent(16, |idx| {
             let uid = opamp_proto::uid_string(&bench_uid(run_id, idx));
+            let client = clients[idx % clients.len()];
             let (deleted, failures) = (&deleted, &failures);
             async move {
                 let request =
@@ -336,14 +453,5 @@ async fn cleanup(settings: &Settings, client: &Client, run_id: &str, agents: usi
             }
         })
         .await;
-    let (deleted, failures) = (deleted.into_inner(), failures.into_inner());
-    if failures > 0 {
-        output::warn(format!(
-            "{failures} simulated agents could not be deleted: `opampctl agents delete -l bench.run={run_id} --force --yes` retries"
-        ));
-    }
-    output::info(
-        settings,
-        format!("deleted {deleted} simulated agents from the inventory"),
-    );
+    (deleted.into_inner(), failures.into_inner())
 }

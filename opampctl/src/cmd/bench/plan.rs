@@ -33,14 +33,23 @@ impl Transport {
     }
 }
 
+/// One OpAMP endpoint the agents connect to: a replica, or the balancer in
+/// front of the replicas.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub ws_url: String,
+    pub http_url: String,
+    /// The host of the URL resolved once, for every agent.
+    pub addr: SocketAddr,
+}
+
 /// What one worker does, built from the flags.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub mode: BenchMode,
     pub transport: Transport,
-    pub ws_url: String,
-    pub http_url: String,
-    pub addr: SocketAddr,
+    /// Agent `idx` connects to endpoint `idx % endpoints.len()` (round-robin).
+    pub endpoints: Vec<Endpoint>,
     pub secret: Option<String>,
     /// Global indexes of this worker's agents.
     pub shard: Range<usize>,
@@ -59,6 +68,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The endpoint (replica) of agent `idx`.
+    pub fn endpoint_of(&self, idx: usize) -> usize {
+        idx % self.endpoints.len().max(1)
+    }
+
     /// The capabilities the agents announce.
     pub fn caps(&self) -> u64 {
         let base = REPORTS_STATUS | REPORTS_EFFECTIVE_CONFIG | REPORTS_HEALTH | REPORTS_HEARTBEAT;
@@ -79,21 +93,10 @@ pub async fn plan_for(
     run_id: &str,
 ) -> Result<Plan> {
     let transport = transport_of(args.mode, args.transport)?;
-    let given_url = args
-        .opamp_url
-        .clone()
-        .unwrap_or_else(|| format!("{}/v1/opamp", settings.server));
-    let ws_url = match url::scheme(&given_url).as_str() {
-        "http" => format!("ws://{}", &given_url["http://".len()..]),
-        "ws" => given_url.clone(),
-        _ => {
-            return Err(CtlError::usage(format!(
-                "bench needs a plain http:// OpAMP URL, not {given_url}: point --opamp-url (or --server) at a listener without TLS"
-            )))
-        }
-    };
-    let http_url = format!("http://{}", ws_url.trim_start_matches("ws://"));
-    let addr = resolve(&http_url).await?;
+    let mut endpoints = Vec::new();
+    for given_url in opamp_urls(settings, args) {
+        endpoints.push(endpoint(&given_url).await?);
+    }
     let source_ips = match &args.source_ips {
         Some(text) => parse_source_ips(text).map_err(CtlError::usage)?,
         None => Vec::new(),
@@ -101,9 +104,7 @@ pub async fn plan_for(
     Ok(Plan {
         mode: args.mode,
         transport,
-        ws_url,
-        http_url,
-        addr,
+        endpoints,
         secret: args.secret.clone(),
         shard: share(args.agents, index, count),
         heartbeat: args.heartbeat,
@@ -115,6 +116,39 @@ pub async fn plan_for(
         ramp: args.ramp / count as f64,
         run_id: run_id.to_string(),
         gzip: args.gzip,
+    })
+}
+
+/// The OpAMP URLs the agents connect to: --opamp-url (one endpoint, such as
+/// a balancer in front of the replicas), else each --server's /v1/opamp.
+pub fn opamp_urls(settings: &Settings, args: &BenchArgs) -> Vec<String> {
+    match &args.opamp_url {
+        Some(url) => vec![url.clone()],
+        None => settings
+            .servers
+            .iter()
+            .map(|server| format!("{server}/v1/opamp"))
+            .collect(),
+    }
+}
+
+/// The endpoint of a plain OpAMP URL (http:// or ws://).
+async fn endpoint(given_url: &str) -> Result<Endpoint> {
+    let ws_url = match url::scheme(given_url).as_str() {
+        "http" => format!("ws://{}", &given_url["http://".len()..]),
+        "ws" => given_url.to_string(),
+        _ => {
+            return Err(CtlError::usage(format!(
+                "bench needs a plain http:// OpAMP URL, not {given_url}: point --opamp-url (or --server) at a listener without TLS"
+            )))
+        }
+    };
+    let http_url = format!("http://{}", ws_url.trim_start_matches("ws://"));
+    let addr = resolve(&http_url).await?;
+    Ok(Endpoint {
+        ws_url,
+        http_url,
+        addr,
     })
 }
 
@@ -189,7 +223,14 @@ pub fn validate(settings: &Settings, args: &BenchArgs) -> Result<()> {
             "no token: the simulated agents cannot be deleted at the end and will stay in the inventory (pass --token, --token-file or OPAMPCTL_TOKEN, or --keep to keep them on purpose)",
         );
     }
-    if let Some(pid) = args.server_pid {
+    let servers = settings.servers.len();
+    if !args.server_pid.is_empty() && args.server_pid.len() != servers {
+        return Err(CtlError::usage(format!(
+            "--server-pid names {} process(es) for {servers} server(s): give one pid per --server, in the same order",
+            args.server_pid.len()
+        )));
+    }
+    for &pid in &args.server_pid {
         check_pid(pid)?;
     }
     Ok(())

@@ -2,9 +2,9 @@
 //! report (the JSON of `-o json`), how the workers' results and the
 //! parent's readings fill it, and its table.
 
-use super::measure::{Measured, ServerReadings};
+use super::measure::{Measured, ServerReadings, Servers};
 use super::plan::Transport;
-use super::worker::WorkerResult;
+use super::worker::{EndpointCounts, WorkerResult};
 use crate::cli::{BenchArgs, BenchMode};
 use crate::context::Settings;
 use crate::output;
@@ -120,6 +120,8 @@ pub struct BenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_flat: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_fds: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_per_heartbeat_us: Option<f64>,
@@ -147,6 +149,42 @@ pub struct BenchReport {
     pub live_probes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_failures: Option<u64>,
+    /// Several --server: each replica's figures (the fields above are the totals).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One replica's figures in a run over several replicas.
+#[derive(Debug, Default, Serialize)]
+pub struct ReplicaReport {
+    pub server: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Agents connected to it (not known through a balancer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_before_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_after_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_end_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_agent_kib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fds: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_per_heartbeat_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_per_1000_msgs_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_received: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_received_s: Option<f64>,
 }
 
 /// Error messages and how often each occurred.
@@ -161,8 +199,9 @@ impl BenchReport {
         transport: Transport,
         results: &[WorkerResult],
         measured: &Measured,
-        server: &ServerReadings,
+        servers: &Servers,
     ) {
+        let server = &servers.combined();
         let mut errors = self.count_errors(results, &measured.errors);
         self.connected = results.iter().map(|result| result.connected).sum();
         self.duration_s = r3(measured.duration.as_secs_f64());
@@ -170,6 +209,7 @@ impl BenchReport {
         self.connect_p50_ms = percentile(&connects, 50.0).map(r3);
         self.connect_p99_ms = percentile(&connects, 99.0).map(r3);
         self.server_cpu_s = server.cpu().map(r3);
+        self.server_fds = server.fds_connected;
         match args.mode {
             BenchMode::Hold | BenchMode::Status | BenchMode::Http => {
                 self.add_steady(args, transport, results, measured, server)
@@ -179,6 +219,103 @@ impl BenchReport {
             BenchMode::Compare => unreachable!("bench compare runs its loads in child processes"),
         }
         self.set_error_samples(errors);
+    }
+
+    /// Several --server: each replica's figures, from its readings and the
+    /// workers' counts of its agents; through a balancer (`balanced`: each
+    /// replica's WebSocket connections, from its /metrics) its messages are
+    /// its share of all of them.
+    pub fn add_replicas(
+        &mut self,
+        args: &BenchArgs,
+        servers: &[String],
+        balanced: Option<&[Option<usize>]>,
+        results: &[WorkerResult],
+        measured: &Measured,
+        readings: &Servers,
+    ) {
+        let total_messages: u64 = results.iter().map(|result| result.messages).sum();
+        let balanced_total: usize = balanced.unwrap_or_default().iter().flatten().sum();
+        for (index, server) in servers.iter().enumerate() {
+            let counts = match balanced {
+                Some(connections) => {
+                    connections
+                        .get(index)
+                        .copied()
+                        .flatten()
+                        .map(|connected| EndpointCounts {
+                            connected,
+                            messages: (total_messages as f64 * connected as f64
+                                / balanced_total.max(1) as f64)
+                                .round() as u64,
+                            ..Default::default()
+                        })
+                }
+                None => Some(
+                    results
+                        .iter()
+                        .filter_map(|result| result.endpoints.get(index))
+                        .fold(EndpointCounts::default(), |mut total, counts| {
+                            total.connected += counts.connected;
+                            total.messages += counts.messages;
+                            total.received += counts.received;
+                            total.last_received_ms =
+                                match (total.last_received_ms, counts.last_received_ms) {
+                                    (Some(a), Some(b)) => Some(a.max(b)),
+                                    (a, b) => a.or(b),
+                                };
+                            total
+                        }),
+                ),
+            };
+            let own = readings.readings.get(index);
+            let mut replica = ReplicaReport {
+                server: server.clone(),
+                pid: readings.pids.get(index).copied(),
+                connected: counts.as_ref().map(|counts| counts.connected),
+                fds: own.and_then(|own| own.fds_connected),
+                cpu_s: own.and_then(ServerReadings::cpu).map(r3),
+                ..Default::default()
+            };
+            let steady = matches!(
+                args.mode,
+                BenchMode::Hold | BenchMode::Status | BenchMode::Http
+            );
+            if let (Some(counts), true) = (&counts, steady) {
+                replica.messages = Some(counts.messages);
+                let cpu = replica.cpu_s.filter(|_| counts.messages > 0);
+                if args.mode == BenchMode::Hold {
+                    replica.cpu_per_heartbeat_us =
+                        cpu.map(|cpu| r3(cpu * 1e6 / counts.messages as f64));
+                } else {
+                    replica.cpu_per_1000_msgs_s =
+                        cpu.map(|cpu| r3(cpu * 1000.0 / counts.messages as f64));
+                }
+            }
+            if let Some(own) = own.filter(|_| args.mode == BenchMode::Hold) {
+                replica.rss_before_kib = own.rss_before;
+                replica.rss_after_kib = own.rss_connected;
+                replica.rss_end_kib = own.rss_end;
+                if let (Some(before), Some(connected), Some(counts)) =
+                    (own.rss_before, own.rss_connected, &counts)
+                {
+                    replica.rss_per_agent_kib = Some(r3(
+                        (connected as f64 - before as f64) / counts.connected.max(1) as f64
+                    ));
+                }
+            }
+            if let (Some(counts), BenchMode::Rollout, None) = (&counts, args.mode, balanced) {
+                replica.rollout_received = Some(counts.received);
+                if counts.received >= counts.connected && counts.connected > 0 {
+                    if let (Some(started), Some(last)) =
+                        (measured.rollout_started_ms, counts.last_received_ms)
+                    {
+                        replica.rollout_received_s = Some(r3((last - started).max(0.0) / 1000.0));
+                    }
+                }
+            }
+            self.replicas.push(replica);
+        }
     }
 
     fn count_errors(&mut self, results: &[WorkerResult], parent_errors: &[String]) -> ErrorCounts {
@@ -368,10 +505,57 @@ pub fn table(settings: &Settings, report: &BenchReport) -> String {
         }
     }
     let mut text = output::render(&table);
+    if !report.replicas.is_empty() {
+        text.push_str("\n\n");
+        text.push_str(&replica_table(settings, report));
+    }
     for e in &report.error_samples {
         text.push_str(&format!("\nerror: {e}"));
     }
     text
+}
+
+/// One row per replica: its agents and what it spent on them.
+fn replica_table(settings: &Settings, report: &BenchReport) -> String {
+    let per_message = match report.mode {
+        "hold" => "CPU/HEARTBEAT",
+        "rollout" => "ALL RECEIVED",
+        _ => "CPU/1000 MSGS",
+    };
+    let mut table = output::table(
+        settings,
+        &[
+            "REPLICA",
+            "PID",
+            "AGENTS",
+            "RSS",
+            "RSS/AGENT",
+            "FDS",
+            "CPU",
+            per_message,
+        ],
+    );
+    let text = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    for replica in &report.replicas {
+        let last = match report.mode {
+            "hold" => with_unit(replica.cpu_per_heartbeat_us, " µs"),
+            "rollout" => with_unit(replica.rollout_received_s, " s"),
+            _ => with_unit(replica.cpu_per_1000_msgs_s, " s"),
+        };
+        table.add_row(vec![
+            Cell::new(&replica.server),
+            Cell::new(text(with_unit(replica.pid, ""))),
+            Cell::new(text(with_unit(replica.connected, ""))),
+            Cell::new(text(
+                replica.rss_after_kib.map(|kib| output::bytes(kib * 1024)),
+            )),
+            Cell::new(text(with_unit(replica.rss_per_agent_kib, " KiB"))),
+            Cell::new(text(with_unit(replica.fds, ""))),
+            Cell::new(text(with_unit(replica.cpu_s, " s"))),
+            Cell::new(text(last)),
+        ]);
+    }
+    output::render(&table)
 }
 
 fn rows(report: &BenchReport) -> Vec<(&'static str, Option<String>)> {
@@ -396,6 +580,15 @@ fn rows(report: &BenchReport) -> Vec<(&'static str, Option<String>)> {
                 if report.processes == 1 { "" } else { "es" }
             )),
         ),
+        (
+            "replicas",
+            (!report.replicas.is_empty()).then(|| {
+                format!(
+                    "{} (figures below are totals; each replica in the second table)",
+                    report.replicas.len()
+                )
+            }),
+        ),
         ("measured", Some(format!("{:.1} s", report.duration_s))),
         ("errors", Some(report.errors.to_string())),
         ("connect p50", with_unit(report.connect_p50_ms, " ms")),
@@ -415,6 +608,7 @@ fn rows(report: &BenchReport) -> Vec<(&'static str, Option<String>)> {
         ("server RSS before", kib(report.server_rss_before_kib)),
         ("server RSS connected", kib(report.server_rss_after_kib)),
         ("server RSS end", kib(report.server_rss_end_kib)),
+        ("server open files", with_unit(report.server_fds, "")),
         ("RSS per agent", with_unit(report.rss_per_agent_kib, " KiB")),
         (
             "RSS during hold",

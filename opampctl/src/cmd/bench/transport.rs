@@ -3,7 +3,7 @@
 //! buffers, to the address resolved once by the plan) or a shared pool of
 //! plain-HTTP keep-alive connections, one lane per source address.
 
-use super::plan::Plan;
+use super::plan::{Endpoint, Plan};
 use opamp_agent::http::{HttpOptions, HttpTransport};
 use opamp_agent::pb;
 use opamp_agent::ws::{self, Message, WsConnector, WsOptions};
@@ -14,15 +14,15 @@ pub type Ws = ws::WebSocket;
 /// WebSocket buffers per connection: small, so one process holds 15k agents.
 const WS_BUFFER: usize = 4 * 1024;
 
-/// Opens the WebSockets of one worker's agents, prepared once.
-pub fn ws_connector(plan: &Plan) -> Result<WsConnector, String> {
+/// Opens the WebSockets of one worker's agents to one endpoint, prepared once.
+pub fn ws_connector(plan: &Plan, endpoint: &Endpoint) -> Result<WsConnector, String> {
     let mut options = WsOptions::default()
         .buffer_size(WS_BUFFER)
-        .server_addr(plan.addr);
+        .server_addr(endpoint.addr);
     if let Some(secret) = &plan.secret {
         options = options.bearer(secret);
     }
-    WsConnector::new(&plan.ws_url, &options).map_err(|e| e.to_string())
+    WsConnector::new(&endpoint.ws_url, &options).map_err(|e| e.to_string())
 }
 
 /// Opens agent `idx`'s WebSocket from its source address (round-robin).
@@ -69,11 +69,15 @@ pub fn close_reason(
     }
 }
 
-/// Plain-HTTP exchanges of one worker's agents over `--connections`
-/// keep-alive connections (its share), split over the source addresses.
-pub fn http_pool(plan: &Plan) -> Result<HttpTransport, String> {
+/// Plain-HTTP exchanges of one worker's agents with one endpoint over
+/// `connections` keep-alive connections, split over the source addresses.
+pub fn http_pool(
+    plan: &Plan,
+    endpoint: &Endpoint,
+    connections: usize,
+) -> Result<HttpTransport, String> {
     let mut options = HttpOptions::default()
-        .connections(plan.connections)
+        .connections(connections)
         .source_ips(plan.source_ips.clone())
         .timeout(plan.timeout)
         .accept_gzip(plan.gzip);
@@ -81,7 +85,7 @@ pub fn http_pool(plan: &Plan) -> Result<HttpTransport, String> {
     if let Some(secret) = &plan.secret {
         options = options.bearer(secret);
     }
-    HttpTransport::new(&plan.http_url, &options).map_err(|e| e.to_string())
+    HttpTransport::new(&endpoint.http_url, &options).map_err(|e| e.to_string())
 }
 
 /// POSTs agent `idx`'s message through its lane; the reply and the

@@ -5,7 +5,7 @@
 
 use super::agent::{agent_task, AgentOutcome};
 use super::coordinator::{Command, Event};
-use super::plan::{Plan, Transport};
+use super::plan::{share, Plan, Transport};
 use super::report::Samples;
 use super::transport::{http_pool, ws_connector};
 use crate::cli::BenchMode;
@@ -34,10 +34,10 @@ pub enum Phase {
 /// State shared by one worker's agents.
 pub struct Shared {
     pub plan: Plan,
-    /// Opens the agents' WebSockets (WebSocket transport).
-    pub ws: Option<WsConnector>,
-    /// The agents' keep-alive connections (plain-HTTP transport).
-    pub http: Option<HttpTransport>,
+    /// Opens the agents' WebSockets, one per endpoint (WebSocket transport).
+    pub ws: Vec<WsConnector>,
+    /// The agents' keep-alive connections, a pool per endpoint (plain-HTTP transport).
+    pub http: Vec<HttpTransport>,
     pub connected: AtomicUsize,
     pub failed: AtomicUsize,
     /// rollout: agents that received the configuration; reconnect: agents back.
@@ -64,6 +64,20 @@ pub struct WorkerResult {
     pub first_close_ms: Option<f64>,
     pub last_back_ms: Option<f64>,
     pub reconnect_attempts: u64,
+    /// The same counts per endpoint (replica), in the order of the endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointCounts>,
+}
+
+/// What a worker counted of the agents of one endpoint (replica).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct EndpointCounts {
+    pub connected: usize,
+    /// Exchanges completed in the measured phase.
+    pub messages: u64,
+    /// rollout: agents that received a configuration, and when the last did.
+    pub received: usize,
+    pub last_received_ms: Option<f64>,
 }
 
 impl WorkerResult {
@@ -75,6 +89,17 @@ impl WorkerResult {
 
     /// Adds one agent's outcome (its latencies go to `latencies`).
     fn add(&mut self, outcome: AgentOutcome, connects: &mut Vec<f64>, latencies: &mut Vec<f64>) {
+        if self.endpoints.len() <= outcome.endpoint {
+            self.endpoints
+                .resize(outcome.endpoint + 1, EndpointCounts::default());
+        }
+        let counts = &mut self.endpoints[outcome.endpoint];
+        counts.connected += usize::from(outcome.connect_ms.is_some());
+        counts.messages += outcome.messages;
+        if let Some(at) = outcome.received_ms {
+            counts.received += 1;
+            counts.last_received_ms = Some(counts.last_received_ms.map_or(at, |m: f64| m.max(at)));
+        }
         if let Some(took) = outcome.connect_ms {
             connects.push(took);
             self.connected += 1;
@@ -107,13 +132,28 @@ pub async fn worker(
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let agents = plan.shard.len();
-    let (ws, http) = match plan.transport {
-        Transport::Ws => (ws_connector(&plan).map(Some), Ok(None)),
-        Transport::Http => (Ok(None), http_pool(&plan).map(Some)),
+    let endpoints = plan.endpoints.len();
+    let links = match plan.transport {
+        Transport::Ws => plan
+            .endpoints
+            .iter()
+            .map(|endpoint| ws_connector(&plan, endpoint))
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map(|ws| (ws, Vec::new())),
+        Transport::Http => plan
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| {
+                let connections = share(plan.connections, index, endpoints).len().max(1);
+                http_pool(&plan, endpoint, connections)
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map(|http| (Vec::new(), http)),
     };
-    let (ws, http) = match (ws, http) {
-        (Ok(ws), Ok(http)) => (ws, http),
-        (Err(e), _) | (_, Err(e)) => return fail_all(agents, e, &events, &mut commands).await,
+    let (ws, http) = match links {
+        Ok(links) => links,
+        Err(e) => return fail_all(agents, e, &events, &mut commands).await,
     };
     let shared = Arc::new(Shared {
         plan,
