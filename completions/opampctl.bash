@@ -842,7 +842,7 @@ _opampctl() {
             return 0
             ;;
         opampctl__subcmd__backup)
-            opts="-o -q -h --dir --create-dir --retention-days --verify --data-dir --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
+            opts="-o -q -h --dir --create-dir --retention-days --verify --data-dir --with-packages --server --token --token-file --context --output --quiet --no-color --ca-file --request-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

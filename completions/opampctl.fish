@@ -511,7 +511,7 @@ complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_s
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from rollout" -f -a "pause" -d 'Pause a running package rollout'
 complete -c opampctl -n "__fish_opampctl_using_subcommand packages; and __fish_seen_subcommand_from rollout" -f -a "resume" -d 'Resume a paused package rollout'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l dir -d 'Directory for the backup files (it must exist, unless --create-dir)' -r -F
-complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz or .sql.gz and their .sha256)' -r
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l retention-days -d 'Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz, .sql.gz or .packages.tar and their .sha256)' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l data-dir -d 'Back up the database file in this opampd data directory instead of asking the server' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l server -d 'Base URL of opampd [default: http://127.0.0.1:8080]' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l token -d 'API token (an admin or operator token, or a login JWT)' -r
@@ -524,7 +524,8 @@ yaml\t'YAML, same fields as JSON'"
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l ca-file -d 'PEM file of a CA to trust for an https server (besides the built-in roots)' -r -F
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l request-timeout -d 'Timeout of one request to the server, e.g. 10s' -r
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l create-dir -d 'Create --dir (and its parents) when it does not exist'
-complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l verify -d 'Read the written file back: checksum, decompression, SQLite integrity and schema (a PostgreSQL dump: header, schema statements of its version unchanged, every table\'s block complete with its row count, end line)'
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l verify -d 'Read the written file back: checksum, decompression, SQLite integrity and schema (a PostgreSQL dump: header, schema statements of its version unchanged, every table\'s block complete with its row count, end line); with --with-packages also every package file\'s SHA-256'
+complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l with-packages -d 'Also back up the hosted package files the catalogue names, in opamp_YYYYmmdd_HHMMSS.packages.tar beside the database backup (with its .sha256); without it the catalogue is backed up but not the files\' bytes'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s q -l quiet -d 'Print nothing on success: the exit code is the answer (errors still go to stderr)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -l no-color -d 'No colour (also with NO_COLOR set or TERM=dumb)'
 complete -c opampctl -n "__fish_opampctl_using_subcommand backup" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -25,6 +25,7 @@ pub mod error;
 pub mod files;
 pub mod localdb;
 pub mod output;
+pub mod package_archive;
 pub mod procfs;
 pub mod prompt;
 

@@ -21,6 +21,40 @@ pub fn check_db(path: &Path) -> Result<u32, String> {
     opampd::store::sqlite::dbfile::check(path).map_err(|refused| refused.to_string())
 }
 
+/// The hosted package files the catalogue of the database at `path` names,
+/// each once, by SHA-256 (none before the catalogue existed).
+pub fn hosted_files(path: &Path) -> Result<Vec<opamp_proto::api::HostedFile>, String> {
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let has_catalogue: bool = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'package_files'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !has_catalogue {
+        return Ok(Vec::new());
+    }
+    let mut statement = c
+        .prepare(
+            "SELECT sha256, max(coalesce(size, 0)) FROM package_files WHERE hosted != 0 \
+             GROUP BY sha256 ORDER BY sha256",
+        )
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let rows = statement
+        .query_map([], |r| {
+            Ok(opamp_proto::api::HostedFile {
+                sha256: r.get(0)?,
+                size: r.get::<_, i64>(1)?.max(0) as u64,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(rows)
+}
+
 /// Whether another process has the database open (a running opampd).
 ///
 /// In WAL mode every open connection holds a shared lock on the file, so an

@@ -343,6 +343,12 @@ pub const CONFIGURATION: &[(&str, &str)] = &[
          after start, when it changed on disk, and when its last check is older than this \
          (default 3600); a file that does not match is refused to agents (410) and logged.",
     ),
+    (
+        "packages.orphan_grace_seconds",
+        "A file in packages.dir that no catalogue entry names (a deleted version, an upload cut \
+         short, files restored without their catalogue) is removed, and logged, once it is older \
+         than this (default 3600); checked at start and every packages.verify_interval_seconds.",
+    ),
 ];
 
 /// ENVIRONMENT of the man page: (variables, what they do).

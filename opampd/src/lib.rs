@@ -254,6 +254,7 @@ pub async fn run(
         tokio::spawn(app::flush_last_seen(app.clone())),
         tokio::spawn(app::liveness(app.clone())),
         tokio::spawn(rollouts::progress(app.clone())),
+        tokio::spawn(packages::hosted::sweep_loop(app.clone())),
     ];
     if let Some(mut reload) = opts.reload {
         let app = app.clone();

@@ -656,6 +656,18 @@ pub struct RestoreReport {
     /// connected (they report their description with their full state).
     #[serde(default)]
     pub live_agents_added: u64,
+    /// Hosted package files put back from the archive beside the backup
+    /// (`opampctl restore`; the server's answer leaves it 0).
+    #[serde(default)]
+    pub package_files_restored: u64,
+}
+
+/// A hosted package file the catalogue names (`GET /api/v1/admin/packages/files`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostedFile {
+    /// Its SHA-256 (lowercase hex), which names it.
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// One line of `GET /api/v1/admin/logs` (`application/x-ndjson`).

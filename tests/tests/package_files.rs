@@ -390,3 +390,203 @@ async fn hosted_files_on_postgresql() {
     }
     hosted_files_round_trip(server(true)).await;
 }
+
+/// Backups and the hosted files: without --with-packages the catalogue is
+/// backed up and the output counts the files left out; with it they go in
+/// `opamp_*.packages.tar` (checked by --verify), and a restore puts them
+/// back (a damaged archive is refused first), after which agents download
+/// them again.
+async fn backups_with_hosted_files(server: Server, postgres: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let backups_arg = backups.to_str().unwrap();
+    let (one, one_bytes, one_sha) = release_file(dir.path(), "one.tar.gz", 300_000, 4);
+    let (two, two_bytes, two_sha) = release_file(dir.path(), "two.tar.gz", 1000, 5);
+    ok(&upload(&server, "1.0.0", &one, &["--unsigned"]));
+    ok(&upload(&server, "1.0.1", &two, &["--unsigned"]));
+    // A third version with the bytes of the first: one file, counted once.
+    ok(&upload(&server, "1.0.2", &one, &["--unsigned"]));
+    let total = (one_bytes.len() + two_bytes.len()) as u64;
+
+    // Without the flag: no archive, and the output says what was left out.
+    let plain = server.ctl(&["backup", "--dir", backups_arg]);
+    ok(&plain);
+    assert!(
+        opamp_tests::stderr(&plain)
+            .contains("2 hosted package files (293.9 KiB) not included: use --with-packages"),
+        "{}",
+        opamp_tests::stderr(&plain)
+    );
+    let first = PathBuf::from(String::from_utf8_lossy(&plain.stdout).trim());
+    assert!(archive_of(&first).symlink_metadata().is_err());
+    // The next backup must be in another second: names carry the time.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let report = json(&server.ctl(&[
+        "-o",
+        "json",
+        "backup",
+        "--dir",
+        backups_arg,
+        "--with-packages",
+        "--verify",
+    ]));
+    assert_eq!(report["verified"], true, "{report:#}");
+    let packages = &report["packages"];
+    assert_eq!(
+        (
+            &packages["included"],
+            &packages["files"],
+            &packages["bytes"]
+        ),
+        (&Value::Bool(true), &Value::from(2), &Value::from(total)),
+        "{report:#}"
+    );
+    let file = PathBuf::from(report["file"].as_str().unwrap());
+    let archive = archive_of(&file);
+    assert_eq!(packages["file"], archive.to_str().unwrap());
+    let sum = std::fs::read_to_string(format!("{}.sha256", archive.display())).unwrap();
+    assert!(
+        sum.starts_with(packages["sha256"].as_str().unwrap()),
+        "{sum}"
+    );
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for sha in [&one_sha, &two_sha] {
+        assert!(listed.contains(&format!("{}/{sha}", &sha[..2])), "{listed}");
+    }
+
+    // On the server's host, from the data directory (SQLite only).
+    if !postgres && !opamp_tests::postgres::is_default_backend() {
+        let local = dir.path().join("local");
+        let report = json(&server.ctl(&[
+            "-o",
+            "json",
+            "backup",
+            "--dir",
+            local.to_str().unwrap(),
+            "--create-dir",
+            "--data-dir",
+            server.data_dir().to_str().unwrap(),
+            "--with-packages",
+            "--verify",
+        ]));
+        assert_eq!(report["packages"]["files"], 2, "{report:#}");
+        assert!(Path::new(report["packages"]["file"].as_str().unwrap()).is_file());
+    }
+
+    // Everything goes.
+    for version in ["1.0.0", "1.0.1", "1.0.2"] {
+        ok(&server.ctl(&["packages", "delete", "otelcol", version]));
+    }
+    assert!(stored_files(&server).is_empty());
+
+    // A damaged archive is refused before anything changes.
+    let good = std::fs::read(&archive).unwrap();
+    let mut bad = good.clone();
+    bad[600] ^= 1;
+    std::fs::write(&archive, &bad).unwrap();
+    let refused = server.ctl(&["restore", file.to_str().unwrap(), "--yes"]);
+    assert_eq!(code(&refused), 1);
+    assert!(
+        opamp_tests::stderr(&refused).contains("does not match its checksum file"),
+        "{}",
+        opamp_tests::stderr(&refused)
+    );
+    assert!(stored_files(&server).is_empty());
+    let (_, catalogue) = server.get("/api/v1/packages").await;
+    assert_eq!(catalogue, serde_json::json!([]));
+
+    // The restore puts the files back, checked, and the catalogue naming them.
+    std::fs::write(&archive, &good).unwrap();
+    let restored = json(&server.ctl(&["-o", "json", "restore", file.to_str().unwrap(), "--yes"]));
+    assert_eq!(restored["package_files_restored"], 2, "{restored:#}");
+    let mut want = vec![one_sha.clone(), two_sha.clone()];
+    want.sort();
+    assert_eq!(stored_files(&server), want);
+    let (_, catalogue) = server.get("/api/v1/packages").await;
+    assert_eq!(catalogue.as_array().unwrap().len(), 3, "{catalogue:#}");
+    let url = format!(
+        "{}/v1/packages/otelcol/1.0.1/files/linux/amd64",
+        server.url()
+    );
+    let mut agent = packaged_agent();
+    let download = offer(&mut agent, &url, &Sha256::digest(&two_bytes));
+    let mut downloader = Downloader::new(DownloadOptions::default().bearer(AGENT_SECRET)).unwrap();
+    let fetched = fetch(&mut downloader, &download).await.ok().unwrap();
+    assert_eq!(fetched, two_bytes);
+
+    // The backup without the files restores the catalogue alone.
+    let restored = json(&server.ctl(&["-o", "json", "restore", first.to_str().unwrap(), "--yes"]));
+    assert_eq!(restored["package_files_restored"], 0, "{restored:#}");
+}
+
+/// `opamp_X.packages.tar` beside the backup `opamp_X.db.gz` (or `.sql.gz`).
+fn archive_of(backup: &Path) -> PathBuf {
+    let name = backup.file_name().unwrap().to_str().unwrap();
+    let stem = name.split('.').next().unwrap();
+    backup.with_file_name(format!("{stem}.packages.tar"))
+}
+
+#[tokio::test]
+async fn backups_carry_the_hosted_files_with_packages() {
+    backups_with_hosted_files(server(false), false).await;
+}
+
+#[tokio::test]
+async fn backups_carry_the_hosted_files_on_postgresql() {
+    if opamp_tests::postgres::available("backups_carry_the_hosted_files_on_postgresql").is_none() {
+        return;
+    }
+    backups_with_hosted_files(server(true), true).await;
+}
+
+/// Files in packages.dir that no catalogue entry names are swept once past
+/// the grace period (at start and on the verify schedule); files named by a
+/// version and recent ones stay.
+#[tokio::test]
+async fn orphaned_hosted_files_are_swept_after_the_grace_period() {
+    let server = Server::start_with(Opts {
+        config: Some(format!(
+            "opamp:\n  agent_secrets: [{AGENT_SECRET}]\npackages:\n  verify_interval_seconds: 1\n"
+        )),
+        ..Opts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _, named) = release_file(dir.path(), "named.tar.gz", 1000, 6);
+    ok(&upload(&server, "1.0.0", &file, &["--unsigned"]));
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let packages = server.data_dir().join("packages");
+    let plant = |sha: &str, old: bool| {
+        let path = packages.join(&sha[..2]).join(sha);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        if old {
+            file.set_modified(two_hours_ago).unwrap();
+        }
+        path
+    };
+    let kept = plant(&named, true);
+    let orphan = plant(&"ab".repeat(32), true);
+    let fresh = plant(&"cd".repeat(32), false);
+    opamp_tests::wait_for(
+        "the orphan to be swept",
+        std::time::Duration::from_secs(15),
+        || async { (!orphan.exists()).then_some(()) },
+    )
+    .await;
+    assert!(kept.exists() && fresh.exists());
+    let logs = server.logs();
+    assert!(
+        logs.contains("removed an orphaned package file") && logs.contains(&"ab".repeat(32)),
+        "{logs}"
+    );
+}

@@ -429,3 +429,139 @@ async fn a_rollout_of_an_unknown_package_or_with_a_bad_selector_is_refused() {
         .await;
     assert_eq!(code, 400, "{body}");
 }
+
+/// Uploads `bytes` as the hosted linux/`arch` file of `PACKAGE` `version`.
+fn upload(
+    server: &Server,
+    dir: &std::path::Path,
+    version: &str,
+    arch: &str,
+    bytes: &[u8],
+) -> std::process::Output {
+    let path = dir.join(format!("otelcol-contrib_{version}_linux_{arch}.tar.gz"));
+    std::fs::write(&path, bytes).unwrap();
+    server.ctl(&[
+        "packages",
+        "upload",
+        PACKAGE,
+        version,
+        path.to_str().unwrap(),
+        "--platform",
+        &format!("linux/{arch}"),
+        "--unsigned",
+    ])
+}
+
+/// A hosted file through a staged rollout: the agents download it from
+/// opampd's /v1/packages/… address, check its SHA-256 and report it
+/// installed; a file uploaded for the running rollout's version reaches the
+/// agent it was missing for at once; the version cannot be deleted while
+/// the rollout runs, nor be named like a route.
+async fn hosted_rollout(server: Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let amd64 = file("amd64");
+    let arm64 = file("arm64");
+    ok(&upload(&server, dir.path(), "0.120.0", "amd64", &amd64));
+
+    // A version named like a route segment is refused, naming it.
+    let refused = upload(&server, dir.path(), "rollout", "amd64", &amd64);
+    assert_eq!(code(&refused), 2, "{}", opamp_tests::stderr(&refused));
+    let said = opamp_tests::stderr(&refused);
+    assert!(
+        said.contains("version \"rollout\"") && said.contains("/api/v1/packages/{name}/rollout"),
+        "{said}"
+    );
+
+    // Batches in uid order: [amd], [amd2]; arm is skipped (no arm64 file yet).
+    let amd = [0x10; 16];
+    let arm = [0x20; 16];
+    let amd2 = [0x30; 16];
+    let mut sessions = Vec::new();
+    for (uid, arch) in [(amd, "amd64"), (arm, "arm64"), (amd2, "amd64")] {
+        sessions.push(connect(&server, agent(uid, "linux", arch, true, OfferPolicy::Apply)).await);
+    }
+    ok(&server.ctl(&[
+        "packages",
+        "rollout",
+        "start",
+        PACKAGE,
+        "--version",
+        "0.120.0",
+        "--batch-size",
+        "1",
+        "--batch-timeout",
+        "0",
+    ]));
+    // Batch 0 installs from opampd; batch 1 is released (its agent held still).
+    let status = pump(&server, &mut sessions[..1], "batch 0 installed", |s| {
+        s["installed"] == 1 && s["released_batches"] == 2
+    })
+    .await;
+    assert_eq!(status["state"], "running", "{status:#}");
+    assert_eq!(agent_entry(&status, &arm)["state"], "skipped", "{status:#}");
+    assert_eq!(sessions[0].agent().packages()[PACKAGE].version, "0.120.0");
+    // The only copy of the file is opampd's: the agent downloaded it there.
+    let shown = json(&server.ctl(&["-o", "json", "packages", "show", PACKAGE, "0.120.0"]));
+    assert_eq!(
+        shown["files"][0]["url"],
+        format!(
+            "{}/v1/packages/{PACKAGE}/0.120.0/files/linux/amd64",
+            server.url()
+        )
+    );
+    assert_eq!(shown["files"][0]["sha256"], sha256(&amd64));
+
+    // The version of a running rollout cannot be deleted.
+    let refused = server.ctl(&["packages", "delete", PACKAGE, "0.120.0"]);
+    assert_eq!(code(&refused), 1);
+    let said = opamp_tests::stderr(&refused);
+    assert!(
+        said.contains("409") && said.contains("running") && said.contains("rollout start"),
+        "{said}"
+    );
+
+    // The arm64 file uploaded now reaches the skipped agent without any
+    // other change to the rollout.
+    ok(&upload(&server, dir.path(), "0.120.0", "arm64", &arm64));
+    let status = pump(
+        &server,
+        &mut sessions[1..2],
+        "the arm64 agent to install",
+        |s| s["installed"] == 2,
+    )
+    .await;
+    assert_eq!(
+        agent_entry(&status, &arm)["state"],
+        "installed",
+        "{status:#}"
+    );
+    assert_eq!(sessions[1].agent().packages()[PACKAGE].version, "0.120.0");
+
+    let status = pump(&server, &mut sessions, "completion", |s| {
+        s["state"] == "completed"
+    })
+    .await;
+    assert_eq!(
+        (&status["installed"], &status["skipped"]),
+        (&json!(3), &json!(0)),
+        "{status:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_hosted_file_goes_through_a_staged_rollout() {
+    hosted_rollout(Server::start()).await;
+}
+
+#[tokio::test]
+async fn a_hosted_file_goes_through_a_staged_rollout_on_postgresql() {
+    let test = "a_hosted_file_goes_through_a_staged_rollout_on_postgresql";
+    if opamp_tests::postgres::available(test).is_none() {
+        return;
+    }
+    hosted_rollout(Server::start_with(Opts {
+        postgres: true,
+        ..Default::default()
+    }))
+    .await;
+}

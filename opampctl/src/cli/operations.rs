@@ -15,20 +15,23 @@ pub struct BackupArgs {
     /// Create --dir (and its parents) when it does not exist
     #[arg(long)]
     pub create_dir: bool,
-    /// Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz or .sql.gz and their .sha256)
+    /// Delete backups in --dir older than N days, N at least 1 (only files named opamp_YYYYmmdd_HHMMSS.db.gz, .sql.gz or .packages.tar and their .sha256)
     #[arg(long, value_name = "N")]
     pub retention_days: Option<u64>,
-    /// Read the written file back: checksum, decompression, SQLite integrity and schema (a PostgreSQL dump: header, schema statements of its version unchanged, every table's block complete with its row count, end line)
+    /// Read the written file back: checksum, decompression, SQLite integrity and schema (a PostgreSQL dump: header, schema statements of its version unchanged, every table's block complete with its row count, end line); with --with-packages also every package file's SHA-256
     #[arg(long)]
     pub verify: bool,
     /// Back up the database file in this opampd data directory instead of asking the server
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Also back up the hosted package files the catalogue names, in opamp_YYYYmmdd_HHMMSS.packages.tar beside the database backup (with its .sha256); without it the catalogue is backed up but not the files' bytes
+    #[arg(long)]
+    pub with_packages: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Backup file: opamp_*.db.gz or opamp_*.sql.gz (or uncompressed)
+    /// Backup file: opamp_*.db.gz or opamp_*.sql.gz (or uncompressed); the hosted package files in opamp_*.packages.tar beside it are put back too
     pub file: PathBuf,
     /// Restore into this data directory of a stopped opampd instead of through the server
     #[arg(long, value_name = "DIR")]

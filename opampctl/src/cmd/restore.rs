@@ -6,6 +6,12 @@
 //! server restores it (POST /api/v1/admin/restore), or, with --data-dir and
 //! the daemon stopped, the current database is kept aside and the restored
 //! file renamed into place (SQLite only).
+//!
+//! The hosted package files in `opamp_*.packages.tar` beside the backup
+//! (`opampctl backup --with-packages`) are checked first too (their
+//! checksum file, every file's SHA-256), then put back before the database:
+//! through the server (`PUT /api/v1/admin/packages/files/{sha256}`, which
+//! checks the SHA-256 again), or into `DATA_DIR/packages`.
 
 use super::backup::{check_dump, gunzip_to, sync_dir, BackupKind};
 use crate::cli::RestoreArgs;
@@ -15,6 +21,7 @@ use crate::error::{CtlError, Result};
 use crate::files::{self, PrivateDir};
 use crate::localdb;
 use crate::output;
+use crate::package_archive::{self, Entry};
 use opamp_proto::api::RestoreReport;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
@@ -140,6 +147,131 @@ pub fn prepare(settings: &Settings, file: &Path, dest: &Path) -> Result<(u32, Ba
     Ok((v, kind))
 }
 
+/// The package archive beside the backup `file`, checked (its checksum
+/// file, every file's SHA-256), with its files; `None` when there is none.
+pub fn packaged(settings: &Settings, file: &Path) -> Result<Option<(PathBuf, Vec<Entry>)>> {
+    let Some(archive) = package_archive::beside(file).filter(|a| a.is_file()) else {
+        return Ok(None);
+    };
+    match expected_checksum(&archive)? {
+        Some(expected) => {
+            let got = sha256_of(&archive)?;
+            if got != expected {
+                return Err(CtlError::failed(format!(
+                    "{} does not match its checksum file {}.sha256 (sha256 {got}, expected {expected}): the package files' archive is damaged or incomplete; nothing was changed",
+                    archive.display(),
+                    archive.display()
+                )));
+            }
+        }
+        None => output::warn(format!(
+            "no {}.sha256 beside the package archive: its checksum cannot be checked (each file's SHA-256 is still checked)",
+            archive.display()
+        )),
+    }
+    let entries = package_archive::check(&archive).map_err(|e| {
+        CtlError::failed(format!(
+            "{} cannot be restored: {e}; nothing was changed",
+            archive.display()
+        ))
+    })?;
+    output::info(
+        settings,
+        format!(
+            "package files ok: {} files, each matching its SHA-256: {}",
+            entries.len(),
+            archive.display()
+        ),
+    );
+    Ok(Some((archive, entries)))
+}
+
+/// Sends every file of the archive to the server, which checks its SHA-256.
+async fn put_back(client: &Client, archive: &Path, entries: &[Entry]) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    for entry in entries {
+        let mut file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| CtlError::failed(format!("cannot read {}: {e}", archive.display())))?;
+        file.seek(std::io::SeekFrom::Start(entry.offset))
+            .await
+            .map_err(|e| CtlError::failed(format!("cannot read {}: {e}", archive.display())))?;
+        let body = futures_util::stream::unfold(file.take(entry.size), |mut part| async move {
+            let mut buffer = vec![0u8; 256 * 1024];
+            match part.read(&mut buffer).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buffer.truncate(n);
+                    Some((Ok::<_, std::io::Error>(buffer), part))
+                }
+                Err(e) => Some((Err(e), part)),
+            }
+        });
+        let route = format!("{}/{}", super::backup::packages::LIST_PATH, entry.sha256);
+        client
+            .send(
+                client
+                    .stream_request(Method::PUT, &route)
+                    .header(reqwest::header::CONTENT_LENGTH, entry.size)
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(reqwest::Body::wrap_stream(body)),
+            )
+            .await
+            .map_err(|e| {
+                CtlError::failed(format!(
+                    "putting back the package file {} failed: {}; the database was not restored",
+                    entry.sha256, e.message
+                ))
+            })?;
+    }
+    Ok(entries.len() as u64)
+}
+
+/// Copies every file of the archive into `packages` (a stopped opampd's
+/// `DATA_DIR/packages`), owned like `owner_of`.
+fn extract_into(
+    archive: &Path,
+    entries: &[Entry],
+    packages: &Path,
+    scratch: &PrivateDir,
+    owner_of: &Path,
+) -> Result<u64> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let owner = std::fs::metadata(owner_of).ok();
+    let chown = |path: &Path| {
+        if let Some(meta) = &owner {
+            let _ = std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()));
+        }
+    };
+    for entry in entries {
+        let dir = packages.join(&entry.sha256[..2]);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| CtlError::failed(format!("cannot create {}: {e}", dir.display())))?;
+        chown(packages);
+        chown(&dir);
+        let temp = scratch.join(&entry.sha256);
+        package_archive::extract(archive, entry, &temp).map_err(|e| {
+            CtlError::failed(format!(
+                "{}: {e}; the database was not restored",
+                archive.display()
+            ))
+        })?;
+        chown(&temp);
+        let dest = dir.join(&entry.sha256);
+        std::fs::rename(&temp, &dest).map_err(|e| {
+            CtlError::failed(format!(
+                "cannot move the package file into {}: {e}",
+                dest.display()
+            ))
+        })?;
+    }
+    sync_dir(packages);
+    Ok(entries.len() as u64)
+}
+
 pub async fn run(settings: &Settings, client: &Client, args: &RestoreArgs) -> Result<()> {
     match &args.data_dir {
         Some(dir) => offline(settings, client, args, dir).await,
@@ -156,6 +288,7 @@ async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Res
     })?;
     let tmp = scratch.join("restore.db");
     let (_, kind) = prepare(settings, &args.file, &tmp)?;
+    let packaged = packaged(settings, &args.file)?;
     crate::prompt::confirm(
         args.yes,
         &format!(
@@ -164,6 +297,11 @@ async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Res
             args.file.display()
         ),
     )?;
+    // The files first: once the database names them they are there.
+    let restored_files = match &packaged {
+        Some((archive, entries)) => put_back(client, archive, entries).await?,
+        None => 0,
+    };
     let f = tokio::fs::File::open(&tmp)
         .await
         .map_err(|e| CtlError::failed(format!("cannot read {}: {e}", tmp.display())))?;
@@ -180,17 +318,18 @@ async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Res
         .header(reqwest::header::CONTENT_LENGTH, len)
         .body(reqwest::Body::from(f));
     let resp = client.send(req).await?;
-    let report: RestoreReport = resp.json().await.map_err(|e| {
+    let mut report: RestoreReport = resp.json().await.map_err(|e| {
         CtlError::failed(format!(
             "the server restored the database but its reply is unexpected ({e}); check `opampctl health`"
         ))
     })?;
+    report.package_files_restored = restored_files;
     if settings.quiet {
         return Ok(());
     }
     if settings.human() {
         output::out(&format!(
-            "restored {} into {}: schema version {}, previous database kept as {} (on the server); {} connected agents asked to report their full state{}",
+            "restored {} into {}: schema version {}, previous database kept as {} (on the server); {} connected agents asked to report their full state{}{}",
             args.file.display(),
             client.base,
             report.schema_version,
@@ -199,7 +338,8 @@ async fn online(settings: &Settings, client: &Client, args: &RestoreArgs) -> Res
             match report.live_agents_added {
                 0 => String::new(),
                 n => format!("; {n} connected agents the backup did not contain are kept in the inventory"),
-            }
+            },
+            files_restored(report.package_files_restored),
         ));
         Ok(())
     } else {
@@ -257,6 +397,7 @@ async fn offline(
     })?;
     let incoming = scratch.join("opamp.db");
     let (_, kind) = prepare(settings, &args.file, &incoming)?;
+    let packaged = packaged(settings, &args.file)?;
     if kind == BackupKind::PostgresDump {
         return Err(CtlError::usage(format!(
             "{} is a PostgreSQL dump: restore it through a server on PostgreSQL (leave out --data-dir), or load it into an empty database with `gunzip -c FILE | psql -v ON_ERROR_STOP=1 URL`; nothing was changed",
@@ -307,6 +448,12 @@ async fn offline(
             let _ = std::fs::set_permissions(&incoming, meta.permissions());
         }
     }
+    let restored_files = match &packaged {
+        Some((archive, entries)) => {
+            extract_into(archive, entries, &dir.join("packages"), &scratch, dir)?
+        }
+        None => 0,
+    };
     std::fs::rename(&incoming, &db).map_err(|e| {
         CtlError::failed(format!(
             "cannot move the restored database into {}: {e}",
@@ -326,23 +473,34 @@ async fn offline(
         bytes: std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0),
         agents_notified: 0,
         live_agents_added: 0,
+        package_files_restored: restored_files,
     };
     if settings.quiet {
         return Ok(());
     }
     if settings.human() {
         output::out(&format!(
-            "restored {} into {}{}; start opampd (e.g. `systemctl start opampd`): agents reconnect and report their full state",
+            "restored {} into {}{}{}; start opampd (e.g. `systemctl start opampd`): agents reconnect and report their full state",
             args.file.display(),
             db.display(),
             if report.kept_aside.is_empty() {
                 String::new()
             } else {
                 format!(", previous database kept as {}", report.kept_aside)
-            }
+            },
+            files_restored(report.package_files_restored),
         ));
         Ok(())
     } else {
         output::machine(settings, &report)
+    }
+}
+
+/// The words of a restore's output about package files put back.
+fn files_restored(count: u64) -> String {
+    match count {
+        0 => String::new(),
+        1 => "; 1 hosted package file put back".into(),
+        n => format!("; {n} hosted package files put back"),
     }
 }

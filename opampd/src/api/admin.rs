@@ -238,6 +238,7 @@ async fn restore_upload(app: &Arc<App>, who: &str, body: Body) -> ApiResult<Rest
         bytes: size,
         agents_notified: notified,
         live_agents_added,
+        package_files_restored: 0,
     })
 }
 

@@ -177,6 +177,21 @@ pub fn routes() -> Vec<Route> {
         guarded::<Admin, _, _>("GET", "/api/v1/admin/backup", admin::backup),
         guarded::<Admin, _, _>("POST", "/api/v1/admin/restore", admin::restore)
             .body_limit(admin::RESTORE_MAX_BYTES),
+        guarded::<Admin, _, _>(
+            "GET",
+            "/api/v1/admin/packages/files",
+            package_files::list_stored,
+        ),
+        guarded::<Admin, _, _>(
+            "GET",
+            "/api/v1/admin/packages/files/{sha256}",
+            package_files::fetch_stored,
+        ),
+        guarded::<Admin, _, _>(
+            "PUT",
+            "/api/v1/admin/packages/files/{sha256}",
+            package_files::put_stored,
+        ),
         guarded::<Admin, _, _>("GET", "/api/v1/admin/logs", admin::logs),
         guarded::<Admin, _, _>("GET", "/api/v1/admin/db/stats", admin::db_stats),
         guarded::<Admin, _, _>("POST", "/api/v1/admin/db/optimize", admin::db_optimize),

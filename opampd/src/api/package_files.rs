@@ -13,13 +13,15 @@ use super::packages::{added, parse_signature, top_level};
 use super::{Admin, ApiError, ApiResult};
 use crate::app::App;
 use crate::packages as rules;
-use crate::packages::hosted::ReceiveError;
+use crate::packages::hosted::{OpenError, ReceiveError};
 use crate::store::packages::{refusal, FileRow, PackageAdd};
+use crate::store::users::AuditEntry;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::Json;
-use opamp_proto::api::Package;
+use opamp_proto::api::{HostedFile, Package};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -111,7 +113,10 @@ pub async fn upload(
     if !stored {
         remove_unreferenced(&app, &[sha256]).await?;
     }
-    added(&app, outcome?, &name, &version)
+    drop(_changes);
+    let answer = added(&app, outcome?, &name, &version)?;
+    super::packages::retarget_if_offered(&app, &name, &version).await?;
+    Ok(answer)
 }
 
 /// Checks an upload's path, query and headers, and refuses a version of
@@ -131,6 +136,7 @@ async fn plan(
     let bad = ApiError::bad_request;
     rules::check_name(name).map_err(bad)?;
     rules::check_version(version).map_err(bad)?;
+    super::packages::check_not_shadowed(name, version)?;
     rules::check_platform("os", os).map_err(bad)?;
     rules::check_platform("arch", arch).map_err(bad)?;
     let top_level = top_level(params.r#type.as_deref())?;
@@ -217,4 +223,135 @@ fn too_large(limit: u64) -> ApiError {
             "the file is larger than packages.max_file_bytes ({limit} bytes): nothing was kept; raise the setting on the server, or list the file by reference (opampctl packages add --url)"
         ),
     )
+}
+
+/// The hosted files the catalogue names, each once, by SHA-256.
+pub async fn referenced_files(app: &App) -> ApiResult<Vec<HostedFile>> {
+    let mut files: Vec<HostedFile> = app
+        .store
+        .packages(None)
+        .await?
+        .into_iter()
+        .flat_map(|p| p.files)
+        .filter(|f| f.hosted)
+        .map(|f| HostedFile {
+            sha256: f.sha256,
+            size: f.size.unwrap_or(0),
+        })
+        .collect();
+    files.sort();
+    files.dedup_by(|a, b| a.sha256 == b.sha256);
+    Ok(files)
+}
+
+/// `GET /api/v1/admin/packages/files`: every hosted file the catalogue
+/// names (what `opampctl backup --with-packages` copies).
+pub async fn list_stored(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+) -> ApiResult<Json<Vec<HostedFile>>> {
+    Ok(Json(referenced_files(&app).await?))
+}
+
+/// `GET /api/v1/admin/packages/files/{sha256}`: the bytes of a stored
+/// file, checked against its SHA-256 first.
+pub async fn fetch_stored(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+    Path(sha256): Path<String>,
+) -> ApiResult<Response> {
+    let sha256 = rules::parse_sha256(&sha256).map_err(ApiError::bad_request)?;
+    let opened = match app.hosted.open_checked(&sha256).await {
+        Ok(opened) => opened,
+        Err(OpenError::Missing(path)) => {
+            return Err(ApiError::not_found(format!(
+                "no stored package file {sha256} (looked for {}): it was deleted, or packages.dir is not the directory it was uploaded to",
+                path.display()
+            )))
+        }
+        Err(OpenError::Tampered { path, computed }) => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "tampered",
+                format!(
+                    "the stored package file {} has SHA-256 {computed}, not {sha256}: it was altered on disk; upload it again (opampctl packages upload)",
+                    path.display()
+                ),
+            ))
+        }
+        Err(OpenError::Io(e)) => return Err(ApiError::internal(format!("{e:#}"))),
+    };
+    let stream = futures_util::stream::unfold(opened.file, |mut file| async move {
+        let mut buffer = vec![0u8; 256 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok::<_, std::io::Error>(buffer), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(opened.size));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
+
+/// `PUT /api/v1/admin/packages/files/{sha256}`: puts a stored file back
+/// (`opampctl restore` of a backup with its package files). The bytes must
+/// have that SHA-256; a file no catalogue entry names is swept after
+/// `packages.orphan_grace_seconds` (restore the database too).
+pub async fn put_stored(
+    State(app): State<Arc<App>>,
+    Admin(who, addr): Admin,
+    Path(sha256): Path<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<HostedFile>)> {
+    let sha256 = match rules::parse_sha256(&sha256) {
+        Ok(sha256) => sha256,
+        Err(e) => {
+            let mut stream = body.into_data_stream();
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut stream).await {}
+            return Err(ApiError::bad_request(e));
+        }
+    };
+    let received = app
+        .hosted
+        .receive(body, Some(&sha256))
+        .await
+        .map_err(|e| match e {
+            ReceiveError::TooLarge { limit } => too_large(limit),
+            ReceiveError::ShaDiffers { declared, computed } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "sha256_mismatch",
+                format!(
+                    "the file sent has SHA-256 {computed}, not {declared}: the backup's copy is damaged; nothing was kept"
+                ),
+            ),
+            ReceiveError::Body(reason) => {
+                ApiError::bad_request(format!("the upload broke off ({reason}); nothing was kept"))
+            }
+            ReceiveError::Io(e) => ApiError::internal(format!("{e:#}")),
+        })?;
+    let size = received.size;
+    {
+        let _changes = app.hosted.changes.lock().await;
+        app.hosted.keep(received).await?;
+    }
+    app.store
+        .audit(AuditEntry::ok(
+            &who.name,
+            "package.file.restore",
+            Some(&sha256),
+            addr.as_deref(),
+            serde_json::json!({"size": size}),
+        ))
+        .await?;
+    tracing::info!(sha256 = %sha256, bytes = size, by = %who.name, "a hosted package file was put back");
+    Ok((StatusCode::OK, Json(HostedFile { sha256, size })))
 }

@@ -9,7 +9,7 @@ use super::{Admin, ApiError, ApiResult, Viewer};
 use crate::app::App;
 use crate::packages as rules;
 use crate::packages::hosted::Hosted;
-use crate::store::packages::{AddOutcome, FileRow, PackageAdd, PackageRow};
+use crate::store::packages::{AddOutcome, DeleteOutcome, FileRow, PackageAdd, PackageRow};
 use crate::store::rfc3339;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -77,6 +77,7 @@ pub async fn create(
     let input: PackageInput = parse_body(&body, "package", false)?;
     rules::check_name(&input.name).map_err(bad)?;
     rules::check_version(&input.version).map_err(bad)?;
+    check_not_shadowed(&input.name, &input.version)?;
     let top_level = top_level(input.r#type.as_deref())?;
     if input.files.is_empty() {
         return Err(bad(
@@ -132,7 +133,28 @@ pub async fn create(
             remote_addr: addr,
         })
         .await?;
-    added(&app, outcome, &input.name, &input.version)
+    let answer = added(&app, outcome, &input.name, &input.version)?;
+    retarget_if_offered(&app, &input.name, &input.version).await?;
+    Ok(answer)
+}
+
+/// Files added to a version that a package rollout offers (rolled out, or
+/// kept by agents not yet released) reach the offers at once, here and on
+/// the other replicas: an agent skipped for want of a file for its
+/// platform gets the new one.
+pub(super) async fn retarget_if_offered(app: &App, name: &str, version: &str) -> ApiResult<()> {
+    let offered = app
+        .store
+        .latest_package_rollout(name)
+        .await?
+        .is_some_and(|r| {
+            r.state != "superseded"
+                && (r.version == version || r.previous_version.as_deref() == Some(version))
+        });
+    if offered {
+        crate::rollouts::retarget(app).await?;
+    }
+    Ok(())
 }
 
 /// A signature given as base64 (empty: none) → its bytes, within the limit.
@@ -242,16 +264,86 @@ pub async fn remove(
         .filter(|f| f.hosted)
         .map(|f| f.sha256)
         .collect();
-    if app
+    match app
         .store
         .delete_package(&name, &version, &who.name, addr)
         .await?
     {
-        super::package_files::remove_unreferenced(&app, &hosted).await?;
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!(
+        DeleteOutcome::Deleted => {
+            super::package_files::remove_unreferenced(&app, &hosted).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        DeleteOutcome::Missing => Err(ApiError::not_found(format!(
             "no package {name:?} version {version:?}"
-        )))
+        ))),
+        DeleteOutcome::InRollout(rollout) => {
+            let role = if rollout.version == version {
+                "rolls it out"
+            } else {
+                "keeps it on the agents it has not released yet"
+            };
+            Err(ApiError::conflict(format!(
+                "{name} {version} cannot be deleted: rollout {} of {name} {} ({}, selector {:?}) {role}; \
+                 let it complete (`opampctl packages rollout resume {name}` if paused), or replace it \
+                 with a rollout of another version (`opampctl packages rollout start {name} --version V`), \
+                 then delete this version",
+                rollout.id, rollout.version, rollout.state, rollout.selector
+            )))
+        }
+    }
+}
+
+/// Refuses a name or version that a fixed segment of the route table takes
+/// at its place (version `rollout`: `/api/v1/packages/{name}/rollout`), as
+/// the version could then never be shown or deleted.
+pub(super) fn check_not_shadowed(name: &str, version: &str) -> ApiResult<()> {
+    for (what, param, value) in [("name", "{name}", name), ("version", "{version}", version)] {
+        if let Some(path) = shadowing(param, value) {
+            return Err(ApiError::bad_request(format!(
+                "package {what} {value:?} cannot be used: the API has {path} at that place, so the {what} could never be shown or deleted; choose another {what}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The route whose fixed segment `value` is where the package routes put `param`.
+fn shadowing(param: &str, value: &str) -> Option<&'static str> {
+    let paths: Vec<&'static str> = super::routes()
+        .iter()
+        .map(|r| r.path)
+        .filter(|p| p.starts_with("/api/v1/packages/"))
+        .collect();
+    let split = |p: &'static str| p.split('/').collect::<Vec<_>>();
+    let is_param = |segment: &str| segment.starts_with('{');
+    for with_param in paths.iter().map(|p| split(p)) {
+        let Some(at) = with_param.iter().position(|s| *s == param) else {
+            continue;
+        };
+        for other in &paths {
+            let segments = split(other);
+            let same_prefix = segments.len() > at
+                && segments[..at]
+                    .iter()
+                    .zip(&with_param[..at])
+                    .all(|(a, b)| a == b || (is_param(a) && is_param(b)));
+            if same_prefix && segments[at] == value {
+                return Some(other);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_not_shadowed;
+
+    #[test]
+    fn names_and_versions_the_routes_take_are_refused() {
+        assert!(check_not_shadowed("otelcol", "rollout").is_err());
+        assert!(check_not_shadowed("otelcol", "1.0.0").is_ok());
+        assert!(check_not_shadowed("rollout", "1.0.0").is_ok());
+        assert!(check_not_shadowed("otelcol", "files").is_ok());
     }
 }

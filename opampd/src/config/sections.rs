@@ -19,6 +19,9 @@ pub struct PackagesConfig {
     /// A stored file is checked against its SHA-256 before it is served when
     /// its last check is older than this (and on its first serve after start).
     pub verify_interval_seconds: u64,
+    /// A file under `dir` that no catalogue entry names is removed once it
+    /// is older than this (at start and every `verify_interval_seconds`).
+    pub orphan_grace_seconds: u64,
 }
 
 impl Default for PackagesConfig {
@@ -28,6 +31,7 @@ impl Default for PackagesConfig {
             max_file_bytes: 512 * 1024 * 1024,
             public_url: None,
             verify_interval_seconds: 3600,
+            orphan_grace_seconds: 3600,
         }
     }
 }

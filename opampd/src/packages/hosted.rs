@@ -16,8 +16,16 @@
 //!   start, when its size or modification time changed, and when its last
 //!   check is older than `packages.verify_interval_seconds`; a file that no
 //!   longer matches is refused ([`OpenError::Tampered`]) until it is
-//!   uploaded again.
+//!   uploaded again;
+//! - a file no catalogue entry names (a version deleted on another replica,
+//!   a crash between storing a file and committing its row, files restored
+//!   without their catalogue) and an upload's temporary file left behind are
+//!   removed once older than `packages.orphan_grace_seconds`, at start and
+//!   every `packages.verify_interval_seconds` ([`sweep_loop`]); the grace
+//!   period keeps an upload in progress (its temporary file is written to
+//!   as the bytes arrive) and a file put back before its catalogue.
 
+use crate::app::App;
 use crate::config::Config;
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -26,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 
@@ -83,6 +91,13 @@ pub enum OpenError {
         computed: String,
     },
     Io(anyhow::Error),
+}
+
+/// A file [`Hosted::sweep`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub path: PathBuf,
+    pub bytes: u64,
 }
 
 /// A file checked against its SHA-256 and opened for reading.
@@ -269,6 +284,24 @@ impl Hosted {
         removed
     }
 
+    /// Removes the files named by a SHA-256 that `referenced` does not name,
+    /// and the temporary files of uploads, when last modified more than
+    /// `grace` ago (hold [`Hosted::changes`]); what it removed. Other names
+    /// are left alone.
+    pub async fn sweep(&self, referenced: &HashSet<String>, grace: Duration) -> Vec<Swept> {
+        let dir = self.dir.clone();
+        let referenced = referenced.clone();
+        let swept = tokio::task::spawn_blocking(move || sweep_dir(&dir, &referenced, grace))
+            .await
+            .unwrap_or_default();
+        for file in &swept {
+            if let Some(name) = file.path.file_name().and_then(|n| n.to_str()) {
+                self.forget(name);
+            }
+        }
+        swept
+    }
+
     /// Opens the file with `sha256` for serving, checked against it as the
     /// rules say.
     pub async fn open_checked(&self, sha256: &str) -> Result<Opened, OpenError> {
@@ -344,6 +377,109 @@ impl Drop for Received {
             let _ = std::fs::remove_file(temp);
         }
     }
+}
+
+/// Sweeps orphaned files ([`Hosted::sweep`]) now and every
+/// `packages.verify_interval_seconds` until shutdown.
+pub async fn sweep_loop(app: Arc<App>) {
+    let every = Duration::from_secs(app.config.packages.verify_interval_seconds);
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        if let Err(e) = sweep_orphans(&app).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot sweep orphaned package files; retrying later");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One sweep: the files in `packages.dir` no catalogue entry names, older
+/// than `packages.orphan_grace_seconds`, removed and logged.
+pub async fn sweep_orphans(app: &App) -> Result<Vec<Swept>> {
+    let _changes = app.hosted.changes.lock().await;
+    let referenced: HashSet<String> = app
+        .store
+        .packages(None)
+        .await?
+        .into_iter()
+        .flat_map(|p| p.files)
+        .filter(|f| f.hosted)
+        .map(|f| f.sha256)
+        .collect();
+    let grace = Duration::from_secs(app.config.packages.orphan_grace_seconds);
+    let swept = app.hosted.sweep(&referenced, grace).await;
+    for file in &swept {
+        tracing::info!(
+            path = %file.path.display(),
+            bytes = file.bytes,
+            "removed an orphaned package file: no catalogue entry names it (older than packages.orphan_grace_seconds)"
+        );
+    }
+    Ok(swept)
+}
+
+fn sweep_dir(dir: &Path, referenced: &HashSet<String>, grace: Duration) -> Vec<Swept> {
+    let now = SystemTime::now();
+    let old = |meta: &std::fs::Metadata| {
+        meta.modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= grace)
+    };
+    let mut swept = Vec::new();
+    let mut remove = |path: PathBuf, meta: &std::fs::Metadata| match std::fs::remove_file(&path) {
+        Ok(()) => swept.push(Swept {
+            path,
+            bytes: meta.len(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an orphaned package file")
+        }
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return swept;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir {
+            continue;
+        }
+        let temp = name == "tmp";
+        if !(temp || name.len() == 2 && is_lower_hex(&name)) {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(entry.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let Ok(meta) = file.metadata() else { continue };
+            if !meta.is_file() || !old(&meta) {
+                continue;
+            }
+            let file_name = file.file_name().to_string_lossy().into_owned();
+            let orphan = if temp {
+                file_name.starts_with("upload-")
+            } else {
+                file_name.len() == 64
+                    && is_lower_hex(&file_name)
+                    && file_name.starts_with(&name)
+                    && !referenced.contains(&file_name)
+            };
+            if orphan {
+                remove(file.path(), &meta);
+            }
+        }
+    }
+    swept
+}
+
+fn is_lower_hex(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The address agents download hosted files from: `packages.public_url`,
@@ -492,5 +628,39 @@ mod tests {
             hosted.open_checked(&sha).await,
             Err(OpenError::Missing(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_old_unnamed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosted = Hosted::open(&config(dir.path()), addr("127.0.0.1:1"), false).unwrap();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let plant = |path: PathBuf, old: bool| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let file = std::fs::File::create(&path).unwrap();
+            std::io::Write::write_all(&mut &file, b"bytes").unwrap();
+            if old {
+                file.set_modified(hour_ago).unwrap();
+            }
+            path
+        };
+        let named = plant(hosted.path_of(&"a".repeat(64)), true);
+        let orphan = plant(hosted.path_of(&"b".repeat(64)), true);
+        let fresh = plant(hosted.path_of(&"c".repeat(64)), false);
+        let stray = plant(dir.path().join("packages/dd/notes.txt"), true);
+        let upload = plant(dir.path().join("packages/tmp/upload-1-1"), true);
+        let referenced = HashSet::from(["a".repeat(64)]);
+        let mut swept: Vec<PathBuf> = hosted
+            .sweep(&referenced, Duration::from_secs(600))
+            .await
+            .into_iter()
+            .map(|s| s.path)
+            .collect();
+        swept.sort();
+        let mut want = vec![orphan.clone(), upload.clone()];
+        want.sort();
+        assert_eq!(swept, want);
+        assert!(named.exists() && fresh.exists() && stray.exists());
+        assert!(!orphan.exists() && !upload.exists());
     }
 }

@@ -16,7 +16,7 @@ use super::package_rollouts::{
     PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
     StoredPackageAgent,
 };
-use super::packages::{AddOutcome, PackageAdd, PackageRow};
+use super::packages::{AddOutcome, DeleteOutcome as PackageDeleteOutcome, PackageAdd, PackageRow};
 use super::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
     UserDelete, UserRow, UserUpdate,
@@ -321,14 +321,15 @@ pub trait Backend: Send + Sync {
     /// refused (see [`super::packages::refusal`]) without a change.
     async fn add_package(&self, add: PackageAdd) -> Result<AddOutcome, WriteError>;
 
-    /// Deletes a version and its files, audited; whether it existed.
+    /// Deletes a version and its files, audited; refused while an active
+    /// rollout offers it (see [`super::packages::blocking_rollout`]).
     async fn delete_package(
         &self,
         name: &str,
         version: &str,
         actor: &str,
         remote_addr: Option<String>,
-    ) -> Result<bool, WriteError>;
+    ) -> Result<PackageDeleteOutcome, WriteError>;
 
     // ---- Package rollouts ----
 

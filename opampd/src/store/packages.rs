@@ -1,6 +1,7 @@
 //! The package catalogue's records, and the rules every backend applies when
 //! a version or its files are added.
 
+use super::package_rollouts::PackageRolloutRow;
 use super::users::AuditEntry;
 use std::cmp::Ordering;
 
@@ -109,6 +110,28 @@ pub fn add_audit(add: &PackageAdd, created: bool, added: &[String]) -> AuditEntr
 }
 
 /// The audit entry of a deleted version.
+/// What deleting a version came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteOutcome {
+    Deleted,
+    Missing,
+    /// An active (running or paused) rollout of the package offers it.
+    InRollout(Box<PackageRolloutRow>),
+}
+
+/// The package's latest rollout when it is active and offers `version`
+/// (rolled out, or kept by the agents it has not released yet): the
+/// version cannot be deleted meanwhile.
+pub fn blocking_rollout(
+    latest: Option<PackageRolloutRow>,
+    version: &str,
+) -> Option<PackageRolloutRow> {
+    latest.filter(|r| {
+        matches!(r.state.as_str(), "running" | "paused")
+            && (r.version == version || r.previous_version.as_deref() == Some(version))
+    })
+}
+
 pub fn delete_audit(
     name: &str,
     version: &str,

@@ -22,7 +22,10 @@ use crate::store::package_rollouts::{
     plan_start, PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
     StoredPackageAgent,
 };
-use crate::store::packages::{delete_audit, AddOutcome, PackageAdd, PackageRow};
+use crate::store::packages::{
+    blocking_rollout, delete_audit, AddOutcome, DeleteOutcome as PackageDeleteOutcome, PackageAdd,
+    PackageRow,
+};
 use crate::store::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
     UserDelete, UserRow, UserUpdate,
@@ -656,15 +659,19 @@ impl Backend for Sqlite {
         version: &str,
         actor: &str,
         remote_addr: Option<String>,
-    ) -> Result<bool, WriteError> {
+    ) -> Result<PackageDeleteOutcome, WriteError> {
         let audit = delete_audit(name, version, actor, remote_addr.as_deref());
         let (name, version) = (name.to_string(), version.to_string());
         self.write("package_delete", move |c| {
-            let deleted = packages::delete(c, &name, &version)?;
-            if deleted {
-                insert_audit(c, &audit)?;
+            let latest = package_rollouts::latest(c, &name)?;
+            if let Some(rollout) = blocking_rollout(latest, &version) {
+                return Ok(PackageDeleteOutcome::InRollout(Box::new(rollout)));
             }
-            Ok(deleted)
+            if !packages::delete(c, &name, &version)? {
+                return Ok(PackageDeleteOutcome::Missing);
+            }
+            insert_audit(c, &audit)?;
+            Ok(PackageDeleteOutcome::Deleted)
         })
         .await
     }

@@ -4,7 +4,9 @@ use crate::store::configs::RolloutTransition;
 use crate::store::now_ms;
 use crate::store::package_rollouts::PACKAGE_ROLLOUTS;
 use crate::store::package_rollouts::{plan_start, PackageRolloutRow, PackageRolloutStart};
-use crate::store::packages::{delete_audit, AddOutcome, PackageAdd};
+use crate::store::packages::{
+    blocking_rollout, delete_audit, AddOutcome, DeleteOutcome, PackageAdd,
+};
 use crate::store::postgres::staged;
 use crate::store::postgres::{package_rollouts, packages, users, Postgres};
 use anyhow::Result;
@@ -25,16 +27,20 @@ pub(super) async fn delete_package(
     version: &str,
     actor: &str,
     remote_addr: Option<String>,
-) -> Result<bool> {
+) -> Result<DeleteOutcome> {
     let audit = delete_audit(name, version, actor, remote_addr.as_deref());
     let mut client = pg.client().await?;
     let tx = client.transaction().await?;
-    let deleted = packages::delete(&tx, name, version).await?;
-    if deleted {
-        users::insert_audit(&tx, &audit).await?;
+    let latest = package_rollouts::latest(&tx, name).await?;
+    if let Some(rollout) = blocking_rollout(latest, version) {
+        return Ok(DeleteOutcome::InRollout(Box::new(rollout)));
     }
+    if !packages::delete(&tx, name, version).await? {
+        return Ok(DeleteOutcome::Missing);
+    }
+    users::insert_audit(&tx, &audit).await?;
     tx.commit().await?;
-    Ok(deleted)
+    Ok(DeleteOutcome::Deleted)
 }
 
 pub(super) async fn start_package_rollout(

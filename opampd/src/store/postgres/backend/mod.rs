@@ -25,7 +25,9 @@ use crate::store::package_rollouts::{
     PackageRolloutAgent, PackageRolloutRow, PackageRolloutStart, PackageTargetRow,
     StoredPackageAgent,
 };
-use crate::store::packages::{AddOutcome, PackageAdd, PackageRow};
+use crate::store::packages::{
+    AddOutcome, DeleteOutcome as PackageDeleteOutcome, PackageAdd, PackageRow,
+};
 use crate::store::users::{
     AuditEntry, AuditQuery, AuditRow, SessionCheck, TokenGrant, TokenRevoke, TokenRow, UserChange,
     UserDelete, UserRow, UserUpdate,
@@ -417,7 +419,7 @@ impl Backend for Postgres {
         version: &str,
         actor: &str,
         remote_addr: Option<String>,
-    ) -> Result<bool, WriteError> {
+    ) -> Result<PackageDeleteOutcome, WriteError> {
         self.write(
             "package_delete",
             catalogue::delete_package(self, name, version, actor, remote_addr),

@@ -1,14 +1,20 @@
-//! `opampctl backup [--dir DIR [--create-dir]] [--retention-days N] [--verify] [--data-dir DIR]`.
+//! `opampctl backup [--dir DIR [--create-dir]] [--retention-days N] [--verify] [--data-dir DIR] [--with-packages]`.
 //!
 //! The backup is `opamp_YYYYmmdd_HHMMSS.db.gz` (UTC; a SQLite database), or
 //! `opamp_YYYYmmdd_HHMMSS.sql.gz` from a server on PostgreSQL (opampd's SQL
-//! dump, which `psql` loads too), plus `FILE.sha256` in sha256sum format. Both are written
+//! dump, which `psql` loads too), plus `FILE.sha256` in sha256sum format;
+//! with `--with-packages` also `opamp_YYYYmmdd_HHMMSS.packages.tar` and its
+//! `.sha256`, the hosted package files the catalogue names ([`packages`]).
+//! Without it the catalogue is backed up but not the files' bytes, and the
+//! output says how many were left out. Every file is written
 //! owner-only (0600) in a private temporary directory inside --dir, synced,
 //! then renamed to their final names, never over an existing file or
 //! symlink: a file under a final name is always complete. Any error removes
 //! the temporary directory and exits non-zero. A backup that was killed
 //! leaves its temporary directory behind; the next backup in --dir removes
 //! it once the process that made it is gone.
+
+pub mod packages;
 
 use crate::cli::BackupArgs;
 use crate::client::Client;
@@ -42,6 +48,8 @@ pub struct BackupReport {
     pub pruned: Vec<String>,
     /// Temporary directories of killed backups, removed.
     pub leftovers_removed: Vec<String>,
+    /// The hosted package files: included or not, how many.
+    pub packages: packages::PackagesReport,
 }
 
 /// Removes the listed files when dropped, unless disarmed.
@@ -204,7 +212,8 @@ pub fn backup_time(name: &str) -> Option<chrono::NaiveDateTime> {
     let stem = name.strip_prefix("opamp_")?;
     let stem = stem
         .strip_suffix(".db.gz")
-        .or_else(|| stem.strip_suffix(".sql.gz"))?;
+        .or_else(|| stem.strip_suffix(".sql.gz"))
+        .or_else(|| stem.strip_suffix(crate::package_archive::SUFFIX))?;
     let bytes = stem.as_bytes();
     if bytes.len() != 15
         || bytes[8] != b'_'
@@ -255,17 +264,7 @@ pub fn verify(
     expected_sha: &str,
     scratch_parent: &Path,
 ) -> Result<u32> {
-    let mut f = std::fs::File::open(file).map_err(|e| io_err("reading", file, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| io_err("reading", file, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let got = hex::encode(h.finalize());
+    let got = sha256_of(file)?;
     if got != expected_sha {
         return Err(CtlError::failed(format!(
             "verification of {} failed: its sha256 is {got}, expected {expected_sha}",
@@ -288,6 +287,37 @@ pub fn verify(
     gunzip_to(file, &tmp)?;
     localdb::check_db(&tmp)
         .map_err(|e| CtlError::failed(format!("verification of {} failed: {e}", file.display())))
+}
+
+/// Checks a package archive: its checksum, then every file's bytes against
+/// its SHA-256; returns its files.
+pub fn verify_archive(
+    file: &Path,
+    expected_sha: &str,
+) -> Result<Vec<crate::package_archive::Entry>> {
+    let got = sha256_of(file)?;
+    if got != expected_sha {
+        return Err(CtlError::failed(format!(
+            "verification of {} failed: its sha256 is {got}, expected {expected_sha}",
+            file.display()
+        )));
+    }
+    crate::package_archive::check(file)
+        .map_err(|e| CtlError::failed(format!("verification of {} failed: {e}", file.display())))
+}
+
+/// SHA-256 (hex) of a file.
+fn sha256_of(file: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(file).map_err(|e| io_err("reading", file, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err("reading", file, e))?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// Checks a dump (gzip-compressed or not) with opampd's own reader; returns
@@ -427,6 +457,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
     let mut cleanup = Cleanup(Vec::new());
 
     let mut out = GzOut::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+    let mut local_hosted = None;
     let (source, server_schema) = match snapshot {
         Snapshot::Local(data_dir) => {
             let db = data_dir.join("opamp.db");
@@ -438,6 +469,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
             }
             opampd::store::sqlite::maintenance::backup_to(&db, &raw_tmp)
                 .map_err(|e| CtlError::failed(format!("{e:#}")))?;
+            local_hosted = Some(localdb::hosted_files(&raw_tmp).map_err(CtlError::failed)?);
             let mut f =
                 std::fs::File::open(&raw_tmp).map_err(|e| io_err("reading", &raw_tmp, e))?;
             let mut buf = vec![0u8; 256 * 1024];
@@ -511,6 +543,56 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
             }
         }));
     }
+    // The hosted package files the snapshot's catalogue names.
+    let hosted = match (&args.data_dir, local_hosted) {
+        (Some(_), listed) => listed,
+        (None, _) => packages::listed(client).await?,
+    };
+    if args.with_packages && hosted.is_none() {
+        return Err(CtlError::failed(format!(
+            "{} does not list its hosted package files (an opampd older than this opampctl): upgrade it, or back up without --with-packages; nothing was kept",
+            client.base
+        )));
+    }
+    let hosted = hosted.unwrap_or_default();
+    let mut packages_report = packages::PackagesReport::of(&hosted);
+    let archive_name = format!("opamp_{stamp}{}", crate::package_archive::SUFFIX);
+    let archive_sha_name = format!("{archive_name}.sha256");
+    let archive = dir.join(&archive_name);
+    let archive_sha = dir.join(&archive_sha_name);
+    packages_report.included = args.with_packages;
+    if args.with_packages && !hosted.is_empty() {
+        if archive.symlink_metadata().is_ok() || archive_sha.symlink_metadata().is_ok() {
+            return Err(CtlError::failed(format!(
+                "{} already exists (as a file or a symlink), and opampctl never writes over one: remove it",
+                archive.display()
+            )));
+        }
+        let archive_tmp = scratch.join(&archive_name);
+        let local_dir = args.data_dir.as_ref().map(|d| d.join("packages"));
+        let (archive_hash, _) = packages::write_archive(
+            settings,
+            client,
+            local_dir.as_deref(),
+            &hosted,
+            &archive_tmp,
+        )
+        .await?;
+        let sum_tmp = scratch.join(&archive_sha_name);
+        let mut f = files::create_private(&sum_tmp).map_err(|e| io_err("creating", &sum_tmp, e))?;
+        f.write_all(format!("{archive_hash}  {archive_name}\n").as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io_err("writing", &sum_tmp, e))?;
+        files::rename_no_replace(&archive_tmp, &archive)
+            .map_err(|e| io_err("renaming to", &archive, e))?;
+        cleanup.0.push(archive.clone());
+        files::rename_no_replace(&sum_tmp, &archive_sha)
+            .map_err(|e| io_err("renaming to", &archive_sha, e))?;
+        cleanup.0.push(archive_sha.clone());
+        packages_report.file = Some(archive.display().to_string());
+        packages_report.sha256_file = Some(archive_sha.display().to_string());
+        packages_report.sha256 = Some(archive_hash);
+    }
     // The checksum file first (under its temporary name), then both renames.
     {
         let mut f = files::create_private(&sha_tmp).map_err(|e| io_err("creating", &sha_tmp, e))?;
@@ -529,15 +611,18 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
     let mut schema_version = server_schema;
     let mut verified = false;
     if args.verify {
-        let v = match verify(&final_path, kind, &sha, scratch.path()) {
-            Ok(v) => v,
-            Err(e) => {
-                // A backup that fails verification is not kept under the backup name.
-                let _ = std::fs::remove_file(&final_path);
-                let _ = std::fs::remove_file(&sha_path);
-                return Err(e);
+        // A backup that fails verification is not kept under the backup name.
+        let mut written = vec![&final_path, &sha_path];
+        if packages_report.file.is_some() {
+            written.extend([&archive, &archive_sha]);
+        }
+        let discard = |e: CtlError| {
+            for path in &written {
+                let _ = std::fs::remove_file(path);
             }
+            e
         };
+        let v = verify(&final_path, kind, &sha, scratch.path()).map_err(discard)?;
         if let Some(sv) = server_schema {
             if sv != v {
                 return Err(CtlError::failed(format!(
@@ -546,11 +631,30 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
                 )));
             }
         }
+        if let (Some(file), Some(expected)) = (&packages_report.file, &packages_report.sha256) {
+            let entries = verify_archive(Path::new(file), expected).map_err(discard)?;
+            if entries.len() as u64 != packages_report.files {
+                return Err(discard(CtlError::failed(format!(
+                    "verification of {file} failed: it holds {} package files, not {}",
+                    entries.len(),
+                    packages_report.files
+                ))));
+            }
+        }
         schema_version = Some(v);
         verified = true;
     }
     let pruned = match args.retention_days {
-        Some(days) => prune(dir, days, &[name.as_str(), sha_name.as_str()])?,
+        Some(days) => prune(
+            dir,
+            days,
+            &[
+                name.as_str(),
+                sha_name.as_str(),
+                archive_name.as_str(),
+                archive_sha_name.as_str(),
+            ],
+        )?,
         None => Vec::new(),
     };
     let report = BackupReport {
@@ -564,6 +668,7 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
         verified,
         pruned,
         leftovers_removed,
+        packages: packages_report,
     };
     if settings.quiet {
         return Ok(());
@@ -578,6 +683,9 @@ pub async fn run(settings: &Settings, client: &Client, args: &BackupArgs) -> Res
             if verified { ", verified" } else { "" },
             report.sha256_file
         );
+        if let Some(line) = report.packages.line() {
+            eprintln!("{line}");
+        }
         for p in &report.pruned {
             eprintln!("pruned {p}");
         }
@@ -597,6 +705,8 @@ mod tests {
         assert!(backup_time("opamp_20240102_030405.db.gz.sha256").is_some());
         assert!(backup_time("opamp_20240102_030405.sql.gz").is_some());
         assert!(backup_time("opamp_20240102_030405.sql.gz.sha256").is_some());
+        assert!(backup_time("opamp_20240102_030405.packages.tar").is_some());
+        assert!(backup_time("opamp_20240102_030405.packages.tar.sha256").is_some());
         for bad in [
             "opamp_20240102_030405.db",
             "opamp_20240102_030405.sql",
