@@ -127,12 +127,10 @@ impl Hosted {
                 dir.display()
             )
         })?;
-        // Uploads cut short by a stop of opampd leave their temporary file.
-        if let Ok(entries) = std::fs::read_dir(&temp) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        // Uploads cut short by a stop of opampd leave their temporary file:
+        // the orphan sweep removes it once older than
+        // packages.orphan_grace_seconds, never at start (replicas sharing
+        // packages.dir may be receiving uploads into it now).
         Ok(Hosted {
             dir,
             base_url: base_url(config, agent_addr, tls),
