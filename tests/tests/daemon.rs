@@ -153,3 +153,70 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length body; its status code.
+fn read_response(conn: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).expect("response body");
+    head[9..12].parse().unwrap()
+}
+
+/// Probes are answered by a thread of their own, so they never queue behind
+/// agents; a keep-alive connection that began with a probe serves anything.
+#[test]
+fn probes_have_their_own_thread_and_their_connection_serves_the_rest() {
+    use std::io::Write;
+    let server = opamp_tests::Server::start();
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !threads().iter().any(|t| t == "opampd-probes") {
+        assert!(
+            Instant::now() < deadline,
+            "no probe thread among {:?}",
+            threads()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for (request, status) in [
+        ("GET /health/live", 200),
+        ("GET /api/v1/agents", 401),
+        ("GET /health/ready", 200),
+        ("GET /health", 200),
+        ("GET /v1/opamp", 400),
+    ] {
+        conn.write_all(format!("{request} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_response(&mut conn), status, "{request}");
+    }
+    // Connections that do not begin with a probe are the agents' and the API's.
+    let mut other = std::net::TcpStream::connect(server.addr).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    other
+        .write_all(b"GET /api/v1/agents HTTP/1.1\r\nHost: x\r\n\r\nGET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut other), 401);
+    assert_eq!(read_response(&mut other), 200);
+}
