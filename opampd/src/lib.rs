@@ -236,7 +236,6 @@ pub async fn run(
         proxies.clone(),
         shutdown_rx.clone(),
         drain,
-        server::Probes::OwnThread,
     ));
     let agent_addr = listeners.agent.as_ref().map(server::local_addr);
     if let Some(l) = listeners.agent {
@@ -248,7 +247,6 @@ pub async fn run(
             proxies.clone(),
             shutdown_rx.clone(),
             drain,
-            server::Probes::Shared,
         ));
     }
     cluster::Cluster::start(&app);

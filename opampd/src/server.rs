@@ -97,170 +97,20 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
-/// Where a listener's connections are served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probes {
-    /// Every connection on the main runtime (a listener without probes).
-    Shared,
-    /// Accepted by a thread of its own ([`PROBE_THREAD`]), which answers a
-    /// connection whose first request is a probe ([`PROBE_PATHS`]) itself and
-    /// hands every other connection to the main runtime: probes never queue
-    /// behind agents. (A TLS listener's connections are all handed over: the
-    /// request is not readable before the handshake.)
-    OwnThread,
-}
-
-/// The probes the probe thread answers (`GET`, plain HTTP/1.1).
-pub const PROBE_PATHS: [&str; 2] = ["/health/live", "/health/ready"];
-
-/// The name of the thread that accepts connections and answers probes.
-pub const PROBE_THREAD: &str = "opampd-probes";
-
 /// Serves `router` on `listener` until `shutdown` turns true, then stops
 /// accepting and waits (up to `drain`) for open connections to finish.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
     timeouts: Timeouts,
     proxies: Arc<crate::forwarded::TrustedProxies>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
     drain: Duration,
-    probes: Probes,
 ) {
-    let served = Arc::new(Served {
-        router,
-        tls,
-        timeouts,
-        proxies,
-        shutdown,
-        open: Arc::new(tokio::sync::Semaphore::new(0)),
-        connections: AtomicU64::new(0),
-    });
-    // Kept until the drain is over: the probe thread serves its connections until then.
-    let mut probe_thread = None;
-    match probes {
-        Probes::Shared => accept(listener, served.clone(), None).await,
-        Probes::OwnThread => match ProbeThread::start(listener, served.clone()) {
-            Err(listener) => accept(listener, served.clone(), None).await,
-            Ok(mut thread) => {
-                if let Ok(Some(back)) = (&mut thread.accepting).await {
-                    // The thread could not run: accept here after all.
-                    match TcpListener::from_std(back) {
-                        Ok(listener) => accept(listener, served.clone(), None).await,
-                        Err(e) => tracing::error!(error = %e, "cannot accept connections"),
-                    }
-                }
-                probe_thread = Some(thread);
-            }
-        },
-    }
-    let waiting = served.connections.load(Ordering::Acquire);
-    let all_closed = served
-        .open
-        .acquire_many(u32::try_from(waiting).unwrap_or(u32::MAX));
-    if waiting > 0 && tokio::time::timeout(drain, all_closed).await.is_err() {
-        tracing::warn!("connections still open after the drain period; closing them");
-    }
-    drop(probe_thread);
-}
-
-/// Whether the first bytes of a connection are a probe request
-/// (`GET /health/live HTTP/1.1`, …).
-pub fn is_probe_request(head: &[u8]) -> bool {
-    let Some(target) = head.strip_prefix(b"GET ") else {
-        return false;
-    };
-    PROBE_PATHS.iter().any(|path| {
-        target
-            .strip_prefix(path.as_bytes())
-            .is_some_and(|rest| matches!(rest.first(), Some(b' ' | b'?')))
-    })
-}
-
-/// What every connection of a listener shares.
-struct Served {
-    router: Router,
-    tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
-    timeouts: Timeouts,
-    proxies: Arc<crate::forwarded::TrustedProxies>,
-    shutdown: watch::Receiver<bool>,
-    /// A permit per finished connection.
-    open: Arc<tokio::sync::Semaphore>,
-    /// Connections accepted.
-    connections: AtomicU64,
-}
-
-/// The thread that accepts a listener's connections and answers its probes.
-struct ProbeThread {
-    /// Resolves when the thread stopped accepting; with the listener when
-    /// it could not run at all.
-    accepting: tokio::sync::oneshot::Receiver<Option<std::net::TcpListener>>,
-    /// Dropped: the thread stops serving its connections and ends.
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl ProbeThread {
-    /// Moves the accept loop of `listener` to a thread of its own (the
-    /// listener back when no thread can be started).
-    fn start(
-        listener: TcpListener,
-        served: Arc<Served>,
-    ) -> std::result::Result<ProbeThread, TcpListener> {
-        let main = tokio::runtime::Handle::current();
-        let (give, take) = std::sync::mpsc::channel::<std::net::TcpListener>();
-        let (accepting_tx, accepting) = tokio::sync::oneshot::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let spawned = std::thread::Builder::new()
-            .name(PROBE_THREAD.into())
-            .spawn(move || {
-                let Ok(std_listener) = take.recv() else {
-                    return;
-                };
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start the probe thread: probes share the agents' threads");
-                        let _ = accepting_tx.send(Some(std_listener));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match TcpListener::from_std(std_listener) {
-                        Ok(listener) => accept(listener, served, Some(main)).await,
-                        Err(e) => {
-                            tracing::error!(error = %e, "the probe thread cannot accept connections")
-                        }
-                    }
-                    let _ = accepting_tx.send(None);
-                    let _ = stopped.await;
-                });
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the probe thread: probes share the agents' threads");
-            return Err(listener);
-        }
-        match listener.into_std() {
-            Ok(listener) => {
-                let _ = give.send(listener);
-            }
-            Err(e) => tracing::error!(error = %e, "cannot hand the listener to the probe thread"),
-        }
-        Ok(ProbeThread {
-            accepting,
-            _stop: stop,
-        })
-    }
-}
-
-/// Accepts connections until shutdown: serves each on this runtime, or,
-/// with `main` (on the probe thread), sorts it first ([`sort`]).
-async fn accept(listener: TcpListener, served: Arc<Served>, main: Option<tokio::runtime::Handle>) {
-    let mut shutdown = served.shutdown.clone();
+    let header_timeout = timeouts.header;
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -275,123 +125,79 @@ async fn accept(listener: TcpListener, served: Arc<Served>, main: Option<tokio::
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        served.connections.fetch_add(1, Ordering::AcqRel);
-        let done = ConnectionDone(served.open.clone());
-        let served = served.clone();
-        match &main {
-            None => {
-                tokio::spawn(connection(stream, remote, served, done));
-            }
-            Some(main) => {
-                tokio::spawn(sort(stream, remote, served, done, main.clone()));
-            }
-        }
-    }
-}
-
-/// On the probe thread: serves a connection whose first request is a probe
-/// here, and hands any other to the main runtime.
-async fn sort(
-    stream: tokio::net::TcpStream,
-    remote: SocketAddr,
-    served: Arc<Served>,
-    done: ConnectionDone,
-    main: tokio::runtime::Handle,
-) {
-    if served.tls.is_none() {
-        let mut head = [0u8; 32];
-        let peeked = tokio::time::timeout(served.timeouts.header, stream.peek(&mut head)).await;
-        if let Ok(Ok(n)) = peeked {
-            if is_probe_request(&head[..n]) {
-                return connection(stream, remote, served, done).await;
-            }
-        }
-    }
-    match stream.into_std() {
-        Ok(stream) => {
-            main.spawn(async move {
-                match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => connection(stream, remote, served, done).await,
-                    Err(e) => tracing::debug!(remote_addr = %remote, error = %e, "cannot serve a connection"),
+        let router = router.clone();
+        // Requests being handled: a connection is not idle while its
+        // server is still working on an answer (a restore, a VACUUM).
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let counter = in_flight.clone();
+        // Set once the TLS handshake is done, when the client sent a certificate.
+        let peer = Arc::new(OnceLock::<ClientCertificate>::new());
+        let presented = peer.clone();
+        let proxies = proxies.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let client = proxies.client(remote, req.headers());
+                req.extensions_mut().insert(ConnectInfo(client));
+                if let Some(certificate) = presented.get() {
+                    req.extensions_mut().insert(certificate.clone());
+                }
+                let busy = InFlight::new(counter.clone());
+                let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+                async move {
+                    let _busy = busy;
+                    answer.await
                 }
             });
-        }
-        Err(e) => {
-            tracing::debug!(remote_addr = %remote, error = %e, "cannot hand a connection over")
-        }
-    }
-}
-
-/// Serves one accepted connection until it closes.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    remote: SocketAddr,
-    served: Arc<Served>,
-    done: ConnectionDone,
-) {
-    let _done = done;
-    let header_timeout = served.timeouts.header;
-    let router = served.router.clone();
-    // Requests being handled: a connection is not idle while its
-    // server is still working on an answer (a restore, a VACUUM).
-    let in_flight = Arc::new(AtomicU64::new(0));
-    let counter = in_flight.clone();
-    // Set once the TLS handshake is done, when the client sent a certificate.
-    let peer = Arc::new(OnceLock::<ClientCertificate>::new());
-    let presented = peer.clone();
-    let proxies = served.proxies.clone();
-    let service =
-        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let client = proxies.client(remote, req.headers());
-            req.extensions_mut().insert(ConnectInfo(client));
-            if let Some(certificate) = presented.get() {
-                req.extensions_mut().insert(certificate.clone());
-            }
-            let busy = InFlight::new(counter.clone());
-            let answer = router.clone().oneshot(req.map(axum::body::Body::new));
-            async move {
-                let _busy = busy;
-                answer.await
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        // No HTTP/2 keep-alive pings: they would count as traffic and keep an
+        // idle connection open forever; the idle timeout closes dead peers too.
+        builder.http2().timer(TokioTimer::new());
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        let open = open.clone();
+        connections.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let _done = ConnectionDone(open);
+            let started = Instant::now();
+            let activity = Arc::new(AtomicU64::new(0));
+            match tls {
+                None => {
+                    let io = Tracked::new(stream, started, activity.clone());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    drive!(conn, started, activity, in_flight, timeouts.idle, shutdown);
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(tls_stream)) =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                    else {
+                        tracing::debug!(remote_addr = %remote, "TLS handshake failed or timed out");
+                        return;
+                    };
+                    if let Some(leaf) = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                    {
+                        let _ = peer.set(ClientCertificate::of(leaf));
+                    }
+                    let io = Tracked::new(tls_stream, started, activity.clone());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    drive!(conn, started, activity, in_flight, timeouts.idle, shutdown);
+                }
             }
         });
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
-    // No HTTP/2 keep-alive pings: they would count as traffic and keep an
-    // idle connection open forever; the idle timeout closes dead peers too.
-    builder.http2().timer(TokioTimer::new());
-    let shutdown = served.shutdown.clone();
-    let idle = served.timeouts.idle;
-    let started = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
-    match &served.tls {
-        None => {
-            let io = Tracked::new(stream, started, activity.clone());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            drive!(conn, started, activity, in_flight, idle, shutdown);
-        }
-        Some(acceptor) => {
-            let Ok(Ok(tls_stream)) =
-                tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
-            else {
-                tracing::debug!(remote_addr = %remote, "TLS handshake failed or timed out");
-                return;
-            };
-            if let Some(leaf) = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-            {
-                let _ = peer.set(ClientCertificate::of(leaf));
-            }
-            let io = Tracked::new(tls_stream, started, activity.clone());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            drive!(conn, started, activity, in_flight, idle, shutdown);
-        }
+    }
+    drop(listener);
+    let waiting = connections.load(Ordering::Acquire);
+    let all_closed = open.acquire_many(u32::try_from(waiting).unwrap_or(u32::MAX));
+    if waiting > 0 && tokio::time::timeout(drain, all_closed).await.is_err() {
+        tracing::warn!("connections still open after the drain period; closing them");
     }
 }
 
@@ -686,28 +492,4 @@ fn acceptor(
 
 pub fn local_addr(l: &TcpListener) -> SocketAddr {
     l.local_addr().expect("bound listener has an address")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probe_requests_are_recognised_by_their_first_bytes() {
-        assert!(is_probe_request(
-            b"GET /health/live HTTP/1.1\r\nHost: x\r\n"
-        ));
-        assert!(is_probe_request(b"GET /health/ready HTTP/1.1\r\n"));
-        assert!(is_probe_request(b"GET /health/live?verbose=1 HTTP/1.1\r\n"));
-        assert!(!is_probe_request(b"GET /health HTTP/1.1\r\n"));
-        assert!(!is_probe_request(b"GET /health/liveness HTTP/1.1\r\n"));
-        assert!(!is_probe_request(b"POST /health/live HTTP/1.1\r\n"));
-        assert!(!is_probe_request(
-            b"GET /v1/opamp HTTP/1.1\r\nUpgrade: websocket\r\n"
-        ));
-        assert!(!is_probe_request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
-        // Not all there yet: handed over, hyper reads the rest.
-        assert!(!is_probe_request(b"GET /health/li"));
-        assert!(!is_probe_request(b""));
-    }
 }
