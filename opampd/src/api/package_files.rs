@@ -23,7 +23,6 @@ use axum::response::Response;
 use axum::Json;
 use opamp_proto::api::{HostedFile, Package};
 use serde::Deserialize;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The request header carrying an uploaded file's signature (base64).
@@ -67,10 +66,7 @@ pub async fn upload(
     } = match planned {
         Ok(planned) => planned,
         Err(refused) => {
-            // Read and drop the body: a client still sending would miss
-            // the answer if the connection closed under it.
-            let mut stream = body.into_data_stream();
-            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut stream).await {}
+            discard(body).await;
             return Err(refused);
         }
     };
@@ -78,19 +74,10 @@ pub async fn upload(
         .hosted
         .receive(body, declared.as_deref())
         .await
-        .map_err(|e| match e {
-            ReceiveError::TooLarge { limit } => too_large(limit),
-            ReceiveError::ShaDiffers { declared, computed } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "sha256_mismatch",
-                format!(
-                    "the uploaded file's SHA-256 is {computed}, not the declared {declared}: the file is damaged or not the one meant; nothing was kept"
-                ),
-            ),
-            ReceiveError::Body(reason) => {
-                ApiError::bad_request(format!("the upload broke off ({reason}); nothing was kept"))
-            }
-            ReceiveError::Io(e) => ApiError::internal(format!("{e:#}")),
+        .map_err(|e| {
+            receive_refusal(e, |declared, computed| format!(
+                "the uploaded file's SHA-256 is {computed}, not the declared {declared}: the file is damaged or not the one meant; nothing was kept"
+            ))
         })?;
     add.files.push(FileRow {
         os,
@@ -196,15 +183,7 @@ pub async fn remove_unreferenced(app: &App, candidates: &[String]) -> ApiResult<
     if candidates.is_empty() {
         return Ok(());
     }
-    let referenced: HashSet<String> = app
-        .store
-        .packages(None)
-        .await?
-        .into_iter()
-        .flat_map(|p| p.files)
-        .filter(|f| f.hosted)
-        .map(|f| f.sha256)
-        .collect();
+    let referenced = crate::packages::hosted::referenced(app).await?;
     for sha256 in app
         .hosted
         .remove_unreferenced(candidates, &referenced)
@@ -213,6 +192,30 @@ pub async fn remove_unreferenced(app: &App, candidates: &[String]) -> ApiResult<
         tracing::info!(sha256 = %sha256, "removed a hosted package file no version lists any more");
     }
     Ok(())
+}
+
+/// Reads and drops a refused request's body: a client still sending would
+/// miss the answer if the connection closed under it.
+async fn discard(body: Body) {
+    let mut stream = body.into_data_stream();
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut stream).await {}
+}
+
+/// The answer to an upload [`crate::packages::hosted::Hosted::receive`]
+/// refused; `mismatch` words a SHA-256 that differs (declared, computed).
+fn receive_refusal(error: ReceiveError, mismatch: impl FnOnce(&str, &str) -> String) -> ApiError {
+    match error {
+        ReceiveError::TooLarge { limit } => too_large(limit),
+        ReceiveError::ShaDiffers { declared, computed } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sha256_mismatch",
+            mismatch(&declared, &computed),
+        ),
+        ReceiveError::Body(reason) => {
+            ApiError::bad_request(format!("the upload broke off ({reason}); nothing was kept"))
+        }
+        ReceiveError::Io(e) => ApiError::internal(format!("{e:#}")),
+    }
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -315,8 +318,7 @@ pub async fn put_stored(
     let sha256 = match rules::parse_sha256(&sha256) {
         Ok(sha256) => sha256,
         Err(e) => {
-            let mut stream = body.into_data_stream();
-            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut stream).await {}
+            discard(body).await;
             return Err(ApiError::bad_request(e));
         }
     };
@@ -324,19 +326,10 @@ pub async fn put_stored(
         .hosted
         .receive(body, Some(&sha256))
         .await
-        .map_err(|e| match e {
-            ReceiveError::TooLarge { limit } => too_large(limit),
-            ReceiveError::ShaDiffers { declared, computed } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "sha256_mismatch",
-                format!(
-                    "the file sent has SHA-256 {computed}, not {declared}: the backup's copy is damaged; nothing was kept"
-                ),
-            ),
-            ReceiveError::Body(reason) => {
-                ApiError::bad_request(format!("the upload broke off ({reason}); nothing was kept"))
-            }
-            ReceiveError::Io(e) => ApiError::internal(format!("{e:#}")),
+        .map_err(|e| {
+            receive_refusal(e, |declared, computed| format!(
+                "the file sent has SHA-256 {computed}, not {declared}: the backup's copy is damaged; nothing was kept"
+            ))
         })?;
     let size = received.size;
     {

@@ -393,11 +393,9 @@ pub async fn sweep_loop(app: Arc<App>) {
     }
 }
 
-/// One sweep: the files in `packages.dir` no catalogue entry names, older
-/// than `packages.orphan_grace_seconds`, removed and logged.
-pub async fn sweep_orphans(app: &App) -> Result<Vec<Swept>> {
-    let _changes = app.hosted.changes.lock().await;
-    let referenced: HashSet<String> = app
+/// The SHA-256s of the hosted files the catalogue names.
+pub async fn referenced(app: &App) -> Result<HashSet<String>> {
+    Ok(app
         .store
         .packages(None)
         .await?
@@ -405,7 +403,14 @@ pub async fn sweep_orphans(app: &App) -> Result<Vec<Swept>> {
         .flat_map(|p| p.files)
         .filter(|f| f.hosted)
         .map(|f| f.sha256)
-        .collect();
+        .collect())
+}
+
+/// One sweep: the files in `packages.dir` no catalogue entry names, older
+/// than `packages.orphan_grace_seconds`, removed and logged.
+pub async fn sweep_orphans(app: &App) -> Result<Vec<Swept>> {
+    let _changes = app.hosted.changes.lock().await;
+    let referenced = referenced(app).await?;
     let grace = Duration::from_secs(app.config.packages.orphan_grace_seconds);
     let swept = app.hosted.sweep(&referenced, grace).await;
     for file in &swept {
